@@ -1,0 +1,38 @@
+"""dropkit: dropout regularization for PyTorch, done completely and done right.
+
+``p`` is always the drop probability: the probability of an element to be zeroed.
+
+Layers live here (``dropkit.Dropout``, ``dropkit.SpatialDropout2d``, ...); the pure ops they
+wrap live in :mod:`dropkit.functional`.
+"""
+
+from dropkit import functional as functional
+from dropkit.layers import AlphaDropout as AlphaDropout
+from dropkit.layers import DropBlock2d as DropBlock2d
+from dropkit.layers import DropBlock3d as DropBlock3d
+from dropkit.layers import DropPath as DropPath
+from dropkit.layers import Dropout as Dropout
+from dropkit.layers import FeatureAlphaDropout as FeatureAlphaDropout
+from dropkit.layers import GaussianDropout as GaussianDropout
+from dropkit.layers import LockedDropout as LockedDropout
+from dropkit.layers import SpatialDropout1d as SpatialDropout1d
+from dropkit.layers import SpatialDropout2d as SpatialDropout2d
+from dropkit.layers import SpatialDropout3d as SpatialDropout3d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlphaDropout",
+    "DropBlock2d",
+    "DropBlock3d",
+    "DropPath",
+    "Dropout",
+    "FeatureAlphaDropout",
+    "GaussianDropout",
+    "LockedDropout",
+    "SpatialDropout1d",
+    "SpatialDropout2d",
+    "SpatialDropout3d",
+    "__version__",
+    "functional",
+]

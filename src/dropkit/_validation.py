@@ -1,0 +1,133 @@
+"""Argument checks: the one place where dropkit writes argument errors.
+
+Every message names the argument, the valid range or type, and the value received, in the
+form ``"`p` must be a probability in [0, 1] (the drop probability), got 30. ..."``. Wrong
+types raise :class:`TypeError`, wrong values :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "check_block_size",
+    "check_generator",
+    "check_min_ndim",
+    "check_ndim",
+    "check_one_of",
+    "check_probability",
+]
+
+
+def _describe(value: object) -> str:
+    """``repr`` of a value, shortened so that an error message stays one line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_probability(value: object, name: str = "p", *, meaning: str = "drop") -> float:
+    """Return ``value`` as a float after checking it is a probability in [0, 1].
+
+    Args:
+        value: the value received. Python and NumPy reals are accepted, as is a 0-d tensor
+            (converted with ``float``); ``bool``, strings and NaN are refused.
+        name: the argument's name, used in the message.
+        meaning: ``"drop"`` or ``"keep"``: which probability the argument is, said in the message
+            because the two are the classic mix-up.
+
+    Raises:
+        TypeError: ``value`` is not a real number.
+        ValueError: ``value`` is NaN or outside [0, 1]. For ``1 < value <= 100`` the message
+            asks whether a percentage was passed.
+    """
+    kind = f"the {meaning} probability"
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
+        if value.dtype == torch.bool:
+            raise TypeError(f"`{name}` must be a real number in [0, 1] ({kind}), got a bool tensor")
+        value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a real number in [0, 1] ({kind}), "
+            f"got {_describe(value)} of type {type(value).__name__}"
+        )
+    p = float(value)
+    if not 0.0 <= p <= 1.0:  # written this way so that NaN fails too
+        message = f"`{name}` must be in [0, 1] ({kind}), got {_describe(value)}."
+        if math.isnan(p):
+            message += " NaN is not a probability."
+        elif 1.0 < p <= 100.0:
+            message += f" Did you pass a percentage? Use {name}={p / 100:g}."
+        raise ValueError(message)
+    return p
+
+
+def check_one_of(value: object, name: str, choices: Sequence[str]) -> str:
+    """Return ``value`` after checking it is one of the strings in ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"`{name}` must be one of {options}, got {_describe(value)}")
+    return value
+
+
+def check_block_size(value: object, ndim: int, name: str = "block_size") -> tuple[int, ...]:
+    """Return ``value`` as a tuple of ``ndim`` positive ints (an int is repeated ``ndim`` times)."""
+    items = (value,) * ndim if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(items) != ndim or not all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in items
+    ):
+        raise TypeError(
+            f"`{name}` must be a positive int or a tuple of {ndim} positive ints, "
+            f"got {_describe(value)}"
+        )
+    sizes = tuple(int(v) for v in items)  # type: ignore[call-overload]
+    if min(sizes) < 1:
+        raise ValueError(f"`{name}` must be >= 1 along every axis, got {_describe(value)}")
+    return sizes
+
+
+def check_ndim(x: torch.Tensor, allowed: Sequence[int], op: str, layout: str, hint: str = "") -> None:
+    """Refuse an input whose rank is not in ``allowed`` rather than guess its layout.
+
+    Args:
+        x: the input tensor.
+        allowed: the accepted ranks.
+        op: the name of the op or layer, for the message.
+        layout: the expected layout in words, e.g. ``"(N, C, H, W)"``.
+        hint: an extra sentence, e.g. how to add a missing batch axis.
+    """
+    if x.ndim not in allowed:
+        ranks = " or ".join(f"{n}-D" for n in allowed)
+        message = (
+            f"{op} expects a {ranks} input {layout}, got a {x.ndim}-D input "
+            f"of shape {tuple(x.shape)}."
+        )
+        raise ValueError(f"{message} {hint}".rstrip())
+
+
+def check_min_ndim(x: torch.Tensor, min_ndim: int, op: str, layout: str, hint: str = "") -> None:
+    """Refuse an input of rank below ``min_ndim``; see :func:`check_ndim`."""
+    if x.ndim < min_ndim:
+        message = (
+            f"{op} expects an input of at least {min_ndim} dimensions {layout}, got a "
+            f"{x.ndim}-D input of shape {tuple(x.shape)}."
+        )
+        raise ValueError(f"{message} {hint}".rstrip())
+
+
+def check_generator(generator: object, x: torch.Tensor | None = None) -> None:
+    """Check that ``generator`` is ``None`` or a :class:`torch.Generator` (on ``x``'s device)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"`generator` must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    if x is not None and generator.device.type != x.device.type:
+        raise ValueError(
+            f"`generator` is on device {generator.device.type!r} but the input is on "
+            f"{x.device.type!r}; create it with torch.Generator(device={x.device.type!r})"
+        )

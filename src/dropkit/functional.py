@@ -1,0 +1,496 @@
+"""Dropout as pure functions: ``op(x, p, *, training, generator) -> Tensor``.
+
+``p`` is always the **drop** probability (the probability of an element being zeroed), never
+the keep probability ``1 - p``. Every op
+
+* returns ``x`` itself when ``training=False`` or ``p == 0`` (classic scaling excepted: it
+  multiplies by ``1 - p`` at inference, which is its definition);
+* returns exact zeros with zero gradients when ``p == 1`` (never NaN, also for inf inputs);
+* keeps the input's dtype (float16, bfloat16, float32, float64) and memory layout;
+* draws its randomness from ``generator`` when one is given, else from PyTorch's global RNG;
+* traces under ``torch.compile(fullgraph=True)`` with ``generator=None`` (dynamo cannot trace a
+  ``torch.Generator`` argument; with one the compiled function falls back to eager there).
+
+The variants differ mainly in the **shape of the mask**: one uniform draw per element
+(:func:`dropout`), per (sample, channel) (:func:`spatial_dropout`,
+:func:`feature_alpha_dropout`), per (sequence, feature) (:func:`locked_dropout`) or per sample
+(:func:`drop_path`). :func:`_keep_mask` serves them all. Uniforms are drawn in float32 (in
+float64 for float64 inputs), so ``p`` is resolved to 2**-24 (2**-53) even for float16 inputs,
+whose own uniforms would resolve only 2**-11.
+
+References:
+    - Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
+      JMLR 2014. https://jmlr.org/papers/v15/srivastava14a.html
+    - Tompson et al., "Efficient Object Localization Using Convolutional Networks", CVPR 2015.
+      https://arxiv.org/abs/1411.4280
+    - Gal & Ghahramani, "A Theoretically Grounded Application of Dropout in Recurrent Neural
+      Networks", NeurIPS 2016. https://arxiv.org/abs/1512.05287
+    - Klambauer et al., "Self-Normalizing Neural Networks", NeurIPS 2017.
+      https://arxiv.org/abs/1706.02515
+    - Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
+      https://arxiv.org/abs/1603.09382
+    - Ghiasi, Lin & Le, "DropBlock: A regularization method for convolutional networks",
+      NeurIPS 2018. https://arxiv.org/abs/1810.12890
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dropkit._validation import (
+    check_block_size,
+    check_generator,
+    check_min_ndim,
+    check_ndim,
+    check_one_of,
+    check_probability,
+)
+
+__all__ = [
+    "SELU_ALPHA_PRIME",
+    "alpha_dropout",
+    "drop_block",
+    "drop_path",
+    "dropout",
+    "feature_alpha_dropout",
+    "gaussian_dropout",
+    "locked_dropout",
+    "spatial_dropout",
+]
+
+SELU_ALPHA_PRIME = -1.7580993408473766
+"""SELU's negative saturation value ``-λα`` (Klambauer et al. 2017): what alpha dropout drops to."""
+
+SCALINGS = ("inverted", "classic")
+
+
+# --------------------------------------------------------------------------------------------
+# The mask helper shared by every variant
+# --------------------------------------------------------------------------------------------
+
+
+def _uniform(x: Tensor, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+    """U[0, 1) samples of ``shape`` on ``x``'s device.
+
+    float64 for float64 inputs, float32 otherwise. A full-size draw copies ``x``'s memory
+    layout (channels_last stays channels_last).
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if tuple(shape) == tuple(x.shape):
+        noise = torch.empty_like(x, dtype=dtype)
+    else:
+        noise = torch.empty(tuple(shape), dtype=dtype, device=x.device)
+    return noise.uniform_(generator=generator)
+
+
+def _keep_mask(
+    x: Tensor, p: float, shape: Sequence[int], generator: torch.Generator | None
+) -> Tensor:
+    """Boolean mask of ``shape`` (broadcastable to ``x``): each entry True with probability 1 - p.
+
+    ``shape`` decides the variant: ``x.shape`` for element-wise dropout, ``(N, C, 1, ...)``
+    for whole channels, ``(N, 1, F)`` for one mask per sequence, ``(N, 1, ...)`` per sample.
+    """
+    return _uniform(x, shape, generator) >= p
+
+
+def _masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) -> Tensor:
+    """``x * keep * scale`` in ``x``'s dtype. The gradient is ``keep * scale``: zero where dropped."""
+    factor = keep.to(x.dtype)
+    if scale != 1.0:
+        factor = factor * scale
+    return x.mul_(factor) if inplace else x * factor
+
+
+def _zeros_with_grad(x: Tensor, inplace: bool = False) -> Tensor:
+    """Exact zeros shaped like ``x`` whose gradient is exactly zero.
+
+    ``x * 0`` would give NaN for inf inputs and ``x * mask / (1 - p)`` NaN gradients at
+    ``p == 1``; ``masked_fill`` gives neither.
+    """
+    everywhere = torch.ones((), dtype=torch.bool, device=x.device)
+    return x.masked_fill_(everywhere, 0) if inplace else x.masked_fill(everywhere, 0)
+
+
+def _per_channel_shape(x: Tensor) -> tuple[int, ...]:
+    """``(N, C, 1, ..., 1)``: one draw per (sample, channel) of an ``(N, C, *spatial)`` input."""
+    return (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Element-wise and mask-shape variants
+# --------------------------------------------------------------------------------------------
+
+
+def dropout(
+    x: Tensor,
+    p: float = 0.5,
+    *,
+    training: bool = True,
+    scaling: str = "inverted",
+    generator: torch.Generator | None = None,
+    inplace: bool = False,
+) -> Tensor:
+    """Zero each element independently with probability ``p`` (Srivastava et al. 2014).
+
+    With ``m ~ Bernoulli(1 - p)`` per element:
+
+    * ``scaling="inverted"`` (default): ``y = x * m / (1 - p)`` in training, ``y = x`` at
+      inference.
+    * ``scaling="classic"``: ``y = x * m`` in training, ``y = (1 - p) * x`` at inference.
+
+    Both keep ``E[y] = x``. The factor is the keep probability ``1 - p``, not the drop rate;
+    the two coincide only at ``p = 0.5``.
+
+    Args:
+        x: input of any shape, including 0-d and empty.
+        p: drop probability in [0, 1].
+        training: apply dropout (True) or the inference rule (False).
+        scaling: ``"inverted"`` or ``"classic"``.
+        generator: source of randomness; the global RNG when None.
+        inplace: write the result into ``x``.
+
+    Returns:
+        Tensor of ``x``'s shape, dtype and layout.
+    """
+    p = check_probability(p)
+    check_one_of(scaling, "scaling", SCALINGS)
+    check_generator(generator, x)
+    if not training:
+        if scaling == "classic" and p != 0.0:
+            return x.mul_(1.0 - p) if inplace else x * (1.0 - p)
+        return x
+    if p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_with_grad(x, inplace)
+    keep = _keep_mask(x, p, x.shape, generator)
+    scale = 1.0 / (1.0 - p) if scaling == "inverted" else 1.0
+    return _masked_scale(x, keep, scale, inplace)
+
+
+def spatial_dropout(
+    x: Tensor,
+    p: float = 0.5,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Zero whole channels (feature maps) with probability ``p`` (Tompson et al. 2015).
+
+    One ``m ~ Bernoulli(1 - p)`` per (sample, channel), broadcast over the spatial axes:
+    ``y[n, c] = x[n, c] * m[n, c] / (1 - p)``. Neighbouring pixels of a feature map are strongly
+    correlated, so element-wise dropout hardly removes information there; dropping whole maps
+    does.
+
+    Args:
+        x: input of shape ``(N, C, *spatial)`` with at least one spatial axis. Axis 0 is
+            always read as the batch and axis 1 as the channel; an unbatched ``(C, L)`` input
+            is refused rather than reinterpreted.
+        p: drop probability in [0, 1].
+        training: apply dropout (True) or return ``x`` (False).
+        generator: source of randomness; the global RNG when None.
+    """
+    p = check_probability(p)
+    check_generator(generator, x)
+    check_min_ndim(
+        x, 3, "spatial_dropout", "(N, C, *spatial)", "Add the batch axis with x.unsqueeze(0)."
+    )
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_with_grad(x)
+    keep = _keep_mask(x, p, _per_channel_shape(x), generator)
+    return _masked_scale(x, keep, 1.0 / (1.0 - p))
+
+
+def locked_dropout(
+    x: Tensor,
+    p: float = 0.5,
+    *,
+    training: bool = True,
+    batch_first: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Variational ("locked") dropout: one mask per sequence, the same at every time step.
+
+    ``y[n, t, f] = x[n, t, f] * m[n, f] / (1 - p)`` with ``m ~ Bernoulli(1 - p)`` drawn once per
+    (sequence, feature) and shared over time (Gal & Ghahramani 2016). Dropping a feature at
+    some steps only would let the recurrent layer recover it from the others.
+
+    Args:
+        x: ``(N, T, *features)`` if ``batch_first`` else ``(T, N, *features)``.
+        p: drop probability in [0, 1].
+        training: apply dropout (True) or return ``x`` (False).
+        batch_first: layout of ``x`` (True: batch, time; False: time, batch).
+        generator: source of randomness; the global RNG when None.
+    """
+    p = check_probability(p)
+    check_generator(generator, x)
+    layout = "(N, T, *features)" if batch_first else "(T, N, *features)"
+    check_min_ndim(x, 3, "locked_dropout", layout, "Add the batch axis with unsqueeze.")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_with_grad(x)
+    time_axis = 1 if batch_first else 0
+    shape = list(x.shape)
+    shape[time_axis] = 1
+    keep = _keep_mask(x, p, shape, generator)
+    return _masked_scale(x, keep, 1.0 / (1.0 - p))
+
+
+def drop_path(
+    x: Tensor,
+    p: float = 0.1,
+    *,
+    training: bool = True,
+    scale_by_keep: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Drop whole samples of a residual branch: stochastic depth (Huang et al. 2016).
+
+    ``y[n] = x[n] * m[n] / (1 - p)`` with one ``m[n] ~ Bernoulli(1 - p)`` per sample; use it
+    on the branch, ``out = shortcut + drop_path(branch(x), p)``, so a dropped sample takes the
+    identity path through the block. This is *not* DropConnect, which drops individual weights
+    (Wan et al. 2013); some codebases call DropPath "drop connect" by mistake.
+
+    Args:
+        x: input of shape ``(N, ...)``.
+        p: drop probability in [0, 1].
+        training: apply the op (True) or return ``x`` (False).
+        scale_by_keep: divide kept samples by ``1 - p`` (inverted scaling); False leaves them
+            as they are.
+        generator: source of randomness; the global RNG when None.
+    """
+    p = check_probability(p)
+    check_generator(generator, x)
+    check_min_ndim(x, 1, "drop_path", "(N, ...)", "drop_path needs a batch axis.")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_with_grad(x)
+    keep = _keep_mask(x, p, (x.shape[0],) + (1,) * (x.ndim - 1), generator)
+    return _masked_scale(x, keep, 1.0 / (1.0 - p) if scale_by_keep else 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Noise variants
+# --------------------------------------------------------------------------------------------
+
+
+def gaussian_dropout(
+    x: Tensor,
+    p: float = 0.5,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Multiply each element by Gaussian noise ``ε ~ N(1, p / (1 - p))`` (Srivastava et al. §10).
+
+    The noise has the mean (1) and variance (``p / (1 - p)``) of inverted Bernoulli dropout's
+    factor ``m / (1 - p)``, so ``E[y] = x``; nothing is exactly zeroed. As ``p → 1`` the
+    variance grows without bound; ``p == 1`` is defined, like every dropkit op, as dropping
+    everything (exact zeros).
+
+    Args:
+        x: input of any shape.
+        p: drop probability in [0, 1] whose Bernoulli variance the noise matches.
+        training: apply noise (True) or return ``x`` (False).
+        generator: source of randomness; the global RNG when None.
+    """
+    p = check_probability(p)
+    check_generator(generator, x)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_with_grad(x)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    noise = torch.empty_like(x, dtype=dtype).normal_(1.0, math.sqrt(p / (1.0 - p)), generator=generator)
+    return x * noise.to(x.dtype)
+
+
+def _alpha_dropout(x: Tensor, p: float, keep: Tensor) -> Tensor:
+    """``a * (x if kept else α') + b`` with ``a, b`` that restore zero mean and unit variance.
+
+    For inputs of mean 0 and variance 1, ``z = x·m + α'·(1 - m)`` has mean ``p·α'`` and variance
+    ``(1 - p)(1 + p·α'²)``, so ``a = ((1 - p)(1 + p·α'²))^(-1/2)`` and ``b = -a·α'·p``.
+    """
+    alpha = SELU_ALPHA_PRIME
+    a = ((1.0 - p) * (1.0 + p * alpha * alpha)) ** -0.5
+    b = -a * alpha * p
+    kept = keep.to(x.dtype)
+    # a·x·m + (a·α'·(1 - m) + b); the second term has the mask's (broadcast) shape only.
+    return x * (kept * a) + ((1.0 - kept) * (a * alpha) + b)
+
+
+def alpha_dropout(
+    x: Tensor,
+    p: float = 0.1,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Alpha dropout for self-normalizing (SELU) networks (Klambauer et al. 2017).
+
+    Dropped units are set to SELU's saturation value ``α' = -λα ≈ -1.7581`` instead of 0, then
+    an affine map restores the input's mean 0 and variance 1: kept units give ``a·x + b``,
+    dropped ones ``a·α' + b``, with ``a = ((1 - p)(1 + p·α'²))^(-1/2)`` and ``b = -a·α'·p``.
+    Standard dropout would shift a SELU network's variance and break its self-normalization.
+    ``p == 1`` gives exact zeros (the target mean).
+
+    Args:
+        x: input of any shape, ideally of mean 0 and variance 1 (a SELU layer's output).
+        p: drop probability in [0, 1]; Klambauer et al. recommend 0.05 or 0.1.
+        training: apply dropout (True) or return ``x`` (False).
+        generator: source of randomness; the global RNG when None.
+    """
+    p = check_probability(p)
+    check_generator(generator, x)
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_with_grad(x)
+    return _alpha_dropout(x, p, _keep_mask(x, p, x.shape, generator))
+
+
+def feature_alpha_dropout(
+    x: Tensor,
+    p: float = 0.1,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Alpha dropout of whole channels: one draw per (sample, channel), as in spatial dropout.
+
+    Same affine correction as :func:`alpha_dropout`; a dropped channel becomes the constant
+    ``a·α' + b``.
+
+    Args:
+        x: input of shape ``(N, C, *spatial)`` with at least one spatial axis.
+        p: drop probability in [0, 1].
+        training: apply dropout (True) or return ``x`` (False).
+        generator: source of randomness; the global RNG when None.
+    """
+    p = check_probability(p)
+    check_generator(generator, x)
+    check_min_ndim(
+        x,
+        3,
+        "feature_alpha_dropout",
+        "(N, C, *spatial)",
+        "Add the batch axis with x.unsqueeze(0).",
+    )
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_with_grad(x)
+    return _alpha_dropout(x, p, _keep_mask(x, p, _per_channel_shape(x), generator))
+
+
+# --------------------------------------------------------------------------------------------
+# DropBlock
+# --------------------------------------------------------------------------------------------
+
+
+def _coverage_counts(size: int, block: int) -> Counter[int]:
+    """Histogram over the units of one axis of how many block positions cover each unit.
+
+    With blocks of length ``block`` whose first unit lies in ``0 .. size - block``, unit ``u``
+    is covered by ``min(u, size - block) - max(0, u - block + 1) + 1`` positions.
+    """
+    last = size - block
+    return Counter(min(u, last) - max(0, u - block + 1) + 1 for u in range(size))
+
+
+@torch.compiler.assume_constant_result
+@functools.lru_cache(maxsize=1024)
+def _drop_block_seed_rate(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
+    """The seed rate γ whose grown blocks drop, in expectation, exactly a fraction ``p`` of units.
+
+    Seeds are Bernoulli(γ) at the valid block positions (where the whole block fits); a unit
+    covered by ``c`` positions is dropped with probability ``1 - (1 - γ)^c``. Ghiasi et al.'s
+    ``γ = p / Πb · Πf / Π(f - b + 1)`` ignores overlaps between blocks, so it under-drops (about
+    0.07 instead of 0.1 for p = 0.1, block 7, a 14x14 map). Here the mean over all units of
+    ``1 - (1 - γ)^c`` is solved for γ by bisection; the mean is exact, computed from the
+    per-axis coverage histograms. ``block`` must already be clipped to ``spatial``.
+    """
+    total = math.prod(spatial)
+    terms: list[tuple[float, int]] = [(1.0, 1)]  # (weight, coverage) over the units
+    for size, b in zip(spatial, block, strict=True):
+        terms = [
+            (w * n, c * k) for w, c in terms for k, n in _coverage_counts(size, b).items()
+        ]
+    terms = [(w / total, c) for w, c in terms]
+
+    def dropped_fraction(gamma: float) -> float:
+        return sum(w * (1.0 - (1.0 - gamma) ** c) for w, c in terms)
+
+    low, high = 0.0, 1.0
+    for _ in range(60):  # 2**-60: well below float32's resolution of the uniforms
+        mid = 0.5 * (low + high)
+        if dropped_fraction(mid) < p:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+def drop_block(
+    x: Tensor,
+    p: float = 0.1,
+    *,
+    block_size: int | Sequence[int] = 7,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Drop contiguous square (cubic) blocks of each feature map (Ghiasi et al. 2018).
+
+    Block seeds are drawn with rate γ at the positions where a whole block fits, grown to
+    ``block_size`` blocks by max-pooling, and the kept units rescaled by ``numel / Σ mask``
+    as in the paper. Unlike the paper's γ formula and the published implementations, γ here is
+    calibrated so that the *realized* fraction of dropped units is ``p`` in expectation
+    (see :func:`_drop_block_seed_rate`). Each (sample, channel) gets its own blocks. Even block
+    sizes work; a block larger than the map along an axis is clipped to the map's length there.
+
+    Args:
+        x: ``(N, C, H, W)`` for 2-d blocks or ``(N, C, D, H, W)`` for 3-d blocks.
+        p: fraction of units to drop, in [0, 1].
+        block_size: edge of the block; an int or one int per spatial axis.
+        training: apply DropBlock (True) or return ``x`` (False).
+        generator: source of randomness; the global RNG when None.
+    """
+    p = check_probability(p)
+    check_generator(generator, x)
+    check_ndim(
+        x,
+        (4, 5),
+        "drop_block",
+        "(N, C, H, W) or (N, C, D, H, W)",
+        "For an unbatched input add the batch axis with x.unsqueeze(0).",
+    )
+    spatial = tuple(int(s) for s in x.shape[2:])
+    block = tuple(
+        min(b, s) for b, s in zip(check_block_size(block_size, len(spatial)), spatial, strict=True)
+    )
+    if not training or p == 0.0:
+        return x
+    if p == 1.0 or x.numel() == 0:
+        return _zeros_with_grad(x)
+    gamma = _drop_block_seed_rate(p, spatial, block)
+    valid = tuple(s - b + 1 for s, b in zip(spatial, block, strict=True))
+    seeds = (~_keep_mask(x, gamma, x.shape[:2] + valid, generator)).to(torch.float32)
+    # Pad by b - 1 on both sides, then a stride-1 max-pool of width b: output unit u is
+    # dropped if any seed at a block start in u - b + 1 .. u is set.
+    padding = [b - 1 for b in reversed(block) for _ in range(2)]
+    pool = F.max_pool2d if len(block) == 2 else F.max_pool3d
+    keep = 1.0 - pool(F.pad(seeds, padding), kernel_size=block, stride=1)
+    scale = keep.numel() / keep.sum().clamp_min(1.0)
+    return x * (keep * scale).to(x.dtype)
