@@ -411,8 +411,15 @@ def _coverage_counts(size: int, block: int) -> Counter[int]:
 
 
 @torch.compiler.assume_constant_result
-@functools.lru_cache(maxsize=1024)
 def _drop_block_seed_rate(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
+    """Cached :func:`_solve_drop_block_seed_rate`, evaluated as a constant under torch.compile."""
+    return _solve_drop_block_seed_rate(p, spatial, block)
+
+
+@functools.lru_cache(maxsize=1024)
+def _solve_drop_block_seed_rate(
+    p: float, spatial: tuple[int, ...], block: tuple[int, ...]
+) -> float:
     """The seed rate γ whose grown blocks drop, in expectation, exactly a fraction ``p`` of units.
 
     Seeds are Bernoulli(γ) at the valid block positions (where the whole block fits); a unit

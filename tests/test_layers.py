@@ -1,0 +1,118 @@
+"""The layers: the shared contract (tests/helpers.py) plus each layer's own options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import dropkit
+from helpers import check_dropout_layer
+
+LAYER_CASES: list[tuple[type[nn.Module], tuple[int, ...], dict[str, Any]]] = [
+    (dropkit.Dropout, (6, 5, 4), {}),
+    (dropkit.Dropout, (6, 5, 4), {"scaling": "inverted", "inplace": False}),
+    (dropkit.SpatialDropout1d, (6, 5, 4), {}),
+    (dropkit.SpatialDropout2d, (6, 5, 4, 3), {}),
+    (dropkit.SpatialDropout3d, (3, 5, 4, 3, 2), {}),
+    (dropkit.LockedDropout, (6, 5, 4), {}),
+    (dropkit.LockedDropout, (6, 5, 4), {"batch_first": False}),
+    (dropkit.GaussianDropout, (6, 5, 4), {}),
+    (dropkit.AlphaDropout, (6, 5, 4), {}),
+    (dropkit.FeatureAlphaDropout, (6, 5, 4, 3), {}),
+    (dropkit.DropPath, (6, 5, 4), {}),
+    (dropkit.DropBlock2d, (6, 5, 8, 8), {"block_size": 3}),
+    (dropkit.DropBlock3d, (3, 5, 4, 6, 6), {"block_size": 2}),
+]
+
+
+@pytest.mark.parametrize(
+    ("cls", "shape", "kwargs"),
+    LAYER_CASES,
+    ids=[f"{c.__name__}-{i}" for i, (c, _, _) in enumerate(LAYER_CASES)],
+)
+def test_layer_contract(cls: type[nn.Module], shape: tuple[int, ...], kwargs: dict[str, Any]) -> None:
+    check_dropout_layer(cls, shape, kwargs=kwargs)
+
+
+def test_follows_train_and_eval_inside_a_model() -> None:
+    model = nn.Sequential(nn.Linear(10, 50), nn.ReLU(), dropkit.Dropout(0.5), nn.Linear(50, 1))
+    x = torch.randn(32, 10)
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+
+
+def test_from_keep_prob() -> None:
+    layer = dropkit.Dropout.from_keep_prob(0.8, scaling="classic")
+    assert layer.p == pytest.approx(0.2) and layer.scaling == "classic"
+    assert dropkit.Dropout.from_keep_prob(1.0).p == 0.0
+
+
+def test_classic_dropout_layer_scales_at_inference() -> None:
+    layer = dropkit.Dropout(0.25, scaling="classic").eval()
+    assert torch.equal(layer(torch.ones(3)), torch.full((3,), 0.75))
+    assert "scaling='classic'" in repr(layer)
+
+
+@pytest.mark.parametrize(
+    ("cls", "good", "bad"),
+    [
+        (dropkit.SpatialDropout1d, (2, 3, 4), (3, 4)),
+        (dropkit.SpatialDropout2d, (2, 3, 4, 4), (3, 4, 4)),
+        (dropkit.SpatialDropout3d, (2, 3, 4, 4, 4), (3, 4, 4, 4)),
+        (dropkit.DropBlock2d, (2, 3, 4, 4), (3, 4, 4)),
+        (dropkit.DropBlock3d, (2, 3, 4, 4, 4), (2, 3, 4, 4)),
+    ],
+)
+def test_rank_is_exact_no_guessing(
+    cls: type[nn.Module], good: tuple[int, ...], bad: tuple[int, ...]
+) -> None:
+    layer = cls(0.5)
+    assert layer(torch.ones(good)).shape == good
+    with pytest.raises(ValueError, match=rf"{cls.__name__} expects a {len(good)}-D input .* got a {len(bad)}-D input"):
+        layer(torch.ones(bad))
+
+
+def test_spatial_rank_message_explains_itself() -> None:
+    with pytest.raises(ValueError, match="does not guess which axis is the channel.*unsqueeze"):
+        dropkit.SpatialDropout2d(0.2)(torch.ones(3, 8, 8))
+
+
+def test_repr_shows_options() -> None:
+    assert repr(dropkit.DropBlock2d(0.1, 7)) == "DropBlock2d(p=0.1, block_size=7)"
+    assert repr(dropkit.DropBlock2d(0.1, (3, 5))) == "DropBlock2d(p=0.1, block_size=(3, 5))"
+    assert repr(dropkit.LockedDropout(0.3, batch_first=False)) == "LockedDropout(p=0.3, batch_first=False)"
+    assert repr(dropkit.DropPath(0.2, scale_by_keep=False)) == "DropPath(p=0.2, scale_by_keep=False)"
+    assert repr(dropkit.Dropout(0.5, inplace=True)) == "Dropout(p=0.5, inplace=True)"
+
+
+def test_defaults_follow_the_usual_rates() -> None:
+    assert dropkit.Dropout().p == 0.5
+    assert dropkit.SpatialDropout2d().p == 0.2
+    assert dropkit.AlphaDropout().p == 0.1
+    assert dropkit.DropPath().p == 0.1
+    block = dropkit.DropBlock2d()
+    assert (block.p, block.block_size) == (0.1, (7, 7))
+
+
+def test_layer_generator_drives_the_masks() -> None:
+    a = dropkit.Dropout(0.5, generator=torch.Generator().manual_seed(9))
+    b = dropkit.Dropout(0.5, generator=torch.Generator().manual_seed(9))
+    x = torch.ones(100)
+    assert torch.equal(a(x), b(x)) and torch.equal(a(x), b(x))  # also the second call
+
+
+def test_inplace_layer_modifies_input() -> None:
+    x = torch.ones(50)
+    y = dropkit.Dropout(0.5, inplace=True)(x)
+    assert y is x and (x == 0).any()
+
+
+def test_top_level_exports() -> None:
+    for name in dropkit.__all__:
+        assert hasattr(dropkit, name), name
+    assert dropkit.functional.dropout is not None
