@@ -7,6 +7,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -63,10 +64,6 @@ def check_dropout_layer(
     copied = copy.deepcopy(layer)
     restored = pickle.loads(pickle.dumps(layer))
     assert copied.p == restored.p == 0.25
-    try:
+    with pytest.raises(ValueError, match="percentage"):
         layer.p = 30
-    except ValueError as error:
-        assert "percentage" in str(error)
-    else:
-        raise AssertionError("assigning p=30 must raise ValueError")
     assert layer.p == 0.25

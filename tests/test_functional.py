@@ -79,7 +79,9 @@ class TestEveryOp:
         assert torch.equal(op(x, 0.5, generator=_seeded(5)), expected)
 
 
-@pytest.mark.parametrize(("op", "shape"), MULTIPLICATIVE, ids=[o.__name__ for o, _ in MULTIPLICATIVE])
+@pytest.mark.parametrize(
+    ("op", "shape"), MULTIPLICATIVE, ids=[o.__name__ for o, _ in MULTIPLICATIVE]
+)
 def test_gradient_is_the_mask_factor(op, shape) -> None:  # type: ignore[no-untyped-def]
     """y = x·factor, so dy/dx = factor: zero for dropped units, the scale for kept ones."""
     x = (torch.rand(shape) + 0.5).requires_grad_(True)  # nonzero, so factor = y / x
@@ -145,7 +147,10 @@ class TestSpatialDropout:
         assert torch.equal(y[y != 0], (x * 2.0)[y != 0])
 
     def test_refuses_unbatched_rank(self) -> None:
-        with pytest.raises(ValueError, match=r"spatial_dropout expects an input of at least 3 dimensions \(N, C, \*spatial\), got a 2-D input of shape \(4, 5\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"spatial_dropout expects an input of at least 3 dimensions \(N, C, \*spatial\), got a 2-D input of shape \(4, 5\)",
+        ):
             DF.spatial_dropout(torch.ones(4, 5), 0.5)
 
 
@@ -169,7 +174,10 @@ class TestLockedDropout:
         assert torch.equal(a, b.transpose(0, 1))
 
     def test_refuses_2d(self) -> None:
-        with pytest.raises(ValueError, match=r"locked_dropout expects an input of at least 3 dimensions \(T, N, \*features\)"):
+        with pytest.raises(
+            ValueError,
+            match=r"locked_dropout expects an input of at least 3 dimensions \(T, N, \*features\)",
+        ):
             DF.locked_dropout(torch.ones(5, 4), 0.5, batch_first=False)
 
 
@@ -255,7 +263,10 @@ class TestDropBlock:
         assert dropped.any() and torch.equal(covered, dropped)
 
     def test_refuses_other_ranks(self) -> None:
-        with pytest.raises(ValueError, match=r"drop_block expects a 4-D or 5-D input \(N, C, H, W\) or \(N, C, D, H, W\), got a 3-D input"):
+        with pytest.raises(
+            ValueError,
+            match=r"drop_block expects a 4-D or 5-D input \(N, C, H, W\) or \(N, C, D, H, W\), got a 3-D input",
+        ):
             DF.drop_block(torch.ones(3, 8, 8), 0.1, block_size=3)
 
     def test_refuses_bad_block_size(self) -> None:

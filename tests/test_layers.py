@@ -33,7 +33,9 @@ LAYER_CASES: list[tuple[type[nn.Module], tuple[int, ...], dict[str, Any]]] = [
     LAYER_CASES,
     ids=[f"{c.__name__}-{i}" for i, (c, _, _) in enumerate(LAYER_CASES)],
 )
-def test_layer_contract(cls: type[nn.Module], shape: tuple[int, ...], kwargs: dict[str, Any]) -> None:
+def test_layer_contract(
+    cls: type[nn.Module], shape: tuple[int, ...], kwargs: dict[str, Any]
+) -> None:
     check_dropout_layer(cls, shape, kwargs=kwargs)
 
 
@@ -73,7 +75,10 @@ def test_rank_is_exact_no_guessing(
 ) -> None:
     layer = cls(0.5)
     assert layer(torch.ones(good)).shape == good
-    with pytest.raises(ValueError, match=rf"{cls.__name__} expects a {len(good)}-D input .* got a {len(bad)}-D input"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{cls.__name__} expects a {len(good)}-D input .* got a {len(bad)}-D input",
+    ):
         layer(torch.ones(bad))
 
 
@@ -85,8 +90,13 @@ def test_spatial_rank_message_explains_itself() -> None:
 def test_repr_shows_options() -> None:
     assert repr(dropkit.DropBlock2d(0.1, 7)) == "DropBlock2d(p=0.1, block_size=7)"
     assert repr(dropkit.DropBlock2d(0.1, (3, 5))) == "DropBlock2d(p=0.1, block_size=(3, 5))"
-    assert repr(dropkit.LockedDropout(0.3, batch_first=False)) == "LockedDropout(p=0.3, batch_first=False)"
-    assert repr(dropkit.DropPath(0.2, scale_by_keep=False)) == "DropPath(p=0.2, scale_by_keep=False)"
+    assert (
+        repr(dropkit.LockedDropout(0.3, batch_first=False))
+        == "LockedDropout(p=0.3, batch_first=False)"
+    )
+    assert (
+        repr(dropkit.DropPath(0.2, scale_by_keep=False)) == "DropPath(p=0.2, scale_by_keep=False)"
+    )
     assert repr(dropkit.Dropout(0.5, inplace=True)) == "Dropout(p=0.5, inplace=True)"
 
 

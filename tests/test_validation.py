@@ -25,7 +25,9 @@ class TestCheckProbability:
 
     @pytest.mark.parametrize("value", [-0.1, 1.0001, math.inf, -math.inf, 150])
     def test_refuses_out_of_range(self, value: float) -> None:
-        with pytest.raises(ValueError, match=r"`p` must be in \[0, 1\] \(the drop probability\), got"):
+        with pytest.raises(
+            ValueError, match=r"`p` must be in \[0, 1\] \(the drop probability\), got"
+        ):
             check_probability(value)
 
     def test_refuses_nan(self) -> None:
@@ -53,11 +55,15 @@ class TestOtherChecks:
             check_block_size(2.5, 2)
 
     def test_generator_type(self) -> None:
-        with pytest.raises(TypeError, match="`generator` must be a torch.Generator or None, got int"):
+        with pytest.raises(
+            TypeError, match="`generator` must be a torch.Generator or None, got int"
+        ):
             check_generator(3)
 
     def test_generator_device(self) -> None:
-        with pytest.raises(ValueError, match="`generator` is on device 'cpu' but the input is on 'meta'"):
+        with pytest.raises(
+            ValueError, match="`generator` is on device 'cpu' but the input is on 'meta'"
+        ):
             check_generator(torch.Generator(), torch.ones(2, device="meta"))
 
 
@@ -101,7 +107,9 @@ def test_every_layer_refuses_bad_p(layer, p: object) -> None:  # type: ignore[no
 
 
 def test_scaling_must_be_known() -> None:
-    with pytest.raises(ValueError, match="`scaling` must be one of 'inverted', 'classic', got 'keras'"):
+    with pytest.raises(
+        ValueError, match="`scaling` must be one of 'inverted', 'classic', got 'keras'"
+    ):
         dropkit.Dropout(0.5, scaling="keras")
     with pytest.raises(ValueError, match="`scaling`"):
         DF.dropout(torch.ones(3), 0.5, scaling="Inverted")

@@ -10,8 +10,8 @@ from dropkit import functional as functional
 from dropkit.layers import AlphaDropout as AlphaDropout
 from dropkit.layers import DropBlock2d as DropBlock2d
 from dropkit.layers import DropBlock3d as DropBlock3d
-from dropkit.layers import DropPath as DropPath
 from dropkit.layers import Dropout as Dropout
+from dropkit.layers import DropPath as DropPath
 from dropkit.layers import FeatureAlphaDropout as FeatureAlphaDropout
 from dropkit.layers import GaussianDropout as GaussianDropout
 from dropkit.layers import LockedDropout as LockedDropout

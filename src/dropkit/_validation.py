@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 
@@ -83,13 +84,15 @@ def check_block_size(value: object, ndim: int, name: str = "block_size") -> tupl
             f"`{name}` must be a positive int or a tuple of {ndim} positive ints, "
             f"got {_describe(value)}"
         )
-    sizes = tuple(int(v) for v in items)  # type: ignore[call-overload]
+    sizes = tuple(int(cast(numbers.Integral, v)) for v in items)
     if min(sizes) < 1:
         raise ValueError(f"`{name}` must be >= 1 along every axis, got {_describe(value)}")
     return sizes
 
 
-def check_ndim(x: torch.Tensor, allowed: Sequence[int], op: str, layout: str, hint: str = "") -> None:
+def check_ndim(
+    x: torch.Tensor, allowed: Sequence[int], op: str, layout: str, hint: str = ""
+) -> None:
     """Refuse an input whose rank is not in ``allowed`` rather than guess its layout.
 
     Args:

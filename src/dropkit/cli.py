@@ -59,7 +59,9 @@ def _check_positive(name: str, value: int) -> int:
 @app.command()
 def demo(
     epochs: Annotated[int, typer.Option(help="Training epochs per run.")] = 4000,
-    seeds: Annotated[int, typer.Option(help="Seeds per model (10 is the minimum for a claim).")] = 10,
+    seeds: Annotated[
+        int, typer.Option(help="Seeds per model (10 is the minimum for a claim).")
+    ] = 10,
     p: Annotated[float, typer.Option("--p", help="Drop probability of the hidden dropout.")] = 0.4,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of text.")

@@ -102,7 +102,7 @@ def _keep_mask(
 
 
 def _masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) -> Tensor:
-    """``x * keep * scale`` in ``x``'s dtype. The gradient is ``keep * scale``: zero where dropped."""
+    """``x * keep * scale`` in ``x``'s dtype; its gradient ``keep * scale`` is 0 where dropped."""
     factor = keep.to(x.dtype)
     if scale != 1.0:
         factor = factor * scale
@@ -313,7 +313,9 @@ def gaussian_dropout(
     if p == 1.0:
         return _zeros_with_grad(x)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    noise = torch.empty_like(x, dtype=dtype).normal_(1.0, math.sqrt(p / (1.0 - p)), generator=generator)
+    noise = torch.empty_like(x, dtype=dtype).normal_(
+        1.0, math.sqrt(p / (1.0 - p)), generator=generator
+    )
     return x * noise.to(x.dtype)
 
 
@@ -324,11 +326,12 @@ def _alpha_dropout(x: Tensor, p: float, keep: Tensor) -> Tensor:
     ``(1 - p)(1 + p·α'²)``, so ``a = ((1 - p)(1 + p·α'²))^(-1/2)`` and ``b = -a·α'·p``.
     """
     alpha = SELU_ALPHA_PRIME
-    a = ((1.0 - p) * (1.0 + p * alpha * alpha)) ** -0.5
+    a: float = ((1.0 - p) * (1.0 + p * alpha * alpha)) ** -0.5
     b = -a * alpha * p
     kept = keep.to(x.dtype)
     # a·x·m + (a·α'·(1 - m) + b); the second term has the mask's (broadcast) shape only.
-    return x * (kept * a) + ((1.0 - kept) * (a * alpha) + b)
+    offset: Tensor = (1.0 - kept) * (a * alpha) + b
+    return x * (kept * a) + offset
 
 
 def alpha_dropout(
@@ -410,7 +413,7 @@ def _coverage_counts(size: int, block: int) -> Counter[int]:
     return Counter(min(u, last) - max(0, u - block + 1) + 1 for u in range(size))
 
 
-@torch.compiler.assume_constant_result
+@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # torch leaves it untyped
 def _drop_block_seed_rate(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
     """Cached :func:`_solve_drop_block_seed_rate`, evaluated as a constant under torch.compile."""
     return _solve_drop_block_seed_rate(p, spatial, block)
@@ -432,9 +435,7 @@ def _solve_drop_block_seed_rate(
     total = math.prod(spatial)
     terms: list[tuple[float, int]] = [(1.0, 1)]  # (weight, coverage) over the units
     for size, b in zip(spatial, block, strict=True):
-        terms = [
-            (w * n, c * k) for w, c in terms for k, n in _coverage_counts(size, b).items()
-        ]
+        terms = [(w * n, c * k) for w, c in terms for k, n in _coverage_counts(size, b).items()]
     terms = [(w / total, c) for w, c in terms]
 
     def dropped_fraction(gamma: float) -> float:

@@ -52,7 +52,7 @@ class _DropoutLayer(nn.Module):
 
     @property
     def p(self) -> float:
-        """Drop probability: the probability of an element to be zeroed (not the keep probability)."""
+        """Drop probability: the probability of an element to be zeroed (not the keep one)."""
         return self._p
 
     @p.setter
@@ -367,9 +367,7 @@ class FeatureAlphaDropout(_DropoutLayer):
         super().__init__(p, generator=generator)
 
     def forward(self, x: Tensor) -> Tensor:
-        return DF.feature_alpha_dropout(
-            x, self.p, training=self.training, generator=self.generator
-        )
+        return DF.feature_alpha_dropout(x, self.p, training=self.training, generator=self.generator)
 
 
 class DropPath(_DropoutLayer):
