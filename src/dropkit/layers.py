@@ -75,8 +75,8 @@ class Dropout(_DropoutLayer):
     * ``scaling="inverted"`` (default): training ``y = x·m / (1 - p)``, inference ``y = x``;
     * ``scaling="classic"`` (the paper's): training ``y = x·m``, inference ``y = (1 - p)·x``.
 
-    Both keep :math:`E[y] = x`. The factor is the *keep* probability ``1 - p``; it equals the
-    drop probability only at ``p = 0.5``.
+    In both, the training output's expectation equals the inference output. The factor is the
+    *keep* probability ``1 - p``; it equals the drop probability only at ``p = 0.5``.
 
     When to use: after hidden dense layers (usual ``p`` 0.2–0.5, 0.5 in the paper), on the
     inputs (0.1–0.2), before the output layer (0.3–0.5); transformers 0.1. Never after the
@@ -124,7 +124,8 @@ class Dropout(_DropoutLayer):
         ``Dropout.from_keep_prob(0.8)`` is ``Dropout(p=0.2)``.
         """
         q = check_probability(q, "q", meaning="keep")
-        return cls(1.0 - q, **kwargs)
+        # 12 significant digits: 1 - 0.8 gives 0.2, not 0.19999999999999996.
+        return cls(float(f"{1.0 - q:.12g}"), **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         return DF.dropout(
@@ -178,8 +179,8 @@ _SPATIAL_DOC = r"""Zero whole channels (feature maps) of a {d}-d input with prob
 
     Shape:
         - Input: :math:`{shape}`. Exactly this rank: an unbatched input is refused instead of
-          being reinterpreted (``torch.nn.functional.dropout2d`` silently treats a 3-D input
-          as 1-d data).
+          being reinterpreted (``torch.nn.functional.dropout2d`` treats a 3-D input as 1-d
+          data, with only a warning).
         - Output: :math:`{shape}`, same as the input.
 
     Reference:
