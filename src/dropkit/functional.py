@@ -431,7 +431,8 @@ def _solve_drop_block_seed_rate(
     ``γ = p / Πb · Πf / Π(f - b + 1)`` ignores overlaps between blocks, so it under-drops (0.093
     instead of 0.1 for p = 0.1, block 7, a 14x14 map; 0.243 instead of 0.3 for p = 0.3). Here
     the mean over all units of ``1 - (1 - γ)^c`` is solved for γ by bisection; the mean is
-    exact, computed from the per-axis coverage histograms. ``block`` must already be clipped to ``spatial``.
+    exact, computed from the per-axis coverage histograms. ``block`` must already be clipped
+    to ``spatial``.
     """
     total = math.prod(spatial)
     terms: list[tuple[float, int]] = [(1.0, 1)]  # (weight, coverage) over the units
