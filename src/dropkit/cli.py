@@ -1,12 +1,18 @@
-"""The ``dropkit`` command line: a thin Typer app that parses, calls the library and prints.
+"""The ``dropkit`` command line: a thin Typer app that parses, calls the lab and prints.
 
-Nothing imports this module. Usage errors exit with code 2 and a one-line message.
+Nothing imports this module. Usage errors (bad options, unusable data or store) exit with
+code 2 and a one-line message on stderr, before anything is written; ``--debug`` shows the
+traceback. ``--json`` prints exactly one JSON object on stdout.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -22,14 +28,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# The reference case study (MISSION.md section 4) that `dropkit demo` reproduces.
-CASE_STUDY = {
-    "data": "make_circles(n_samples=100, noise=0.1, random_state=1); first 30 train, last 70 test",
-    "model": "Dense(500, ReLU) -> [Dropout(p)] -> Dense(1, sigmoid)",
-    "loss": "binary cross-entropy",
-    "optimizer": "Adam (default settings)",
-    "batch_size": 32,
-}
+# Options shared by the experiment commands.
+EpochsOpt = Annotated[int, typer.Option(help="Training epochs per run.")]
+SeedsOpt = Annotated[int, typer.Option(help="Seeds per setting (10 is the minimum for a claim).")]
+OutOpt = Annotated[Path | None, typer.Option(help="Output folder for plots and tables.")]
+StoreOpt = Annotated[
+    Path | None, typer.Option(help="SQLite results store [default: OUT/runs.sqlite].")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile",
+        help="Fuse training with torch.compile [default: when a C++ compiler is found].",
+    ),
+]
+RunsPerBatchOpt = Annotated[
+    int, typer.Option(help="Most runs trained together as one batch (bounds memory).")
+]
 
 
 def _version_callback(value: bool) -> None:
@@ -50,50 +68,376 @@ def _root(
     """Dropout regularization for PyTorch."""
 
 
-def _check_positive(name: str, value: int) -> int:
-    if value < 1:
-        raise typer.BadParameter(f"must be >= 1, got {value}", param_hint=name)
-    return value
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"dropkit: error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _parse_rates(text: str) -> list[float]:
+    """``"0,0.1,0.4"`` or an inclusive range ``"start:stop:step"`` such as ``"0:0.8:0.1"``."""
+    from dropkit._validation import check_probability
+
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if not step > 0:
+                _fail(f"--rates: the step of {text!r} must be > 0")
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            values = [round(start + i * step, 10) for i in range(max(count, 0))]
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        _fail(f"--rates: expected numbers like '0,0.2,0.4' or a range '0:0.8:0.1', got {text!r}")
+    if not values:
+        _fail(f"--rates: no rate in {text!r}")
+    try:
+        return [check_probability(v, "--rates") for v in values]
+    except ValueError as error:
+        _fail(str(error))
+
+
+def _parse_hidden(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        _fail(f"--hidden: expected widths like '500' or '256,128', got {text!r}")
+    if not widths or min(widths) < 1:
+        _fail(f"--hidden: widths must be integers >= 1, got {text!r}")
+    return widths
+
+
+class _RichProgress:
+    """A rich progress bar on stderr, over run-epochs."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("run-epochs"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._task: Any = None
+
+    def begin(self, total: int, description: str) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, amount: int) -> None:
+        self._bar.advance(self._task, amount)
+
+    def end(self) -> None:
+        self._bar.stop()
+
+
+def _run_experiment(
+    *,
+    kind: str,
+    rates: Sequence[float],
+    seeds: int,
+    epochs: int,
+    batch_size: int,
+    hidden: tuple[int, ...],
+    data_name: str,
+    target: str | None,
+    input_dropout: float,
+    max_norm: float | None,
+    out: Path,
+    store_path: Path | None,
+    as_json: bool,
+    quiet: bool,
+    compile: bool | None,
+    runs_per_batch: int,
+) -> None:
+    from dropkit._validation import check_probability
+    from dropkit.lab.config import DataSpec, ModelSpec, SweepSpec, TrainSpec
+    from dropkit.lab.data import DataError, load_dataset
+    from dropkit.lab.engines import InProcessEngine
+    from dropkit.lab.runner import run_configs
+    from dropkit.lab.store import ResultsStore, StoreError
+
+    if seeds < 1:
+        _fail(f"--seeds must be >= 1, got {seeds}")
+    if epochs < 1:
+        _fail(f"--epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        _fail(f"--batch-size must be >= 1, got {batch_size}")
+    if runs_per_batch < 1:
+        _fail(f"--runs-per-batch must be >= 1, got {runs_per_batch}")
+    if max_norm is not None and not (max_norm > 0 and math.isfinite(max_norm)):
+        _fail(f"--max-norm must be a finite number > 0, got {max_norm}")
+    try:
+        input_dropout = check_probability(input_dropout, "--input-dropout")
+    except ValueError as error:
+        _fail(str(error))
+    data_spec = DataSpec(name=data_name, target=target)
+    try:
+        dataset = load_dataset(data_spec)  # refuse bad data before anything is written
+    except DataError as error:
+        _fail(str(error))
+    spec = SweepSpec(
+        data=data_spec,
+        model=ModelSpec(hidden=hidden),
+        train=TrainSpec(epochs=epochs, batch_size=batch_size),
+        rates=tuple(rates),
+        seeds=seeds,
+        input_p=input_dropout,
+        max_norm=max_norm,
+    )
+    store_path = store_path or out / "runs.sqlite"
+    try:
+        store = ResultsStore(store_path)
+    except StoreError as error:
+        _fail(str(error))
+    show_progress = not (quiet or as_json) and sys.stderr.isatty()
+    progress = _RichProgress() if show_progress else None
+    configs = list(spec.runs())
+    with store:
+        done_before = len(store.done_keys([c.key() for c in configs]))
+        if not as_json:
+            if done_before == len(configs):
+                typer.echo(f"{done_before}/{len(configs)} runs already complete in {store_path}")
+            elif done_before:
+                typer.echo(f"{done_before}/{len(configs)} runs already complete; training the rest")
+        try:
+            outcome = run_configs(
+                configs,
+                store,
+                engine=InProcessEngine(compile=compile),
+                progress=progress,
+                max_batch=runs_per_batch,
+            )
+        except KeyboardInterrupt:
+            stored = len(store.done_keys([c.key() for c in configs]))
+            typer.echo(
+                f"dropkit: interrupted; {stored}/{len(configs)} runs are stored in {store_path}. "
+                "Run the same command again to resume.",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        _report(kind, dataset.name, spec, store, outcome.keys, out, store_path, as_json)
+
+
+def _report(
+    kind: str,
+    dataset_name: str,
+    spec: Any,
+    store: Any,
+    keys: Sequence[str],
+    out: Path,
+    store_path: Path,
+    as_json: bool,
+) -> None:
+    from dropkit.lab.plots import plot_learning_curves, plot_rate_curve
+    from dropkit.lab.stats import best_rate, summarize
+
+    runs = store.runs(list(keys))
+    summaries = summarize(runs)
+    best = best_rate(summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[float, list[Any]] = {}
+    for run in runs:
+        groups.setdefault(run.config.p, []).append(run)
+    # The demo shows both of its models; a sweep its lowest rate and its best one.
+    shown = (
+        sorted(groups)
+        if kind == "demo"
+        else sorted({min(groups), best.summary.p if best else max(groups)})
+    )
+    files = {
+        "learning_curves": plot_learning_curves(
+            store,
+            [groups[p] for p in shown],
+            out / "learning_curves.png",
+            title=f"{dataset_name}: train (dashed) and test (solid) accuracy, mean and 95% CI "
+            f"over {spec.seeds} seeds",
+        )
+    }
+    if kind == "sweep":
+        files["rate_curve"] = plot_rate_curve(
+            summaries,
+            out / "rate_vs_accuracy.png",
+            title=f"{dataset_name}: accuracy vs dropout rate",
+        )
+    rows = [s.to_dict() for s in summaries]
+    payload = {
+        "command": kind,
+        "dataset": dataset_name,
+        "summary": rows,
+        "best": None
+        if best is None
+        else {"arm": best.summary.arm, "p": best.summary.p, "evidence": best.evidence},
+        "store": str(store_path),
+        "out": str(out),
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(payload))
+        return
+    _print_table(summaries)
+    if best is not None:
+        typer.echo(best.evidence)
+    typer.echo(f"results store: {store_path}")
+    for name, path in files.items():
+        typer.echo(f"{name.replace('_', ' ')}: {path}")
+    typer.echo(f"summary table: {out / 'summary.json'}")
+
+
+def _print_table(summaries: Sequence[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    def fmt(value: float) -> str:
+        return "n/a" if not math.isfinite(value) else f"{value:.3f}"
+
+    table = Table(title="Final accuracy over seeds (mean, 95% CI)")
+    for column in ("arm", "p", "seeds", "train acc", "test acc", "95% CI", "gap", "vs none"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for s in summaries:
+        low, high = s.test_acc_ci95
+        test = s.vs_baseline
+        versus = (
+            "baseline"
+            if test is None
+            else f"{test.difference:+.3f} (p={test.p_value:.2g})"
+            if math.isfinite(test.p_value)
+            else f"{test.difference:+.3f}"
+        )
+        table.add_row(
+            s.arm,
+            f"{s.p:g}",
+            str(s.n_seeds),
+            fmt(s.train_acc_mean),
+            fmt(s.test_acc_mean),
+            f"[{fmt(low)}, {fmt(high)}]",
+            fmt(s.gap_mean),
+            versus,
+        )
+    Console(width=110).print(table)
 
 
 @app.command()
 def demo(
-    epochs: Annotated[int, typer.Option(help="Training epochs per run.")] = 4000,
-    seeds: Annotated[
-        int, typer.Option(help="Seeds per model (10 is the minimum for a claim).")
-    ] = 10,
+    epochs: EpochsOpt = 4000,
+    seeds: SeedsOpt = 10,
     p: Annotated[float, typer.Option("--p", help="Drop probability of the hidden dropout.")] = 0.4,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object instead of text.")
-    ] = False,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    compile: CompileOpt = None,
+    runs_per_batch: RunsPerBatchOpt = 128,
+    debug: DebugOpt = False,
 ) -> None:
-    """Show the reference case study: does Dropout(0.4) help a 500-unit MLP on 30 points?
+    """Does Dropout(0.4) help a 500-unit MLP trained on 30 points? The reference case study.
 
-    The experiment lab that trains it is not part of this release yet; this command states the
-    plan it will run, with the options given.
+    make_circles(100, noise=0.1, random_state=1): the first 30 samples train, the other 70
+    test. Dense(500, ReLU) -> [Dropout(p)] -> Dense(1, sigmoid), binary cross-entropy, Adam,
+    batch 32, trained with and without dropout over several seeds.
     """
     from dropkit._validation import check_probability
 
-    _check_positive("--epochs", epochs)
-    _check_positive("--seeds", seeds)
     try:
-        p = check_probability(p)
+        p = check_probability(p, "--p")
     except (TypeError, ValueError) as error:
-        raise typer.BadParameter(str(error), param_hint="--p") from None
-    plan = {
-        **CASE_STUDY,
-        "arms": ["none", f"dropout(p={p:g})"],
-        "epochs": epochs,
-        "seeds": seeds,
-        "runs": 2 * seeds,
-        "status": "planned: the training lab is not available in this version",
-    }
-    if as_json:
-        typer.echo(json.dumps(plan))
-        return
-    typer.echo("dropkit demo: does dropout help, and at what rate?")
-    for key, value in plan.items():
-        typer.echo(f"  {key:<10} {value}")
+        _fail(str(error))
+    _guarded(
+        debug,
+        kind="demo",
+        rates=[0.0, p] if p > 0 else [0.0],
+        seeds=seeds,
+        epochs=epochs,
+        batch_size=32,
+        hidden=(500,),
+        data_name="circles",
+        target=None,
+        input_dropout=0.0,
+        max_norm=None,
+        out=out or Path("dropkit-demo"),
+        store_path=store,
+        as_json=as_json,
+        quiet=quiet,
+        compile=compile,
+        runs_per_batch=runs_per_batch,
+    )
+
+
+@app.command()
+def sweep(
+    data: Annotated[
+        str,
+        typer.Option(help="circles, moons, digits, breast_cancer, wine, or PATH.csv."),
+    ] = "circles",
+    target: Annotated[str | None, typer.Option(help="Target column of a CSV file.")] = None,
+    rates: Annotated[
+        str, typer.Option(help="Drop rates: '0,0.2,0.4' or an inclusive range '0:0.8:0.1'.")
+    ] = "0:0.8:0.1",
+    seeds: SeedsOpt = 10,
+    epochs: EpochsOpt = 4000,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 32,
+    hidden: Annotated[
+        str, typer.Option(help="Hidden layer widths, e.g. '500' or '256,128'.")
+    ] = "500",
+    input_dropout: Annotated[float, typer.Option(help="Drop probability on the inputs.")] = 0.0,
+    max_norm: Annotated[
+        float | None, typer.Option(help="Max-norm bound c on hidden units' incoming weights.")
+    ] = None,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    compile: CompileOpt = None,
+    runs_per_batch: RunsPerBatchOpt = 128,
+    debug: DebugOpt = False,
+) -> None:
+    """Grid-search the dropout rate: rates x seeds, with 95% CIs and the best rate's evidence."""
+    _guarded(
+        debug,
+        kind="sweep",
+        rates=_parse_rates(rates),
+        seeds=seeds,
+        epochs=epochs,
+        batch_size=batch_size,
+        hidden=_parse_hidden(hidden),
+        data_name=data,
+        target=target,
+        input_dropout=input_dropout,
+        max_norm=max_norm,
+        out=out or Path("dropkit-sweep"),
+        store_path=store,
+        as_json=as_json,
+        quiet=quiet,
+        compile=compile,
+        runs_per_batch=runs_per_batch,
+    )
+
+
+def _guarded(debug: bool, **options: Any) -> None:
+    """Run an experiment; without ``--debug``, an unexpected error is one line, exit code 1."""
+    try:
+        _run_experiment(**options)
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        if debug:
+            raise
+        typer.echo(
+            f"dropkit: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
+        )
+        raise typer.Exit(1) from None
 
 
 def main() -> None:

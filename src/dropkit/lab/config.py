@@ -1,0 +1,193 @@
+"""Experiment configs: frozen dataclasses, plain data, with a stable hash.
+
+A *run* is (data, model, training settings, dropout rates, seed). Its identity in the results
+store is :meth:`RunConfig.key`: a hash of its full config, so the same command finds the runs
+it already finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dropkit._validation import check_probability
+
+__all__ = [
+    "DataSpec",
+    "ModelSpec",
+    "RunConfig",
+    "SweepSpec",
+    "TrainSpec",
+    "arm_name",
+    "config_key",
+]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data set, and how it is split.
+
+    Args:
+        name: a built-in data set (``circles``, ``moons``, ``digits``, ``breast_cancer``,
+            ``wine``) or the path of a CSV file.
+        target: the CSV column to predict (CSV only).
+        test_size: fraction of samples held out for testing (built-ins other than ``circles``,
+            and CSV). ``circles`` is the case study's data: the first 30 of 100 samples train.
+        split_seed: seed of the train/test split, fixed for all runs of a sweep.
+    """
+
+    name: str = "circles"
+    target: str | None = None
+    test_size: float = 0.3
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A multilayer perceptron: ``hidden`` widths with ReLU, dropout after each hidden layer."""
+
+    hidden: tuple[int, ...] = (500,)
+
+    def __post_init__(self) -> None:
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise ValueError(f"`hidden` must be one or more widths >= 1, got {self.hidden!r}")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training settings shared by every run of a sweep.
+
+    The defaults are the case study's Keras settings: Adam with Keras' defaults
+    (``lr=1e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-7``), Glorot-uniform weights and zero biases,
+    batch size 32, 4000 epochs.
+    """
+
+    epochs: int = 4000
+    batch_size: int = 32
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-7
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
+
+
+def arm_name(p: float, input_p: float, max_norm: float | None) -> str:
+    """A label for a run's regularization: ``none``, ``dropout``, ``dropout+max_norm``, ..."""
+    parts = [
+        name
+        for name, on in (
+            ("dropout", p > 0),
+            ("input_dropout", input_p > 0),
+            ("max_norm", max_norm is not None),
+        )
+        if on
+    ]
+    return "+".join(parts) or "none"
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A stable 16-hex-digit hash of a config dict (key order does not matter)."""
+    return hashlib.sha256(_canonical(config).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run: everything that decides its result.
+
+    Args:
+        p: drop probability after each hidden layer (0 = no dropout).
+        input_p: drop probability on the inputs.
+        max_norm: max-norm constraint ``c`` on each hidden unit's incoming weights, or None.
+        seed: seeds the weights, the data order and the dropout masks of this run.
+    """
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    p: float = 0.0
+    input_p: float = 0.0
+    max_norm: float | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "p", check_probability(self.p, "p"))
+        object.__setattr__(self, "input_p", check_probability(self.input_p, "input_p"))
+        if self.max_norm is not None and not (self.max_norm > 0 and math.isfinite(self.max_norm)):
+            raise ValueError(f"`max_norm` must be a finite number > 0, got {self.max_norm!r}")
+
+    @property
+    def arm(self) -> str:
+        return arm_name(self.p, self.input_p, self.max_norm)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        return cls(
+            data=DataSpec(**data["data"]),
+            model=ModelSpec(hidden=tuple(data["model"]["hidden"])),
+            train=TrainSpec(**{**data["train"], "betas": tuple(data["train"]["betas"])}),
+            p=data["p"],
+            input_p=data["input_p"],
+            max_norm=data["max_norm"],
+            seed=data["seed"],
+        )
+
+    def key(self) -> str:
+        """The run's identity in the store: a hash of its full config."""
+        return config_key(self.to_dict())
+
+    def shape_key(self) -> tuple[Any, ...]:
+        """Runs with equal shape keys share data and architecture and can train stacked."""
+        return (self.data, self.model, self.train)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid: every rate in ``rates`` times ``seeds`` seeds, on shared data/model/training."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    rates: Sequence[float] = (0.0, 0.4)
+    seeds: int = 10
+    input_p: float = 0.0
+    max_norm: float | None = None
+    first_seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ValueError(f"`seeds` must be an int >= 1, got {self.seeds!r}")
+        if not self.rates:
+            raise ValueError("`rates` must name at least one drop probability")
+        rates = tuple(check_probability(r, "rates") for r in self.rates)
+        object.__setattr__(self, "rates", tuple(dict.fromkeys(rates)))
+
+    def runs(self) -> Iterator[RunConfig]:
+        for p in self.rates:
+            for seed in range(self.first_seed, self.first_seed + self.seeds):
+                yield RunConfig(
+                    self.data,
+                    self.model,
+                    self.train,
+                    p=p,
+                    input_p=self.input_p,
+                    max_norm=self.max_norm,
+                    seed=seed,
+                )

@@ -1,0 +1,318 @@
+"""The results store: one SQLite file (stdlib ``sqlite3``) that holds every finished run.
+
+Schema (version 1):
+
+* ``meta(key, value)``: ``schema_version`` guards upgrades.
+* ``runs``: one row per run, keyed by :meth:`RunConfig.key` (a hash of the full config), with
+  the config as JSON, its searchable fields, final and best metrics, duration and the
+  versions of dropkit and torch that produced it.
+* ``curves``: one row per (run, epoch) with the per-epoch metrics.
+
+A run is written only when it has finished, run row and curve rows in ONE transaction: a
+process killed at any moment (SIGINT or SIGKILL) leaves either the whole run or nothing.
+The file is in WAL mode; writers take the lock up front (``BEGIN IMMEDIATE``) and wait up to
+``timeout`` seconds for another writer, and ``INSERT OR IGNORE`` on the key means that two
+sweeps writing the same runs at once store each run once.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from dropkit.lab.config import RunConfig
+
+__all__ = ["SCHEMA_VERSION", "ResultsStore", "RunRecord", "StoreError", "StoredRun"]
+
+SCHEMA_VERSION = 1
+CURVE_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('done')),
+    config TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    p REAL NOT NULL,
+    input_p REAL NOT NULL,
+    max_norm REAL,
+    seed INTEGER NOT NULL,
+    epochs INTEGER NOT NULL,
+    train_acc REAL,
+    test_acc REAL,
+    train_loss REAL,
+    test_loss REAL,
+    best_test_acc REAL,
+    best_epoch INTEGER,
+    seconds REAL,
+    dropkit_version TEXT NOT NULL,
+    torch_version TEXT NOT NULL,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS curves (
+    run_key TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    train_acc REAL,
+    test_acc REAL,
+    train_loss REAL,
+    test_loss REAL,
+    PRIMARY KEY (run_key, epoch)
+) WITHOUT ROWID;
+"""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written, with a one-line reason."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run, ready to store: its config, per-epoch curves and training time."""
+
+    config: RunConfig
+    curves: dict[str, NDArray[np.float64]]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A run as read back from the store."""
+
+    key: str
+    config: RunConfig
+    train_acc: float
+    test_acc: float
+    train_loss: float
+    test_loss: float
+    best_test_acc: float
+    best_epoch: int
+    seconds: float
+
+    @property
+    def arm(self) -> str:
+        return self.config.arm
+
+    @property
+    def gap(self) -> float:
+        """Train-test accuracy gap at the last epoch."""
+        return self.train_acc - self.test_acc
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+class ResultsStore:
+    """An open results store; use as a context manager or call :meth:`close`.
+
+    Args:
+        path: the SQLite file, created with its folder if missing.
+        timeout: seconds a writer waits for another writer's lock.
+
+    Raises:
+        StoreError: the path cannot be created or written, is not a dropkit store, or was
+            written by a newer schema version.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            with self._transaction():
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self._db.execute(statement)
+                row = self._db.execute(
+                    "SELECT value FROM meta WHERE key = 'schema_version'"
+                ).fetchone()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+                elif int(row[0]) != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{self.path} has schema version {row[0]}; this dropkit reads version "
+                        f"{SCHEMA_VERSION}. Use a new --store file or a matching dropkit."
+                    )
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot use {self.path} as a results store: {error}") from None
+        except OSError as error:
+            raise StoreError(f"cannot create the results store {self.path}: {error}") from None
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def add_runs(self, records: Iterable[RunRecord]) -> int:
+        """Store finished runs, each with its curves, in one transaction; return how many were new.
+
+        A run already in the store (same key) is left as it is.
+        """
+        from dropkit import __version__
+
+        added = 0
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        try:
+            with self._transaction():
+                for record in records:
+                    added += self._insert(record, now, __version__)
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"cannot write to {self.path}: {error}") from None
+        return added
+
+    def _insert(self, record: RunRecord, now: str, version: str) -> int:
+        config, curves = record.config, record.curves
+        test_acc = curves["test_acc"]
+        finite = np.where(np.isfinite(test_acc), test_acc, -np.inf)
+        best_epoch = int(np.argmax(finite)) + 1
+        key = config.key()
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO runs VALUES "
+            "(?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                json.dumps(config.to_dict(), sort_keys=True),
+                config.data.name,
+                config.arm,
+                config.p,
+                config.input_p,
+                config.max_norm,
+                config.seed,
+                len(test_acc),
+                *(_finite_or_none(curves[m][-1]) for m in CURVE_METRICS),
+                _finite_or_none(test_acc[best_epoch - 1]),
+                best_epoch,
+                record.seconds,
+                version,
+                torch.__version__,
+                now,
+            ),
+        )
+        if cursor.rowcount == 0:
+            return 0
+        columns = np.stack([curves[m] for m in CURVE_METRICS], axis=1)
+        self._db.executemany(
+            "INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                (key, epoch, *(_finite_or_none(v) for v in row))
+                for epoch, row in enumerate(columns.tolist(), start=1)
+            ),
+        )
+        return 1
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def done_keys(self, keys: Sequence[str]) -> set[str]:
+        """The subset of ``keys`` whose runs are finished and stored."""
+        found: set[str] = set()
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT key FROM runs WHERE status = 'done' AND key IN ({marks})", chunk
+            )
+            found.update(row[0] for row in rows)
+        return found
+
+    def runs(self, keys: Sequence[str] | None = None) -> list[StoredRun]:
+        """Stored runs (all, or those with the given keys), ordered by arm, rate and seed."""
+        query = (
+            "SELECT key, config, train_acc, test_acc, train_loss, test_loss, best_test_acc, "
+            "best_epoch, seconds FROM runs WHERE status = 'done'"
+        )
+        rows: list[Any] = []
+        if keys is None:
+            rows = self._db.execute(query).fetchall()
+        else:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                rows += self._db.execute(f"{query} AND key IN ({marks})", chunk).fetchall()
+
+        def number(value: Any) -> float:
+            return math.nan if value is None else float(value)
+
+        result = [
+            StoredRun(
+                key=row[0],
+                config=RunConfig.from_dict(json.loads(row[1])),
+                train_acc=number(row[2]),
+                test_acc=number(row[3]),
+                train_loss=number(row[4]),
+                test_loss=number(row[5]),
+                best_test_acc=number(row[6]),
+                best_epoch=int(row[7]),
+                seconds=number(row[8]),
+            )
+            for row in rows
+        ]
+        return sorted(result, key=lambda r: (r.arm, r.config.p, r.config.input_p, r.config.seed))
+
+    def curves(self, key: str) -> dict[str, NDArray[np.float64]]:
+        """Per-epoch metrics of one run: ``{metric: (epochs,) array}`` (NaN where missing)."""
+        rows = self._db.execute(
+            "SELECT train_acc, test_acc, train_loss, test_loss FROM curves "
+            "WHERE run_key = ? ORDER BY epoch",
+            (key,),
+        ).fetchall()
+        values = np.array(rows, dtype=np.float64).reshape(-1, len(CURVE_METRICS))
+        return {name: values[:, i] for i, name in enumerate(CURVE_METRICS)}
+
+    def count(self) -> int:
+        return int(
+            self._db.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0]
+        )
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception (KeyboardInterrupt too)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
