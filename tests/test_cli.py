@@ -1,15 +1,33 @@
-"""The command line: exit codes, --json, one-line usage errors."""
+"""The command line, end to end on tiny settings: demo, sweep, --json, resume, bad input."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from dropkit import __version__
 from dropkit.cli import app
 
 runner = CliRunner()
+FAST = ["--epochs", "5", "--no-compile", "--quiet"]
+SUMMARY_KEYS = {
+    "arm",
+    "p",
+    "n_seeds",
+    "train_acc_mean",
+    "test_acc_mean",
+    "test_acc_ci95",
+    "gap_mean",
+}
+
+
+def _json(args: list[str]) -> dict:  # type: ignore[type-arg]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def test_version() -> None:
@@ -17,26 +35,131 @@ def test_version() -> None:
     assert result.exit_code == 0 and __version__ in result.output
 
 
-def test_demo_states_the_case_study() -> None:
-    result = runner.invoke(app, ["demo"])
-    assert result.exit_code == 0, result.output
-    assert "make_circles" in result.output and "Dropout(p)" in result.output
+def test_demo_json_and_files(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    payload = _json(["demo", *FAST, "--seeds", "2", "--out", str(out), "--json"])
+    rows = payload["summary"]
+    assert [(r["arm"], r["p"], r["n_seeds"]) for r in rows] == [
+        ("none", 0.0, 2),
+        ("dropout", 0.4, 2),
+    ]
+    assert all(SUMMARY_KEYS <= row.keys() for row in rows)
+    low, high = rows[0]["test_acc_ci95"]
+    assert low <= rows[0]["test_acc_mean"] <= high
+    assert payload["store"] == str(out / "runs.sqlite") and payload["out"] == str(out)
+    for name in ("runs.sqlite", "learning_curves.png", "summary.json"):
+        assert (out / name).stat().st_size > 0, name
 
 
-def test_demo_json_is_one_object() -> None:
-    result = runner.invoke(app, ["demo", "--json", "--seeds", "3", "--p", "0.25"])
-    assert result.exit_code == 0, result.output
-    plan = json.loads(result.stdout)
-    assert plan["seeds"] == 3 and plan["runs"] == 6 and plan["arms"] == ["none", "dropout(p=0.25)"]
+def test_demo_text_and_resume(tmp_path: Path) -> None:
+    args = ["demo", *FAST, "--seeds", "2", "--out", str(tmp_path)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "Welch" in first.output or "baseline" in first.output
+    assert "learning curves:" in first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0
+    assert "4/4 runs already complete" in again.output
 
 
-def test_bad_rate_is_a_usage_error() -> None:
-    result = runner.invoke(app, ["demo", "--p", "40"])
+@pytest.mark.parametrize("data", ["circles", "moons", "digits", "breast_cancer", "wine"])
+def test_sweep_every_builtin_dataset(data: str, tmp_path: Path) -> None:
+    payload = _json(
+        ["sweep", "--data", data, *FAST, "--seeds", "2", "--rates", "0,0.5", "--hidden", "16"]
+        + ["--out", str(tmp_path), "--json"]
+    )
+    assert [r["p"] for r in payload["summary"]] == [0.0, 0.5]
+    assert payload["best"]["p"] in (0.0, 0.5)
+    assert (tmp_path / "rate_vs_accuracy.png").exists()
+
+
+def test_sweep_csv_with_options(tmp_path: Path) -> None:
+    csv = tmp_path / "points.csv"
+    lines = ["a,b,label"] + [f"{i % 7},{(i * 3) % 5},{'yes' if i % 2 else 'no'}" for i in range(40)]
+    csv.write_text("\n".join(lines) + "\n")
+    payload = _json(
+        ["sweep", "--data", str(csv), "--target", "label", *FAST, "--seeds", "2"]
+        + ["--rates", "0:0.4:0.2", "--hidden", "8,4", "--input-dropout", "0.1", "--max-norm", "3"]
+        + ["--batch-size", "8", "--out", str(tmp_path / "out"), "--json"]
+    )
+    assert [r["p"] for r in payload["summary"]] == [0.0, 0.2, 0.4]
+    assert {r["arm"] for r in payload["summary"]} == {
+        "input_dropout+max_norm",
+        "dropout+input_dropout+max_norm",
+    }
+
+
+def _bad(args: list[str], message: str, tmp_path: Path) -> None:
+    store = tmp_path / "bad" / "runs.sqlite"
+    result = runner.invoke(app, [*args, *FAST, "--store", str(store)])
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert not store.exists(), "nothing may be written on bad input"
+
+
+def test_bad_dataset(tmp_path: Path) -> None:
+    _bad(["sweep", "--data", "imagenet"], "unknown dataset 'imagenet'", tmp_path)
+
+
+def test_missing_csv(tmp_path: Path) -> None:
+    _bad(
+        ["sweep", "--data", str(tmp_path / "nope.csv"), "--target", "y"],
+        "CSV file not found",
+        tmp_path,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "target", "message"),
+    [
+        ("a,b,y\n1,2,0\n3,4,1\n", "label", "target column 'label' not in"),
+        ("a,b,y\n1,x,0\n3,4,1\n", "y", "feature column 'b' is not numeric"),
+        ("a,b,y\n1,2,0\n3,4,nan\n", "y", "missing/NaN values"),
+        ("", "y", "is empty"),
+        ("a,b,y\n", "y", "no data rows"),
+    ],
+)
+def test_bad_csv(content: str, target: str, message: str, tmp_path: Path) -> None:
+    csv = tmp_path / "data.csv"
+    csv.write_text(content)
+    _bad(["sweep", "--data", str(csv), "--target", target], message, tmp_path)
+
+
+def test_bad_csv_lists_columns(tmp_path: Path) -> None:
+    csv = tmp_path / "data.csv"
+    csv.write_text("alpha,beta,y\n1,2,0\n")
+    _bad(["sweep", "--data", str(csv), "--target", "gamma"], "columns: alpha, beta, y", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sweep", "--rates", "0,1.5"], "Did you pass a percentage"),
+        (["sweep", "--rates", "0,-0.1"], "must be in [0, 1]"),
+        (["sweep", "--rates", "a,b"], "--rates: expected numbers"),
+        (["sweep", "--seeds", "0"], "--seeds must be >= 1"),
+        (["sweep", "--hidden", "0"], "--hidden: widths must be integers >= 1"),
+        (["sweep", "--max-norm", "-1"], "--max-norm must be a finite number > 0"),
+        (["demo", "--p", "40"], "Did you pass a percentage? Use --p=0.4"),
+    ],
+)
+def test_bad_options(args: list[str], message: str, tmp_path: Path) -> None:
+    _bad(args, message, tmp_path)
+
+
+def test_unwritable_store(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, ["demo", *FAST, "--store", str(blocker / "runs.sqlite")])
     assert result.exit_code == 2
-    assert "percentage" in result.output
+    assert "cannot create the results store" in result.stderr
 
 
-def test_bad_seeds_is_a_usage_error() -> None:
-    result = runner.invoke(app, ["demo", "--seeds", "0"])
+def test_not_a_store(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.sqlite"
+    fake.write_text("this is not sqlite " * 100)
+    result = runner.invoke(app, ["demo", *FAST, "--store", str(fake)])
     assert result.exit_code == 2
-    assert "must be >= 1" in result.output
+    assert "cannot use" in result.stderr

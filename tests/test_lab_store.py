@@ -1,0 +1,175 @@
+"""The results store: round trips, versions, and real processes killed mid-sweep."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.store import ResultsStore, RunRecord, StoreError
+
+
+def _record(seed: int, p: float = 0.0, epochs: int = 5) -> RunRecord:
+    config = RunConfig(
+        DataSpec("circles"), ModelSpec((8,)), TrainSpec(epochs=epochs), p=p, seed=seed
+    )
+    ramp = np.linspace(0.5, 1.0, epochs)
+    curves = {
+        "train_acc": ramp,
+        "test_acc": ramp - 0.1,
+        "train_loss": 1 - ramp,
+        "test_loss": 1.1 - ramp,
+    }
+    return RunRecord(config, curves, seconds=0.5)
+
+
+class TestStore:
+    def test_round_trip(self, tmp_path: Path) -> None:
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            assert store.add_runs([_record(0), _record(1, p=0.4)]) == 2
+            runs = store.runs()
+            assert [(r.arm, r.config.seed) for r in runs] == [("dropout", 1), ("none", 0)]
+            assert runs[1].test_acc == pytest.approx(0.9) and runs[1].best_epoch == 5
+            curves = store.curves(runs[0].key)
+            np.testing.assert_allclose(curves["train_acc"], np.linspace(0.5, 1.0, 5))
+
+    def test_existing_runs_are_not_duplicated(self, tmp_path: Path) -> None:
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            store.add_runs([_record(0)])
+            assert store.add_runs([_record(0), _record(2)]) == 1
+            assert store.count() == 2
+            key = _record(0).config.key()
+            assert store.done_keys([key, "missing"]) == {key}
+
+    def test_nan_metrics_read_back_as_nan(self, tmp_path: Path) -> None:
+        record = _record(0)
+        record.curves["test_loss"][:] = np.nan
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            store.add_runs([record])
+            (run,) = store.runs()
+            assert np.isnan(run.test_loss)
+            assert np.isnan(store.curves(run.key)["test_loss"]).all()
+
+    def test_schema_version_guard(self, tmp_path: Path) -> None:
+        path = tmp_path / "runs.sqlite"
+        ResultsStore(path).close()
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+        with pytest.raises(StoreError, match="schema version 99"):
+            ResultsStore(path)
+
+    def test_wal_mode_and_versions_recorded(self, tmp_path: Path) -> None:
+        path = tmp_path / "runs.sqlite"
+        with ResultsStore(path) as store:
+            store.add_runs([_record(0)])
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            versions = db.execute("SELECT dropkit_version, torch_version FROM runs").fetchone()
+        assert all(versions)
+
+    def test_config_key_is_stable_and_complete(self) -> None:
+        a, b = _record(0).config, _record(0).config
+        assert a.key() == b.key()
+        assert a.key() != _record(1).config.key()
+        assert a.key() != RunConfig.from_dict({**a.to_dict(), "p": 0.1}).key()
+        assert RunConfig.from_dict(a.to_dict()) == a
+
+
+# --- real processes, real signals -----------------------------------------------------------
+
+SWEEP = ["--data", "circles", "--rates", "0:0.5:0.1", "--seeds", "2", "--hidden", "64"]
+SWEEP += ["--runs-per-batch", "2", "--no-compile", "--quiet"]
+N_RUNS = 12
+
+
+def _command(tmp_path: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "dropkit", "sweep", *SWEEP, "--epochs", str(epochs)] + [
+        "--store",
+        str(tmp_path / "runs.sqlite"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+
+
+def _stored(path: Path) -> tuple[int, list[int]]:
+    """Number of stored runs and, per run, its number of curve rows (read-only, concurrent)."""
+    if not path.exists():
+        return 0, []
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+        try:
+            rows = db.execute(
+                "SELECT r.key, COUNT(c.epoch) FROM runs r LEFT JOIN curves c ON c.run_key = r.key "
+                "GROUP BY r.key"
+            ).fetchall()
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0, []
+    return len(rows), [n for _, n in rows]
+
+
+def _wait_for_runs(process: subprocess.Popen[str], path: Path, at_least: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if _stored(path)[0] >= at_least:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"sweep ended early: {process.communicate()}")
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("no run was stored within 120 s")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+def test_killed_sweep_loses_nothing_and_resumes(how: signal.Signals, tmp_path: Path) -> None:
+    epochs = 400
+    path = tmp_path / "runs.sqlite"
+    process = subprocess.Popen(
+        _command(tmp_path, epochs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    _wait_for_runs(process, path, at_least=2)
+    os.kill(process.pid, how)
+    _, stderr = process.communicate(timeout=60)
+    if how == signal.SIGINT:
+        assert process.returncode == 130, stderr
+        assert "interrupted" in stderr and "Run the same command again to resume" in stderr
+    else:
+        assert process.returncode == -signal.SIGKILL
+    count, rows = _stored(path)
+    assert 2 <= count < N_RUNS, "the kill should land mid-sweep"
+    assert rows == [epochs] * count, "every stored run is complete, none half-written"
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+    resumed = subprocess.run(
+        _command(tmp_path, epochs), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{count}/{N_RUNS} runs already complete; training the rest" in resumed.stdout
+    assert _stored(path) == (N_RUNS, [epochs] * N_RUNS)
+
+    again = subprocess.run(_command(tmp_path, epochs), capture_output=True, text=True, timeout=300)
+    assert f"{N_RUNS}/{N_RUNS} runs already complete" in again.stdout
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_store(tmp_path: Path) -> None:
+    epochs = 200
+    path = tmp_path / "runs.sqlite"
+    processes = [
+        subprocess.Popen(
+            _command(tmp_path, epochs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+    assert _stored(path) == (N_RUNS, [epochs] * N_RUNS)
