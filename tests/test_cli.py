@@ -43,7 +43,7 @@ def test_demo_json_and_files(tmp_path: Path) -> None:
         ("none", 0.0, 2),
         ("dropout", 0.4, 2),
     ]
-    assert all(SUMMARY_KEYS <= row.keys() for row in rows)
+    assert all(row.keys() >= SUMMARY_KEYS for row in rows)
     low, high = rows[0]["test_acc_ci95"]
     assert low <= rows[0]["test_acc_mean"] <= high
     assert payload["store"] == str(out / "runs.sqlite") and payload["out"] == str(out)
