@@ -25,12 +25,17 @@ def wine() -> Dataset:
     return load_dataset(DataSpec("wine"))
 
 
+def _factors(
+    seeds: list[int], rates: list[float], rows: int, width: int, epoch: int = 0, site: int = 1
+) -> torch.Tensor:
+    keys = B.mask_keys(seeds, epoch, site)
+    return B.keep_factors(keys, B.unit_index(rows, width), *B.rate_tensors(rates))
+
+
 class TestMasks:
     @pytest.mark.parametrize("p", [0.1, 0.4, 0.8])
     def test_drop_fraction_and_scale(self, p: float) -> None:
-        gens = [torch.Generator().manual_seed(i) for i in range(4)]
-        bits = B.draw_mask_bits(gens, [p] * 4, 250, 1000)
-        factors = B.keep_factors(bits, *B._rate_tensors([p] * 4))
+        factors = _factors([0, 1, 2, 3], [p] * 4, 250, 1000)
         n = factors.numel()
         fraction = (factors == 0).double().mean().item()
         # p is quantized to 2**-16; the binomial se over n draws bounds the rest.
@@ -41,25 +46,38 @@ class TestMasks:
         assert values[1:] == [pytest.approx(1 / (1 - p), rel=1e-6)]
 
     def test_rates_zero_and_one(self) -> None:
-        gens = [torch.Generator().manual_seed(i) for i in range(2)]
-        bits = B.draw_mask_bits(gens, [0.0, 1.0], 10, 10)
-        factors = B.keep_factors(bits, *B._rate_tensors([0.0, 1.0]))
+        factors = _factors([0, 1], [0.0, 1.0], 10, 10)
         assert torch.equal(factors[0], torch.ones(10, 10))
         assert torch.equal(factors[1], torch.zeros(10, 10))
 
-    def test_rate_zero_consumes_no_randomness(self) -> None:
-        """What a run draws must not depend on the other runs of its batch."""
-        a = torch.Generator().manual_seed(3)
-        b = torch.Generator().manual_seed(3)
-        B.draw_mask_bits([a], [0.0], 5, 5)
-        assert torch.equal(a.get_state(), b.get_state())
+    def test_hash_matches_exact_integer_arithmetic(self) -> None:
+        """The int32 tensor hash (wrapping) equals the exact unsigned 32-bit Python one."""
+        values = torch.randint(-(2**31), 2**31 - 1, (2000,), dtype=torch.int32)
+        expected = [B._signed32(B._mix32_int(v)) for v in values.tolist()]
+        assert B._mix32(values).tolist() == expected
+        compiled = torch.compile(B._mix32, dynamic=False, fullgraph=True)
+        assert compiled(values).tolist() == expected
+
+    @pytest.mark.parametrize(
+        ("a", "b"),
+        [
+            ((0, 0), (0, 1)),  # neighbouring units would be caught below; here: next epoch
+            ((0, 0), (1, 0)),  # another seed, same epoch
+        ],
+    )
+    def test_masks_independent_across_seeds_and_epochs(
+        self, a: tuple[int, int], b: tuple[int, int]
+    ) -> None:
+        first = (_factors([a[0]], [0.5], 1000, 1000, epoch=a[1]) > 0).double().flatten()
+        second = (_factors([b[0]], [0.5], 1000, 1000, epoch=b[1]) > 0).double().flatten()
+        correlation = torch.corrcoef(torch.stack([first, second]))[0, 1].item()
+        assert abs(correlation) < Z / math.sqrt(first.numel())
 
     def test_neighbouring_units_independent(self) -> None:
-        gens = [torch.Generator().manual_seed(9)]
-        bits = B.draw_mask_bits(gens, [0.5], 1000, 1000)
-        keep = (B.keep_factors(bits, *B._rate_tensors([0.5])) > 0).double().flatten()
-        correlation = torch.corrcoef(torch.stack([keep[:-1], keep[1:]]))[0, 1].item()
-        assert abs(correlation) < Z / math.sqrt(keep.numel())
+        keep = (_factors([9], [0.5], 1000, 1000) > 0).double().flatten()
+        for lag in (1, 2, 1000):  # along a row, next-but-one, and the next sample
+            correlation = torch.corrcoef(torch.stack([keep[:-lag], keep[lag:]]))[0, 1].item()
+            assert abs(correlation) < Z / math.sqrt(keep.numel())
 
 
 def _final(result: B.BatchResult, run: int) -> dict[str, np.ndarray]:
@@ -124,17 +142,14 @@ def _oracle(
             logits, target, reduction="mean" if reduce else "none"
         )
 
-    for _ in range(train.epochs):
+    for epoch in range(train.epochs):
         order = torch.randperm(n, generator=g) if batch < n else torch.arange(n)
         xe, ye = x[order], y[order]
         site_rates = [run.input_p] + [run.p] * len(model.hidden)
-        factors = []
-        for rate, width in zip(site_rates, widths[:-1], strict=True):
-            if rate > 0:
-                bits = B.draw_mask_bits([g], [rate], n, width)
-                factors.append(B.keep_factors(bits, *B._rate_tensors([rate]))[0])
-            else:
-                factors.append(None)
+        factors = [
+            _factors([run.seed], [rate], n, width, epoch=epoch, site=site)[0] if rate > 0 else None
+            for site, (rate, width) in enumerate(zip(site_rates, widths[:-1], strict=True))
+        ]
         for begin in range(0, n, batch):
             rows = slice(begin, begin + batch)
             optimizer.zero_grad()

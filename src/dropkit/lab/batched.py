@@ -5,20 +5,23 @@ they train as one batched computation: every weight has a leading run axis ``R``
 is a ``bmm`` over runs, and the per-run knobs are tensors (drop rates, max-norm bounds), so an
 epoch costs the same few dozen tensor ops whether it trains 1 run or 90.
 
-Exactness. Each run owns a ``torch.Generator`` seeded with its seed and draws, in a fixed
-order, its initial weights, its per-epoch data order and its dropout masks. Adam is element-wise,
-so one Adam over the stacked weights is, run by run, the same optimizer as R separate ones.
-A run trained in a batch therefore sees exactly the numbers it would see alone; results agree
-to float rounding (a batched GEMM may sum in a different order than a single one, and the
-gradients here are written out by hand rather than taken by autograd).
+Exactness. Each run owns a ``torch.Generator`` seeded with its seed, from which it draws its
+initial weights and its per-epoch data order, and its dropout masks are a pure function of
+(seed, epoch, dropout site, unit): a counter-based generator, see :func:`mask_keys`. Adam is
+element-wise, so one Adam over the stacked weights is, run by run, the same optimizer as R
+separate ones. A run trained in a batch therefore sees exactly the numbers it would see alone;
+results agree to float rounding (a batched GEMM may sum in a different order than a single one).
 
 The backward pass is written out (no autograd): for a layer ``z = a·W + b``, ``h = relu(z)``
 and dropout factor ``f``, the gradients are ``dW = aᵀ·dz``, ``db = Σ dz`` and
 ``dz = (da ⊙ f) ⊙ [z > 0]``.
 
-Masks use 16-bit random integers, four per 64-bit random word: a unit is dropped when its
-integer is below ``round(p · 65536)``, so ``p`` is resolved to 2**-16 (0.4 becomes
-0.399994). This is several times faster than drawing float uniforms on a CPU.
+Masks. Unit ``i`` of a dropout site draws ``u = mix(key + i·φ) >> 16``, a 16-bit integer, where
+``mix`` is Chris Wellons' "lowbias32" integer hash, ``φ = 0x9E3779B9`` and ``key`` a hash of
+(seed, epoch, site); the unit is dropped when ``u < round(p · 65536)``, so ``p`` is resolved
+to 2**-16 (0.4 becomes 0.399994). The hash runs inside the compiled training step, in
+parallel and without storing a mask: on the case-study grid it replaced a per-run loop over
+``torch.Generator`` draws that took a third of each epoch.
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ __all__ = [
     "BatchResult",
     "RunSettings",
     "compiler_available",
-    "draw_mask_bits",
     "keep_factors",
+    "mask_keys",
+    "rate_tensors",
+    "unit_index",
     "train_batch",
 ]
 
@@ -70,39 +75,64 @@ class BatchResult:
     seconds: float
 
 
-def _rate_tensors(rates: Sequence[float]) -> tuple[Tensor, Tensor]:
-    """Per-run int16 drop thresholds ``(R, 1, 1)`` and keep scales ``1 / (1 - p)`` ``(R, 1, 1)``.
+def _mix32(x: Tensor) -> Tensor:
+    """Wellons' "lowbias32" hash of int32 values (wrapping multiplies, logical shifts)."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * 0x7FEB352D
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * -0x7B935975  # 0x846CA68B as a signed 32-bit integer
+    return x ^ ((x >> 16) & 0xFFFF)
 
-    A unit is dropped when its random 16-bit integer, read as signed, is below the threshold
-    ``round(p · 65536) - 32768``; ``p = 1`` keeps the top integer but gets scale 0.
-    """
-    thresholds = [min(round(p * _RESOLUTION), _RESOLUTION - 1) - (1 << 15) for p in rates]
+
+def _mix32_int(x: int) -> int:
+    """:func:`_mix32` on one Python int, with exact unsigned 32-bit arithmetic."""
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _signed32(x: int) -> int:
+    return x - (1 << 32) if x >= 1 << 31 else x
+
+
+_GOLDEN = _signed32(0x9E3779B9)
+
+
+def mask_keys(seeds: Sequence[int], epoch: int, site: int) -> Tensor:
+    """Per-run 32-bit keys ``(R, 1, 1)`` (int32) of the masks of one (epoch, dropout site)."""
+    stream = _mix32_int(_mix32_int(epoch) ^ (site * 0x632BE5AB + 0x5BD1E995))
+    return torch.tensor(
+        [_signed32(_mix32_int(_mix32_int(seed) ^ stream)) for seed in seeds], dtype=torch.int32
+    ).view(-1, 1, 1)
+
+
+def unit_index(rows: int, width: int) -> Tensor:
+    """Counters ``(1, rows, width)`` (int32) of a dropout site's units over one epoch."""
+    return torch.arange(rows * width, dtype=torch.int32).view(1, rows, width)
+
+
+def rate_tensors(rates: Sequence[float]) -> tuple[Tensor, Tensor]:
+    """Per-run thresholds ``round(p · 65536)`` (int32) and scales ``1 / (1 - p)``, ``(R, 1, 1)``."""
+    thresholds = [round(p * _RESOLUTION) for p in rates]
     scales = [0.0 if p >= 1.0 else 1.0 / (1.0 - p) for p in rates]
     return (
-        torch.tensor(thresholds, dtype=torch.int16).view(-1, 1, 1),
+        torch.tensor(thresholds, dtype=torch.int32).view(-1, 1, 1),
         torch.tensor(scales, dtype=torch.float32).view(-1, 1, 1),
     )
 
 
-def draw_mask_bits(
-    generators: Sequence[torch.Generator], rates: Sequence[float], rows: int, width: int
-) -> Tensor:
-    """Random int16 ``(R, rows, width)``: run ``r``'s from ``generators[r]``, four per 64-bit word.
+def keep_factors(keys: Tensor, index: Tensor, thresholds: Tensor, scales: Tensor) -> Tensor:
+    """Dropout factors ``m / (1 - p)``: 0 where ``mix(key + index·φ) >> 16 < threshold``.
 
-    A run with rate 0 draws nothing (its bits are 0: everything kept), so what a run draws
-    depends on its own settings only: it gets the same masks alone or in any batch.
+    Args:
+        keys: ``(R, 1, 1)`` from :func:`mask_keys`.
+        index: unit counters, e.g. a slice of :func:`unit_index`, broadcastable to the output.
+        thresholds, scales: from :func:`rate_tensors`.
     """
-    count = rows * width
-    words = torch.zeros(len(generators), -(-count // 4), dtype=torch.int64)
-    for row, generator, p in zip(words, generators, rates, strict=True):
-        if p > 0:
-            row.random_(-(1 << 63), None, generator=generator)  # all 64 bits
-    return words.view(torch.int16)[:, :count].view(len(generators), rows, width)
-
-
-def keep_factors(bits: Tensor, thresholds: Tensor, scales: Tensor) -> Tensor:
-    """Dropout factors ``m / (1 - p)`` from :func:`draw_mask_bits` and :func:`_rate_tensors`."""
-    # (bits >= t) * scale: several times faster on the CPU than torch.where(bits < t, 0, scale).
+    bits = (_mix32(keys + index * _GOLDEN) >> 16) & 0xFFFF
     return (bits >= thresholds).to(scales.dtype) * scales
 
 
@@ -154,17 +184,19 @@ def _train_step(
     biases: list[Tensor],
     x: Tensor,
     y: Tensor,
-    factors: list[Tensor | None],
+    masks: list[tuple[Tensor, Tensor, Tensor, Tensor] | None],
     n_classes: int,
     fused: bool,
 ) -> list[Tensor]:
     """Gradients ``[dW0, db0, dW1, db1, ...]`` of one mini-batch for all runs.
 
-    ``x`` ``(R, B, d)``, ``y`` ``(R, B)``. ``factors[0]`` is the input dropout, ``factors[l]``
-    the dropout after hidden layer ``l`` (None: no dropout there). With ``a_l`` the layer
-    inputs, ``h_l = relu(a_{l-1} W_l + b_l)`` and ``a_l = h_l ⊙ f_l``, the backward pass is
-    ``dW_l = a_{l-1}ᵀ dz_l``, ``db_l = Σ_batch dz_l`` and ``dz_{l-1} = (dz_l W_lᵀ) ⊙ f ⊙ [h > 0]``.
+    ``x`` ``(R, B, d)``, ``y`` ``(R, B)``. ``masks[0]`` is the input dropout, ``masks[l]``
+    the dropout after hidden layer ``l``: the arguments of :func:`keep_factors`, or None for
+    no dropout there. With ``a_l`` the layer inputs, ``h_l = relu(a_{l-1} W_l + b_l)`` and
+    ``a_l = h_l ⊙ f_l``, the backward pass is ``dW_l = a_{l-1}ᵀ dz_l``, ``db_l = Σ_batch dz_l``
+    and ``dz_{l-1} = (dz_l W_lᵀ) ⊙ f ⊙ [h > 0]``.
     """
+    factors = [None if m is None else keep_factors(*m) for m in masks]
     a = x if factors[0] is None else x * factors[0]
     inputs, hidden = [a], []
     for layer in range(len(weights) - 1):
@@ -269,13 +301,10 @@ def train_batch(
     weights, biases = _init_weights(widths, generators)
     params = [t for pair in zip(weights, biases, strict=True) for t in pair]
     optimizer = _make_adam(params, train)
-    train_step, evaluate, make_factors = _train_step, _evaluate, keep_factors
+    train_step, evaluate = _train_step, _evaluate
     if fused:
-        # Three graphs, not one: a kernel fusing the int16 mask compare into the training step
-        # ran scalar code and took twice as long as the two graphs apart.
         train_step = torch.compile(_train_step, dynamic=False, fullgraph=True)
         evaluate = torch.compile(_evaluate, dynamic=False, fullgraph=True)
-        make_factors = torch.compile(keep_factors, dynamic=False, fullgraph=True)
 
     x_train = torch.from_numpy(data.x_train)
     y_train = torch.from_numpy(data.y_train)
@@ -287,7 +316,11 @@ def train_batch(
     # Per dropout site (inputs, then each hidden layer): rates, or None when no run drops there.
     site_rates = [[r.input_p for r in runs]] + [[r.p for r in runs]] * len(model.hidden)
     site_widths = [data.n_features, *model.hidden]
-    sites = [(rates, _rate_tensors(rates)) if any(rates) else None for rates in site_rates]
+    sites = [
+        (rate_tensors(rates), unit_index(n_train, width)) if any(rates) else None
+        for rates, width in zip(site_rates, site_widths, strict=True)
+    ]
+    seeds = [r.seed for r in runs]
     bounds = [math.inf if r.max_norm is None else r.max_norm for r in runs]
     max_norm = torch.tensor(bounds).view(-1, 1, 1) if any(map(math.isfinite, bounds)) else None
     history = torch.empty(train.epochs, 4, n_runs)
@@ -299,23 +332,19 @@ def train_batch(
                 x_epoch, y_epoch = x_train[order], y_train[order]
             else:
                 x_epoch, y_epoch = x_train.expand(n_runs, -1, -1), y_train.expand(n_runs, -1)
-            # One draw per dropout site for the whole epoch; row i serves the i-th sample.
-            factors = [
-                None
-                if site is None
-                else make_factors(draw_mask_bits(generators, site[0], n_train, width), *site[1])
-                for site, width in zip(sites, site_widths, strict=True)
+            # Row i of a site's mask serves the i-th sample of this epoch's order.
+            keys = [
+                None if site is None else mask_keys(seeds, epoch, number)
+                for number, site in enumerate(sites)
             ]
             for begin in range(0, n_train, batch_size):
                 rows = slice(begin, begin + batch_size)
+                masks = [
+                    None if site is None or key is None else (key, site[1][:, rows], *site[0])
+                    for site, key in zip(sites, keys, strict=True)
+                ]
                 grads = train_step(
-                    weights,
-                    biases,
-                    x_epoch[:, rows],
-                    y_epoch[:, rows],
-                    [None if f is None else f[:, rows] for f in factors],
-                    data.n_classes,
-                    fused,
+                    weights, biases, x_epoch[:, rows], y_epoch[:, rows], masks, data.n_classes, fused
                 )
                 for param, grad in zip(params, grads, strict=True):
                     param.grad = grad
