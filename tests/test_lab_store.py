@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,40 @@ def _command(tmp_path: Path, epochs: int) -> list[str]:
     ]
 
 
+# One thread per sweep process: two 2-thread processes on a 2-core machine thrash.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+_STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _reap_processes() -> Iterator[None]:
+    """Never leave a sweep process behind, whatever a test did."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _start(tmp_path: Path, epochs: int) -> subprocess.Popen[str]:
+    command = _command(tmp_path, epochs)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    _STARTED.append(process)
+    return process
+
+
+def _run(tmp_path: Path, epochs: int) -> subprocess.CompletedProcess[str]:
+    command = _command(tmp_path, epochs)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env=ENV, check=False
+    )
+
+
 def _stored(path: Path) -> tuple[int, list[int]]:
     """Number of stored runs and, per run, its number of curve rows (read-only, concurrent)."""
     if not path.exists():
@@ -131,9 +166,7 @@ def _wait_for_runs(process: subprocess.Popen[str], path: Path, at_least: int) ->
 def test_killed_sweep_loses_nothing_and_resumes(how: signal.Signals, tmp_path: Path) -> None:
     epochs = 400
     path = tmp_path / "runs.sqlite"
-    process = subprocess.Popen(
-        _command(tmp_path, epochs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    process = _start(tmp_path, epochs)
     _wait_for_runs(process, path, at_least=2)
     os.kill(process.pid, how)
     _, stderr = process.communicate(timeout=60)
@@ -148,14 +181,12 @@ def test_killed_sweep_loses_nothing_and_resumes(how: signal.Signals, tmp_path: P
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
-    resumed = subprocess.run(
-        _command(tmp_path, epochs), capture_output=True, text=True, timeout=300
-    )
+    resumed = _run(tmp_path, epochs)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{count}/{N_RUNS} runs already complete; training the rest" in resumed.stdout
     assert _stored(path) == (N_RUNS, [epochs] * N_RUNS)
 
-    again = subprocess.run(_command(tmp_path, epochs), capture_output=True, text=True, timeout=300)
+    again = _run(tmp_path, epochs)
     assert f"{N_RUNS}/{N_RUNS} runs already complete" in again.stdout
 
 
@@ -163,12 +194,7 @@ def test_killed_sweep_loses_nothing_and_resumes(how: signal.Signals, tmp_path: P
 def test_two_sweeps_on_one_store(tmp_path: Path) -> None:
     epochs = 200
     path = tmp_path / "runs.sqlite"
-    processes = [
-        subprocess.Popen(
-            _command(tmp_path, epochs), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
+    processes = [_start(tmp_path, epochs) for _ in range(2)]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr

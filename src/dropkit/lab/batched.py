@@ -49,8 +49,8 @@ __all__ = [
     "keep_factors",
     "mask_keys",
     "rate_tensors",
-    "unit_index",
     "train_batch",
+    "unit_index",
 ]
 
 METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
@@ -344,7 +344,13 @@ def train_batch(
                     for site, key in zip(sites, keys, strict=True)
                 ]
                 grads = train_step(
-                    weights, biases, x_epoch[:, rows], y_epoch[:, rows], masks, data.n_classes, fused
+                    weights,
+                    biases,
+                    x_epoch[:, rows],
+                    y_epoch[:, rows],
+                    masks,
+                    data.n_classes,
+                    fused,
                 )
                 for param, grad in zip(params, grads, strict=True):
                     param.grad = grad
