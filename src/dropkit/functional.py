@@ -119,6 +119,21 @@ def _zeros_with_grad(x: Tensor, inplace: bool = False) -> Tensor:
     return x.masked_fill_(everywhere, 0) if inplace else x.masked_fill(everywhere, 0)
 
 
+def _checked_rate(x: Tensor, p: float, generator: torch.Generator | None) -> float:
+    """The arguments every op checks: ``p`` a probability, ``generator`` on ``x``'s device."""
+    check_generator(generator, x)
+    return check_probability(p)
+
+
+def _trivial_result(x: Tensor, p: float, training: bool) -> Tensor | None:
+    """The result when nothing is drawn: ``x`` itself (inference, ``p = 0``), zeros (``p = 1``)."""
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return _zeros_with_grad(x)
+    return None
+
+
 def _per_channel_shape(x: Tensor) -> tuple[int, ...]:
     """``(N, C, 1, ..., 1)``: one draw per (sample, channel) of an ``(N, C, *spatial)`` input."""
     return (x.shape[0], x.shape[1]) + (1,) * (x.ndim - 2)
@@ -161,9 +176,8 @@ def dropout(
     Returns:
         Tensor of ``x``'s shape, dtype and layout.
     """
-    p = check_probability(p)
+    p = _checked_rate(x, p, generator)
     check_one_of(scaling, "scaling", SCALINGS)
-    check_generator(generator, x)
     if not training:
         if scaling == "classic" and p != 0.0:
             return x.mul_(1.0 - p) if inplace else x * (1.0 - p)
@@ -199,15 +213,12 @@ def spatial_dropout(
         training: apply dropout (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
     """
-    p = check_probability(p)
-    check_generator(generator, x)
+    p = _checked_rate(x, p, generator)
     check_min_ndim(
         x, 3, "spatial_dropout", "(N, C, *spatial)", "Add the batch axis with x.unsqueeze(0)."
     )
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return _zeros_with_grad(x)
+    if (trivial := _trivial_result(x, p, training)) is not None:
+        return trivial
     keep = _keep_mask(x, p, _per_channel_shape(x), generator)
     return _masked_scale(x, keep, 1.0 / (1.0 - p))
 
@@ -233,14 +244,11 @@ def locked_dropout(
         batch_first: layout of ``x`` (True: batch, time; False: time, batch).
         generator: source of randomness; the global RNG when None.
     """
-    p = check_probability(p)
-    check_generator(generator, x)
+    p = _checked_rate(x, p, generator)
     layout = "(N, T, *features)" if batch_first else "(T, N, *features)"
     check_min_ndim(x, 3, "locked_dropout", layout, "Add the batch axis with unsqueeze.")
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return _zeros_with_grad(x)
+    if (trivial := _trivial_result(x, p, training)) is not None:
+        return trivial
     time_axis = 1 if batch_first else 0
     shape = list(x.shape)
     shape[time_axis] = 1
@@ -271,13 +279,10 @@ def drop_path(
             as they are.
         generator: source of randomness; the global RNG when None.
     """
-    p = check_probability(p)
-    check_generator(generator, x)
+    p = _checked_rate(x, p, generator)
     check_min_ndim(x, 1, "drop_path", "(N, ...)", "drop_path needs a batch axis.")
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return _zeros_with_grad(x)
+    if (trivial := _trivial_result(x, p, training)) is not None:
+        return trivial
     keep = _keep_mask(x, p, (x.shape[0],) + (1,) * (x.ndim - 1), generator)
     return _masked_scale(x, keep, 1.0 / (1.0 - p) if scale_by_keep else 1.0)
 
@@ -307,12 +312,9 @@ def gaussian_dropout(
         training: apply noise (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
     """
-    p = check_probability(p)
-    check_generator(generator, x)
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return _zeros_with_grad(x)
+    p = _checked_rate(x, p, generator)
+    if (trivial := _trivial_result(x, p, training)) is not None:
+        return trivial
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     noise = torch.empty_like(x, dtype=dtype).normal_(
         1.0, math.sqrt(p / (1.0 - p)), generator=generator
@@ -356,12 +358,9 @@ def alpha_dropout(
         training: apply dropout (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
     """
-    p = check_probability(p)
-    check_generator(generator, x)
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return _zeros_with_grad(x)
+    p = _checked_rate(x, p, generator)
+    if (trivial := _trivial_result(x, p, training)) is not None:
+        return trivial
     return _alpha_dropout(x, p, _keep_mask(x, p, x.shape, generator))
 
 
@@ -383,8 +382,7 @@ def feature_alpha_dropout(
         training: apply dropout (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
     """
-    p = check_probability(p)
-    check_generator(generator, x)
+    p = _checked_rate(x, p, generator)
     check_min_ndim(
         x,
         3,
@@ -392,10 +390,8 @@ def feature_alpha_dropout(
         "(N, C, *spatial)",
         "Add the batch axis with x.unsqueeze(0).",
     )
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return _zeros_with_grad(x)
+    if (trivial := _trivial_result(x, p, training)) is not None:
+        return trivial
     return _alpha_dropout(x, p, _keep_mask(x, p, _per_channel_shape(x), generator))
 
 
@@ -477,8 +473,7 @@ def drop_block(
         training: apply DropBlock (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
     """
-    p = check_probability(p)
-    check_generator(generator, x)
+    p = _checked_rate(x, p, generator)
     check_ndim(
         x,
         (4, 5),
@@ -490,10 +485,10 @@ def drop_block(
     block = tuple(
         min(b, s) for b, s in zip(check_block_size(block_size, len(spatial)), spatial, strict=True)
     )
-    if not training or p == 0.0:
+    if (trivial := _trivial_result(x, p, training)) is not None:
+        return trivial
+    if x.numel() == 0:
         return x
-    if p == 1.0 or x.numel() == 0:
-        return _zeros_with_grad(x)
     gamma = _drop_block_seed_rate(p, spatial, block)
     valid = tuple(s - b + 1 for s, b in zip(spatial, block, strict=True))
     seeds = (~_keep_mask(x, gamma, x.shape[:2] + valid, generator)).to(torch.float32)

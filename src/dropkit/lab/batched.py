@@ -340,8 +340,8 @@ def train_batch(
             for begin in range(0, n_train, batch_size):
                 rows = slice(begin, begin + batch_size)
                 masks = [
-                    None if site is None or key is None else (key, site[1][:, rows], *site[0])
-                    for site, key in zip(sites, keys, strict=True)
+                    None if key is None or site is None else (key, site[1][:, rows], *site[0])
+                    for key, site in zip(keys, sites, strict=True)
                 ]
                 grads = train_step(
                     weights,

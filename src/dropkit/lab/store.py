@@ -235,17 +235,19 @@ class ResultsStore:
 
     # -- reading -------------------------------------------------------------------------------
 
+    def _select_in(self, query: str, keys: Sequence[str]) -> list[Any]:
+        """Rows of ``query`` (which ends in a WHERE clause) whose run key is in ``keys``."""
+        rows: list[Any] = []
+        for start in range(0, len(keys), 500):  # SQLite limits the parameters of one query
+            chunk = list(keys[start : start + 500])
+            rows += self._db.execute(f"{query} AND key IN ({','.join('?' * len(chunk))})", chunk)
+        return rows
+
     def done_keys(self, keys: Sequence[str]) -> set[str]:
         """The subset of ``keys`` whose runs are finished and stored."""
-        found: set[str] = set()
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT key FROM runs WHERE status = 'done' AND key IN ({marks})", chunk
-            )
-            found.update(row[0] for row in rows)
-        return found
+        return {
+            row[0] for row in self._select_in("SELECT key FROM runs WHERE status = 'done'", keys)
+        }
 
     def runs(self, keys: Sequence[str] | None = None) -> list[StoredRun]:
         """Stored runs (all, or those with the given keys), ordered by arm, rate and seed."""
@@ -253,14 +255,7 @@ class ResultsStore:
             "SELECT key, config, train_acc, test_acc, train_loss, test_loss, best_test_acc, "
             "best_epoch, seconds FROM runs WHERE status = 'done'"
         )
-        rows: list[Any] = []
-        if keys is None:
-            rows = self._db.execute(query).fetchall()
-        else:
-            for start in range(0, len(keys), 500):
-                chunk = list(keys[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                rows += self._db.execute(f"{query} AND key IN ({marks})", chunk).fetchall()
+        rows = self._db.execute(query).fetchall() if keys is None else self._select_in(query, keys)
 
         def number(value: Any) -> float:
             return math.nan if value is None else float(value)
