@@ -161,3 +161,18 @@ class TestStats:
         best = best_rate(summaries)
         assert best is not None and "one seed" in best.evidence
         assert summaries[0].to_dict()["test_acc_ci95"] == [None, None]
+
+
+def test_baseline_is_the_lowest_rate_without_a_none_group() -> None:
+    def run(p: float, seed: int, test: float) -> StoredRun:
+        config = RunConfig(p=p, input_p=0.2, seed=seed)
+        return StoredRun(config.key(), config, 1.0, test, 0.1, 0.5, test, 10, 1.0)
+
+    runs = [run(0.0, s, 0.70 + 0.01 * (s % 2)) for s in range(4)]
+    runs += [run(0.4, s, 0.80 + 0.01 * (s % 2)) for s in range(4)]
+    summaries = summarize(runs)
+    assert summaries[0].arm == "input_dropout" and summaries[0].vs_baseline is None
+    comparison = summaries[1].vs_baseline
+    assert comparison is not None and comparison.baseline == "input_dropout p=0"
+    best = best_rate(summaries)
+    assert best is not None and "better than input_dropout p=0" in best.evidence

@@ -304,7 +304,8 @@ def _print_table(summaries: Sequence[Any]) -> None:
         return "n/a" if not math.isfinite(value) else f"{value:.3f}"
 
     table = Table(title="Final accuracy over seeds (mean, 95% CI)")
-    for column in ("arm", "p", "seeds", "train acc", "test acc", "95% CI", "gap", "vs none"):
+    baseline = next((s.vs_baseline.baseline for s in summaries if s.vs_baseline), "baseline")
+    for column in ("arm", "p", "seeds", "train acc", "test acc", "95% CI", "gap", f"vs {baseline}"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for s in summaries:
         low, high = s.test_acc_ci95

@@ -111,18 +111,21 @@ class ArmSummary:
 def summarize(runs: Sequence[StoredRun]) -> list[ArmSummary]:
     """Group runs by (arm, p, input_p, max_norm) and summarize each over its seeds.
 
-    The baseline is the group without any regularization (``arm == "none"``), when present;
-    every other group is compared with it by Welch's t-test on the final test accuracy.
+    The baseline is the group without any regularization (``arm == "none"``) or, when there is
+    none (every run has input dropout, say), the group with the lowest dropout rate; every
+    other group is compared with it by Welch's t-test on the final test accuracy.
     """
     groups: dict[tuple[str, float, float, float | None], list[StoredRun]] = {}
     for run in runs:
         c = run.config
         groups.setdefault((run.arm, c.p, c.input_p, c.max_norm), []).append(run)
-    baseline = next((g for k, g in groups.items() if k[0] == "none"), None)
+    order = sorted(groups, key=lambda k: (k[0] != "none", k[1], k[2], k[3] or 0.0))
+    baseline_key = order[0] if order else None
+    baseline = [] if baseline_key is None else groups[baseline_key]
+    baseline_name = "none" if baseline_key is None else _group_name(*baseline_key)
     summaries = []
-    for (arm, p, input_p, max_norm), members in sorted(
-        groups.items(), key=lambda kv: (kv[0][0] != "none", kv[0][1], kv[0][2], kv[0][3] or 0.0)
-    ):
+    for key in order:
+        (arm, p, input_p, max_norm), members = key, groups[key]
         train = [r.train_acc for r in members]
         test = [r.test_acc for r in members]
         train_mean, train_low, train_high = mean_ci(train)
@@ -144,12 +147,16 @@ def summarize(runs: Sequence[StoredRun]) -> list[ArmSummary]:
                 gap_mean=mean_ci([r.gap for r in members])[0],
                 vs_baseline=(
                     None
-                    if baseline is None or arm == "none"
-                    else welch(test, [r.test_acc for r in baseline], "none")
+                    if key == baseline_key
+                    else welch(test, [r.test_acc for r in baseline], baseline_name)
                 ),
             )
         )
     return summaries
+
+
+def _group_name(arm: str, p: float, input_p: float, max_norm: float | None) -> str:
+    return "none" if arm == "none" else f"{arm} p={p:g}"
 
 
 @dataclass(frozen=True)
@@ -170,18 +177,19 @@ def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
     interval = f"[{low:.3f}, {high:.3f}]" if math.isfinite(low) else "(one seed: no interval)"
     text = f"best: {best.arm} p={best.p:g}, test accuracy {best.test_acc_mean:.3f} {interval}"
     comparison = best.vs_baseline
-    if best.arm == "none":
-        evidence = f"{text}; no dropout rate beat the baseline without dropout"
-    elif comparison is None or not math.isfinite(comparison.p_value):
-        evidence = f"{text}; not enough seeds to test it against the baseline"
+    if comparison is None:
+        evidence = f"{text}; it is the baseline: no higher dropout rate beat it"
+    elif not math.isfinite(comparison.p_value):
+        evidence = f"{text}; not enough seeds to test it against {comparison.baseline}"
     elif comparison.significant:
         evidence = (
-            f"{text}; better than no dropout by {comparison.difference:+.3f} "
+            f"{text}; better than {comparison.baseline} by {comparison.difference:+.3f} "
             f"(Welch's t-test p={comparison.p_value:.2g}, significant at 0.05)"
         )
     else:
         evidence = (
-            f"{text}; {comparison.difference:+.3f} against no dropout is NOT significant "
-            f"(Welch's t-test p={comparison.p_value:.2g}): more seeds or a larger effect needed"
+            f"{text}; {comparison.difference:+.3f} against {comparison.baseline} is NOT "
+            f"significant (Welch's t-test p={comparison.p_value:.2g}): more seeds or a larger "
+            "effect needed"
         )
     return BestRate(best, evidence)
