@@ -81,19 +81,19 @@ def set_dropout(model: nn.Module, p: float) -> nn.Module:
     """
     p = check_probability(p)
     for _, module in find_dropout(model):
-        module.p = p
+        setattr(module, "p", p)  # noqa: B010  (torch's dropout modules declare no `p` type)
     return model
 
 
 def _apply_output_dropout(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
     """Forward hook: the layer's own ``dropout`` child applied to its output."""
-    dropout: nn.Module = module.dropout
+    dropout = module.get_submodule("dropout")
     return dropout(output)  # type: ignore[no-any-return]
 
 
 def _apply_input_dropout(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     """Forward pre-hook: the model's ``input_dropout`` child applied to its first input."""
-    dropout: nn.Module = module.input_dropout
+    dropout = module.get_submodule("input_dropout")
     return (dropout(inputs[0]), *inputs[1:])
 
 
