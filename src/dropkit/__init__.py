@@ -2,8 +2,9 @@
 
 ``p`` is always the drop probability: the probability of an element to be zeroed.
 
-Layers live here (``dropkit.Dropout``, ``dropkit.SpatialDropout2d``, ...); the pure ops they
-wrap live in :mod:`dropkit.functional`.
+Layers live here (``dropkit.Dropout``, ``dropkit.SpatialDropout2d``, ...), with the tools that
+apply dropout to an existing model (``insert_dropout``, ``max_norm_``, ``DropoutSchedule``, ...);
+the pure ops the layers wrap live in :mod:`dropkit.functional`.
 """
 
 from dropkit import functional as functional
@@ -18,6 +19,12 @@ from dropkit.layers import LockedDropout as LockedDropout
 from dropkit.layers import SpatialDropout1d as SpatialDropout1d
 from dropkit.layers import SpatialDropout2d as SpatialDropout2d
 from dropkit.layers import SpatialDropout3d as SpatialDropout3d
+from dropkit.schedules import DropoutSchedule as DropoutSchedule
+from dropkit.surgery import find_dropout as find_dropout
+from dropkit.surgery import insert_dropout as insert_dropout
+from dropkit.surgery import set_dropout as set_dropout
+from dropkit.weights import MaxNorm as MaxNorm
+from dropkit.weights import max_norm_ as max_norm_
 
 __version__ = "0.1.0"
 
@@ -27,12 +34,18 @@ __all__ = [
     "DropBlock3d",
     "DropPath",
     "Dropout",
+    "DropoutSchedule",
     "FeatureAlphaDropout",
     "GaussianDropout",
     "LockedDropout",
+    "MaxNorm",
     "SpatialDropout1d",
     "SpatialDropout2d",
     "SpatialDropout3d",
     "__version__",
+    "find_dropout",
     "functional",
+    "insert_dropout",
+    "max_norm_",
+    "set_dropout",
 ]

@@ -10,17 +10,21 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import cast
+from typing import Literal, cast, overload
 
 import torch
 
 __all__ = [
+    "check_batch_output",
     "check_block_size",
     "check_generator",
     "check_min_ndim",
     "check_ndim",
     "check_one_of",
+    "check_positive",
+    "check_positive_int",
     "check_probability",
+    "check_tensor",
 ]
 
 
@@ -30,7 +34,9 @@ def _describe(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def check_probability(value: object, name: str = "p", *, meaning: str = "drop") -> float:
+def check_probability(
+    value: object, name: str = "p", *, meaning: str = "drop", description: str | None = None
+) -> float:
     """Return ``value`` as a float after checking it is a probability in [0, 1].
 
     Args:
@@ -39,13 +45,15 @@ def check_probability(value: object, name: str = "p", *, meaning: str = "drop") 
         name: the argument's name, used in the message.
         meaning: ``"drop"`` or ``"keep"``: which probability the argument is, said in the message
             because the two are the classic mix-up.
+        description: what the number is, said in the message instead, for a fraction in [0, 1]
+            that is not a probability.
 
     Raises:
         TypeError: ``value`` is not a real number.
         ValueError: ``value`` is NaN or outside [0, 1]. For ``1 < value <= 100`` the message
             asks whether a percentage was passed.
     """
-    kind = f"the {meaning} probability"
+    kind = description or f"the {meaning} probability"
     if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
         if value.dtype == torch.bool:
             raise TypeError(f"`{name}` must be a real number in [0, 1] ({kind}), got a bool tensor")
@@ -134,3 +142,59 @@ def check_generator(generator: object, x: torch.Tensor | None = None) -> None:
             f"`generator` is on device {generator.device.type!r} but the input is on "
             f"{x.device.type!r}; create it with torch.Generator(device={x.device.type!r})"
         )
+
+
+def check_positive(value: object, name: str) -> float:
+    """Return ``value`` as a float after checking it is a finite real number > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a finite number > 0, got {_describe(value)} "
+            f"of type {type(value).__name__}"
+        )
+    number = float(value)
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {_describe(value)}")
+    return number
+
+
+@overload
+def check_positive_int(value: object, name: str) -> int: ...
+@overload
+def check_positive_int(value: object, name: str, *, optional: Literal[True]) -> int | None: ...
+def check_positive_int(value: object, name: str, *, optional: bool = False) -> int | None:
+    """Return ``value`` as an int after checking it is an integer >= 1 (or None if ``optional``).
+
+    Python and NumPy integers are accepted; ``bool`` and floats (even ``3.0``) are refused.
+    """
+    if optional and value is None:
+        return None
+    expected = "an int >= 1" + (" or None" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"`{name}` must be {expected}, got {_describe(value)} of type {type(value).__name__}"
+        )
+    if int(value) < 1:
+        raise ValueError(f"`{name}` must be {expected}, got {_describe(value)}")
+    return int(value)
+
+
+def check_tensor(value: object, name: str) -> torch.Tensor:
+    """Return ``value`` after checking it is a :class:`torch.Tensor`."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_batch_output(output: object, rows: int, op: str) -> torch.Tensor:
+    """Check that a model returned a tensor whose first axis is the batch axis of ``rows`` rows."""
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(
+            f"{op} expects the model to return a torch.Tensor, got {type(output).__name__}; "
+            f"wrap the model so that it returns the one output to summarize."
+        )
+    if output.ndim == 0 or output.shape[0] != rows:
+        raise ValueError(
+            f"{op} expects the model's output to keep the batch axis first: for an input of "
+            f"{rows} rows it returned shape {tuple(output.shape)}."
+        )
+    return output

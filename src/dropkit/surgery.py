@@ -81,8 +81,18 @@ def set_dropout(model: nn.Module, p: float) -> nn.Module:
     """
     p = check_probability(p)
     for _, module in find_dropout(model):
-        setattr(module, "p", p)  # noqa: B010  (torch's dropout modules declare no `p` type)
+        _set_rate(module, p)
     return model
+
+
+def _rate(module: nn.Module) -> float:
+    """A dropout module's ``p`` (torch's modules declare no type for it)."""
+    return float(getattr(module, "p"))  # noqa: B009
+
+
+def _set_rate(module: nn.Module, p: float) -> None:
+    """Set a dropout module's ``p`` (validated by dropkit's layers, plain for torch's)."""
+    setattr(module, "p", p)  # noqa: B010
 
 
 def _apply_output_dropout(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -171,14 +181,14 @@ def insert_dropout(
                 index += 1
             if index < len(children) and is_dropout(children[index]):
                 continue
-            rebuilt.append(Dropout(p, generator=generator))
+            rebuilt.append(_new_dropout(p, generator, container))
         if len(rebuilt) != len(children):
             _refill(container, rebuilt)
 
     # Any other parent: a dropout child on the layer, applied by a forward hook.
     for child in list(model.modules()):
         if id(child) in targets and id(child) not in handled and not hasattr(child, "dropout"):
-            child.add_module("dropout", Dropout(p, generator=generator))
+            child.add_module("dropout", _new_dropout(p, generator, child))
             child.register_forward_hook(_apply_output_dropout)
             handled.add(id(child))
 
@@ -186,11 +196,16 @@ def insert_dropout(
         first = next(iter(model.children()), None)
         if isinstance(model, nn.Sequential) and first is not None:
             if not is_dropout(first):
-                _refill(model, [Dropout(input_p, generator=generator), *model.children()])
+                _refill(model, [_new_dropout(input_p, generator, model), *model.children()])
         elif not hasattr(model, "input_dropout"):
-            model.add_module("input_dropout", Dropout(input_p, generator=generator))
+            model.add_module("input_dropout", _new_dropout(input_p, generator, model))
             model.register_forward_pre_hook(_apply_input_dropout)
     return model
+
+
+def _new_dropout(p: float, generator: torch.Generator | None, like: nn.Module) -> Dropout:
+    """A new dropout layer in the same train/eval mode as ``like``, where it goes."""
+    return Dropout(p, generator=generator).train(like.training)
 
 
 def _refill(container: nn.Sequential, modules: list[nn.Module]) -> None:
