@@ -426,6 +426,79 @@ def sweep(
     )
 
 
+def _load_factory(target: str) -> Any:
+    """The callable named by ``MODULE:FACTORY`` (a dotted module or a ``.py`` path)."""
+    import importlib
+    import importlib.util
+
+    module_name, _, factory_name = target.rpartition(":")
+    if not module_name or not factory_name:
+        _fail(f"expected MODULE:FACTORY (e.g. mypackage.models:build_model), got {target!r}")
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                _fail(f"no such file: {path}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None:
+                _fail(f"cannot import {path}")
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(module_name)
+    except ImportError as error:
+        _fail(f"cannot import {module_name!r}: {error}")
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        _fail(f"{module_name!r} has no callable {factory_name!r}")
+    return factory
+
+
+@app.command()
+def check(
+    target: Annotated[
+        str, typer.Argument(help="MODULE:FACTORY, a function that builds the model.")
+    ],
+    input_shape: Annotated[
+        str | None,
+        typer.Option(help="Shape of an example input, e.g. '1,3,32,32': checks in call order."),
+    ] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Check a model for dropout mistakes; exit code 1 when there is a warning.
+
+    The model comes from calling FACTORY() in MODULE (a dotted module name, importable from the
+    current folder, or a path to a .py file).
+    """
+    import torch
+    from torch import nn
+
+    from dropkit.checks import check_model, format_findings
+
+    shape: tuple[int, ...] | None = None
+    if input_shape is not None:
+        try:
+            shape = tuple(int(v) for v in input_shape.split(","))
+        except ValueError:
+            _fail(f"--input-shape: expected integers like '1,3,32,32', got {input_shape!r}")
+    factory = _load_factory(target)
+    try:
+        model = factory()
+        if not isinstance(model, nn.Module):
+            _fail(f"{target} returned {type(model).__name__}, not a torch.nn.Module")
+        findings = check_model(model, None if shape is None else torch.randn(shape))
+    except typer.Exit:
+        raise
+    except Exception as error:
+        if debug:
+            raise
+        _fail(f"{target} failed: {type(error).__name__}: {error}")
+    typer.echo(format_findings(findings))
+    if any(f.severity == "warning" for f in findings):
+        raise typer.Exit(1)
+
+
 def _guarded(debug: bool, **options: Any) -> None:
     """Run an experiment; without ``--debug``, an unexpected error is one line, exit code 1."""
     try:
