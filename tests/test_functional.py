@@ -193,7 +193,9 @@ class TestDropPath:
         assert set(y.unique().tolist()) == {0.0, 1.0}
 
     def test_refuses_0d(self) -> None:
-        with pytest.raises(ValueError, match="drop_path expects an input of at least 1 dimensions"):
+        with pytest.raises(
+            ValueError, match=r"drop_path expects an input of at least 1 dimension \(N, ...\)"
+        ):
             DF.drop_path(torch.tensor(1.0), 0.5)
 
 

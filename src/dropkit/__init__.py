@@ -8,6 +8,10 @@ the pure ops the layers wrap live in :mod:`dropkit.functional`.
 """
 
 from dropkit import functional as functional
+from dropkit.checks import Finding as Finding
+from dropkit.checks import check_model as check_model
+from dropkit.checks import inference as inference
+from dropkit.checks import warn_if_training as warn_if_training
 from dropkit.layers import AlphaDropout as AlphaDropout
 from dropkit.layers import DropBlock2d as DropBlock2d
 from dropkit.layers import DropBlock3d as DropBlock3d
@@ -23,6 +27,9 @@ from dropkit.schedules import DropoutSchedule as DropoutSchedule
 from dropkit.surgery import find_dropout as find_dropout
 from dropkit.surgery import insert_dropout as insert_dropout
 from dropkit.surgery import set_dropout as set_dropout
+from dropkit.uncertainty import MCPrediction as MCPrediction
+from dropkit.uncertainty import mc_dropout as mc_dropout
+from dropkit.uncertainty import mc_predict as mc_predict
 from dropkit.weights import MaxNorm as MaxNorm
 from dropkit.weights import max_norm_ as max_norm_
 
@@ -36,16 +43,23 @@ __all__ = [
     "Dropout",
     "DropoutSchedule",
     "FeatureAlphaDropout",
+    "Finding",
     "GaussianDropout",
     "LockedDropout",
+    "MCPrediction",
     "MaxNorm",
     "SpatialDropout1d",
     "SpatialDropout2d",
     "SpatialDropout3d",
     "__version__",
+    "check_model",
     "find_dropout",
     "functional",
+    "inference",
     "insert_dropout",
     "max_norm_",
+    "mc_dropout",
+    "mc_predict",
     "set_dropout",
+    "warn_if_training",
 ]

@@ -19,6 +19,7 @@ __all__ = [
     "check_block_size",
     "check_generator",
     "check_min_ndim",
+    "check_module",
     "check_ndim",
     "check_one_of",
     "check_positive",
@@ -123,7 +124,8 @@ def check_min_ndim(x: torch.Tensor, min_ndim: int, op: str, layout: str, hint: s
     """Refuse an input of rank below ``min_ndim``; see :func:`check_ndim`."""
     if x.ndim < min_ndim:
         message = (
-            f"{op} expects an input of at least {min_ndim} dimensions {layout}, got a "
+            f"{op} expects an input of at least {min_ndim} dimension{'s' * (min_ndim != 1)} "
+            f"{layout}, got a "
             f"{x.ndim}-D input of shape {tuple(x.shape)}."
         )
         raise ValueError(f"{message} {hint}".rstrip())
@@ -185,16 +187,39 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     return value
 
 
-def check_batch_output(output: object, rows: int, op: str) -> torch.Tensor:
-    """Check that a model returned a tensor whose first axis is the batch axis of ``rows`` rows."""
+def check_batch_output(
+    output: object, rows: int, op: str, *, min_ndim: int = 1, layout: str = "(N, *)", hint: str = ""
+) -> torch.Tensor:
+    """Check that a model returned a tensor of ``rows`` rows along its first (batch) axis.
+
+    Args:
+        output: what the model returned.
+        rows: the number of rows of the input it was given.
+        op: the name of the function that called the model, for the message.
+        min_ndim: the least rank the output must have.
+        layout: the expected layout in words, e.g. ``"(N, *, C)"``.
+        hint: an extra sentence for a rank below ``min_ndim``.
+    """
     if not isinstance(output, torch.Tensor):
         raise TypeError(
             f"{op} expects the model to return a torch.Tensor, got {type(output).__name__}; "
             f"wrap the model so that it returns the one output to summarize."
         )
-    if output.ndim == 0 or output.shape[0] != rows:
-        raise ValueError(
-            f"{op} expects the model's output to keep the batch axis first: for an input of "
-            f"{rows} rows it returned shape {tuple(output.shape)}."
+    if output.ndim < max(min_ndim, 1) or output.shape[0] != rows:
+        message = (
+            f"{op} expects the model to return a tensor {layout} of at least {max(min_ndim, 1)} "
+            f"dimensions with the batch axis first; for an input of {rows} rows it returned "
+            f"shape {tuple(output.shape)}."
         )
+        raise ValueError(f"{message} {hint}".rstrip())
     return output
+
+
+def check_module(value: object, name: str = "model") -> torch.nn.Module:
+    """Return ``value`` after checking it is a :class:`torch.nn.Module`."""
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(
+            f"`{name}` must be a torch.nn.Module, got {_describe(value)} "
+            f"of type {type(value).__name__}"
+        )
+    return value
