@@ -68,5 +68,17 @@ def test_bad_targets_exit_2(tmp_path: Path) -> None:
         result = runner.invoke(app, ["check", target])
         assert result.exit_code == 2, (target, result.output)
         assert message in result.stderr, (target, result.stderr)
+    broken = tmp_path / "broken.py"
+    broken.write_text("def f(:\n")
+    result = runner.invoke(app, ["check", f"{broken}:f"])
+    assert (
+        result.exit_code == 2
+        and "cannot import" in result.stderr
+        and "SyntaxError" in result.stderr
+    )
+    raising = tmp_path / "raising.py"
+    raising.write_text("raise RuntimeError('boom')\n")
+    result = runner.invoke(app, ["check", f"{raising}:f"])
+    assert result.exit_code == 2 and "RuntimeError: boom" in result.stderr
     result = runner.invoke(app, ["check", f"{path}:clean", "--input-shape", "a,b"])
     assert result.exit_code == 2 and "--input-shape" in result.stderr

@@ -121,6 +121,10 @@ class TestDropout:
         assert torch.equal(DF.dropout(x, 0.25, scaling="classic", training=False), x * 0.75)
         assert DF.dropout(x, 0.0, scaling="classic", training=False) is x
 
+    def test_classic_inference_at_p1_is_zeros_not_nan(self) -> None:
+        x = torch.tensor([float("inf"), 1.0])
+        assert torch.equal(DF.dropout(x, 1.0, scaling="classic", training=False), torch.zeros(2))
+
     def test_inplace(self) -> None:
         x = torch.ones(100)
         y = DF.dropout(x, 0.5, inplace=True, generator=_seeded())

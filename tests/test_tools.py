@@ -66,6 +66,32 @@ class TestInsertDropout:
         dropkit.insert_dropout(net, 0.4, input_p=0.1)
         assert not any(m.training for _, m in dropkit.find_dropout(net))
 
+    def test_repeated_modules_are_kept(self) -> None:
+        shared_act, shared_lin = nn.ReLU(), nn.Linear(4, 4)
+        net = nn.Sequential(
+            nn.Linear(2, 4), shared_act, shared_lin, shared_act, shared_lin, nn.Linear(4, 1)
+        )
+        dropkit.insert_dropout(net, 0.5)
+        kinds = [type(m).__name__ for m in net._modules.values()]
+        assert kinds == [
+            "Linear",
+            "ReLU",
+            "Dropout",
+            "Linear",
+            "ReLU",
+            "Dropout",
+            "Linear",
+            "Dropout",
+            "Linear",
+        ]
+
+    def test_dropout_after_a_nested_block_counts(self) -> None:
+        net = nn.Sequential(
+            nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Dropout(0.5), nn.Linear(4, 1)
+        )
+        dropkit.insert_dropout(net, 0.3)
+        assert [n for n, _ in dropkit.find_dropout(net)] == ["1"]
+
     def test_idempotent(self) -> None:
         net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 1))
         dropkit.insert_dropout(net, 0.4, input_p=0.1)
@@ -150,6 +176,29 @@ class TestMaxNorm:
         dropkit.max_norm_(model, 1.0, dim=1)  # columns instead of rows
         assert model[0].weight.norm(dim=0).max().item() == pytest.approx(1.0)
         assert model[0].bias.max().item() == 5.0, "biases are not constrained"
+
+    def test_parametrized_weight_is_constrained_at_its_source(self) -> None:
+        class Scale(nn.Module):
+            def forward(self, weight: torch.Tensor) -> torch.Tensor:
+                return weight * 1.0
+
+        layer = nn.Linear(4, 3)
+        torch.nn.utils.parametrize.register_parametrization(layer, "weight", Scale())
+        with torch.no_grad():
+            layer.parametrizations.weight.original.mul_(50)
+        dropkit.max_norm_(layer, 0.5)
+        torch.testing.assert_close(layer.weight.norm(dim=1), torch.full((3,), 0.5))
+
+    def test_weight_norm_is_refused(self) -> None:
+        layer = torch.nn.utils.parametrizations.weight_norm(nn.Linear(4, 3))
+        with pytest.raises(ValueError, match="computed by a parametrization from several tensors"):
+            dropkit.max_norm_(layer, 0.5)
+
+    def test_dim_out_of_range(self) -> None:
+        with pytest.raises(
+            ValueError, match=r"`dim` must be in \[-2, 1\] for the 2-D weight of Linear, got 5"
+        ):
+            dropkit.max_norm_(nn.Linear(2, 2), 1.0, dim=5)
 
     @pytest.mark.parametrize("bad", [0, -1.0, float("inf"), float("nan")])
     def test_refuses_bad_bound(self, bad: float) -> None:

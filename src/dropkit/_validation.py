@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "check_batch_output",
     "check_block_size",
+    "check_dim",
     "check_generator",
     "check_min_ndim",
     "check_module",
@@ -223,3 +224,13 @@ def check_module(value: object, name: str = "model") -> torch.nn.Module:
             f"of type {type(value).__name__}"
         )
     return value
+
+
+def check_dim(value: object, ndim: int, name: str = "dim", owner: str = "the tensor") -> int:
+    """Return ``value`` after checking it is an axis of a ``ndim``-D tensor (negatives allowed)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int, got {_describe(value)}")
+    axis = int(value)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"`{name}` must be in [{-ndim}, {ndim - 1}] for {owner}, got {axis}")
+    return axis

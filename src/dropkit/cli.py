@@ -73,6 +73,9 @@ def _fail(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
+_MAX_RATES = 1000
+
+
 def _parse_rates(text: str) -> list[float]:
     """``"0,0.1,0.4"`` or an inclusive range ``"start:stop:step"`` such as ``"0:0.8:0.1"``."""
     from dropkit._validation import check_probability
@@ -80,9 +83,11 @@ def _parse_rates(text: str) -> list[float]:
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
-            if not step > 0:
-                _fail(f"--rates: the step of {text!r} must be > 0")
+            if not all(map(math.isfinite, (start, stop, step))) or not step > 0:
+                _fail(f"--rates: {text!r} needs finite start and stop and a step > 0")
             count = math.floor((stop - start) / step + 1e-9) + 1
+            if count > _MAX_RATES:
+                _fail(f"--rates: {text!r} makes {count} rates; at most {_MAX_RATES} are allowed")
             values = [round(start + i * step, 10) for i in range(max(count, 0))]
         else:
             values = [float(v) for v in text.split(",") if v.strip()]
@@ -182,7 +187,7 @@ def _run_experiment(
         input_dropout = check_probability(input_dropout, "--input-dropout")
     except ValueError as error:
         _fail(str(error))
-    data_spec = DataSpec(name=data_name, target=target)
+    data_spec = DataSpec.resolve(data_name, target)
     try:
         dataset = load_dataset(data_spec)  # refuse bad data before anything is written
     except DataError as error:
@@ -196,6 +201,10 @@ def _run_experiment(
         input_p=input_dropout,
         max_norm=max_norm,
     )
+    try:  # the output folder must be usable before anything is trained or stored
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _fail(f"cannot create the output folder {out}: {error}")
     store_path = store_path or out / "runs.sqlite"
     try:
         store = ResultsStore(store_path)
@@ -246,7 +255,6 @@ def _report(
     runs = store.runs(list(keys))
     summaries = summarize(runs)
     best = best_rate(summaries)
-    out.mkdir(parents=True, exist_ok=True)
     groups: dict[float, list[Any]] = {}
     for run in runs:
         groups.setdefault(run.config.p, []).append(run)
@@ -447,8 +455,10 @@ def _load_factory(target: str) -> Any:
         else:
             sys.path.insert(0, str(Path.cwd()))
             module = importlib.import_module(module_name)
-    except ImportError as error:
-        _fail(f"cannot import {module_name!r}: {error}")
+    except typer.Exit:
+        raise
+    except Exception as error:  # a syntax error or any exception raised while importing
+        _fail(f"cannot import {module_name!r}: {type(error).__name__}: {error}")
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         _fail(f"{module_name!r} has no callable {factory_name!r}")

@@ -179,6 +179,8 @@ def dropout(
     p = _checked_rate(x, p, generator)
     check_one_of(scaling, "scaling", SCALINGS)
     if not training:
+        if scaling == "classic" and p == 1.0:  # (1 - p)·x, without 0·inf = NaN
+            return _zeros_with_grad(x, inplace)
         if scaling == "classic" and p != 0.0:
             return x.mul_(1.0 - p) if inplace else x * (1.0 - p)
         return x

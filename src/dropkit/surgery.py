@@ -166,7 +166,7 @@ def insert_dropout(
     # Sequential containers: insert an element after the layer (and its activations).
     handled: set[int] = set()
     for container in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
-        children = list(container.children())
+        children = _elements(container)
         rebuilt: list[nn.Module] = []
         index = 0
         while index < len(children):
@@ -179,7 +179,8 @@ def insert_dropout(
             while index < len(children) and isinstance(children[index], ACTIVATIONS):
                 rebuilt.append(children[index])
                 index += 1
-            if index < len(children) and is_dropout(children[index]):
+            following = children[index] if index < len(children) else _after(model, container)
+            if following is not None and is_dropout(following):
                 continue
             rebuilt.append(_new_dropout(p, generator, container))
         if len(rebuilt) != len(children):
@@ -196,11 +197,29 @@ def insert_dropout(
         first = next(iter(model.children()), None)
         if isinstance(model, nn.Sequential) and first is not None:
             if not is_dropout(first):
-                _refill(model, [_new_dropout(input_p, generator, model), *model.children()])
+                _refill(model, [_new_dropout(input_p, generator, model), *_elements(model)])
         elif not hasattr(model, "input_dropout"):
             model.add_module("input_dropout", _new_dropout(input_p, generator, model))
             model.register_forward_pre_hook(_apply_input_dropout)
     return model
+
+
+def _elements(container: nn.Sequential) -> list[nn.Module]:
+    """A Sequential's elements in order, repeats included (``children()`` skips repeats)."""
+    return [m for m in container._modules.values() if m is not None]
+
+
+def _after(model: nn.Module, container: nn.Sequential) -> nn.Module | None:
+    """The first non-activation element that runs after ``container`` in an enclosing Sequential."""
+    for parent in model.modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        elements = _elements(parent)
+        for index, element in enumerate(elements):
+            if element is container:
+                rest = [m for m in elements[index + 1 :] if not isinstance(m, ACTIVATIONS)]
+                return rest[0] if rest else _after(model, parent)
+    return None
 
 
 def _new_dropout(p: float, generator: torch.Generator | None, like: nn.Module) -> Dropout:

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
-from dropkit._validation import check_positive
+from dropkit._validation import check_dim, check_positive
 
 __all__ = ["MaxNorm", "max_norm_"]
 
@@ -64,9 +65,29 @@ def max_norm_(module: nn.Module, max_norm: float, *, dim: int | None = None) -> 
     max_norm = check_positive(max_norm, "max_norm")
     for layer in module.modules():
         if isinstance(layer, _CONSTRAINED):
-            weight = layer.weight
-            _renorm_(weight, max_norm, _unit_dim(layer) if dim is None else dim)
+            weight = _stored_weight(layer)
+            owner = f"the {weight.ndim}-D weight of {type(layer).__name__}"
+            axis = _unit_dim(layer) if dim is None else check_dim(dim, weight.ndim, owner=owner)
+            _renorm_(weight, max_norm, axis)
     return module
+
+
+def _stored_weight(layer: nn.Module) -> torch.Tensor:
+    """The tensor that holds ``layer``'s weight: the original under a one-tensor parametrization.
+
+    Under ``torch.nn.utils.parametrize`` ``layer.weight`` is recomputed on every access, so
+    scaling it in place would change a temporary. A parametrization with several originals
+    (``weight_norm``'s magnitude and direction) has no single weight to bound: refused.
+    """
+    if not parametrize.is_parametrized(layer, "weight"):
+        return layer.get_parameter("weight")
+    original = getattr(layer.get_submodule("parametrizations.weight"), "original", None)
+    if isinstance(original, torch.Tensor):
+        return original
+    raise ValueError(
+        f"max_norm_ cannot bound the weight of {type(layer).__name__}: it is computed by a "
+        "parametrization from several tensors (e.g. weight_norm); constrain those instead"
+    )
 
 
 class MaxNorm:

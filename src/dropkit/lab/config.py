@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dropkit._validation import check_probability
@@ -39,12 +40,27 @@ class DataSpec:
         test_size: fraction of samples held out for testing (built-ins other than ``circles``,
             and CSV). ``circles`` is the case study's data: the first 30 of 100 samples train.
         split_seed: seed of the train/test split, fixed for all runs of a sweep.
+        content_hash: for a CSV file, a hash of its bytes (see :meth:`resolve`).
     """
 
     name: str = "circles"
     target: str | None = None
     test_size: float = 0.3
     split_seed: int = 0
+    content_hash: str | None = None
+
+    @classmethod
+    def resolve(cls, name: str, target: str | None = None) -> DataSpec:
+        """The spec of a built-in name, or of a CSV file by absolute path and content hash.
+
+        The hash makes the file's contents part of every run's identity: an edited CSV is new
+        data, and ``data.csv`` and ``./data.csv`` are the same data.
+        """
+        path = Path(name)
+        if name.lower().endswith(".csv") and path.is_file():
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            return cls(name=str(path.resolve()), target=target, content_hash=digest)
+        return cls(name=name, target=target)
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,10 @@ def welch(sample: Sequence[float], baseline: Sequence[float], baseline_name: str
     difference = float(a.mean() - b.mean()) if a.size and b.size else math.nan
     if a.size < 2 or b.size < 2:
         return Comparison(baseline_name, difference, math.nan, math.nan)
-    if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:  # both constant: no test possible
-        p_value = 1.0 if difference == 0 else 0.0
-        return Comparison(baseline_name, difference, math.nan, p_value)
+    if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
+        # Both constant (few seeds of a discrete accuracy): the t statistic is undefined and a
+        # p-value of 0 would claim certainty that a handful of identical runs cannot give.
+        return Comparison(baseline_name, difference, math.nan, math.nan)
     with warnings.catch_warnings():
         # SciPy warns of precision loss when the seeds agree almost exactly; the test is still
         # the right one, its p-value just reflects that tiny spread.

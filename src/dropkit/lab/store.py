@@ -308,6 +308,10 @@ class _Transaction:
         trace: TracebackType | None,
     ) -> None:
         if kind is None:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")  # never leave the connection inside a transaction
+                raise
         else:
             self._db.execute("ROLLBACK")
