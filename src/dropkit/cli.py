@@ -12,11 +12,16 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from dropkit import __version__
+
+if TYPE_CHECKING:  # the lab is imported when a command runs, not at start-up
+    from dropkit.lab.config import SweepSpec
+    from dropkit.lab.stats import ArmSummary
+    from dropkit.lab.store import ResultsStore, StoredRun
 
 __all__ = ["app", "main"]
 
@@ -242,8 +247,8 @@ def _run_experiment(
 def _report(
     kind: str,
     dataset_name: str,
-    spec: Any,
-    store: Any,
+    spec: SweepSpec,
+    store: ResultsStore,
     keys: Sequence[str],
     out: Path,
     store_path: Path,
@@ -255,7 +260,7 @@ def _report(
     runs = store.runs(list(keys))
     summaries = summarize(runs)
     best = best_rate(summaries)
-    groups: dict[float, list[Any]] = {}
+    groups: dict[float, list[StoredRun]] = {}
     for run in runs:
         groups.setdefault(run.config.p, []).append(run)
     # The demo shows both of its models; a sweep its lowest rate and its best one.
@@ -304,7 +309,7 @@ def _report(
     typer.echo(f"summary table: {out / 'summary.json'}")
 
 
-def _print_table(summaries: Sequence[Any]) -> None:
+def _print_table(summaries: Sequence[ArmSummary]) -> None:
     from rich.console import Console
     from rich.table import Table
 
