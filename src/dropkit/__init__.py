@@ -12,6 +12,8 @@ from dropkit.checks import Finding as Finding
 from dropkit.checks import check_model as check_model
 from dropkit.checks import inference as inference
 from dropkit.checks import warn_if_training as warn_if_training
+from dropkit.concrete import ConcreteDropout as ConcreteDropout
+from dropkit.concrete import concrete_regularization as concrete_regularization
 from dropkit.layers import AlphaDropout as AlphaDropout
 from dropkit.layers import DropBlock2d as DropBlock2d
 from dropkit.layers import DropBlock3d as DropBlock3d
@@ -23,6 +25,8 @@ from dropkit.layers import LockedDropout as LockedDropout
 from dropkit.layers import SpatialDropout1d as SpatialDropout1d
 from dropkit.layers import SpatialDropout2d as SpatialDropout2d
 from dropkit.layers import SpatialDropout3d as SpatialDropout3d
+from dropkit.recurrent import GRU as GRU
+from dropkit.recurrent import LSTM as LSTM
 from dropkit.schedules import DropoutSchedule as DropoutSchedule
 from dropkit.surgery import find_dropout as find_dropout
 from dropkit.surgery import insert_dropout as insert_dropout
@@ -30,18 +34,28 @@ from dropkit.surgery import set_dropout as set_dropout
 from dropkit.uncertainty import MCPrediction as MCPrediction
 from dropkit.uncertainty import mc_dropout as mc_dropout
 from dropkit.uncertainty import mc_predict as mc_predict
+from dropkit.weights import DropConnect as DropConnect
+from dropkit.weights import DropConnectLinear as DropConnectLinear
+from dropkit.weights import EmbeddingDropout as EmbeddingDropout
 from dropkit.weights import MaxNorm as MaxNorm
+from dropkit.weights import WeightDrop as WeightDrop
 from dropkit.weights import max_norm_ as max_norm_
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRU",
+    "LSTM",
     "AlphaDropout",
+    "ConcreteDropout",
     "DropBlock2d",
     "DropBlock3d",
+    "DropConnect",
+    "DropConnectLinear",
     "DropPath",
     "Dropout",
     "DropoutSchedule",
+    "EmbeddingDropout",
     "FeatureAlphaDropout",
     "Finding",
     "GaussianDropout",
@@ -51,8 +65,10 @@ __all__ = [
     "SpatialDropout1d",
     "SpatialDropout2d",
     "SpatialDropout3d",
+    "WeightDrop",
     "__version__",
     "check_model",
+    "concrete_regularization",
     "find_dropout",
     "functional",
     "inference",

@@ -19,13 +19,18 @@ __all__ = [
     "check_block_size",
     "check_dim",
     "check_generator",
+    "check_instance",
     "check_min_ndim",
     "check_module",
+    "check_names",
     "check_ndim",
+    "check_nonnegative",
     "check_one_of",
+    "check_open_probability",
     "check_positive",
     "check_positive_int",
     "check_probability",
+    "check_shape",
     "check_tensor",
 ]
 
@@ -234,3 +239,71 @@ def check_dim(value: object, ndim: int, name: str = "dim", owner: str = "the ten
     if not -ndim <= axis < ndim:
         raise ValueError(f"`{name}` must be in [{-ndim}, {ndim - 1}] for {owner}, got {axis}")
     return axis
+
+
+def check_open_probability(value: object, name: str, *, meaning: str = "drop") -> float:
+    """Return ``value`` as a float after checking it is a probability in (0, 1), ends excluded.
+
+    For a rate that is learned through its logit, which is infinite at 0 and at 1.
+    """
+    p = check_probability(value, name, meaning=meaning)
+    if not 0.0 < p < 1.0:
+        raise ValueError(
+            f"`{name}` must be in (0, 1), ends excluded (the {meaning} probability, learned "
+            f"through its logit, which is infinite at 0 and 1), got {_describe(value)}"
+        )
+    return p
+
+
+def check_nonnegative(value: object, name: str) -> float:
+    """Return ``value`` as a float after checking it is a finite real number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a finite number >= 0, got {_describe(value)} "
+            f"of type {type(value).__name__}"
+        )
+    number = float(value)
+    if not (number >= 0 and math.isfinite(number)):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {_describe(value)}")
+    return number
+
+
+def check_shape(x: torch.Tensor, expected: Sequence[int], name: str, op: str) -> None:
+    """Refuse a tensor ``name`` whose shape is not ``expected`` (e.g. an RNN's initial state)."""
+    if tuple(x.shape) != tuple(expected):
+        raise ValueError(
+            f"{op} expects `{name}` of shape {tuple(expected)}, got shape {tuple(x.shape)}"
+        )
+
+
+def check_names(
+    value: object, valid: Sequence[str], name: str = "names", owner: str = "the module"
+) -> tuple[str, ...]:
+    """Return ``value`` (a str or a sequence of str) as a non-empty tuple of names in ``valid``.
+
+    Raises:
+        TypeError: ``value`` is not a str or a sequence of str.
+        ValueError: ``value`` is empty, repeats a name, or names one that is not in ``valid``;
+            the message lists the valid names.
+    """
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, Sequence) or not all(isinstance(v, str) for v in items):
+        raise TypeError(f"`{name}` must be a str or a sequence of str, got {_describe(value)}")
+    names = tuple(cast(Sequence[str], items))
+    options = ", ".join(repr(v) for v in valid) or "none"
+    unknown = [v for v in names if v not in valid]
+    if not names or unknown or len(set(names)) != len(names):
+        problem = f"unknown {unknown}" if unknown else "empty or repeated names"
+        raise ValueError(
+            f"`{name}` must name distinct parameters of {owner} (valid: {options}), "
+            f"got {_describe(value)}: {problem}"
+        )
+    return names
+
+
+def check_instance(value: object, types: type | tuple[type, ...], name: str, expected: str) -> None:
+    """Refuse ``value`` with a :class:`TypeError` unless it is an instance of ``types``."""
+    if not isinstance(value, types):
+        raise TypeError(
+            f"`{name}` must be {expected}, got {_describe(value)} of type {type(value).__name__}"
+        )

@@ -29,6 +29,8 @@ References:
       https://arxiv.org/abs/1706.02515
     - Huang et al., "Deep Networks with Stochastic Depth", ECCV 2016.
       https://arxiv.org/abs/1603.09382
+    - Wan et al., "Regularization of Neural Networks using DropConnect", ICML 2013.
+      https://proceedings.mlr.press/v28/wan13.html
     - Ghiasi, Lin & Le, "DropBlock: A regularization method for convolutional networks",
       NeurIPS 2018. https://arxiv.org/abs/1810.12890
 """
@@ -57,6 +59,7 @@ __all__ = [
     "SELU_ALPHA_PRIME",
     "alpha_dropout",
     "drop_block",
+    "drop_connect",
     "drop_path",
     "dropout",
     "feature_alpha_dropout",
@@ -287,6 +290,41 @@ def drop_path(
         return trivial
     keep = _keep_mask(x, p, (x.shape[0],) + (1,) * (x.ndim - 1), generator)
     return _masked_scale(x, keep, 1.0 / (1.0 - p) if scale_by_keep else 1.0)
+
+
+def drop_connect(
+    weight: Tensor,
+    p: float = 0.5,
+    *,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """DropConnect: zero each *weight* independently with probability ``p`` (Wan et al. 2013).
+
+    ``W' = W ⊙ M / (1 - p)`` with ``M ~ Bernoulli(1 - p)`` drawn per weight; a layer then
+    computes ``y = W' x``. Unlike :func:`dropout`, which zeroes activations (whole columns of
+    ``W`` for a given sample), DropConnect removes individual connections. One call draws one
+    mask, so every sample of a batch that uses ``W'`` shares it (a per-batch mask); the
+    per-sample masks of the paper are :class:`dropkit.weights.DropConnectLinear`'s
+    ``per_sample=True``. At inference the full weights are used (inverted scaling keeps
+    ``E[W'] = W``); the paper's Gaussian moment-matching inference is not implemented.
+    Wan et al. use ``p = 0.5``.
+
+    Args:
+        weight: a weight tensor of any shape (a ``Parameter`` or any tensor).
+        p: drop probability in [0, 1].
+        training: drop weights (True) or return ``weight`` itself (False).
+        generator: source of randomness; the global RNG when None.
+
+    Returns:
+        Tensor of ``weight``'s shape and dtype whose gradient w.r.t. ``weight`` is
+        ``M / (1 - p)``: exactly 0 for dropped weights (and everywhere at ``p = 1``).
+    """
+    p = _checked_rate(weight, p, generator)
+    if (trivial := _trivial_result(weight, p, training)) is not None:
+        return trivial
+    keep = _keep_mask(weight, p, weight.shape, generator)
+    return _masked_scale(weight, keep, 1.0 / (1.0 - p))
 
 
 # --------------------------------------------------------------------------------------------
