@@ -39,13 +39,17 @@ __all__ = [
 ]
 
 
-class _DropoutLayer(nn.Module):
-    """Base of every dropkit dropout layer: a validated ``p``, a generator and ``extra_repr``."""
+class _Rated:
+    """Mixin: a drop probability ``p`` validated on every assignment, and an optional generator.
+
+    Shared by every dropkit module that has a rate (layers here, weight-level modules in
+    :mod:`dropkit.weights`), so ``module.p = 30`` fails the same way everywhere.
+    """
 
     _p: float
+    generator: torch.Generator | None
 
-    def __init__(self, p: float, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
+    def _init_rate(self, p: float, generator: torch.Generator | None) -> None:
         self.p = p
         check_generator(generator)
         self.generator = generator
@@ -58,6 +62,14 @@ class _DropoutLayer(nn.Module):
     @p.setter
     def p(self, value: float) -> None:
         self._p = check_probability(value)
+
+
+class _DropoutLayer(_Rated, nn.Module):
+    """Base of every dropkit dropout layer: a validated ``p``, a generator and ``extra_repr``."""
+
+    def __init__(self, p: float, *, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self._init_rate(p, generator)
 
     def _extra_repr_items(self) -> list[str]:
         return []

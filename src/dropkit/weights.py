@@ -38,6 +38,7 @@ from dropkit._validation import (
     check_probability,
 )
 from dropkit.functional import _keep_mask, _masked_scale, _trivial_result, drop_connect
+from dropkit.layers import _Rated
 
 __all__ = [
     "DropConnect",
@@ -159,25 +160,8 @@ class MaxNorm:
 # --------------------------------------------------------------------------------------------
 
 
-class _RateMixin(nn.Module):
+class _RateMixin(_Rated, nn.Module):
     """A validated drop probability ``p``, an optional generator and ``extra_repr``."""
-
-    _p: float
-    generator: torch.Generator | None
-
-    def _init_rate(self, p: float, generator: torch.Generator | None) -> None:
-        self.p = p
-        check_generator(generator)
-        self.generator = generator
-
-    @property
-    def p(self) -> float:
-        """Drop probability: the probability of a weight (row) to be zeroed (not the keep one)."""
-        return self._p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self._p = check_probability(value)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -360,7 +344,7 @@ class DropConnect(_RateMixin):
 # ---- DropConnectLinear ----------------------------------------------------------------------
 
 
-class DropConnectLinear(nn.Linear):
+class DropConnectLinear(_Rated, nn.Linear):
     """A ``Linear`` layer with DropConnect on its weight: ``y = ((W ⊙ M) / (1 - p)) x + b``.
 
     ``M ~ Bernoulli(1 - p)`` per weight (Wan et al. 2013). With ``per_sample=False`` (default)
@@ -410,20 +394,9 @@ class DropConnectLinear(nn.Linear):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.p = p
+        self._init_rate(p, generator)
         check_instance(per_sample, bool, "per_sample", "a bool")
         self.per_sample = per_sample
-        check_generator(generator)
-        self.generator = generator
-
-    @property
-    def p(self) -> float:
-        """Drop probability of each weight (not the keep one)."""
-        return self._p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self._p = check_probability(value)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """Apply the layer; see the class docstring for the masks."""
