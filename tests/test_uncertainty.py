@@ -381,3 +381,52 @@ class TestArguments:
 
         with pytest.raises(ValueError, match=r"for an input of 10 rows it returned shape \(3,\)"):
             mc_predict(Total(), torch.randn(2, 3), n_samples=5, task="regression")
+
+
+class TestOtherStochasticModules:
+    """MC sampling also switches on dropkit's weight-level, learned and recurrent dropout."""
+
+    @staticmethod
+    def _spread(model: nn.Module, x: torch.Tensor) -> float:
+        model.eval()
+        prediction = mc_predict(model, x, n_samples=20, generator=torch.Generator().manual_seed(3))
+        assert not any(m.training for m in model.modules()), "modes restored"
+        return float(prediction.std.max())
+
+    def test_drop_connect_modules(self) -> None:
+        x = torch.randn(5, 4)
+        linear = nn.Sequential(dropkit.DropConnectLinear(4, 8, 0.5), nn.ReLU(), nn.Linear(8, 3))
+        param = nn.Sequential(nn.Linear(4, 8), dropkit.DropConnect.apply(nn.Linear(8, 3), 0.5))
+        assert self._spread(linear, x) > 0
+        assert self._spread(param, x) > 0
+
+    def test_shared_masks_give_one_sample_per_pass(self) -> None:
+        """A per-pass weight mask: batching samples into one pass would make them identical."""
+        model = nn.Sequential(dropkit.DropConnectLinear(4, 3, 0.5))
+        model.eval()
+        prediction = mc_predict(model, torch.randn(2, 4), n_samples=8, task="regression")
+        distinct = {tuple(sample.flatten().tolist()) for sample in prediction.samples}
+        assert len(distinct) > 1
+
+    def test_embedding_weight_drop_concrete_and_rnn(self) -> None:
+        embed = nn.Sequential(
+            dropkit.EmbeddingDropout(nn.Embedding(10, 4), 0.5), nn.Flatten(), nn.Linear(8, 3)
+        )
+        assert self._spread(embed, torch.randint(0, 10, (5, 2))) > 0
+        concrete = nn.Sequential(dropkit.ConcreteDropout(nn.Linear(4, 3), init_p=0.3))
+        assert self._spread(concrete, torch.randn(5, 4)) > 0
+
+        class Head(nn.Module):
+            def __init__(self, rnn: nn.Module) -> None:
+                super().__init__()
+                self.rnn, self.out = rnn, nn.Linear(6, 2)
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.out(self.rnn(x)[0][:, -1])
+
+        sequences = torch.randn(3, 7, 4)
+        assert (
+            self._spread(Head(dropkit.WeightDrop(nn.LSTM(4, 6, batch_first=True), 0.5)), sequences)
+            > 0
+        )
+        assert self._spread(Head(dropkit.LSTM(4, 6, recurrent_dropout=0.3)), sequences) > 0

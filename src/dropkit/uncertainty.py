@@ -35,7 +35,11 @@ from dropkit._validation import (
     check_positive_int,
     check_tensor,
 )
+from dropkit.concrete import ConcreteDropout
+from dropkit.layers import _Rated
+from dropkit.recurrent import _VariationalRNN
 from dropkit.surgery import is_dropout
+from dropkit.weights import DropConnect, DropConnectLinear, EmbeddingDropout, WeightDrop
 
 __all__ = ["TASKS", "MCPrediction", "mc_dropout", "mc_predict"]
 
@@ -44,13 +48,39 @@ TASKS: tuple[str, ...] = ("classification", "regression")
 
 _OP = "mc_predict"
 
+# dropkit modules that draw masks in training besides the dropout layers: the weight-level ones
+# (DropConnect, DropConnectLinear, WeightDrop, EmbeddingDropout: all rate-carrying `_Rated`),
+# ConcreteDropout and the variational LSTM/GRU.
+_STOCHASTIC: tuple[type, ...] = (_Rated, ConcreteDropout, _VariationalRNN)
+
+
+def _masks_shared_by_rows(model: nn.Module) -> bool:
+    """Whether a forward pass draws masks shared by all its rows (weight-level dropout).
+
+    Then the rows of one pass are not independent samples, and :func:`mc_predict` computes one
+    sample per pass.
+    """
+    return any(
+        isinstance(m, (DropConnect, WeightDrop, EmbeddingDropout))
+        or (isinstance(m, DropConnectLinear) and not m.per_sample)
+        for m in model.modules()
+    )
+
+
+def _samples_in_mc(module: nn.Module) -> bool:
+    """Whether ``module`` is switched to training (mask drawing) under :func:`mc_dropout`."""
+    return is_dropout(module) or isinstance(module, _STOCHASTIC)
+
 
 @contextlib.contextmanager
 def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     """Within the ``with`` body, dropout modules train and every other module evaluates.
 
-    Dropout modules are dropkit's layers and PyTorch's (:func:`dropkit.surgery.is_dropout`).
-    Every other module, BatchNorm above all, is put in eval mode, so it uses its running
+    Dropout modules are dropkit's layers and PyTorch's (:func:`dropkit.surgery.is_dropout`), plus
+    dropkit's other mask-drawing modules: ``DropConnect``, ``DropConnectLinear``, ``WeightDrop``,
+    ``EmbeddingDropout``, ``ConcreteDropout`` and the variational ``LSTM``/``GRU`` (MC
+    DropConnect and MC variational RNNs). Every other module, BatchNorm above all, is put in eval
+    mode, so it uses its running
     statistics and leaves them alone. On exit each module gets back its own ``training`` flag,
     exactly as it was (a model in a mixed state stays mixed), also when the body raises.
 
@@ -75,7 +105,7 @@ def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
     saved = [(module, module.training) for module in model.modules()]
     try:
         for module, _ in saved:
-            module.training = is_dropout(module)
+            module.training = _samples_in_mc(module)
         yield model
     finally:
         for module, training in saved:
@@ -149,7 +179,10 @@ def mc_predict(
     its own dropout masks, and in eval mode the other layers treat rows independently, so this
     is T independent passes, done faster. It assumes a batch-first model whose rows do not
     interact (not true of BatchNorm with ``track_running_stats=False``, which normalizes with
-    the batch's statistics even in eval mode).
+    the batch's statistics even in eval mode). Weight-level dropout (``DropConnect``,
+    ``WeightDrop``, ``EmbeddingDropout``, ``DropConnectLinear`` without ``per_sample``) draws
+    one mask per pass for all rows, so a model with it gets one sample per pass whatever
+    ``batch_size`` says.
 
     Args:
         model: the network, trained with dropout. Its output must be one tensor with the batch
@@ -189,6 +222,8 @@ def mc_predict(
     )
     n_samples = check_positive_int(n_samples, "n_samples")
     per_pass = check_positive_int(batch_size, "batch_size", optional=True) or n_samples
+    if _masks_shared_by_rows(model):
+        per_pass = 1  # weight-level masks are drawn once per pass: one sample per pass
     task = check_one_of(task, "task", TASKS)
     check_generator(generator)
 
