@@ -152,17 +152,23 @@ def check_generator(generator: object, x: torch.Tensor | None = None) -> None:
         )
 
 
-def check_positive(value: object, name: str) -> float:
-    """Return ``value`` as a float after checking it is a finite real number > 0."""
+def _check_finite(value: object, name: str, *, allow_zero: bool) -> float:
+    """``value`` as a float, a finite real number ``> 0`` (``>= 0`` with ``allow_zero``)."""
+    bound = ">= 0" if allow_zero else "> 0"
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(
-            f"`{name}` must be a finite number > 0, got {_describe(value)} "
+            f"`{name}` must be a finite number {bound}, got {_describe(value)} "
             f"of type {type(value).__name__}"
         )
     number = float(value)
-    if not (number > 0 and math.isfinite(number)):
-        raise ValueError(f"`{name}` must be a finite number > 0, got {_describe(value)}")
+    if not ((number >= 0 if allow_zero else number > 0) and math.isfinite(number)):
+        raise ValueError(f"`{name}` must be a finite number {bound}, got {_describe(value)}")
     return number
+
+
+def check_positive(value: object, name: str) -> float:
+    """Return ``value`` as a float after checking it is a finite real number > 0."""
+    return _check_finite(value, name, allow_zero=False)
 
 
 @overload
@@ -257,15 +263,7 @@ def check_open_probability(value: object, name: str, *, meaning: str = "drop") -
 
 def check_nonnegative(value: object, name: str) -> float:
     """Return ``value`` as a float after checking it is a finite real number >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"`{name}` must be a finite number >= 0, got {_describe(value)} "
-            f"of type {type(value).__name__}"
-        )
-    number = float(value)
-    if not (number >= 0 and math.isfinite(number)):
-        raise ValueError(f"`{name}` must be a finite number >= 0, got {_describe(value)}")
-    return number
+    return _check_finite(value, name, allow_zero=True)
 
 
 def check_shape(x: torch.Tensor, expected: Sequence[int], name: str, op: str) -> None:
