@@ -232,6 +232,7 @@ def _run_experiment(
                 engine=InProcessEngine(compile=compile),
                 progress=progress,
                 max_batch=runs_per_batch,
+                datasets={data_spec: dataset},
             )
         except KeyboardInterrupt:
             stored = len(store.done_keys([c.key() for c in configs]))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dropkit.lab.batched import RunSettings
-from dropkit.lab.config import RunConfig
+from dropkit.lab.config import DataSpec, RunConfig
 from dropkit.lab.data import Dataset, load_dataset
 from dropkit.lab.engines import Engine, InProcessEngine
 from dropkit.lab.store import ResultsStore, RunRecord
@@ -74,8 +74,12 @@ def run_configs(
     engine: Engine | None = None,
     progress: Progress | None = None,
     max_batch: int = 128,
+    datasets: dict[DataSpec, Dataset] | None = None,
 ) -> SweepOutcome:
     """Train every config not yet in ``store`` and store the results batch by batch.
+
+    ``datasets`` may hold data sets already loaded (the CLI loads them first to refuse bad
+    data before anything is written); the others are loaded once each.
 
     Returns:
         The keys of all ``configs`` (finished now or before) and what was done.
@@ -91,7 +95,7 @@ def run_configs(
     if pending:
         total = sum(c.train.epochs for c in pending)
         progress.begin(total, f"training {len(pending)} runs")
-        datasets: dict[object, Dataset] = {}
+        datasets = dict(datasets or {})
         try:
             for batch in plan_batches(pending, max_batch):
                 first = batch[0]
