@@ -63,15 +63,27 @@ class DataSpec:
         return cls(name=name, target=target)
 
 
+MODEL_KINDS = ("mlp", "cnn", "rnn")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """A multilayer perceptron: ``hidden`` widths with ReLU, dropout after each hidden layer."""
+    """The architecture of a run's network.
+
+    Args:
+        hidden: layer widths. ``mlp``: hidden widths, ReLU, dropout after each hidden layer.
+            ``cnn``: convolution channels. ``rnn``: LSTM hidden sizes (one per layer).
+        kind: ``mlp``, ``cnn`` or ``rnn`` (see :mod:`dropkit.lab.models`).
+    """
 
     hidden: tuple[int, ...] = (500,)
+    kind: str = "mlp"
 
     def __post_init__(self) -> None:
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise ValueError(f"`hidden` must be one or more widths >= 1, got {self.hidden!r}")
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"`kind` must be one of {', '.join(MODEL_KINDS)}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
@@ -98,8 +110,13 @@ class TrainSpec:
             raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
 
 
-def arm_name(p: float, input_p: float, max_norm: float | None) -> str:
-    """A label for a run's regularization: ``none``, ``dropout``, ``dropout+max_norm``, ..."""
+def arm_name(
+    p: float,
+    input_p: float,
+    max_norm: float | None,
+    regularizers: Sequence[tuple[str, float]] = (),
+) -> str:
+    """A label for a run's regularization: ``none``, ``dropout``, ``dropout+max_norm+l2``, ..."""
     parts = [
         name
         for name, on in (
@@ -109,6 +126,7 @@ def arm_name(p: float, input_p: float, max_norm: float | None) -> str:
         )
         if on
     ]
+    parts += [name for name, _ in regularizers]
     return "+".join(parts) or "none"
 
 
@@ -130,6 +148,8 @@ class RunConfig:
         input_p: drop probability on the inputs.
         max_norm: max-norm constraint ``c`` on each hidden unit's incoming weights, or None.
         seed: seeds the weights, the data order and the dropout masks of this run.
+        regularizers: the run's other regularizers as ``(name, strength)`` pairs, sorted by
+            name, each name at most once (see :mod:`dropkit.lab.regularizers`).
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -139,8 +159,14 @@ class RunConfig:
     input_p: float = 0.0
     max_norm: float | None = None
     seed: int = 0
+    regularizers: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
+        pairs = tuple(sorted((str(name), float(value)) for name, value in self.regularizers))
+        names = [name for name, _ in pairs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`regularizers` names each regularizer once, got {names!r}")
+        object.__setattr__(self, "regularizers", pairs)
         object.__setattr__(self, "p", check_probability(self.p, "p"))
         object.__setattr__(self, "input_p", check_probability(self.input_p, "input_p"))
         if self.max_norm is not None and not (self.max_norm > 0 and math.isfinite(self.max_norm)):
@@ -148,21 +174,37 @@ class RunConfig:
 
     @property
     def arm(self) -> str:
-        return arm_name(self.p, self.input_p, self.max_norm)
+        return arm_name(self.p, self.input_p, self.max_norm, self.regularizers)
+
+    def strength(self, name: str, default: float | None = None) -> float | None:
+        """The strength of regularizer ``name``, or ``default`` when the run does not use it."""
+        return dict(self.regularizers).get(name, default)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain data. Fields added after the first release are left out at their defaults,
+        so the keys of runs stored before them do not change."""
+        data = dataclasses.asdict(self)
+        if not self.regularizers:
+            del data["regularizers"]
+        else:
+            data["regularizers"] = [list(pair) for pair in self.regularizers]
+        if self.model.kind == "mlp":
+            del data["model"]["kind"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
         return cls(
             data=DataSpec(**data["data"]),
-            model=ModelSpec(hidden=tuple(data["model"]["hidden"])),
+            model=ModelSpec(
+                hidden=tuple(data["model"]["hidden"]), kind=data["model"].get("kind", "mlp")
+            ),
             train=TrainSpec(**{**data["train"], "betas": tuple(data["train"]["betas"])}),
             p=data["p"],
             input_p=data["input_p"],
             max_norm=data["max_norm"],
             seed=data["seed"],
+            regularizers=tuple((name, value) for name, value in data.get("regularizers", ())),
         )
 
     def key(self) -> str:

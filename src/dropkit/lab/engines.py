@@ -1,7 +1,7 @@
 """Where batches of runs execute. The driver (:mod:`dropkit.lab.runner`) alone writes the store.
 
-The in-process engine is the default: it trains each batch in the current process as one
-stacked computation (:func:`dropkit.lab.batched.train_batch`).
+The in-process engine is the default: it trains each batch in the current process
+(:func:`dropkit.lab.train.train_configs`).
 """
 
 from __future__ import annotations
@@ -9,22 +9,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from dropkit.lab.batched import BatchResult, RunSettings, train_batch
-from dropkit.lab.config import ModelSpec, TrainSpec
+from dropkit.lab.batched import BatchResult
+from dropkit.lab.config import RunConfig
 from dropkit.lab.data import Dataset
+from dropkit.lab.train import train_configs
 
 __all__ = ["Engine", "InProcessEngine"]
 
 
 class Engine(Protocol):
-    """Trains one batch of runs that share data, model and training settings."""
+    """Trains one batch of runs that share data, model and training settings (one shape key)."""
 
     def run_batch(
         self,
         data: Dataset,
-        model: ModelSpec,
-        train: TrainSpec,
-        runs: Sequence[RunSettings],
+        configs: Sequence[RunConfig],
         on_epoch: Callable[[int], None] | None = None,
     ) -> BatchResult: ...
 
@@ -43,9 +42,7 @@ class InProcessEngine:
     def run_batch(
         self,
         data: Dataset,
-        model: ModelSpec,
-        train: TrainSpec,
-        runs: Sequence[RunSettings],
+        configs: Sequence[RunConfig],
         on_epoch: Callable[[int], None] | None = None,
     ) -> BatchResult:
-        return train_batch(data, model, train, runs, compile=self.compile, on_epoch=on_epoch)
+        return train_configs(data, configs, compile=self.compile, on_epoch=on_epoch)

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from dropkit.lab.batched import RunSettings
 from dropkit.lab.config import DataSpec, RunConfig
 from dropkit.lab.data import Dataset, load_dataset
 from dropkit.lab.engines import Engine, InProcessEngine
@@ -101,15 +100,12 @@ def run_configs(
                 first = batch[0]
                 if first.data not in datasets:
                     datasets[first.data] = load_dataset(first.data)
-                settings = [RunSettings(c.seed, c.p, c.input_p, c.max_norm) for c in batch]
                 size = len(batch)
 
                 def on_epoch(_epoch: int, size: int = size) -> None:
                     progress.advance(size)
 
-                result = engine.run_batch(
-                    datasets[first.data], first.model, first.train, settings, on_epoch=on_epoch
-                )
+                result = engine.run_batch(datasets[first.data], batch, on_epoch=on_epoch)
                 per_run = result.seconds / size
                 records = [
                     RunRecord(
