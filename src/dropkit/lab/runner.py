@@ -15,7 +15,8 @@ from typing import Protocol
 from dropkit.lab.config import DataSpec, RunConfig
 from dropkit.lab.data import Dataset, load_dataset
 from dropkit.lab.engines import Engine, InProcessEngine
-from dropkit.lab.store import ResultsStore, RunRecord
+from dropkit.lab.store import ResultsStore
+from dropkit.lab.train import to_records
 
 __all__ = ["NullProgress", "Progress", "SweepOutcome", "plan_batches", "run_configs"]
 
@@ -106,14 +107,7 @@ def run_configs(
                     progress.advance(size)
 
                 result = engine.run_batch(datasets[first.data], batch, on_epoch=on_epoch)
-                per_run = result.seconds / size
-                records = [
-                    RunRecord(
-                        c, {name: values[i] for name, values in result.curves.items()}, per_run
-                    )
-                    for i, c in enumerate(batch)
-                ]
-                trained += store.add_runs(records)
+                trained += store.add_runs(to_records(batch, result))
         finally:
             progress.end()
     return SweepOutcome(

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 from dropkit.lab.batched import BatchResult, RunSettings, train_batch
 from dropkit.lab.config import RunConfig
 from dropkit.lab.data import Dataset
+from dropkit.lab.store import RunRecord
 
-__all__ = ["train_configs"]
+__all__ = ["to_records", "train_configs"]
 
 
 def train_configs(
@@ -38,3 +39,12 @@ def train_configs(
         raise ValueError("every config of a batch must share data, model and training settings")
     settings = [RunSettings(c.seed, c.p, c.input_p, c.max_norm) for c in configs]
     return train_batch(data, first.model, first.train, settings, compile=compile, on_epoch=on_epoch)
+
+
+def to_records(configs: Sequence[RunConfig], result: BatchResult) -> list[RunRecord]:
+    """The store records of a trained batch, one per config, in the order of ``configs``."""
+    per_run = result.seconds / len(configs)
+    return [
+        RunRecord(config, {name: values[i] for name, values in result.curves.items()}, per_run)
+        for i, config in enumerate(configs)
+    ]
