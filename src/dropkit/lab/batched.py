@@ -69,10 +69,20 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """Per-epoch metrics of each run: ``curves[name]`` has shape ``(R, epochs)``."""
+    """What training a batch of ``R`` runs produced.
+
+    Attributes:
+        curves: per-epoch metrics, ``curves[name]`` of shape ``(R, epochs)``.
+        seconds: wall time of the whole batch.
+        states: per run, the final weights as the ``state_dict`` of the module that
+            :func:`dropkit.lab.models.build_model` builds for its config (None: not kept).
+        info: per run, scalar facts of its training (e.g. ``stop_epoch`` for early stopping).
+    """
 
     curves: dict[str, NDArray[np.float64]]
     seconds: float
+    states: list[dict[str, Tensor]] | None = None
+    info: list[dict[str, float]] | None = None
 
 
 def _mix32(x: Tensor) -> Tensor:
