@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,3 +206,31 @@ def test_not_a_store(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", *FAST, "--store", str(fake)])
     assert result.exit_code == 2
     assert "cannot use" in result.stderr
+
+
+# -- engines: --engine in-process|ray, --address (the Ray runs themselves: test_lab_ray.py) ----
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "spark"], "--engine must be in-process or ray, got 'spark'"),
+        (["--address", "head:6379"], "--address names a Ray cluster; use it with --engine ray"),
+    ],
+)
+@pytest.mark.parametrize("command", ["demo", "sweep"])
+def test_bad_engine_options(command: str, args: list[str], message: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, [command, *FAST, "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists(), "nothing is written before the options are checked"
+
+
+def test_engine_ray_without_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets when it is missing
+    result = runner.invoke(app, ["sweep", *FAST, "--out", str(tmp_path), "--engine", "ray"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        'dropkit: error: the Ray engine needs Ray: pip install "dropkit[ray]"'
+    )
+    assert not (tmp_path / "runs.sqlite").exists(), "no store is created"

@@ -17,6 +17,8 @@ CASES: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], tuple[int, ...]]]
         lambda x: DF.dropout(x, 0.3, scaling="classic", training=False),
         (8, 16),
     ),
+    ("dropout_save_mask_false", lambda x: DF.dropout(x, 0.3, save_mask=False), (8, 16)),
+    ("drop_connect", lambda w: DF.drop_connect(w, 0.3), (8, 16)),
     ("spatial_dropout", lambda x: DF.spatial_dropout(x, 0.3), (4, 8, 6, 6)),
     ("locked_dropout", lambda x: DF.locked_dropout(x, 0.3), (4, 10, 8)),
     ("gaussian_dropout", lambda x: DF.gaussian_dropout(x, 0.3), (8, 16)),

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +14,17 @@ from scipy import stats as sps
 
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
 from dropkit.lab.data import DataError, load_dataset
-from dropkit.lab.stats import best_rate, mean_ci, summarize, welch
+from dropkit.lab.stats import (
+    Finding,
+    best_rate,
+    compare,
+    diagnose,
+    epochs_to_converge,
+    holm,
+    mean_ci,
+    summarize,
+    welch,
+)
 from dropkit.lab.store import StoredRun
 
 
@@ -174,6 +187,242 @@ def test_baseline_is_the_lowest_rate_without_a_none_group() -> None:
     summaries = summarize(runs)
     assert summaries[0].arm == "input_dropout" and summaries[0].vs_baseline is None
     comparison = summaries[1].vs_baseline
-    assert comparison is not None and comparison.baseline == "input_dropout p=0"
+    assert comparison is not None and comparison.baseline == "input_dropout input_p=0.2"
     best = best_rate(summaries)
-    assert best is not None and "better than input_dropout p=0" in best.evidence
+    assert best is not None and "better than input_dropout input_p=0.2" in best.evidence
+
+
+# -- comparisons, convergence and diagnosis ----------------------------------------------------
+
+
+def _stored(
+    config: RunConfig,
+    test: float,
+    train: float = 1.0,
+    *,
+    train_loss: float = 0.05,
+    test_loss: float = 0.5,
+    info: dict[str, float] | None = None,
+) -> StoredRun:
+    values = {
+        "key": config.key(),
+        "config": config,
+        "train_acc": train,
+        "test_acc": test,
+        "train_loss": train_loss,
+        "test_loss": test_loss,
+        "best_test_acc": test,
+        "best_epoch": 10,
+        "seconds": 1.0,
+    }
+    if info is not None:
+        values["info"] = info
+    return StoredRun(**values)
+
+
+def _group(
+    p: float, tests: list[float], train_acc: float = 1.0, seeds: range | None = None, **kwargs: Any
+) -> list[StoredRun]:
+    seeds = seeds if seeds is not None else range(len(tests))
+    return [
+        _stored(RunConfig(p=p, seed=seed, **kwargs), test, train_acc)
+        for seed, test in zip(seeds, tests, strict=True)
+    ]
+
+
+class TestComparisons:
+    def test_holm_textbook_example(self) -> None:
+        """m = 4: sorted 0.005, 0.01, 0.03, 0.04 → 4·0.005, 3·0.01, max(2·0.03, ·), max(1·0.04, ·)."""
+        adjusted = holm([0.01, 0.04, 0.03, 0.005])
+        assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
+        nan_kept = holm([0.02, float("nan"), 0.5, 0.3])  # NaN is not counted: m = 3
+        assert nan_kept[0] == pytest.approx(0.06) and math.isnan(nan_kept[1])
+        assert nan_kept[2:] == pytest.approx([0.6, 0.6])
+        assert holm([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+        assert holm([]) == []
+
+    def test_paired_when_seeds_pair(self) -> None:
+        base = [0.70, 0.74, 0.71, 0.77, 0.72]
+        drop = [0.73, 0.76, 0.75, 0.78, 0.76]
+        summaries = summarize(_group(0.0, base) + _group(0.4, drop))
+        comparison = summaries[1].vs_baseline
+        assert comparison is not None and comparison.test == "paired" and comparison.n == 5
+        reference = sps.ttest_rel(drop, base)
+        assert comparison.p_value == pytest.approx(reference.pvalue, rel=1e-12)
+        assert comparison.t_statistic == pytest.approx(reference.statistic, rel=1e-12)
+        assert comparison.p_adjusted == comparison.p_value  # one comparison: nothing to adjust
+        assert comparison.difference == pytest.approx(np.mean(drop) - np.mean(base))
+
+    def test_welch_when_seeds_differ(self) -> None:
+        base = [0.70, 0.74, 0.71, 0.77, 0.72]
+        drop = [0.73, 0.76, 0.75, 0.78]
+        runs = _group(0.0, base) + _group(0.4, drop, seeds=range(10, 14))
+        comparison = summarize(runs)[1].vs_baseline
+        assert comparison is not None and comparison.test == "welch" and comparison.n == 9
+        reference = sps.ttest_ind(drop, base, equal_var=False)
+        assert comparison.p_value == pytest.approx(reference.pvalue, rel=1e-12)
+
+    def test_paired_drops_diverged_pairs(self) -> None:
+        base = [0.70, 0.74, 0.71, 0.77, 0.72]
+        drop = [0.73, float("nan"), 0.75, 0.78, 0.76]
+        comparison = compare(_group(0.4, drop), _group(0.0, base), "none")
+        reference = sps.ttest_rel([0.73, 0.75, 0.78, 0.76], [0.70, 0.71, 0.77, 0.72])
+        assert comparison.test == "paired" and comparison.n == 4
+        assert comparison.p_value == pytest.approx(reference.pvalue, rel=1e-12)
+
+    def test_holm_over_all_groups_decides_significance(self) -> None:
+        base = [0.70, 0.72, 0.71, 0.73, 0.70, 0.72]
+        groups = {
+            0.2: [0.72, 0.72, 0.71, 0.75, 0.71, 0.74],  # raw p 0.034, adjusted 2 · 0.034
+            0.4: [0.74, 0.76, 0.75, 0.76, 0.73, 0.75],
+            0.6: [0.70, 0.73, 0.72, 0.72, 0.71, 0.73],
+        }
+        runs = _group(0.0, base)
+        for p, tests in groups.items():
+            runs += _group(p, tests)
+        summaries = summarize(runs)
+        raw = [sps.ttest_rel(tests, base).pvalue for tests in groups.values()]
+        expected = holm(raw)
+        got = [s.vs_baseline for s in summaries[1:]]
+        assert [c.p_value for c in got if c] == pytest.approx(raw, rel=1e-12)
+        assert [c.p_adjusted for c in got if c] == pytest.approx(expected, rel=1e-12)
+        # One group is significant before the correction and not after it: the adjusted p rules.
+        crossing = [c for c in got if c and c.p_value < 0.05 <= c.p_adjusted]
+        assert crossing and not any(c.significant for c in crossing)
+        assert [c.significant for c in got if c] == [p < 0.05 for p in expected]
+
+    def test_nan_runs_are_counted_and_left_out(self) -> None:
+        runs = _group(0.0, [0.70, 0.72, 0.74]) + _group(0.4, [0.80, float("nan"), 0.82])
+        runs += _group(0.8, [float("nan"), float("nan"), float("nan")])
+        summaries = summarize(runs)
+        middle, dead = summaries[1], summaries[2]
+        assert (middle.n_seeds, middle.n_nan, middle.n_valid) == (3, 1, 2)
+        assert middle.test_acc_mean == pytest.approx(0.81)
+        assert middle.train_acc_mean == pytest.approx(1.0)  # the diverged run's train acc too
+        assert dead.n_nan == 3 and math.isnan(dead.test_acc_mean)
+        assert dead.vs_baseline is not None and math.isnan(dead.vs_baseline.p_value)
+        best = best_rate(summaries)
+        assert best is not None and best.summary.p == 0.4
+        findings = [f for f in diagnose(summaries) if f.rule == "diverged"]
+        assert [f.group for f in findings] == ["dropout p=0.4", "dropout p=0.8"]
+        assert "1 of 3 runs" in findings[0].message and "left out" in findings[0].message
+        assert json.dumps([s.to_dict() for s in summaries])  # NaN became null: valid JSON
+
+    def test_groups_are_configs_without_the_seed(self) -> None:
+        runs = _group(0.4, [0.8, 0.81]) + _group(0.4, [0.7, 0.72], regularizers=(("l2", 1e-4),))
+        runs += _group(0.0, [0.75, 0.76])
+        names = [s.name for s in summarize(runs)]
+        assert names == ["none", "dropout p=0.4", "dropout+l2 p=0.4 l2=0.0001"]
+
+
+class TestConvergence:
+    def test_linear_rise_then_plateau(self) -> None:
+        curve = np.minimum(np.arange(1, 201) / 100, 0.8)
+        # Without smoothing: the first epoch with acc >= 0.8 - 0.01 is epoch 79.
+        assert epochs_to_converge(curve, window=1) == 79
+        # Default window ceil(0.02 · 200) = 4: the mean of epochs 78..81 is 0.7925 >= 0.79,
+        # that of 77..80 is 0.785.
+        assert epochs_to_converge(curve) == 81
+
+    def test_overfitting_curve_converges_at_its_peak(self) -> None:
+        epochs = np.arange(1, 101)
+        curve = np.where(epochs <= 30, 0.5 + 0.01 * epochs, 0.8 - 0.005 * (epochs - 30))
+        assert epochs_to_converge(curve, window=1) == 29  # 0.79 is within 0.01 of 0.80
+
+    def test_nan_epochs(self) -> None:
+        assert math.isnan(epochs_to_converge([float("nan")] * 5))
+        assert epochs_to_converge([0.5, float("nan"), 0.9, 0.9], window=1) == 3
+
+
+class TestDiagnosis:
+    @staticmethod
+    def _rules(findings: list[Finding]) -> list[str]:
+        return [f.rule for f in findings]
+
+    def test_quiet_when_nothing_is_wrong(self) -> None:
+        runs = _group(0.0, [0.90, 0.91, 0.90], train_acc=0.95)
+        runs += _group(0.3, [0.91, 0.92, 0.91], train_acc=0.94)
+        assert diagnose(summarize(runs)) == []
+
+    def test_capacity(self) -> None:
+        runs = _group(0.0, [0.55, 0.56, 0.57], train_acc=0.70)
+        runs += _group(0.5, [0.52, 0.53, 0.54], train_acc=0.62)
+        findings = diagnose(summarize(runs))
+        assert self._rules(findings) == ["capacity"]  # no gap advice for an underfit model
+        message = findings[0].message
+        assert "0.700" in message and "0.90" in message and "dropout will not fix" in message
+        assert findings[0].numbers["train_acc"] == pytest.approx(0.70)
+
+    def test_large_gap(self) -> None:
+        runs = _group(0.0, [0.76, 0.77, 0.76], train_acc=1.0)
+        runs += _group(0.2, [0.79, 0.80, 0.79], train_acc=0.99)
+        runs += _group(0.4, [0.80, 0.81, 0.80], train_acc=0.97)
+        findings = [f for f in diagnose(summarize(runs)) if f.rule == "large_gap"]
+        assert [f.group for f in findings] == ["none", "dropout p=0.4"]  # the highest rate only
+        assert "0.237" in findings[0].message and "threshold 0.10" in findings[0].message
+        assert "raise the rate" in findings[1].message
+
+    def test_no_convergence_under_too_much_dropout(self) -> None:
+        runs = _group(0.0, [0.85, 0.86, 0.85], train_acc=0.99)
+        runs += _group(0.2, [0.86, 0.87, 0.86], train_acc=0.95)
+        runs += _group(0.8, [0.70, 0.71, 0.69], train_acc=0.60)
+        findings = [f for f in diagnose(summarize(runs)) if f.rule == "no_convergence"]
+        assert [f.group for f in findings] == ["dropout p=0.8"]
+        assert "0.600" in findings[0].message and "lower the rate" in findings[0].message
+
+    def test_more_epochs_and_not_converged(self) -> None:
+        epochs = np.arange(1, 101)
+        hundred = TrainSpec(epochs=100)
+        runs = _group(0.0, [0.80, 0.80, 0.80], train=hundred)
+        runs += _group(0.5, [0.85, 0.85, 0.85], train=hundred)
+        fast = np.minimum(epochs / 20, 1.0) * 0.8  # reaches 0.79 at epoch 20
+        slow = np.minimum(epochs / 60, 1.0) * 0.85  # reaches 0.84 at epoch 60
+        curves = {
+            r.key: {"test_acc": fast if r.config.p == 0 else slow} for r in runs
+        }  # only the test accuracy is read
+        summaries = summarize(runs, curves)  # type: ignore[arg-type]
+        # Window ceil(0.02 · 100) = 2: fast's mean first reaches 0.79 at epoch 21 (0.78, 0.80),
+        # slow's 0.84 at epoch 60 (0.8358, 0.85): a ratio of 60 / 21 ≈ 2.9.
+        base_epoch = epochs_to_converge(fast)
+        slow_epoch = epochs_to_converge(slow)
+        assert (base_epoch, slow_epoch) == (21, 60)
+        assert summaries[0].converge_epoch_mean == base_epoch
+        assert summaries[1].converge_epoch_mean == slow_epoch
+        findings = diagnose(summaries)
+        slower = [f for f in findings if f.rule == "more_epochs"]
+        assert len(slower) == 1
+        assert slower[0].numbers["ratio"] == pytest.approx(slow_epoch / base_epoch)
+        assert 2.5 < slower[0].numbers["ratio"] < 3.5
+        assert "not_converged" not in self._rules(findings)
+        late = {r.key: {"test_acc": epochs / 100} for r in runs}  # still rising at the end
+        findings = diagnose(summarize(runs, late))  # type: ignore[arg-type]
+        assert "not_converged" in self._rules(findings)
+
+    def test_bn_order(self) -> None:
+        base = _group(0.0, [0.80, 0.81, 0.80, 0.82], regularizers=(("batchnorm", 1.0),))
+        after = _group(0.5, [0.86, 0.87, 0.85, 0.86], regularizers=(("batchnorm", 1.0),))
+        before = _group(0.5, [0.78, 0.79, 0.77, 0.78], regularizers=(("dropout_bn", 1.0),))
+        findings = [f for f in diagnose(summarize(base + after + before)) if f.rule == "bn_order"]
+        assert len(findings) == 1 and findings[0].severity == "warning"
+        assert "0.860" in findings[0].message and "0.780" in findings[0].message
+        reference = sps.ttest_ind(
+            [0.86, 0.87, 0.85, 0.86], [0.78, 0.79, 0.77, 0.78], equal_var=False
+        )
+        assert findings[0].numbers["p_value"] == pytest.approx(reference.pvalue, rel=1e-9)
+        better = _group(0.5, [0.90, 0.91, 0.92, 0.90], regularizers=(("dropout_bn", 1.0),))
+        findings = [f for f in diagnose(summarize(base + after + better)) if f.rule == "bn_order"]
+        assert findings[0].severity == "info" and "did better here" in findings[0].message
+        same = _group(0.5, [0.85, 0.87, 0.86, 0.86], regularizers=(("dropout_bn", 1.0),))
+        findings = [f for f in diagnose(summarize(base + after + same)) if f.rule == "bn_order"]
+        assert len(findings) == 1 and findings[0].severity == "info"
+
+    def test_stop_epoch(self) -> None:
+        if "info" not in {f.name for f in dataclasses.fields(StoredRun)}:
+            pytest.skip("this store records no per-run training facts yet")
+        config = RunConfig(regularizers=(("early_stopping", 10.0),))
+        runs = [
+            _stored(dataclasses.replace(config, seed=s), 0.8, info={"stop_epoch": 40.0 + s})
+            for s in range(3)
+        ]
+        summary = summarize(runs)[0]
+        assert summary.n_stopped == 3 and summary.stop_epoch_mean == pytest.approx(41.0)

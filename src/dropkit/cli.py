@@ -19,8 +19,9 @@ import typer
 from dropkit import __version__
 
 if TYPE_CHECKING:  # the lab is imported when a command runs, not at start-up
-    from dropkit.lab.config import SweepSpec
-    from dropkit.lab.stats import ArmSummary
+    from dropkit.lab.config import DataSpec, SweepSpec
+    from dropkit.lab.engines import Engine
+    from dropkit.lab.stats import ArmSummary, Finding
     from dropkit.lab.store import ResultsStore, StoredRun
 
 __all__ = ["app", "main"]
@@ -52,6 +53,24 @@ CompileOpt = Annotated[
 ]
 RunsPerBatchOpt = Annotated[
     int, typer.Option(help="Most runs trained together as one batch (bounds memory).")
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option(help="Where runs train: in-process, or ray (a Ray cluster; see docs/scale.md)."),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray cluster to join, e.g. HEAD:6379 or auto [default: start a local Ray instance]."
+    ),
+]
+ENGINES = ("in-process", "ray")
+ImputeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="mean or median: fill missing CSV feature values with the training split's "
+        "column statistic (without it, missing values are an error)."
+    ),
 ]
 
 
@@ -170,12 +189,14 @@ def _run_experiment(
     quiet: bool,
     compile: bool | None,
     runs_per_batch: int,
+    impute: str | None = None,
+    engine: str = "in-process",
+    address: str | None = None,
 ) -> None:
     from dropkit._validation import check_probability
-    from dropkit.lab.config import DataSpec, ModelSpec, SweepSpec, TrainSpec
-    from dropkit.lab.data import DataError, load_dataset
-    from dropkit.lab.engines import InProcessEngine
-    from dropkit.lab.runner import run_configs
+    from dropkit.lab.config import ModelSpec, SweepSpec, TrainSpec
+    from dropkit.lab.data import IMPUTE_METHODS, DataError, load_dataset
+    from dropkit.lab.runner import IncompleteSweep, run_configs
     from dropkit.lab.store import ResultsStore, StoreError
 
     if seeds < 1:
@@ -186,17 +207,22 @@ def _run_experiment(
         _fail(f"--batch-size must be >= 1, got {batch_size}")
     if runs_per_batch < 1:
         _fail(f"--runs-per-batch must be >= 1, got {runs_per_batch}")
+    _check_engine(engine, address)
     if max_norm is not None and not (max_norm > 0 and math.isfinite(max_norm)):
         _fail(f"--max-norm must be a finite number > 0, got {max_norm}")
     try:
         input_dropout = check_probability(input_dropout, "--input-dropout")
     except ValueError as error:
         _fail(str(error))
-    data_spec = DataSpec.resolve(data_name, target)
-    try:
-        dataset = load_dataset(data_spec)  # refuse bad data before anything is written
+    if impute is not None and impute not in IMPUTE_METHODS:
+        _fail(f"--impute must be {' or '.join(IMPUTE_METHODS)}, got {impute!r}")
+    data_spec = _data_spec(data_name, target, impute)
+    try:  # refuse bad data before anything is written
+        dataset = load_dataset(data_spec, impute=impute)
     except DataError as error:
         _fail(str(error))
+    for note in dataset.notes:
+        typer.echo(f"dropkit: note: {note}", err=True)
     spec = SweepSpec(
         data=data_spec,
         model=ModelSpec(hidden=hidden),
@@ -211,9 +237,11 @@ def _run_experiment(
     except OSError as error:
         _fail(f"cannot create the output folder {out}: {error}")
     store_path = store_path or out / "runs.sqlite"
+    runner_engine = _start_engine(engine, address, compile)  # exit 2 when Ray is unusable
     try:
         store = ResultsStore(store_path)
     except StoreError as error:
+        _close_engine(runner_engine)
         _fail(str(error))
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
     progress = _RichProgress() if show_progress else None
@@ -229,7 +257,7 @@ def _run_experiment(
             outcome = run_configs(
                 configs,
                 store,
-                engine=InProcessEngine(compile=compile),
+                engine=runner_engine,
                 progress=progress,
                 max_batch=runs_per_batch,
                 datasets={data_spec: dataset},
@@ -242,7 +270,55 @@ def _run_experiment(
                 err=True,
             )
             raise typer.Exit(130) from None
-        _report(kind, dataset.name, spec, store, outcome.keys, out, store_path, as_json)
+        except IncompleteSweep as error:
+            typer.echo(f"dropkit: error: {error}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            _close_engine(runner_engine)
+        _report(
+            kind, dataset.name, spec, store, outcome.keys, out, store_path, as_json, dataset.notes
+        )
+
+
+def _check_engine(engine: str, address: str | None) -> None:
+    if engine not in ENGINES:
+        _fail(f"--engine must be {' or '.join(ENGINES)}, got {engine!r}")
+    if address is not None and engine != "ray":
+        _fail("--address names a Ray cluster; use it with --engine ray")
+
+
+def _start_engine(engine: str, address: str | None, compile: bool | None) -> Engine:
+    """The engine, started: a Ray engine starts or joins its cluster here."""
+    from dropkit.lab.engines import EngineError, InProcessEngine, RayEngine
+
+    if engine == "in-process":
+        return InProcessEngine(compile=compile)
+    ray_engine = RayEngine(address=address, compile=compile)
+    try:
+        ray_engine.start()
+    except EngineError as error:
+        _fail(str(error))
+    return ray_engine
+
+
+def _close_engine(engine: Engine) -> None:
+    """Shut down a local Ray instance the engine started (a joined cluster keeps running)."""
+    close = getattr(engine, "close", None)
+    if close is not None:
+        close()
+
+
+def _data_spec(name: str, target: str | None, impute: str | None) -> DataSpec:
+    """The data's spec; imputation enters the runs' identity where DataSpec has the field."""
+    import dataclasses
+
+    from dropkit.lab.config import DataSpec
+
+    spec = DataSpec.resolve(name, target)
+    if impute is not None and "impute" in {f.name for f in dataclasses.fields(DataSpec)}:
+        changes: dict[str, Any] = {"impute": impute}
+        spec = dataclasses.replace(spec, **changes)
+    return spec
 
 
 def _report(
@@ -254,13 +330,15 @@ def _report(
     out: Path,
     store_path: Path,
     as_json: bool,
+    notes: Sequence[str] = (),
 ) -> None:
     from dropkit.lab.plots import plot_learning_curves, plot_rate_curve
-    from dropkit.lab.stats import best_rate, summarize
+    from dropkit.lab.stats import best_rate, diagnose, summarize
 
     runs = store.runs(list(keys))
-    summaries = summarize(runs)
+    summaries = summarize(runs, {r.key: store.curves(r.key) for r in runs})
     best = best_rate(summaries)
+    findings = diagnose(summaries)
     groups: dict[float, list[StoredRun]] = {}
     for run in runs:
         groups.setdefault(run.config.p, []).append(run)
@@ -285,14 +363,17 @@ def _report(
             out / "rate_vs_accuracy.png",
             title=f"{dataset_name}: accuracy vs dropout rate",
         )
+    files["report"] = _write_report(store, keys, out, title=f"dropkit {kind}: {dataset_name}")
     rows = [s.to_dict() for s in summaries]
     payload = {
         "command": kind,
         "dataset": dataset_name,
+        "data_notes": list(notes),
         "summary": rows,
         "best": None
         if best is None
         else {"arm": best.summary.arm, "p": best.summary.p, "evidence": best.evidence},
+        "findings": [f.to_dict() for f in findings],
         "store": str(store_path),
         "out": str(out),
         "files": {k: str(v) for k, v in files.items()},
@@ -304,10 +385,23 @@ def _report(
     _print_table(summaries)
     if best is not None:
         typer.echo(best.evidence)
+    _print_findings(findings)
     typer.echo(f"results store: {store_path}")
     for name, path in files.items():
         typer.echo(f"{name.replace('_', ' ')}: {path}")
     typer.echo(f"summary table: {out / 'summary.json'}")
+
+
+def _write_report(store: ResultsStore, keys: Sequence[str], out: Path, *, title: str) -> Path:
+    """Write ``OUT/report.html``, the self-contained HTML report of the runs ``keys``."""
+    from dropkit.lab.report import write_report
+
+    return write_report(store, out / "report.html", keys=keys, title=title)
+
+
+def _print_findings(findings: Sequence[Finding]) -> None:
+    for finding in findings:
+        typer.echo(f"{finding.severity} [{finding.rule}]: {finding.message}")
 
 
 def _print_table(summaries: Sequence[ArmSummary]) -> None:
@@ -317,24 +411,24 @@ def _print_table(summaries: Sequence[ArmSummary]) -> None:
     def fmt(value: float) -> str:
         return "n/a" if not math.isfinite(value) else f"{value:.3f}"
 
-    table = Table(title="Final accuracy over seeds (mean, 95% CI)")
+    table = Table(
+        title="Final accuracy over seeds (mean, 95% CI)",
+        caption="adj. p: Holm-adjusted over all groups; * significant at 0.05",
+    )
     baseline = next((s.vs_baseline.baseline for s in summaries if s.vs_baseline), "baseline")
-    for column in ("arm", "p", "seeds", "train acc", "test acc", "95% CI", "gap", f"vs {baseline}"):
-        table.add_column(column, justify="left" if column == "arm" else "right")
+    columns = ("group", "seeds", "train acc", "test acc", "95% CI", "gap", f"vs {baseline}")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "group" else "right")
     for s in summaries:
         low, high = s.test_acc_ci95
         test = s.vs_baseline
-        versus = (
-            "baseline"
-            if test is None
-            else f"{test.difference:+.3f} (p={test.p_value:.2g})"
-            if math.isfinite(test.p_value)
-            else f"{test.difference:+.3f}"
-        )
+        versus = "baseline" if test is None else f"{test.difference:+.3f}"
+        if test is not None and math.isfinite(test.p_adjusted):
+            versus += f" (adj. p={test.p_adjusted:.2g}{'*' if test.significant else ''})"
+        seeds = f"{s.n_seeds}" + (f" ({s.n_nan} NaN)" if s.n_nan else "")
         table.add_row(
-            s.arm,
-            f"{s.p:g}",
-            str(s.n_seeds),
+            s.name,
+            seeds,
             fmt(s.train_acc_mean),
             fmt(s.test_acc_mean),
             f"[{fmt(low)}, {fmt(high)}]",
@@ -355,6 +449,8 @@ def demo(
     quiet: QuietOpt = False,
     compile: CompileOpt = None,
     runs_per_batch: RunsPerBatchOpt = 128,
+    engine: EngineOpt = "in-process",
+    address: AddressOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Does Dropout(0.4) help a 500-unit MLP trained on 30 points? The reference case study.
@@ -387,6 +483,8 @@ def demo(
         quiet=quiet,
         compile=compile,
         runs_per_batch=runs_per_batch,
+        engine=engine,
+        address=address,
     )
 
 
@@ -397,6 +495,7 @@ def sweep(
         typer.Option(help="circles, moons, digits, breast_cancer, wine, or PATH.csv."),
     ] = "circles",
     target: Annotated[str | None, typer.Option(help="Target column of a CSV file.")] = None,
+    impute: ImputeOpt = None,
     rates: Annotated[
         str, typer.Option(help="Drop rates: '0,0.2,0.4' or an inclusive range '0:0.8:0.1'.")
     ] = "0:0.8:0.1",
@@ -416,6 +515,8 @@ def sweep(
     quiet: QuietOpt = False,
     compile: CompileOpt = None,
     runs_per_batch: RunsPerBatchOpt = 128,
+    engine: EngineOpt = "in-process",
+    address: AddressOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Grid-search the dropout rate: rates x seeds, with 95% CIs and the best rate's evidence."""
@@ -437,7 +538,425 @@ def sweep(
         quiet=quiet,
         compile=compile,
         runs_per_batch=runs_per_batch,
+        engine=engine,
+        address=address,
+        impute=impute,
     )
+
+
+@app.command()
+def report(
+    store: Annotated[Path, typer.Option(help="The SQLite results store to report on.")],
+    out: Annotated[Path, typer.Option(help="The HTML file to write.")] = Path("report.html"),
+    title: Annotated[str | None, typer.Option(help="The report's title.")] = None,
+    as_json: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Write ONE self-contained HTML report of a results store: tables, diagnosis, figures.
+
+    Figures are inline, nothing is fetched from the network; the same store gives the same file.
+    """
+    from dropkit.lab.report import analyze, write_report
+    from dropkit.lab.store import ResultsStore, StoreError
+
+    if not store.is_file():
+        _fail(f"no results store at {store}")
+    try:
+        results = ResultsStore(store)
+    except StoreError as error:
+        _fail(str(error))
+    try:
+        with results:
+            experiments = analyze(results)
+            path = write_report(results, out, title=title)
+    except OSError as error:
+        _fail(f"cannot write the report {out}: {error}")
+    except Exception as error:
+        if debug:
+            raise
+        typer.echo(
+            f"dropkit: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
+        )
+        raise typer.Exit(1) from None
+    if as_json:
+        payload = {
+            "command": "report",
+            "store": str(store),
+            "out": str(path),
+            "runs": sum(len(e.runs) for e in experiments),
+            "experiments": [e.to_dict() for e in experiments],
+        }
+        typer.echo(json.dumps(payload))
+        return
+    if not experiments:
+        typer.echo(f"no finished runs in {store}")
+    for experiment in experiments:
+        typer.echo(experiment.title)
+        _print_table(experiment.summaries)
+        if experiment.best is not None:
+            typer.echo(experiment.best.evidence)
+        _print_findings(experiment.findings)
+    typer.echo(f"report: {path}")
+
+
+# ---- dropkit compare ------------------------------------------------------------------------
+
+_DEFAULT_HIDDEN = {"mlp": (500,), "cnn": (16, 32), "rnn": (32,)}
+# Strength options of `compare`, by Strengths field (see dropkit.lab.regularizers).
+_STRENGTH_OPTIONS = {
+    "p": "--p",
+    "input_p": "--input-p",
+    "l1": "--l1",
+    "l2": "--l2",
+    "max_norm": "--max-norm",
+    "patience": "--patience",
+    "noise": "--noise",
+    "augment": "--augment",
+    "switch": "--switch",
+    "concrete": "--concrete",
+    "block_size": "--block-size",
+}
+
+
+@app.command()
+def compare(
+    data: Annotated[
+        str,
+        typer.Option(
+            help="circles, moons, digits, breast_cancer, wine, mnist, sequence, or PATH.csv."
+        ),
+    ] = "circles",
+    target: Annotated[str | None, typer.Option(help="Target column of a CSV file.")] = None,
+    impute: ImputeOpt = None,
+    arms: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated arms, regularizers joined by '+', e.g. "
+            "'none,dropout,l2,dropout+l2' [default: every arm that applies to --model]. "
+            "Arms: none, dropout, input_dropout, l1, l2, max_norm, batchnorm, bn_dropout, "
+            "dropout_bn, early_stopping, augment, gaussian_noise, concrete, early_dropout, "
+            "late_dropout, spatial_dropout, dropblock, variational, recurrent_dropout."
+        ),
+    ] = None,
+    seeds: SeedsOpt = 10,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Training epochs per run [default: chosen per data set and model]."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 32,
+    model: Annotated[str, typer.Option(help="mlp, cnn (image data) or rnn (sequences).")] = "mlp",
+    hidden: Annotated[
+        str | None,
+        typer.Option(
+            help="Layer widths: MLP hidden units, CNN channels or LSTM sizes "
+            "[default: mlp 500, cnn 16,32, rnn 32]."
+        ),
+    ] = None,
+    p: Annotated[float, typer.Option("--p", help="Hidden drop probability of dropout arms.")] = 0.5,
+    input_p: Annotated[float, typer.Option(help="Drop probability of input_dropout.")] = 0.2,
+    l1: Annotated[float, typer.Option(help="λ of l1: loss + λ·Σ|w| (weights, not biases).")] = 1e-5,
+    l2: Annotated[float, typer.Option(help="λ of l2: loss + λ·Σw² (weights, not biases).")] = 1e-4,
+    max_norm: Annotated[
+        float, typer.Option(help="Bound c of max_norm on each hidden unit's incoming weights.")
+    ] = 3.0,
+    patience: Annotated[
+        int | None,
+        typer.Option(
+            help="Epochs without a better validation loss before early_stopping "
+            "stops [default: a tenth of --epochs, at least 10]."
+        ),
+    ] = None,
+    noise: Annotated[float, typer.Option(help="σ of gaussian_noise on hidden activations.")] = 0.1,
+    augment: Annotated[
+        float | None,
+        typer.Option(
+            help="augment: jitter in feature standard deviations (tables), shift in "
+            "pixels (images) [default: 0.1, images 1]."
+        ),
+    ] = None,
+    switch: Annotated[
+        float, typer.Option(help="Fraction of the epochs before early/late_dropout switch.")
+    ] = 0.25,
+    concrete: Annotated[
+        float | None,
+        typer.Option(
+            help="Dropout-regularizer weight of concrete [default: 2/N, N training samples]."
+        ),
+    ] = None,
+    block_size: Annotated[int, typer.Option(help="Block edge of dropblock, in pixels.")] = 3,
+    out: OutOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    compile: CompileOpt = None,
+    runs_per_batch: RunsPerBatchOpt = 256,
+    engine: EngineOpt = "in-process",
+    address: AddressOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Compare regularizers: every arm trained with the same seeds, tested against 'none'.
+
+    Each arm is one documented change to the model, the optimizer or the training loop (see
+    dropkit.lab.regularizers), with its own strength option; arms the stacked trainer can
+    express train together as one batched computation.
+    """
+    options = {
+        "p": p,
+        "input_p": input_p,
+        "l1": l1,
+        "l2": l2,
+        "max_norm": max_norm,
+        "patience": patience,
+        "noise": noise,
+        "augment": augment,
+        "switch": switch,
+        "concrete": concrete,
+        "block_size": block_size,
+    }
+    try:
+        _compare(
+            data_name=data,
+            target=target,
+            impute=impute,
+            arms_text=arms,
+            seeds=seeds,
+            epochs=epochs,
+            batch_size=batch_size,
+            kind=model,
+            hidden_text=hidden,
+            strengths=options,
+            out=out or Path("dropkit-compare"),
+            store_path=store,
+            as_json=as_json,
+            quiet=quiet,
+            compile=compile,
+            runs_per_batch=runs_per_batch,
+            engine=engine,
+            address=address,
+        )
+    except (typer.Exit, KeyboardInterrupt):
+        raise
+    except Exception as error:
+        if debug:
+            raise
+        typer.echo(
+            f"dropkit: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
+        )
+        raise typer.Exit(1) from None
+
+
+def _compare(
+    *,
+    data_name: str,
+    target: str | None,
+    impute: str | None,
+    arms_text: str | None,
+    seeds: int,
+    epochs: int | None,
+    batch_size: int,
+    kind: str,
+    hidden_text: str | None,
+    strengths: dict[str, Any],
+    out: Path,
+    store_path: Path | None,
+    as_json: bool,
+    quiet: bool,
+    compile: bool | None,
+    runs_per_batch: int,
+    engine: str,
+    address: str | None,
+) -> None:
+    from dropkit.lab.config import MODEL_KINDS, ModelSpec, TrainSpec
+    from dropkit.lab.data import IMPUTE_METHODS, DataError, load_dataset
+    from dropkit.lab.models import build_model
+    from dropkit.lab.regularizers import (
+        REGULARIZERS,
+        Arm,
+        ArmError,
+        Strengths,
+        build_configs,
+        default_epochs,
+        parse_arms,
+    )
+    from dropkit.lab.runner import IncompleteSweep, run_configs
+    from dropkit.lab.store import ResultsStore, StoreError
+
+    if seeds < 1:
+        _fail(f"--seeds must be >= 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        _fail(f"--epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        _fail(f"--batch-size must be >= 1, got {batch_size}")
+    if runs_per_batch < 1:
+        _fail(f"--runs-per-batch must be >= 1, got {runs_per_batch}")
+    if kind not in MODEL_KINDS:
+        _fail(f"--model must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+    _check_engine(engine, address)
+    if impute is not None and impute not in IMPUTE_METHODS:
+        _fail(f"--impute must be {' or '.join(IMPUTE_METHODS)}, got {impute!r}")
+    for name, value in strengths.items():  # one option at a time, so the message names it
+        try:
+            Strengths(**{name: value})
+        except (TypeError, ValueError) as error:
+            _fail(f"{_STRENGTH_OPTIONS[name]}: {error}")
+    hidden = _DEFAULT_HIDDEN[kind] if hidden_text is None else _parse_hidden(hidden_text)
+    try:
+        if arms_text is None:
+            chosen = [Arm((r,)) for r in REGULARIZERS.values() if kind in r.kinds]
+        else:
+            chosen = parse_arms(arms_text)
+    except ArmError as error:
+        _fail(str(error))
+    data_spec = _data_spec(data_name, target, impute)
+    try:  # refuse bad data before anything is written
+        dataset = load_dataset(data_spec, impute=impute)
+    except DataError as error:
+        _fail(str(error))
+    for note in dataset.notes:
+        typer.echo(f"dropkit: note: {note}", err=True)
+    train = TrainSpec(
+        epochs=epochs if epochs is not None else default_epochs(dataset.name, kind),
+        batch_size=batch_size,
+    )
+    try:
+        configs = build_configs(
+            chosen,
+            Strengths(**strengths),
+            range(seeds),
+            data_spec,
+            ModelSpec(hidden=hidden, kind=kind),
+            train,
+            n_train=len(dataset.y_train),
+        )
+        for config in configs[::seeds]:  # each arm's network must build for this data
+            build_model(config, dataset)
+    except ArmError as error:
+        _fail(str(error))
+    except ValueError as error:
+        _fail(f"--model {kind} on {dataset.name}: {error}")
+    try:  # the output folder must be usable before anything is trained or stored
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _fail(f"cannot create the output folder {out}: {error}")
+    store_path = store_path or out / "runs.sqlite"
+    runner_engine = _start_engine(engine, address, compile)  # exit 2 when Ray is unusable
+    try:
+        results = ResultsStore(store_path)
+    except StoreError as error:
+        _close_engine(runner_engine)
+        _fail(str(error))
+    show_progress = not (quiet or as_json) and sys.stderr.isatty()
+    with results:
+        keys = [c.key() for c in configs]
+        done_before = len(results.done_keys(keys))
+        if not as_json and done_before:
+            typer.echo(f"{done_before}/{len(configs)} runs already complete in {store_path}")
+        try:
+            outcome = run_configs(
+                configs,
+                results,
+                engine=runner_engine,
+                progress=_RichProgress() if show_progress else None,
+                max_batch=runs_per_batch,
+                datasets={data_spec: dataset},
+            )
+        except KeyboardInterrupt:
+            stored = len(results.done_keys(keys))
+            typer.echo(
+                f"dropkit: interrupted; {stored}/{len(configs)} runs are stored in {store_path}. "
+                "Run the same command again to resume.",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        except IncompleteSweep as error:
+            typer.echo(f"dropkit: error: {error}", err=True)
+            raise typer.Exit(1) from None
+        finally:
+            _close_engine(runner_engine)
+        _compare_report(
+            results,
+            outcome.keys,
+            dataset_name=dataset.name,
+            kind=kind,
+            epochs=train.epochs,
+            seeds=seeds,
+            arms=[a.name for a in chosen],
+            out=out,
+            store_path=store_path,
+            as_json=as_json,
+            notes=dataset.notes,
+        )
+
+
+def _compare_report(
+    store: ResultsStore,
+    keys: Sequence[str],
+    *,
+    dataset_name: str,
+    kind: str,
+    epochs: int,
+    seeds: int,
+    arms: Sequence[str],
+    out: Path,
+    store_path: Path,
+    as_json: bool,
+    notes: Sequence[str],
+) -> None:
+    """The table per arm (statistics from :func:`dropkit.lab.stats.summarize`), the learning
+    curves of the baseline and the best arm, the HTML report and ``summary.json``."""
+    from dropkit.lab.plots import plot_learning_curves
+    from dropkit.lab.stats import best_rate, diagnose, summarize
+
+    runs = store.runs(list(keys))
+    summaries = summarize(runs, {r.key: store.curves(r.key) for r in runs})
+    best = best_rate(summaries)
+    findings = diagnose(summaries)
+    by_arm: dict[str, list[StoredRun]] = {}
+    for run in runs:
+        by_arm.setdefault(run.arm, []).append(run)
+    shown = dict.fromkeys(
+        a for a in ("none", best.summary.arm if best else None) if a is not None and a in by_arm
+    )
+    files: dict[str, Path] = {}
+    if shown:
+        files["learning_curves"] = plot_learning_curves(
+            store,
+            [by_arm[a] for a in shown],
+            out / "learning_curves.png",
+            title=f"{dataset_name} ({kind}): train (dashed) and test (solid) accuracy, mean and "
+            f"95% CI over {seeds} seeds",
+        )
+    title = f"dropkit compare: {dataset_name} ({kind})"
+    files["report"] = _write_report(store, keys, out, title=title)  # the automatic HTML report
+    payload = {
+        "command": "compare",
+        "dataset": dataset_name,
+        "model": kind,
+        "epochs": epochs,
+        "seeds": seeds,
+        "arms": list(arms),
+        "data_notes": list(notes),
+        "summary": [s.to_dict() for s in summaries],
+        "best": None
+        if best is None
+        else {"arm": best.summary.arm, "name": best.summary.name, "evidence": best.evidence},
+        "findings": [f.to_dict() for f in findings],
+        "store": str(store_path),
+        "out": str(out),
+        "files": {k: str(v) for k, v in files.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(payload))
+        return
+    _print_table(summaries)
+    if best is not None:
+        typer.echo(best.evidence)
+    _print_findings(findings)
+    typer.echo(f"results store: {store_path}")
+    for name, path in files.items():
+        typer.echo(f"{name.replace('_', ' ')}: {path}")
+    typer.echo(f"summary table: {out / 'summary.json'}")
 
 
 def _load_factory(target: str) -> Any:

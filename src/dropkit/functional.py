@@ -11,12 +11,21 @@ the keep probability ``1 - p``. Every op
 * traces under ``torch.compile(fullgraph=True)`` with ``generator=None`` (dynamo cannot trace a
   ``torch.Generator`` argument; with one the compiled function falls back to eager there).
 
-The variants differ mainly in the **shape of the mask**: one uniform draw per element
+The variants differ mainly in the **shape of the mask**: one draw per element
 (:func:`dropout`), per (sample, channel) (:func:`spatial_dropout`,
 :func:`feature_alpha_dropout`), per (sequence, feature) (:func:`locked_dropout`) or per sample
-(:func:`drop_path`). :func:`_keep_mask` serves them all. Uniforms are drawn in float32 (in
-float64 for float64 inputs), so ``p`` is resolved to 2**-24 (2**-53) even for float16 inputs,
-whose own uniforms would resolve only 2**-11.
+(:func:`drop_path`). :func:`_bits_keep_mask` serves them all.
+
+**The mask source.** PyTorch's CPU dropout is bound by random-number generation
+(``bernoulli_``), not by memory. Here one generator call fills 64-bit words with random bits,
+each word gives four 16-bit fields, and a unit is kept when its field is at least
+``round(p · 2**16)``: ``p`` is resolved to ``2**-16`` (``|p_eff - p| <= 2**-17``, at most
+``2**-9`` relative to ``p`` and to ``1 - p``); rates with ``p`` or ``1 - p`` below ``2**-8``
+use 32-bit fields (``|p_eff - p| <= 2**-33``). The scale stays exactly ``1 / (1 - p)``. Under
+``torch.compile`` the mask is ``U[0, 1) >= p`` (float32 uniforms) so that the compiler can
+generate it inside its fused loop. :func:`drop_connect` keeps ``U[0, 1) >= p`` too (see
+:func:`_keep_mask`). Element-wise :func:`dropout` keeps its mask for the backward as ``bool``
+(1 byte per element), or nothing with ``save_mask=False``.
 
 References:
     - Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
@@ -41,6 +50,7 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,12 +88,72 @@ SCALINGS = ("inverted", "classic")
 # The mask helper shared by every variant
 # --------------------------------------------------------------------------------------------
 
+_FINE_RATE = 2.0**-8
+"""Rates with ``min(p, 1 - p)`` below this are drawn with 32-bit fields instead of 16-bit ones."""
+
+
+def _field_threshold(p: float) -> tuple[int, int]:
+    """``(bits, threshold)``: keep a unit when its signed random field is ``>= threshold``.
+
+    A field of ``bits`` uniform random bits read as a signed integer ``h`` is kept when
+    ``h + 2**(bits - 1) >= t`` with ``t = round(p · 2**bits)``, so the realized drop probability
+    is ``p_eff = t / 2**bits`` and ``|p_eff - p| <= 2**-(bits + 1)``. 16-bit fields (four
+    decisions per 64-bit random word) serve ``2**-8 <= p <= 1 - 2**-8``: there the error is at
+    most ``2**-17`` absolute and ``2**-9`` relative to ``p`` and to ``1 - p``. Rarer events
+    (``p`` or ``1 - p`` below ``2**-8``) use 32-bit fields (two per word, error ``<= 2**-33``).
+    """
+    bits = 16 if _FINE_RATE <= p <= 1.0 - _FINE_RATE else 32
+    t = min(round(p * 2.0**bits), 2**bits - 1)
+    return bits, t - 2 ** (bits - 1)
+
+
+def _permuted_layout(x: Tensor, shape: Sequence[int]) -> tuple[int, ...] | None:
+    """Axis order of ``x``'s channels-last memory layout, when a full-size mask must follow it."""
+    if tuple(shape) != tuple(x.shape) or x.is_contiguous():
+        return None
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return (0, 2, 3, 1)
+    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+        return (0, 2, 3, 4, 1)
+    return None
+
+
+def _random_fields(
+    device: torch.device,
+    shape: Sequence[int],
+    order: tuple[int, ...] | None,
+    bits: int,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Uniform random signed ``bits``-bit integers of ``shape`` on ``device``.
+
+    One generator call fills 64-bit words with random bits (``random_`` over the full int64
+    range); each word is read as four int16 or two int32 fields. On a CPU this costs about a
+    quarter of ``rand`` per decision and a tenth of ``bernoulli_``. ``order`` (from
+    :func:`_permuted_layout`) lays the fields out in that memory order, e.g. channels-last.
+    """
+    n = math.prod(shape)
+    per_word = 64 // bits
+    words = torch.empty(((n + per_word - 1) // per_word,), dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=generator)
+    fields = words.view(torch.int16 if bits == 16 else torch.int32)[:n]
+    if order is None:
+        return fields.view(tuple(shape))
+    stored = fields.view(tuple(shape[d] for d in order))
+    return stored.permute(tuple(order.index(d) for d in range(len(order))))
+
+
+def _fields_like(
+    x: Tensor, shape: Sequence[int], bits: int, generator: torch.Generator | None
+) -> Tensor:
+    """:func:`_random_fields` of ``shape`` on ``x``'s device, in ``x``'s layout when full-size."""
+    return _random_fields(x.device, shape, _permuted_layout(x, shape), bits, generator)
+
 
 def _uniform(x: Tensor, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
-    """U[0, 1) samples of ``shape`` on ``x``'s device.
+    """U[0, 1) samples of ``shape`` on ``x``'s device (float64 for float64 inputs, else float32).
 
-    float64 for float64 inputs, float32 otherwise. A full-size draw copies ``x``'s memory
-    layout (channels_last stays channels_last).
+    A full-size draw copies ``x``'s memory layout (channels_last stays channels_last).
     """
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     if tuple(shape) == tuple(x.shape):
@@ -96,12 +166,44 @@ def _uniform(x: Tensor, shape: Sequence[int], generator: torch.Generator | None)
 def _keep_mask(
     x: Tensor, p: float, shape: Sequence[int], generator: torch.Generator | None
 ) -> Tensor:
+    """Boolean mask ``U[0, 1) >= p`` of ``shape``: the weight-level modules' mask source.
+
+    DropConnect (:func:`drop_connect`, :mod:`dropkit.weights`) draws its masks this way, one
+    float32 uniform per weight (``p`` resolved to ``2**-24``), so that a mask can be reproduced
+    as ``torch.empty(shape).uniform_(generator=g) >= p``. Weight tensors are small next to
+    activations; the activation ops use the cheaper :func:`_bits_keep_mask`.
+    """
+    return _uniform(x, shape, generator) >= p
+
+
+def _bits_keep_mask(
+    x: Tensor, p: float, shape: Sequence[int], generator: torch.Generator | None
+) -> Tensor:
     """Boolean mask of ``shape`` (broadcastable to ``x``): each entry True with probability 1 - p.
 
     ``shape`` decides the variant: ``x.shape`` for element-wise dropout, ``(N, C, 1, ...)``
     for whole channels, ``(N, 1, F)`` for one mask per sequence, ``(N, 1, ...)`` per sample.
+    ``p`` is resolved as in :func:`_field_threshold` (to ``2**-16``, finer near 0 and 1).
+    Under ``torch.compile`` the mask is ``U[0, 1) >= p`` instead (``p`` resolved to ``2**-24``):
+    dynamo cannot trace the in-place integer draw, and the compiler generates its own uniforms
+    inside the fused loop.
     """
-    return _uniform(x, shape, generator) >= p
+    if torch.compiler.is_compiling():
+        return _uniform(x, shape, generator) >= p
+    bits, threshold = _field_threshold(p)
+    return _fields_like(x, shape, bits, generator) >= threshold
+
+
+def _keep_factor(
+    x: Tensor, p: float, shape: Sequence[int], generator: torch.Generator | None
+) -> Tensor:
+    """The keep mask as 0/1 in ``x``'s dtype, written by the comparison itself (one pass)."""
+    if torch.compiler.is_compiling():
+        return _bits_keep_mask(x, p, shape, generator).to(x.dtype)
+    bits, threshold = _field_threshold(p)
+    fields = _fields_like(x, shape, bits, generator)
+    factor = torch.empty_like(fields, dtype=x.dtype)
+    return torch.ge(fields, threshold, out=factor)
 
 
 def _masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) -> Tensor:
@@ -110,6 +212,109 @@ def _masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) 
     if scale != 1.0:
         factor = factor * scale
     return x.mul_(factor) if inplace else x * factor
+
+
+def _broadcast_dropout(
+    x: Tensor, p: float, shape: Sequence[int], scale: float, generator: torch.Generator | None
+) -> Tensor:
+    """``x · m · scale`` with a mask of ``shape`` broadcast over ``x``: one pass over ``x``.
+
+    The factor ``m · scale`` has the mask's (small) shape; autograd keeps only it.
+    """
+    factor = _keep_factor(x, p, shape, generator)
+    return x * (factor.mul_(scale) if scale != 1.0 else factor)
+
+
+def _default_generator(device: torch.device) -> torch.Generator | None:
+    """The global generator that ``generator=None`` draws from on ``device`` (CPU and CUDA)."""
+    if device.type == "cpu":
+        return torch.default_generator
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return torch.cuda.default_generators[index]
+    return None
+
+
+def _scale_by_factor(x: Tensor, factor: Tensor, scale: float) -> Tensor:
+    """``x · factor · scale`` written over ``factor`` in one pass (``factor`` 0/1 in x's dtype)."""
+    return torch.addcmul(x.new_zeros(()), x, factor, value=scale, out=factor)
+
+
+class _ElementDropout(torch.autograd.Function):
+    """``y = x · m · scale`` with ``m`` drawn inside, in two passes after the random draw.
+
+    Forward: random 16-bit fields, then ``y = (fields >= t)`` as 0/1 and ``y = x · y · scale``
+    in place. Backward: ``dx = g · m · scale``. What is kept for the backward:
+
+    * ``save_mask=True``: the mask as ``bool`` (1 byte per element, like ``torch.nn.Dropout``);
+    * ``save_mask=False``: nothing per element, only the generator's state before the draw
+      (a few KB on CPU, 16 bytes on CUDA); the backward re-draws the identical fields from a
+      copy of that state. The state is a plain attribute of the graph node, not a saved tensor,
+      so under ``torch.utils.checkpoint`` the backward still replays the *original* forward's
+      draw, even when the recomputed forward drew a different one from an explicit generator.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        x: Tensor,
+        p: float,
+        scale: float,
+        generator: torch.Generator | None,
+        save_mask: bool,
+    ) -> Tensor:
+        bits, threshold = _field_threshold(p)
+        source = generator if generator is not None else _default_generator(x.device)
+        source = None if save_mask else source
+        ctx.replay = None if source is None else (x.device, source.get_state())
+        ctx.order = _permuted_layout(x, x.shape)
+        ctx.bits, ctx.threshold, ctx.scale = bits, threshold, scale
+        fields = _random_fields(x.device, x.shape, ctx.order, bits, generator)
+        y = torch.empty_like(x)
+        if ctx.replay is None:
+            keep = fields >= threshold
+            ctx.save_for_backward(keep)
+            y.copy_(keep)
+        else:
+            torch.ge(fields, threshold, out=y)
+        return _scale_by_factor(x, y, scale)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        factor = torch.empty_like(grad)
+        if ctx.replay is None:
+            factor.copy_(ctx.saved_tensors[0])
+        else:
+            device, state = ctx.replay
+            replay = torch.Generator(device=device)
+            replay.set_state(state)
+            fields = _random_fields(device, grad.shape, ctx.order, ctx.bits, replay)
+            torch.ge(fields, ctx.threshold, out=factor)
+        return _scale_by_factor(grad, factor, ctx.scale), None, None, None, None
+
+
+def _element_dropout(
+    x: Tensor, p: float, scale: float, generator: torch.Generator | None, save_mask: bool
+) -> Tensor:
+    """``x · m · scale`` with one ``m ~ Bernoulli(1 - p)`` per element (``0 < p < 1``).
+
+    Three implementations of the same math, picked by context:
+
+    * under ``torch.compile``: ``where(m, x · scale, 0)`` built from :func:`_bits_keep_mask`, which
+      the compiler fuses into one loop; autograd keeps the ``bool`` mask (``save_mask`` is
+      left to the compiler, which decides what to keep for the backward);
+    * no gradient needed: random fields, then two passes (compare, multiply);
+    * gradient needed: :class:`_ElementDropout`.
+    """
+    if torch.compiler.is_compiling():
+        keep = _bits_keep_mask(x, p, x.shape, generator)
+        return torch.where(keep, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
+    if torch.is_grad_enabled() and x.requires_grad:
+        result: Tensor = _ElementDropout.apply(  # type: ignore[no-untyped-call]  # untyped in torch
+            x, p, scale, generator, save_mask
+        )
+        return result
+    return _scale_by_factor(x, _keep_factor(x, p, x.shape, generator), scale)
 
 
 def _zeros_with_grad(x: Tensor, inplace: bool = False) -> Tensor:
@@ -155,6 +360,7 @@ def dropout(
     scaling: str = "inverted",
     generator: torch.Generator | None = None,
     inplace: bool = False,
+    save_mask: bool = True,
 ) -> Tensor:
     """Zero each element independently with probability ``p`` (Srivastava et al. 2014).
 
@@ -175,9 +381,18 @@ def dropout(
         scaling: ``"inverted"`` or ``"classic"``.
         generator: source of randomness; the global RNG when None.
         inplace: write the result into ``x``.
+        save_mask: keep the mask for the backward as ``bool`` (1 byte per element, like
+            ``torch.nn.functional.dropout``). False keeps nothing per element: the backward
+            re-draws the identical mask from the generator state saved at the forward (0 bytes
+            of activation memory, one more random draw in the backward). Ignored with
+            ``inplace=True`` and under ``torch.compile``, where the compiler decides.
 
     Returns:
         Tensor of ``x``'s shape, dtype and layout.
+
+    ``p`` is resolved to ``2**-16`` (``|p_eff - p| <= 2**-17``; finer for ``p`` or ``1 - p``
+    below ``2**-8``, see :func:`_field_threshold`); kept units are scaled by exactly
+    ``1 / (1 - p)``.
     """
     p = _checked_rate(x, p, generator)
     check_one_of(scaling, "scaling", SCALINGS)
@@ -191,9 +406,10 @@ def dropout(
         return x
     if p == 1.0:
         return _zeros_with_grad(x, inplace)
-    keep = _keep_mask(x, p, x.shape, generator)
     scale = 1.0 / (1.0 - p) if scaling == "inverted" else 1.0
-    return _masked_scale(x, keep, scale, inplace)
+    if inplace:
+        return _masked_scale(x, _bits_keep_mask(x, p, x.shape, generator), scale, inplace)
+    return _element_dropout(x, p, scale, generator, bool(save_mask))
 
 
 def spatial_dropout(
@@ -224,8 +440,7 @@ def spatial_dropout(
     )
     if (trivial := _trivial_result(x, p, training)) is not None:
         return trivial
-    keep = _keep_mask(x, p, _per_channel_shape(x), generator)
-    return _masked_scale(x, keep, 1.0 / (1.0 - p))
+    return _broadcast_dropout(x, p, _per_channel_shape(x), 1.0 / (1.0 - p), generator)
 
 
 def locked_dropout(
@@ -257,8 +472,7 @@ def locked_dropout(
     time_axis = 1 if batch_first else 0
     shape = list(x.shape)
     shape[time_axis] = 1
-    keep = _keep_mask(x, p, shape, generator)
-    return _masked_scale(x, keep, 1.0 / (1.0 - p))
+    return _broadcast_dropout(x, p, shape, 1.0 / (1.0 - p), generator)
 
 
 def drop_path(
@@ -288,8 +502,8 @@ def drop_path(
     check_min_ndim(x, 1, "drop_path", "(N, ...)", "drop_path needs a batch axis.")
     if (trivial := _trivial_result(x, p, training)) is not None:
         return trivial
-    keep = _keep_mask(x, p, (x.shape[0],) + (1,) * (x.ndim - 1), generator)
-    return _masked_scale(x, keep, 1.0 / (1.0 - p) if scale_by_keep else 1.0)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return _broadcast_dropout(x, p, shape, 1.0 / (1.0 - p) if scale_by_keep else 1.0, generator)
 
 
 def drop_connect(
@@ -367,14 +581,15 @@ def _alpha_dropout(x: Tensor, p: float, keep: Tensor) -> Tensor:
 
     For inputs of mean 0 and variance 1, ``z = x·m + α'·(1 - m)`` has mean ``p·α'`` and variance
     ``(1 - p)(1 + p·α'²)``, so ``a = ((1 - p)(1 + p·α'²))^(-1/2)`` and ``b = -a·α'·p``.
+    ``keep`` is the mask as 0/1 in ``x``'s dtype, of ``x``'s shape or broadcastable to it.
+    Written as ``c + m·(a·x + b - c)`` with ``c = a·α' + b`` (the dropped value): two passes.
     """
     alpha = SELU_ALPHA_PRIME
     a: float = ((1.0 - p) * (1.0 + p * alpha * alpha)) ** -0.5
     b = -a * alpha * p
-    kept = keep.to(x.dtype)
-    # a·x·m + (a·α'·(1 - m) + b); the second term has the mask's (broadcast) shape only.
-    offset: Tensor = (1.0 - kept) * (a * alpha) + b
-    return x * (kept * a) + offset
+    dropped = a * alpha + b
+    shifted = torch.add(x.new_full((), b - dropped), x, alpha=a)  # a·x + b - c
+    return torch.addcmul(x.new_full((), dropped), keep, shifted)
 
 
 def alpha_dropout(
@@ -401,7 +616,7 @@ def alpha_dropout(
     p = _checked_rate(x, p, generator)
     if (trivial := _trivial_result(x, p, training)) is not None:
         return trivial
-    return _alpha_dropout(x, p, _keep_mask(x, p, x.shape, generator))
+    return _alpha_dropout(x, p, _keep_factor(x, p, x.shape, generator))
 
 
 def feature_alpha_dropout(
@@ -432,7 +647,7 @@ def feature_alpha_dropout(
     )
     if (trivial := _trivial_result(x, p, training)) is not None:
         return trivial
-    return _alpha_dropout(x, p, _keep_mask(x, p, _per_channel_shape(x), generator))
+    return _alpha_dropout(x, p, _keep_factor(x, p, _per_channel_shape(x), generator))
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,6 +704,28 @@ def _solve_drop_block_seed_rate(
     return 0.5 * (low + high)
 
 
+def _grow_blocks(seeds: Tensor, block: Sequence[int]) -> Tensor:
+    """Dilation of 0/1 ``uint8`` seeds: unit ``u`` is 1 if a seed starts a block in ``u-b+1 .. u``.
+
+    ``seeds`` holds one entry per valid block start, ``S - b + 1`` along each of the trailing
+    ``len(block)`` axes; the result has ``S`` there. Axis by axis, last first: pad by ``b - 1``
+    on both sides, then OR over a sliding window of ``b`` by doubling (windows 1, 2, 4, ...,
+    then one overlapping step to ``b``), ``ceil(log2 b)`` vectorized passes per axis. The CPU
+    max-pool kernel that does the same for an ``(N, C, H, W)`` layout was ~10x slower.
+    """
+    grown = seeds
+    for axis, b in reversed(list(enumerate(block, start=seeds.ndim - len(block)))):
+        pad = [0, 0] * (seeds.ndim - 1 - axis) + [b - 1, b - 1]
+        grown = F.pad(grown, pad)
+        width = 1
+        while width < b:
+            step = min(width, b - width)  # window width -> width + step
+            length = grown.shape[axis] - step
+            grown = grown.narrow(axis, 0, length) | grown.narrow(axis, step, length)
+            width += step
+    return grown
+
+
 def drop_block(
     x: Tensor,
     p: float = 0.1,
@@ -531,11 +768,8 @@ def drop_block(
         return x
     gamma = _drop_block_seed_rate(p, spatial, block)
     valid = tuple(s - b + 1 for s, b in zip(spatial, block, strict=True))
-    seeds = (~_keep_mask(x, gamma, x.shape[:2] + valid, generator)).to(torch.float32)
-    # Pad by b - 1 on both sides, then a stride-1 max-pool of width b: output unit u is
-    # dropped if any seed at a block start in u - b + 1 .. u is set.
-    padding = [b - 1 for b in reversed(block) for _ in range(2)]
-    pool = F.max_pool2d if len(block) == 2 else F.max_pool3d
-    keep = 1.0 - pool(F.pad(seeds, padding), kernel_size=block, stride=1)
-    scale = keep.numel() / keep.sum().clamp_min(1.0)
-    return x * (keep * scale).to(x.dtype)
+    seeds = _bits_keep_mask(x, 1.0 - gamma, x.shape[:2] + valid, generator).view(torch.uint8)
+    dropped = _grow_blocks(seeds, block)
+    kept = torch.eq(dropped, 0, out=torch.empty_like(dropped, dtype=x.dtype))
+    scale = kept.numel() / kept.sum(dtype=torch.float32).clamp_min(1.0)
+    return x * kept.mul_(scale.to(x.dtype))

@@ -100,6 +100,13 @@ class Dropout(_DropoutLayer):
         scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
         inplace: write the result into the input. Default: False.
         generator: ``torch.Generator`` to draw masks from; the global RNG when None.
+        save_mask: keep the mask for the backward (1 byte per element, like
+            ``torch.nn.Dropout``). False keeps no activation memory for the backward: it
+            re-draws the identical mask from the generator state saved at the forward, at the
+            cost of one more random draw. Default: True.
+
+    Drop probabilities are resolved to ``2**-16`` (``|p_eff - p| <= 2**-17``, finer near 0
+    and 1); kept units are scaled by exactly ``1 / (1 - p)``.
 
     Shape:
         - Input: :math:`(*)`, any shape.
@@ -124,10 +131,12 @@ class Dropout(_DropoutLayer):
         scaling: str = "inverted",
         inplace: bool = False,
         generator: torch.Generator | None = None,
+        save_mask: bool = True,
     ) -> None:
         super().__init__(p, generator=generator)
         self.scaling = check_one_of(scaling, "scaling", DF.SCALINGS)
         self.inplace = bool(inplace)
+        self.save_mask = bool(save_mask)
 
     @classmethod
     def from_keep_prob(cls, q: float, **kwargs: Any) -> Dropout:
@@ -147,11 +156,13 @@ class Dropout(_DropoutLayer):
             scaling=self.scaling,
             generator=self.generator,
             inplace=self.inplace,
+            save_mask=self.save_mask,
         )
 
     def _extra_repr_items(self) -> list[str]:
         items = [] if self.scaling == "inverted" else [f"scaling={self.scaling!r}"]
-        return items + (["inplace=True"] if self.inplace else [])
+        items += ["inplace=True"] if self.inplace else []
+        return items + ([] if self.save_mask else ["save_mask=False"])
 
 
 class _SpatialDropoutNd(_DropoutLayer):

@@ -43,14 +43,18 @@ from dropkit.lab.data import Dataset
 
 __all__ = [
     "METRICS",
+    "VALIDATION_FRACTION",
     "BatchResult",
+    "EpochTicker",
     "RunSettings",
     "compiler_available",
     "keep_factors",
     "mask_keys",
+    "normal_noise",
     "rate_tensors",
     "train_batch",
     "unit_index",
+    "validation_split",
 ]
 
 METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
@@ -59,12 +63,35 @@ _RESOLUTION = 1 << 16
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What may differ between the runs of one batch."""
+    """What may differ between the runs of one batch.
+
+    Attributes:
+        seed: seeds the initial weights, the data order, the masks and the noise.
+        p: drop probability after every hidden layer.
+        input_p: drop probability on the inputs.
+        max_norm: bound ``c`` on each hidden unit's incoming weight norm, or None.
+        l1, l2: penalties ``l1·Σ|w| + l2·Σw²`` added to the loss over every layer's weights
+            (not the biases); their gradients ``l1·sign(w) + 2·l2·w`` join the data gradient.
+        augment: input jitter ``x + augment·s_j·ε`` in training, ``s_j`` the training-set
+            standard deviation of feature ``j``, ``ε ~ N(0, 1)``.
+        noise: additive ``N(0, noise²)`` on every hidden layer's output (after its dropout).
+        dropout_epochs: ``(start, stop)``: the hidden dropout ``p`` acts in epochs
+            ``start <= e < stop`` (0-based) only; None: in every epoch. Early dropout is
+            ``(0, k)``, late dropout ``(k, epochs)``.
+        patience: early stopping: stop after this many epochs without a lower validation loss
+            and restore the best weights (None: no early stopping; see :func:`train_batch`).
+    """
 
     seed: int
     p: float = 0.0
     input_p: float = 0.0
     max_norm: float | None = None
+    l1: float = 0.0
+    l2: float = 0.0
+    augment: float = 0.0
+    noise: float = 0.0
+    dropout_epochs: tuple[int, int] | None = None
+    patience: int | None = None
 
 
 @dataclass(frozen=True)
@@ -77,12 +104,16 @@ class BatchResult:
         states: per run, the final weights as the ``state_dict`` of the module that
             :func:`dropkit.lab.models.build_model` builds for its config (None: not kept).
         info: per run, scalar facts of its training (e.g. ``stop_epoch`` for early stopping).
+        pairs: per run, the final ``(weight (out, in), bias (out,))`` of every layer, input
+            side first (:func:`train_batch` with ``keep_weights``; the layout
+            :func:`dropkit.lab.models.load_linear_weights` reads).
     """
 
     curves: dict[str, NDArray[np.float64]]
     seconds: float
     states: list[dict[str, Tensor]] | None = None
     info: list[dict[str, float]] | None = None
+    pairs: list[list[tuple[Tensor, Tensor]]] | None = None
 
 
 def _mix32(x: Tensor) -> Tensor:
@@ -189,6 +220,23 @@ def _mm_tn(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a.mT, b)
 
 
+def normal_noise(keys: tuple[Tensor, Tensor], index: Tensor) -> Tensor:
+    """Standard normal draws from two counter-based streams (Box–Muller).
+
+    ``u₁, u₂`` are 24-bit uniforms in (0, 1) from :func:`_mix32` of ``key + index·φ`` for the
+    two keys, and ``ε = √(−2 ln u₁) · cos(2π u₂)``: a pure function of (seed, epoch, site, unit)
+    like the dropout masks.
+
+    Args:
+        keys: two ``(R, 1, 1)`` keys from :func:`mask_keys` (two sites of one epoch).
+        index: unit counters, broadcastable to the output.
+    """
+    scale = 1.0 / (1 << 24)
+    u1 = (((_mix32(keys[0] + index * _GOLDEN) >> 8) & 0xFFFFFF).float() + 0.5) * scale
+    u2 = (((_mix32(keys[1] + index * _GOLDEN) >> 8) & 0xFFFFFF).float() + 0.5) * scale
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+
+
 def _train_step(
     weights: list[Tensor],
     biases: list[Tensor],
@@ -197,28 +245,49 @@ def _train_step(
     masks: list[tuple[Tensor, Tensor, Tensor, Tensor] | None],
     n_classes: int,
     fused: bool,
+    noises: list[tuple[Tensor, Tensor, Tensor, Tensor] | None] | None = None,
+    penalties: tuple[Tensor, Tensor] | None = None,
 ) -> list[Tensor]:
     """Gradients ``[dW0, db0, dW1, db1, ...]`` of one mini-batch for all runs.
 
     ``x`` ``(R, B, d)``, ``y`` ``(R, B)``. ``masks[0]`` is the input dropout, ``masks[l]``
     the dropout after hidden layer ``l``: the arguments of :func:`keep_factors`, or None for
     no dropout there. With ``a_l`` the layer inputs, ``h_l = relu(a_{l-1} W_l + b_l)`` and
-    ``a_l = h_l ⊙ f_l``, the backward pass is ``dW_l = a_{l-1}ᵀ dz_l``, ``db_l = Σ_batch dz_l``
-    and ``dz_{l-1} = (dz_l W_lᵀ) ⊙ f ⊙ [h > 0]``.
+    ``a_l = h_l ⊙ f_l + σ_l ε_l``, the backward pass is ``dW_l = a_{l-1}ᵀ dz_l``,
+    ``db_l = Σ_batch dz_l`` and ``dz_{l-1} = (dz_l W_lᵀ) ⊙ f ⊙ [h > 0]`` (additive noise does
+    not change it).
+
+    ``noises`` (per site like ``masks``, or None): ``(key_a, key_b, index, σ)`` for
+    :func:`normal_noise`; site 0 jitters the inputs before their dropout, site ``l`` adds
+    noise to hidden layer ``l``'s output after its dropout. ``penalties``: per-run ``(l1, l2)``
+    ``(R, 1, 1)``; ``l1·sign(W) + 2·l2·W`` is added to every weight gradient.
     """
     factors = [None if m is None else keep_factors(*m) for m in masks]
+    sigmas = [None] * len(masks) if noises is None else noises
+    if sigmas[0] is not None:
+        key_a, key_b, index, sigma = sigmas[0]
+        x = x + sigma * normal_noise((key_a, key_b), index)
     a = x if factors[0] is None else x * factors[0]
     inputs, hidden = [a], []
     for layer in range(len(weights) - 1):
         h = (_mm(a, weights[layer], fused) + biases[layer]).relu()
         f = factors[layer + 1]
         a = h if f is None else h * f
+        noise = sigmas[layer + 1]
+        if noise is not None:
+            key_a, key_b, index, sigma = noise
+            a = a + sigma * normal_noise((key_a, key_b), index)
         hidden.append(h)
         inputs.append(a)
     dz = _output_grad(_mm(a, weights[-1], fused) + biases[-1], y, n_classes)
     grads: list[Tensor] = []
     for layer in reversed(range(len(weights))):
-        grads[:0] = [_mm_tn(inputs[layer], dz), dz.sum(1, keepdim=True)]
+        dw = _mm_tn(inputs[layer], dz)
+        if penalties is not None:
+            l1, l2 = penalties
+            w = weights[layer]
+            dw = dw + l1 * torch.sign(w) + (2.0 * l2) * w
+        grads[:0] = [dw, dz.sum(1, keepdim=True)]
         if layer > 0:
             da = _mm(dz, weights[layer].mT, fused)
             f = factors[layer]
@@ -236,8 +305,11 @@ def _evaluate(
     n_train: int,
     n_classes: int,
     fused: bool,
+    n_val: int = 0,
 ) -> Tensor:
-    """Inference pass over ``x`` ``(n, d)`` (train rows first): ``(4, R)`` metrics (see METRICS)."""
+    """Inference pass over ``x`` ``(n, d)``: train rows, then ``n_val`` validation rows, then
+    test rows. Returns ``(4, R)`` metrics (see METRICS) and, when ``n_val > 0``, a fifth row:
+    the validation loss."""
     a = x
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
         a = (_mm(a, weight, fused) + bias).relu()
@@ -251,14 +323,16 @@ def _evaluate(
         picked = logits.gather(-1, y.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1)
         loss = torch.logsumexp(logits, -1) - picked
     correct = correct.to(logits.dtype)
-    return torch.stack(
-        [
-            correct[:, :n_train].mean(1),
-            correct[:, n_train:].mean(1),
-            loss[:, :n_train].mean(1),
-            loss[:, n_train:].mean(1),
-        ]
-    )
+    test = n_train + n_val
+    rows = [
+        correct[:, :n_train].mean(1),
+        correct[:, test:].mean(1),
+        loss[:, :n_train].mean(1),
+        loss[:, test:].mean(1),
+    ]
+    if n_val:
+        rows.append(loss[:, n_train:test].mean(1))
+    return torch.stack(rows)
 
 
 def _make_adam(params: list[Tensor], train: TrainSpec) -> torch.optim.Adam:
@@ -274,6 +348,81 @@ def compiler_available() -> bool:
     return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
 
+VALIDATION_FRACTION = 0.2
+"""Share of the training set that early-stopping runs hold out to choose their stopping epoch."""
+
+_NOISE_SITES = 64  # noise at site s draws from the streams of sites 64 + 2s and 65 + 2s
+
+
+def validation_split(
+    y: NDArray[np.int64], fraction: float = VALIDATION_FRACTION, seed: int = 0
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Indices ``(fit, validation)`` of a stratified hold-out of ``fraction`` of ``y``, sorted.
+
+    Each class gives ``round(fraction · n_c)`` samples, at least 1 and at most ``n_c − 1`` (so
+    a class of two or more samples stays in the fit part too), drawn with
+    ``numpy.random.default_rng(seed)``: every run and every batch hold out the same rows, so a
+    run's result does not depend on its batch, and :mod:`dropkit.lab.loop` holds out the same
+    rows. The test set never chooses the stopping epoch; it only measures the result.
+
+    Raises:
+        ValueError: nothing would be left to train on.
+    """
+    rng = np.random.default_rng(seed)
+    held: list[NDArray[np.int64]] = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        take = max(1, round(fraction * len(members)))
+        take = min(take, max(1, len(members) - 1))
+        held.append(rng.choice(members, size=take, replace=False))
+    validation = np.sort(np.concatenate(held)).astype(np.intp)
+    fit = np.setdiff1d(np.arange(len(y), dtype=np.intp), validation)
+    if not len(fit):
+        raise ValueError(
+            f"early stopping holds out a validation split of the training set, but its "
+            f"{len(y)} samples leave nothing to train on"
+        )
+    return fit, validation
+
+
+class EpochTicker:
+    """``on_epoch`` for a batch trained in parts: each part reports its own epochs, and the
+    batch's callback is called once per ``runs`` run-epochs, with the batch's finished epochs.
+
+    Args:
+        runs: runs of the whole batch.
+        epochs: epochs of every run.
+        on_epoch: the batch's callback (None: nothing to call).
+    """
+
+    def __init__(self, runs: int, epochs: int, on_epoch: Callable[[int], None] | None) -> None:
+        self.runs, self.epochs, self.on_epoch = runs, epochs, on_epoch
+        self.done = 0
+        self.emitted = 0
+
+    def part(self, runs: int) -> Callable[[int], None]:
+        """The ``on_epoch`` of a part of ``runs`` runs."""
+
+        def tick(_epoch: int) -> None:
+            self.advance(runs)
+
+        return tick
+
+    def advance(self, run_epochs: int) -> None:
+        self.done += run_epochs
+        self._emit(min(self.done // self.runs, self.epochs))
+
+    def finish(self) -> None:
+        """Report every epoch not reported yet (a part that ended early)."""
+        self._emit(self.epochs)
+
+    def _emit(self, upto: int) -> None:
+        while self.emitted < upto:
+            self.emitted += 1
+            if self.on_epoch is not None:
+                self.on_epoch(self.emitted)
+
+
 def train_batch(
     data: Dataset,
     model: ModelSpec,
@@ -282,23 +431,38 @@ def train_batch(
     *,
     compile: bool | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    keep_weights: bool = False,
 ) -> BatchResult:
     """Train ``len(runs)`` MLPs on ``data`` as one stacked computation.
 
     Every epoch: a per-run shuffle (skipped when one batch holds the whole training set, where
     the order cannot change the mean gradient), mini-batches of ``train.batch_size`` with
-    inverted dropout on the inputs (``input_p``) and after every hidden ReLU (``p``), Adam,
-    the max-norm constraint on each hidden unit's incoming weights, then an inference pass
-    over the training and test sets that records accuracy and cross-entropy.
+    input jitter (``augment``), inverted dropout on the inputs (``input_p``) and after every
+    hidden ReLU (``p``, in the epochs of ``dropout_epochs``), hidden noise (``noise``), the
+    ``l1``/``l2`` penalty gradients, Adam, the max-norm constraint on each hidden unit's
+    incoming weights, then an inference pass over the training and test sets that records
+    accuracy and cross-entropy (the data loss, without penalties).
+
+    Early stopping (runs with ``patience``). These runs hold out :data:`VALIDATION_FRACTION`
+    of the training set (:func:`validation_split`) and train on the rest, so they form their
+    own stacked computation (their shapes differ). After each epoch the validation loss is
+    measured; the weights of the lowest one so far are kept; ``patience`` epochs without a
+    lower one stop the run and restore those weights. A stopped run's curves repeat the
+    restored model's metrics until the last epoch, so every curve has ``epochs`` points, and
+    the last point is always the restored model (a run whose patience never ran out restores
+    its best weights at the end too). Its ``train_*`` metrics are measured on the rows it
+    trained on. ``info`` holds ``stop_epoch`` (the last epoch trained, 1-based; ``epochs``
+    when it never stopped) and ``best_epoch`` (the epoch whose weights were restored).
 
     Args:
         data: the data set (shared by all runs).
         model: hidden layer widths.
         train: epochs, batch size and Adam settings.
-        runs: per-run seed, rates and max-norm.
+        runs: per-run seed and regularization.
         compile: fuse each step with ``torch.compile`` (None: when a C++ compiler is found).
             Several times faster for small models; costs seconds of compilation up front.
         on_epoch: called with the number of finished epochs after each epoch.
+        keep_weights: return every run's final weights in ``pairs``.
 
     Returns:
         The per-epoch curves of every run, in the order of ``runs``.
@@ -306,6 +470,52 @@ def train_batch(
     start = time.perf_counter()
     fused = compiler_available() if compile is None else compile
     n_runs = len(runs)
+    if not n_runs:
+        raise ValueError("`runs` must hold at least one run")
+    ticker = EpochTicker(n_runs, train.epochs, on_epoch)
+    plain = [i for i, r in enumerate(runs) if r.patience is None]
+    stopping = [i for i, r in enumerate(runs) if r.patience is not None]
+    values = np.empty((len(METRICS), n_runs, train.epochs))
+    info: list[dict[str, float]] = [{} for _ in runs]
+    pairs: list[list[tuple[Tensor, Tensor]]] = [[] for _ in runs]
+    for group in (plain, stopping):
+        if not group:
+            continue
+        part = _train_group(
+            data, model, train, [runs[i] for i in group], fused, ticker.part(len(group))
+        )
+        values[:, group] = part.history
+        for position, index in enumerate(group):
+            info[index] = part.info[position]
+            if keep_weights:
+                pairs[index] = part.pairs[position]
+    ticker.finish()
+    return BatchResult(
+        curves={name: values[i] for i, name in enumerate(METRICS)},
+        seconds=time.perf_counter() - start,
+        info=info,
+        pairs=pairs if keep_weights else None,
+    )
+
+
+@dataclass(frozen=True)
+class _GroupResult:
+    history: NDArray[np.float64]  # (len(METRICS), R, epochs)
+    info: list[dict[str, float]]
+    pairs: list[list[tuple[Tensor, Tensor]]]
+
+
+def _train_group(
+    data: Dataset,
+    model: ModelSpec,
+    train: TrainSpec,
+    runs: Sequence[RunSettings],
+    fused: bool,
+    on_epoch: Callable[[int], None],
+) -> _GroupResult:
+    """:func:`train_batch` for runs that all stop early or all do not (one training set)."""
+    n_runs = len(runs)
+    epochs = train.epochs
     generators = [torch.Generator().manual_seed(r.seed) for r in runs]
     widths = [data.n_features, *model.hidden, 1 if data.n_classes == 2 else data.n_classes]
     weights, biases = _init_weights(widths, generators)
@@ -316,42 +526,112 @@ def train_batch(
         train_step = torch.compile(_train_step, dynamic=False, fullgraph=True)
         evaluate = torch.compile(_evaluate, dynamic=False, fullgraph=True)
 
+    stopping = runs[0].patience is not None
     x_train = torch.from_numpy(data.x_train)
     y_train = torch.from_numpy(data.y_train)
-    x_eval = torch.cat([x_train, torch.from_numpy(data.x_test)])
-    y_eval = torch.cat([y_train, torch.from_numpy(data.y_test)])
-    n_train = x_train.shape[0]
+    x_val, y_val = x_train[:0], y_train[:0]
+    if stopping:
+        fit, held = validation_split(data.y_train)
+        x_train, y_train, x_val, y_val = x_train[fit], y_train[fit], x_train[held], y_train[held]
+    x_eval = torch.cat([x_train, x_val, torch.from_numpy(data.x_test)])
+    y_eval = torch.cat([y_train, y_val, torch.from_numpy(data.y_test)])
+    n_train, n_val = x_train.shape[0], x_val.shape[0]
     batch_size = min(train.batch_size, n_train)
     shuffle = batch_size < n_train
-    # Per dropout site (inputs, then each hidden layer): rates, or None when no run drops there.
-    site_rates = [[r.input_p for r in runs]] + [[r.p for r in runs]] * len(model.hidden)
-    site_widths = [data.n_features, *model.hidden]
-    sites = [
-        (rate_tensors(rates), unit_index(n_train, width)) if any(rates) else None
-        for rates, width in zip(site_rates, site_widths, strict=True)
-    ]
     seeds = [r.seed for r in runs]
+    n_sites = 1 + len(model.hidden)
+    site_widths = [data.n_features, *model.hidden]
+
+    # Per site (inputs, then each hidden layer): dropout rates, or None when no run drops there.
+    site_rates = [[r.input_p for r in runs]] + [[r.p for r in runs]] * len(model.hidden)
+    rates = [rate_tensors(r) if any(r) else None for r in site_rates]
+    # Per site: noise σ, (R, 1, d) for the input jitter and (R, 1, 1) for hidden noise.
+    sigmas: list[Tensor | None] = [None] * n_sites
+    if any(r.augment for r in runs):
+        std = torch.from_numpy(data.x_train.std(axis=0).astype(np.float32))
+        sigmas[0] = torch.tensor([r.augment for r in runs]).view(-1, 1, 1) * std.view(1, 1, -1)
+    if any(r.noise for r in runs):
+        hidden_sigma = torch.tensor([r.noise for r in runs]).view(-1, 1, 1)
+        sigmas[1:] = [hidden_sigma] * len(model.hidden)
+    index = [
+        unit_index(n_train, width) if rates[s] is not None or sigmas[s] is not None else None
+        for s, width in enumerate(site_widths)
+    ]
+    # Early/late dropout: per epoch and run, whether the hidden dropout acts.
+    active: Tensor | None = None
+    if any(r.dropout_epochs is not None for r in runs):
+        active = torch.tensor(
+            [
+                r.dropout_epochs is None or r.dropout_epochs[0] <= e < r.dropout_epochs[1]
+                for e in range(epochs)
+                for r in runs
+            ]
+        ).view(epochs, n_runs, 1, 1)
+    penalties = None
+    if any(r.l1 for r in runs) or any(r.l2 for r in runs):
+        penalties = (
+            torch.tensor([r.l1 for r in runs]).view(-1, 1, 1),
+            torch.tensor([r.l2 for r in runs]).view(-1, 1, 1),
+        )
     bounds = [math.inf if r.max_norm is None else r.max_norm for r in runs]
     max_norm = torch.tensor(bounds).view(-1, 1, 1) if any(map(math.isfinite, bounds)) else None
-    history = torch.empty(train.epochs, 4, n_runs)
+    history = torch.empty(epochs, len(METRICS), n_runs)
+
+    patience = torch.tensor([r.patience or 0 for r in runs])
+    best_loss = torch.full((n_runs,), math.inf)
+    best_epoch = torch.zeros(n_runs, dtype=torch.int64)
+    stop_epoch = torch.full((n_runs,), epochs, dtype=torch.int64)
+    stopped = torch.zeros(n_runs, dtype=torch.bool)
+    best = [param.clone() for param in params] if stopping else []
+
+    def restore(which: Tensor) -> None:
+        for param, kept in zip(params, best, strict=True):
+            param.copy_(torch.where(which.view(-1, 1, 1), kept, param))
+
+    def measure() -> Tensor:
+        return evaluate(weights, biases, x_eval, y_eval, n_train, data.n_classes, fused, n_val)
 
     with torch.no_grad():
-        for epoch in range(train.epochs):
+        for epoch in range(epochs):
             if shuffle:
                 order = torch.stack([torch.randperm(n_train, generator=g) for g in generators])
                 x_epoch, y_epoch = x_train[order], y_train[order]
             else:
                 x_epoch, y_epoch = x_train.expand(n_runs, -1, -1), y_train.expand(n_runs, -1)
-            # Row i of a site's mask serves the i-th sample of this epoch's order.
+            # Row i of a site's mask and noise serves the i-th sample of this epoch's order.
+            epoch_rates = list(rates)
+            hidden_rates = rates[-1]
+            if active is not None and hidden_rates is not None:
+                on = active[epoch]
+                scheduled = (
+                    torch.where(on, hidden_rates[0], 0),
+                    torch.where(on, hidden_rates[1], 1.0),
+                )
+                epoch_rates[1:] = [scheduled] * len(model.hidden)
             keys = [
-                None if site is None else mask_keys(seeds, epoch, number)
-                for number, site in enumerate(sites)
+                None if r is None else mask_keys(seeds, epoch, site)
+                for site, r in enumerate(epoch_rates)
+            ]
+            noise_keys = [
+                None
+                if sigma is None
+                else (
+                    mask_keys(seeds, epoch, _NOISE_SITES + 2 * site),
+                    mask_keys(seeds, epoch, _NOISE_SITES + 2 * site + 1),
+                )
+                for site, sigma in enumerate(sigmas)
             ]
             for begin in range(0, n_train, batch_size):
                 rows = slice(begin, begin + batch_size)
                 masks = [
-                    None if key is None or site is None else (key, site[1][:, rows], *site[0])
-                    for key, site in zip(keys, sites, strict=True)
+                    None if key is None or r is None or at is None else (key, at[:, rows], *r)
+                    for key, r, at in zip(keys, epoch_rates, index, strict=True)
+                ]
+                noises = [
+                    None
+                    if pair is None or sigma is None or at is None
+                    else (*pair, at[:, rows], sigma)
+                    for pair, sigma, at in zip(noise_keys, sigmas, index, strict=True)
                 ]
                 grads = train_step(
                     weights,
@@ -361,6 +641,8 @@ def train_batch(
                     masks,
                     data.n_classes,
                     fused,
+                    noises if any(n is not None for n in noises) else None,
+                    penalties,
                 )
                 for param, grad in zip(params, grads, strict=True):
                     param.grad = grad
@@ -369,14 +651,38 @@ def train_batch(
                     for weight in weights[:-1]:
                         norms = torch.linalg.vector_norm(weight, dim=1, keepdim=True)
                         weight.mul_((max_norm / norms).clamp_(max=1.0))
-            history[epoch] = evaluate(
-                weights, biases, x_eval, y_eval, n_train, data.n_classes, fused
-            )
-            if on_epoch is not None:
+            if not stopping:
+                history[epoch] = measure()
                 on_epoch(epoch + 1)
+                continue
+            restore(stopped)  # a stopped run keeps (and is measured with) its best weights
+            metrics = measure()
+            history[epoch] = metrics[: len(METRICS)]
+            improved = (metrics[-1] < best_loss) & ~stopped
+            best_loss = torch.where(improved, metrics[-1], best_loss)
+            best_epoch = torch.where(improved, epoch + 1, best_epoch)
+            for param, kept in zip(params, best, strict=True):
+                kept.copy_(torch.where(improved.view(-1, 1, 1), param, kept))
+            newly = ~stopped & (epoch + 1 - best_epoch >= patience)
+            stop_epoch = torch.where(newly, epoch + 1, stop_epoch)
+            stopped |= newly
+            on_epoch(epoch + 1)
+            if epoch + 1 < epochs and bool(stopped.all()):
+                restore(stopped)
+                history[epoch + 1 :] = measure()[: len(METRICS)]
+                break
+        if stopping:
+            restore(torch.ones(n_runs, dtype=torch.bool))
+            history[-1] = measure()[: len(METRICS)]
 
-    values = history.permute(1, 2, 0).double().numpy()
-    return BatchResult(
-        curves={name: values[i] for i, name in enumerate(METRICS)},
-        seconds=time.perf_counter() - start,
-    )
+    info: list[dict[str, float]] = [{} for _ in runs]
+    if stopping:
+        info = [
+            {"stop_epoch": float(s), "best_epoch": float(b)}
+            for s, b in zip(stop_epoch.tolist(), best_epoch.tolist(), strict=True)
+        ]
+    pairs = [
+        [(w[run].T.contiguous(), b[run, 0].clone()) for w, b in zip(weights, biases, strict=True)]
+        for run in range(n_runs)
+    ]
+    return _GroupResult(history.permute(1, 2, 0).double().numpy(), info, pairs)

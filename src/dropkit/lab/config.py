@@ -116,18 +116,40 @@ def arm_name(
     max_norm: float | None,
     regularizers: Sequence[tuple[str, float]] = (),
 ) -> str:
-    """A label for a run's regularization: ``none``, ``dropout``, ``dropout+max_norm+l2``, ..."""
+    """A label for a run's regularization: ``none``, ``dropout``, ``dropout+max_norm+l2``, ...
+
+    The labels are the arm names of :mod:`dropkit.lab.regularizers`: a regularizer that says
+    how the dropout rate ``p`` is applied (``early_dropout``, ``spatial_dropout``, ...) stands
+    for the dropout, and BatchNorm with dropout is ``bn_dropout``.
+    """
+    names = [name for name, _ in regularizers]
+    dropout_arm = p > 0 and any(name in _DROPOUT_ENTRIES for name in names)
     parts = [
         name
         for name, on in (
-            ("dropout", p > 0),
+            ("dropout", p > 0 and not dropout_arm),
             ("input_dropout", input_p > 0),
             ("max_norm", max_norm is not None),
         )
         if on
     ]
-    parts += [name for name, _ in regularizers]
+    parts += ["bn_dropout" if name == "batchnorm" and p > 0 else name for name in names]
     return "+".join(parts) or "none"
+
+
+# Regularizer entries that apply the dropout rate ``p`` their own way (see :func:`arm_name`).
+_DROPOUT_ENTRIES = frozenset(
+    {
+        "batchnorm",
+        "dropout_bn",
+        "early_dropout",
+        "late_dropout",
+        "spatial_dropout",
+        "dropblock",
+        "variational",
+        "recurrent_dropout",
+    }
+)
 
 
 def _canonical(value: Any) -> str:

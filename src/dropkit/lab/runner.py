@@ -1,12 +1,14 @@
 """Run a set of run configs: skip the finished ones, train the rest in batches, store each batch.
 
-The flow is one-way: configs → data → engine (training) → store. A batch is stored as soon
-as it finishes, in one transaction, so an interrupted sweep keeps every finished batch and the
+The flow is one-way: configs → data → engine (training) → store. The engine may train many
+batches at once (on a Ray cluster); this process alone writes the store, each batch as soon as
+it comes back, in one transaction, so an interrupted sweep keeps every finished batch and the
 next invocation trains only what is missing.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,11 +16,18 @@ from typing import Protocol
 
 from dropkit.lab.config import DataSpec, RunConfig
 from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.engines import Engine, InProcessEngine
+from dropkit.lab.engines import BatchFailure, BatchJob, Engine, InProcessEngine
 from dropkit.lab.store import ResultsStore
 from dropkit.lab.train import to_records
 
-__all__ = ["NullProgress", "Progress", "SweepOutcome", "plan_batches", "run_configs"]
+__all__ = [
+    "IncompleteSweep",
+    "NullProgress",
+    "Progress",
+    "SweepOutcome",
+    "plan_batches",
+    "run_configs",
+]
 
 
 class Progress(Protocol):
@@ -55,16 +64,39 @@ class SweepOutcome:
     seconds: float
 
 
-def plan_batches(configs: Sequence[RunConfig], max_batch: int) -> list[list[RunConfig]]:
-    """Group configs that share data, model and training settings; split groups to ``max_batch``."""
+class IncompleteSweep(RuntimeError):
+    """Some batches failed (their retries spent); every other batch was stored.
+
+    Attributes:
+        pending: keys of the runs that stayed pending; the next invocation trains them.
+        reasons: one line per failed batch.
+    """
+
+    def __init__(self, pending: Sequence[str], reasons: Sequence[str]) -> None:
+        self.pending = tuple(pending)
+        self.reasons = tuple(reasons)
+        super().__init__(
+            f"{len(self.pending)} runs stayed pending after {len(self.reasons)} failed "
+            f"batches ({self.reasons[0]}); run the same command again to train them"
+        )
+
+
+def plan_batches(
+    configs: Sequence[RunConfig], max_batch: int, slots: int = 1
+) -> list[list[RunConfig]]:
+    """Group configs that share data, model and training settings, and split the groups.
+
+    A group of ``n`` runs is cut into consecutive batches of ``min(max_batch, ceil(n / slots))``
+    runs, so an engine that trains ``slots`` batches at once has work for every slot.
+    """
     groups: dict[object, list[RunConfig]] = {}
     for config in configs:
         groups.setdefault(config.shape_key(), []).append(config)
-    return [
-        group[start : start + max_batch]
-        for group in groups.values()
-        for start in range(0, len(group), max_batch)
-    ]
+    batches = []
+    for group in groups.values():
+        size = max(1, min(max_batch, math.ceil(len(group) / slots)))
+        batches += [group[start : start + size] for start in range(0, len(group), size)]
+    return batches
 
 
 def run_configs(
@@ -78,38 +110,52 @@ def run_configs(
 ) -> SweepOutcome:
     """Train every config not yet in ``store`` and store the results batch by batch.
 
-    ``datasets`` may hold data sets already loaded (the CLI loads them first to refuse bad
-    data before anything is written); the others are loaded once each.
+    Batches go to ``engine`` (:class:`InProcessEngine` by default); each result is stored
+    here, in one transaction, as soon as it comes back, so an interrupted sweep keeps every
+    finished batch. ``datasets`` may hold data sets already loaded (the CLI loads them first
+    to refuse bad data before anything is written); the others are loaded once each.
 
     Returns:
         The keys of all ``configs`` (finished now or before) and what was done.
+
+    Raises:
+        IncompleteSweep: a batch failed on the engine; every other batch is stored.
     """
     start = time.perf_counter()
     engine = engine or InProcessEngine()
-    progress = progress or NullProgress()
     unique = list({c.key(): c for c in configs}.items())
     keys = tuple(k for k, _ in unique)
     done = store.done_keys(list(keys))
     pending = [c for k, c in unique if k not in done]
     trained = 0
+    failed: list[tuple[BatchJob, BatchFailure]] = []
     if pending:
-        total = sum(c.train.epochs for c in pending)
-        progress.begin(total, f"training {len(pending)} runs")
         datasets = dict(datasets or {})
+        for config in pending:
+            if config.data not in datasets:
+                datasets[config.data] = load_dataset(config.data)
+        jobs = [
+            BatchJob(datasets[batch[0].data], tuple(batch))
+            for batch in plan_batches(pending, max_batch, engine.slots)
+        ]
+        shown = progress or NullProgress()
+        shown.begin(sum(c.train.epochs for c in pending), f"training {len(pending)} runs")
+        results = engine.run_batches(jobs, None if progress is None else shown.advance)
         try:
-            for batch in plan_batches(pending, max_batch):
-                first = batch[0]
-                if first.data not in datasets:
-                    datasets[first.data] = load_dataset(first.data)
-                size = len(batch)
-
-                def on_epoch(_epoch: int, size: int = size) -> None:
-                    progress.advance(size)
-
-                result = engine.run_batch(datasets[first.data], batch, on_epoch=on_epoch)
-                trained += store.add_runs(to_records(batch, result))
+            for job, result in results:
+                if isinstance(result, BatchFailure):
+                    failed.append((job, result))
+                else:
+                    trained += store.add_runs(to_records(job.configs, result))
         finally:
-            progress.end()
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # an engine stopped early cancels its work in flight
+            shown.end()
+    if failed:
+        raise IncompleteSweep(
+            [c.key() for job, _ in failed for c in job.configs], [f.reason for _, f in failed]
+        )
     return SweepOutcome(
         keys=keys,
         total=len(keys),

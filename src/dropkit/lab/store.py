@@ -1,15 +1,23 @@
 """The results store: one SQLite file (stdlib ``sqlite3``) that holds every finished run.
 
-Schema (version 1):
+Schema (version 2):
 
 * ``meta(key, value)``: ``schema_version`` guards upgrades.
 * ``runs``: one row per run, keyed by :meth:`RunConfig.key` (a hash of the full config), with
-  the config as JSON, its searchable fields, final and best metrics, duration and the
-  versions of dropkit and torch that produced it.
+  the config as JSON, its searchable fields, final and best metrics, duration, the
+  versions of dropkit and torch that produced it and ``info``: JSON of scalar facts of its
+  training (e.g. ``stop_epoch`` of early stopping; NULL for runs stored by version 1).
 * ``curves``: one row per (run, epoch) with the per-epoch metrics.
+* ``states``: the final weights of runs of small models (at most
+  :data:`MAX_STATE_PARAMETERS` values), a ``torch.save``-d ``state_dict`` of the module
+  :func:`dropkit.lab.models.build_model` builds for the run's config.
 
-A run is written only when it has finished, run row and curve rows in ONE transaction: a
-process killed at any moment (SIGINT or SIGKILL) leaves either the whole run or nothing.
+Version 1 stores (no ``info``, no ``states``) are upgraded in place when opened, in one
+transaction; their runs read back with empty ``info`` and no weights.
+
+A run is written only when it has finished, run row, curve rows and weights in ONE
+transaction: a process killed at any moment (SIGINT or SIGKILL) leaves either the whole run or
+nothing.
 The file is in WAL mode; writers take the lock up front (``BEGIN IMMEDIATE``) and wait up to
 ``timeout`` seconds for another writer, and ``INSERT OR IGNORE`` on the key means that two
 sweeps writing the same runs at once store each run once.
@@ -18,11 +26,12 @@ sweeps writing the same runs at once store each run once.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import math
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,12 +39,22 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from torch import Tensor
 
 from dropkit.lab.config import RunConfig
 
-__all__ = ["SCHEMA_VERSION", "ResultsStore", "RunRecord", "StoreError", "StoredRun"]
+__all__ = [
+    "MAX_STATE_PARAMETERS",
+    "SCHEMA_VERSION",
+    "ResultsStore",
+    "RunRecord",
+    "StoreError",
+    "StoredRun",
+]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+MAX_STATE_PARAMETERS = 100_000
+"""Final weights are stored for models of at most this many values (a few hundred kB each)."""
 CURVE_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
 
 _SCHEMA = """
@@ -60,7 +79,8 @@ CREATE TABLE IF NOT EXISTS runs (
     seconds REAL,
     dropkit_version TEXT NOT NULL,
     torch_version TEXT NOT NULL,
-    finished_at TEXT NOT NULL
+    finished_at TEXT NOT NULL,
+    info TEXT
 );
 CREATE TABLE IF NOT EXISTS curves (
     run_key TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
@@ -71,7 +91,16 @@ CREATE TABLE IF NOT EXISTS curves (
     test_loss REAL,
     PRIMARY KEY (run_key, epoch)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS states (
+    run_key TEXT PRIMARY KEY REFERENCES runs(key) ON DELETE CASCADE,
+    state BLOB NOT NULL
+);
 """
+
+# Upgrades, run in the transaction that opens the store: from version N to N + 1.
+_MIGRATIONS = {
+    1: ("ALTER TABLE runs ADD COLUMN info TEXT",),  # `states` comes from _SCHEMA
+}
 
 
 class StoreError(RuntimeError):
@@ -80,11 +109,15 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class RunRecord:
-    """A finished run, ready to store: its config, per-epoch curves and training time."""
+    """A finished run, ready to store: its config, per-epoch curves and training time, and
+    optionally scalar facts of its training (``info``) and its final weights (``state``;
+    stored when it holds at most :data:`MAX_STATE_PARAMETERS` values)."""
 
     config: RunConfig
     curves: dict[str, NDArray[np.float64]]
     seconds: float
+    info: dict[str, float] | None = None
+    state: dict[str, Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +133,7 @@ class StoredRun:
     best_test_acc: float
     best_epoch: int
     seconds: float
+    info: dict[str, float] = field(default_factory=dict)
 
     @property
     def arm(self) -> str:
@@ -144,6 +178,14 @@ class ResultsStore:
                 if row is None:
                     self._db.execute(
                         "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                    )
+                elif int(row[0]) in _MIGRATIONS:
+                    for version in range(int(row[0]), SCHEMA_VERSION):
+                        for statement in _MIGRATIONS[version]:
+                            self._db.execute(statement)
+                    self._db.execute(
+                        "UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                        (str(SCHEMA_VERSION),),
                     )
                 elif int(row[0]) != SCHEMA_VERSION:
                     raise StoreError(
@@ -201,7 +243,7 @@ class ResultsStore:
         key = config.key()
         cursor = self._db.execute(
             "INSERT OR IGNORE INTO runs VALUES "
-            "(?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "(?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 key,
                 json.dumps(config.to_dict(), sort_keys=True),
@@ -219,10 +261,13 @@ class ResultsStore:
                 version,
                 torch.__version__,
                 now,
+                None if record.info is None else _info_json(record.info),
             ),
         )
         if cursor.rowcount == 0:
             return 0
+        if record.state is not None and _size(record.state) <= MAX_STATE_PARAMETERS:
+            self._db.execute("INSERT INTO states VALUES (?, ?)", (key, _state_bytes(record.state)))
         columns = np.stack([curves[m] for m in CURVE_METRICS], axis=1)
         self._db.executemany(
             "INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?)",
@@ -253,7 +298,7 @@ class ResultsStore:
         """Stored runs (all, or those with the given keys), ordered by arm, rate and seed."""
         query = (
             "SELECT key, config, train_acc, test_acc, train_loss, test_loss, best_test_acc, "
-            "best_epoch, seconds FROM runs WHERE status = 'done'"
+            "best_epoch, seconds, info FROM runs WHERE status = 'done'"
         )
         rows = self._db.execute(query).fetchall() if keys is None else self._select_in(query, keys)
 
@@ -271,6 +316,7 @@ class ResultsStore:
                 best_test_acc=number(row[6]),
                 best_epoch=int(row[7]),
                 seconds=number(row[8]),
+                info=_info_from_json(row[9]),
             )
             for row in rows
         ]
@@ -286,10 +332,41 @@ class ResultsStore:
         values = np.array(rows, dtype=np.float64).reshape(-1, len(CURVE_METRICS))
         return {name: values[:, i] for i, name in enumerate(CURVE_METRICS)}
 
+    def state_dict(self, key: str) -> dict[str, Tensor] | None:
+        """The final weights of run ``key`` as a ``state_dict`` of the module
+        :func:`dropkit.lab.models.build_model` builds for its config; None when not stored
+        (a large model, a run stored by schema version 1, or an unknown key)."""
+        row = self._db.execute("SELECT state FROM states WHERE run_key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        state = torch.load(io.BytesIO(row[0]), map_location="cpu", weights_only=True)
+        return dict(state)
+
     def count(self) -> int:
         return int(
             self._db.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0]
         )
+
+
+def _size(state: dict[str, Tensor]) -> int:
+    return sum(value.numel() for value in state.values())
+
+
+def _state_bytes(state: dict[str, Tensor]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, buffer)
+    return buffer.getvalue()
+
+
+def _info_json(info: dict[str, float]) -> str:
+    """JSON of scalar facts; non-finite numbers become null (read back as NaN)."""
+    return json.dumps({k: _finite_or_none(float(v)) for k, v in sorted(info.items())})
+
+
+def _info_from_json(text: str | None) -> dict[str, float]:
+    if not text:
+        return {}
+    return {k: math.nan if v is None else float(v) for k, v in json.loads(text).items()}
 
 
 class _Transaction:

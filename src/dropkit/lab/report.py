@@ -1,0 +1,631 @@
+"""The HTML report: ONE self-contained file built from the results store alone.
+
+Figures are inline base64 PNGs, the style sheet is inline, there is no script, and a Content
+Security Policy forbids the page any fetch: it opens the same offline, attached to a mail or in
+a sandbox. Every string that comes from the user (titles, data set paths, arm labels) is
+HTML-escaped. The same store gives the same bytes: runs, groups and figures are sorted, PNGs
+carry no metadata, Monte Carlo samples use a fixed seed, and nothing records the time.
+
+Runs are split into *experiments* (runs sharing data, model and training settings); each gets
+its summary, tables, diagnosis and figures. Decision boundaries and the MC-dropout uncertainty
+map are drawn for two-feature tabular data from the stored final weights, rebuilt with
+:func:`dropkit.lab.models.build_model`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dropkit.lab import plots
+from dropkit.lab.config import RunConfig
+from dropkit.lab.stats import (
+    CONVERGE_TOL,
+    ArmSummary,
+    BestRate,
+    Finding,
+    Thresholds,
+    best_rate,
+    diagnose,
+    group_runs,
+    summarize,
+)
+from dropkit.lab.store import ResultsStore, StoredRun
+
+__all__ = ["Experiment", "analyze", "write_report"]
+
+_MAX_CURVE_GROUPS = 12
+_GRID = 120  # decision-boundary grid points per axis
+_MC_GRID = 60  # uncertainty-map grid points per axis
+_MC_SAMPLES = 40
+_MC_SEED = 0
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Runs that share data, model and training settings, with their statistics."""
+
+    title: str
+    runs: tuple[StoredRun, ...]
+    groups: tuple[tuple[str, tuple[StoredRun, ...]], ...]
+    summaries: tuple[ArmSummary, ...]
+    findings: tuple[Finding, ...]
+    best: BestRate | None
+    curves: dict[str, dict[str, NDArray[np.float64]]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary rows, findings and the best group."""
+        best = self.best
+        return {
+            "experiment": self.title,
+            "runs": len(self.runs),
+            "summary": [s.to_dict() for s in self.summaries],
+            "findings": [f.to_dict() for f in self.findings],
+            "best": None
+            if best is None
+            else {
+                "name": best.summary.name,
+                "arm": best.summary.arm,
+                "p": best.summary.p,
+                "evidence": best.evidence,
+            },
+        }
+
+
+def _experiment_title(config: RunConfig) -> str:
+    model = config.model
+    hidden = "-".join(str(h) for h in model.hidden)
+    return (
+        f"{Path(config.data.name).name} · {model.kind} {hidden} · {config.train.epochs} epochs, "
+        f"batch {config.train.batch_size}"
+    )
+
+
+def analyze(
+    store: ResultsStore,
+    keys: Sequence[str] | None = None,
+    *,
+    thresholds: Thresholds | None = None,
+) -> list[Experiment]:
+    """The stored runs (all, or ``keys``) split into experiments, summarized and diagnosed."""
+    runs = store.runs(None if keys is None else list(keys))
+    by_shape: dict[str, list[StoredRun]] = {}
+    for run in runs:
+        c = run.config
+        shape = RunConfig(c.data, c.model, c.train).to_dict()
+        by_shape.setdefault(repr(sorted(_flatten(shape).items())), []).append(run)
+    experiments = []
+    for shape_key in sorted(by_shape):
+        members = by_shape[shape_key]
+        curves = {r.key: store.curves(r.key) for r in members}
+        summaries = summarize(members, curves)
+        experiments.append(
+            Experiment(
+                title=_experiment_title(members[0].config),
+                runs=tuple(members),
+                groups=tuple((label, tuple(rs)) for label, rs in group_runs(members)),
+                summaries=tuple(summaries),
+                findings=tuple(diagnose(summaries, thresholds)),
+                best=best_rate(summaries),
+                curves=curves,
+            )
+        )
+    return experiments
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = repr(value)
+    return flat
+
+
+# -- HTML --------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;
+background:#f6f7f9;line-height:1.45}
+main{max-width:1180px;margin:0 auto;padding:1.2rem 1.6rem 3rem}
+h1{font-size:1.6rem;margin:.6rem 0 .2rem}h2{font-size:1.25rem;margin-top:2.2rem;
+border-bottom:2px solid #d5d9e0;padding-bottom:.2rem}h3{font-size:1.05rem;margin-top:1.6rem}
+.meta{color:#5b6475;font-size:.9rem}
+.card{background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:.8rem 1rem;margin:.8rem 0}
+.best{border-left:5px solid #2f7d32}
+table{border-collapse:collapse;font-size:.84rem;background:#fff;width:100%}
+th,td{border:1px solid #dde1e8;padding:.28rem .45rem;text-align:right;white-space:nowrap}
+th{background:#eef1f5}td.l,th.l{text-align:left;white-space:normal}
+.scroll{overflow-x:auto}
+ul.findings{list-style:none;padding:0}ul.findings li{margin:.4rem 0;padding:.5rem .7rem;
+border-radius:6px;background:#fff;border:1px solid #dde1e8}
+li.warning{border-left:5px solid #c77700!important}li.info{border-left:5px solid #2b6cb0!important}
+.tag{font-size:.72rem;font-weight:600;text-transform:uppercase;margin-right:.4rem;color:#5b6475}
+figure{margin:1rem 0;background:#fff;border:1px solid #dde1e8;border-radius:8px;padding:.5rem}
+figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{font-size:.85rem;color:#5b6475;margin-top:.3rem}
+.yes{color:#2f7d32;font-weight:600}.no{color:#8a8f98}
+.note{color:#5b6475;font-style:italic}
+"""
+
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _e(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _ci(interval: tuple[float, float], digits: int = 3) -> str:
+    low, high = interval
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _p(value: float) -> str:
+    if not math.isfinite(value):
+        return "n/a"
+    return f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _image(figure: Any, alt: str, caption: str) -> str:
+    data = base64.b64encode(plots.png_bytes(figure)).decode("ascii")
+    return (
+        f'<figure><img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _summary_table(summaries: Sequence[ArmSummary]) -> str:
+    head = (
+        "<tr><th class=l>group</th><th>seeds</th><th>diverged</th><th>train acc</th>"
+        "<th>test acc</th><th>95% CI</th><th>best test acc</th><th>test loss</th>"
+        "<th>gap</th><th>gap 95% CI</th><th>epochs to converge</th><th>stop epoch</th></tr>"
+    )
+    rows = []
+    for s in summaries:
+        stop = f"{_num(s.stop_epoch_mean, 0)} ({s.n_stopped})" if s.n_stopped else "–"
+        rows.append(
+            f"<tr><td class=l>{_e(s.name)}</td><td>{s.n_seeds}</td><td>{s.n_nan}</td>"
+            f"<td>{_num(s.train_acc_mean)}</td><td>{_num(s.test_acc_mean)}</td>"
+            f"<td>{_ci(s.test_acc_ci95)}</td><td>{_num(s.best_test_acc_mean)}</td>"
+            f"<td>{_num(s.test_loss_mean)}</td><td>{_num(s.gap_mean)}</td>"
+            f"<td>{_ci(s.gap_ci95)}</td><td>{_num(s.converge_epoch_mean, 0)}</td>"
+            f"<td>{stop}</td></tr>"
+        )
+    return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"
+
+
+def _comparison_table(summaries: Sequence[ArmSummary]) -> str:
+    compared = [s for s in summaries if s.vs_baseline is not None]
+    if not compared:
+        return "<p class=note>Only the baseline group: nothing to compare.</p>"
+    baseline = _e(compared[0].vs_baseline.baseline if compared[0].vs_baseline else "")
+    head = (
+        f"<tr><th class=l>group vs {baseline}</th><th>difference</th><th>test</th><th>n</th>"
+        "<th>t</th><th>p</th><th>Holm-adjusted p</th><th>significant (0.05)</th></tr>"
+    )
+    rows = []
+    for s in compared:
+        c = s.vs_baseline
+        assert c is not None
+        verdict = (
+            "<span class=yes>yes</span>"
+            if c.significant
+            else "<span class=no>no</span>"
+            if math.isfinite(c.p_adjusted)
+            else "<span class=no>no test</span>"
+        )
+        rows.append(
+            f"<tr><td class=l>{_e(s.name)}</td><td>{c.difference:+.3f}</td>"
+            f"<td>{_e(c.test_name)}</td><td>{c.n}</td><td>{_num(c.t_statistic, 2)}</td>"
+            f"<td>{_p(c.p_value)}</td><td>{_p(c.p_adjusted)}</td><td>{verdict}</td></tr>"
+            if math.isfinite(c.difference)
+            else f"<tr><td class=l>{_e(s.name)}</td><td>n/a</td><td>{_e(c.test_name)}</td>"
+            f"<td>{c.n}</td><td>n/a</td><td>n/a</td><td>n/a</td><td>{verdict}</td></tr>"
+        )
+    return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"
+
+
+def _findings(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return "<p class=note>No rule fired: nothing stands out in these runs.</p>"
+    items = "".join(
+        f"<li class={_e(f.severity)}><span class=tag>{_e(f.severity)} · {_e(f.rule)}</span>"
+        f"{_e(f.message)}</li>"
+        for f in findings
+    )
+    return f"<ul class=findings>{items}</ul>"
+
+
+def _rate_families(summaries: Sequence[ArmSummary]) -> list[tuple[str, list[ArmSummary]]]:
+    """Groups that differ only in ``p`` (the ``none`` group joins the plain dropout family)."""
+    families: dict[tuple[Any, ...], list[ArmSummary]] = {}
+    for s in summaries:
+        arm = s.arm.split("+")
+        rest = tuple(a for a in arm if a not in ("dropout", "none"))
+        families.setdefault((rest, s.input_p, s.max_norm, s.regularizers), []).append(s)
+    result = []
+    for (rest, input_p, max_norm, regularizers), members in families.items():
+        if len({m.p for m in members}) < 2:
+            continue
+        parts = ["+".join(("dropout", *rest))]
+        if input_p > 0:
+            parts.append(f"input_p={input_p:g}")
+        if max_norm is not None:
+            parts.append(f"max_norm={max_norm:g}")
+        parts += [f"{n}={v:g}" for n, v in regularizers]
+        result.append((" ".join(parts), members))
+    return result
+
+
+def _curve_groups(
+    experiment: Experiment,
+) -> tuple[list[tuple[str, plots.Curves]], str]:
+    groups = list(experiment.groups)
+    note = ""
+    if len(groups) > _MAX_CURVE_GROUPS:
+        rank = {s.name: s.test_acc_mean for s in experiment.summaries}
+        keep = {groups[0][0]} | {
+            name
+            for name, _ in sorted(
+                groups[1:],
+                key=lambda g: (-rank[g[0]] if math.isfinite(rank[g[0]]) else math.inf, g[0]),
+            )[: _MAX_CURVE_GROUPS - 1]
+        }
+        groups = [g for g in groups if g[0] in keep]
+        note = (
+            f" Showing the baseline and the {_MAX_CURVE_GROUPS - 1} groups with the best mean "
+            f"test accuracy of {len(experiment.groups)}."
+        )
+    result = []
+    for label, runs in groups:
+        curves = [experiment.curves[r.key] for r in runs]
+        length = max(len(c["test_acc"]) for c in curves)
+        stacked: plots.Curves = {}
+        for metric in ("train_acc", "test_acc", "train_loss", "test_loss"):
+            values = np.full((len(curves), length), math.nan)
+            for i, c in enumerate(curves):
+                values[i, : len(c[metric])] = c[metric]
+            stacked[metric] = values
+        result.append((label, stacked))
+    return result, note
+
+
+# -- 2-D pictures: decision boundaries and MC-dropout uncertainty --------------------------------
+
+
+def _load_data(config: RunConfig) -> tuple[Any, str]:
+    from dropkit.lab.data import DataError, load_dataset
+
+    try:
+        return load_dataset(config.data), ""
+    except (DataError, OSError) as error:
+        return None, f"the data set cannot be loaded to draw it ({error})"
+
+
+def _load_model(store: ResultsStore, run: StoredRun, data: Any) -> tuple[Any, str]:
+    """The trained network of ``run`` rebuilt from its stored weights, or why not."""
+    state_dict = getattr(store, "state_dict", None)
+    state = state_dict(run.key) if callable(state_dict) else None
+    if state is None:
+        return None, "no stored weights for this run"
+    try:
+        from dropkit.lab.models import build_model
+
+        model = build_model(run.config, data)
+        model.load_state_dict(state)
+    except (ImportError, ValueError, RuntimeError, KeyError) as error:
+        return None, f"the stored weights cannot be loaded ({type(error).__name__}: {error})"
+    return model.eval(), ""
+
+
+def _grid(data: Any, size: int) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    points = np.concatenate([data.x_train, data.x_test]).astype(np.float64)
+    low, high = points.min(axis=0), points.max(axis=0)
+    margin = 0.1 * np.maximum(high - low, 1e-6)
+    return (
+        np.linspace(low[0] - margin[0], high[0] + margin[0], size),
+        np.linspace(low[1] - margin[1], high[1] + margin[1], size),
+    )
+
+
+def _grid_inputs(grid: tuple[NDArray[np.float64], NDArray[np.float64]]) -> Any:
+    import torch
+
+    xx, yy = np.meshgrid(grid[0], grid[1])
+    return torch.from_numpy(np.stack([xx.ravel(), yy.ravel()], axis=1).astype(np.float32))
+
+
+def _predict_classes(model: Any, grid: tuple[NDArray[np.float64], NDArray[np.float64]]) -> Any:
+    import torch
+
+    with torch.no_grad():
+        logits = model(_grid_inputs(grid))
+    classes = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(dim=1)
+    return classes.numpy().reshape(len(grid[1]), len(grid[0])).astype(np.float64)
+
+
+def _representative(runs: Sequence[StoredRun], seeds: set[int]) -> StoredRun:
+    """The run of the lowest seed shared with the other group (else the group's lowest)."""
+    shared = [r for r in runs if r.config.seed in seeds]
+    return min(shared or runs, key=lambda r: r.config.seed)
+
+
+def _two_d_section(store: ResultsStore, experiment: Experiment) -> str:
+    first = experiment.runs[0].config
+    if first.model.kind != "mlp":
+        return ""
+    data, why = _load_data(first)
+    if data is None:
+        return f"<h3>Decision boundaries</h3><p class=note>{_e(why)}</p>"
+    if data.n_features != 2 or getattr(data, "input_shape", None) is not None:
+        return ""
+    summaries = {s.name: s for s in experiment.summaries}
+    groups = dict(experiment.groups)
+    baseline_name = experiment.summaries[0].name
+    dropout = [
+        s
+        for s in experiment.summaries[1:]
+        if (s.p > 0 or s.input_p > 0) and math.isfinite(s.test_acc_mean)
+    ]
+    best_name = max(dropout, key=lambda s: s.test_acc_mean).name if dropout else None
+    names = [baseline_name] + ([best_name] if best_name else [])
+    seed_sets = [{r.config.seed for r in groups[n]} for n in names]
+    common = set.intersection(*seed_sets)
+    panels, notes, models = [], [], {}
+    for name in names:
+        run = _representative(groups[name], common)
+        model, why = _load_model(store, run, data)
+        label = f"{name} (seed {run.config.seed})"
+        if model is None:
+            notes.append(f"{label}: {why}")
+            continue
+        models[name] = (model, label)
+        accuracy = summaries[name].test_acc_mean
+        panels.append(
+            (
+                f"{label}\nmean test acc {_num(accuracy)}",
+                _predict_classes(model, _grid(data, _GRID)),
+            )
+        )
+    parts = ["<h3>Decision boundaries</h3>"]
+    if panels:
+        parts.append(
+            _image(
+                plots.boundary_figure(
+                    panels, _grid(data, _GRID), data, title=f"{data.name}: predicted regions"
+                ),
+                "decision boundaries",
+                "Predicted class regions of the baseline and of the best dropout group (one "
+                "seed each, the lowest seed both share), with the training points (circles) and "
+                "the test points (triangles).",
+            )
+        )
+    parts += [f"<p class=note>{_e(n)}</p>" for n in notes]
+    parts.append("<h3>MC-dropout uncertainty</h3>")
+    if best_name is None:
+        parts.append("<p class=note>No group with dropout: no Monte Carlo dropout map.</p>")
+    elif best_name not in models:
+        parts.append(f"<p class=note>{_e(best_name)}: no stored weights for this run.</p>")
+    else:
+        parts.append(_uncertainty(models[best_name], data))
+    return "".join(parts)
+
+
+def _uncertainty(entry: tuple[Any, str], data: Any) -> str:
+    import torch
+
+    from dropkit import mc_predict
+
+    model, label = entry
+    grid = _grid(data, _MC_GRID)
+    inputs = _grid_inputs(grid)
+    width = max(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    batch = max(1, min(_MC_SAMPLES, 4_000_000 // (len(inputs) * width)))
+    prediction = mc_predict(
+        model,
+        inputs,
+        n_samples=_MC_SAMPLES,
+        generator=torch.Generator().manual_seed(_MC_SEED),
+        batch_size=batch,
+    )
+    chosen = prediction.mean.argmax(dim=1, keepdim=True)
+    std = prediction.std.gather(1, chosen)[:, 0].double().numpy()
+    assert prediction.entropy is not None
+    entropy = prediction.entropy.double().numpy()
+    shape = (len(grid[1]), len(grid[0]))
+    figure = plots.uncertainty_figure(
+        std.reshape(shape),
+        entropy.reshape(shape),
+        grid,
+        data,
+        title=f"{label}: Monte Carlo dropout, {_MC_SAMPLES} samples",
+    )
+    return _image(
+        figure,
+        "MC-dropout uncertainty map",
+        f"dropkit.mc_predict with dropout on at inference ({_MC_SAMPLES} samples, seed "
+        f"{_MC_SEED}): the standard deviation of the predicted class's probability and the "
+        "predictive entropy (nats). High where the sub-networks disagree.",
+    )
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+
+def _experiment_section(store: ResultsStore, experiment: Experiment, index: int) -> str:
+    summaries = experiment.summaries
+    seeds = sorted({r.config.seed for r in experiment.runs})
+    diverged = sum(s.n_nan for s in summaries)
+    parts = [
+        f"<h2 id=e{index}>{_e(experiment.title)}</h2>",
+        f"<p class=meta>{len(experiment.runs)} runs in {len(summaries)} groups; seeds "
+        f"{_e(_seed_text(seeds))}; baseline: {_e(summaries[0].name)}"
+        + (f"; {diverged} diverged runs left out of the statistics" if diverged else "")
+        + "</p>",
+    ]
+    if experiment.best is not None:
+        parts.append(f"<div class='card best'>{_e(experiment.best.evidence)}</div>")
+    if all(s.n_valid < 2 for s in summaries):
+        parts.append(
+            "<p class=note>Every group has fewer than two usable seeds: no confidence interval "
+            "and no significance test can be computed. Run more seeds (--seeds 10).</p>"
+        )
+    parts += [
+        "<h3>Diagnosis</h3>",
+        _findings(experiment.findings),
+        "<h3>Per-group results (final epoch; mean over seeds, 95% t-interval)</h3>",
+        _summary_table(summaries),
+        "<h3>Comparisons with the baseline</h3>",
+        _comparison_table(summaries),
+    ]
+    if len(summaries) > 1:
+        parts.append(
+            _image(
+                plots.arm_figure(summaries, title="final accuracy by group"),
+                "arm comparison chart",
+                "Mean final test accuracy with its 95% CI (dots and bars) and mean final train "
+                "accuracy (squares); the dashed line is the baseline's test accuracy.",
+            )
+        )
+    families = _rate_families(summaries)
+    if families:
+        parts.append(
+            _image(
+                plots.rate_figure(families, title="accuracy vs dropout rate"),
+                "rate vs accuracy",
+                "Mean final accuracy against the drop rate p, with 95% CI error bars.",
+            )
+        )
+    curve_groups, note = _curve_groups(experiment)
+    parts.append(
+        _image(
+            plots.learning_curves_figure(
+                curve_groups, title="learning curves: mean over seeds, 95% CI band"
+            ),
+            "learning curves",
+            "Per-epoch train and test accuracy and loss of each group: the mean over its seeds "
+            "and the 95% t-interval of that mean (shaded, with two or more seeds)." + note,
+        )
+    )
+    parts.append(_two_d_section(store, experiment))
+    return "".join(parts)
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def _methods(thresholds: Thresholds) -> str:
+    t = thresholds
+    return (
+        "<h2>How to read this report</h2><div class=card><ul>"
+        "<li>A <b>group</b> is a set of runs identical except for their seed. Accuracies are "
+        "fractions at the last epoch, as mean over seeds with the 95% t-interval "
+        "(mean ± t<sub>n−1</sub>·s/√n).</li>"
+        "<li>Each group is compared with the <b>baseline</b> (the group without regularization, "
+        "else the lowest rate): a paired t-test when both ran the same seeds with the same data, "
+        "model and training (a seed fixes initial weights and data order, so runs pair by "
+        "seed), Welch's t-test otherwise. p-values are Holm-adjusted over all comparisons; "
+        "significant means adjusted p &lt; 0.05.</li>"
+        f"<li><b>Epochs to converge</b>: the first epoch at which the moving average of the test "
+        f"accuracy (window 2% of the epochs) comes within {CONVERGE_TOL} of its maximum.</li>"
+        "<li>Runs whose final metrics are NaN or infinite (diverged) are counted and left out "
+        "of every statistic.</li>"
+        f"<li>Diagnosis thresholds: the baseline fits its data at train accuracy ≥ "
+        f"{t.fit_train_acc:g}; a train–test gap ≥ {t.large_gap:g} is overfitting; a group "
+        f"{t.underfit_drop:g} below a fitting baseline's train accuracy without a better test "
+        f"accuracy fails to train; dropout's convergence is reported from {t.slower_ratio:g}× "
+        f"the baseline's epochs; converging in the last {1 - t.late_fraction:.0%} of the epochs "
+        "means still improving.</li></ul></div>"
+    )
+
+
+def render(
+    store: ResultsStore,
+    *,
+    keys: Sequence[str] | None = None,
+    title: str | None = None,
+    thresholds: Thresholds | None = None,
+) -> str:
+    """The report's HTML text (see :func:`write_report`)."""
+    experiments = analyze(store, keys, thresholds=thresholds)
+    stored = sum(len(e.runs) for e in experiments)
+    names = sorted({Path(r.config.data.name).name for e in experiments for r in e.runs})
+    page_title = title or (f"dropkit report: {', '.join(names)}" if names else "dropkit report")
+    body = [f"<h1>{_e(page_title)}</h1>", f"<p class=meta>results store: {_e(store.path.name)}"]
+    if keys is not None:
+        requested = len(set(keys))
+        body.append(f"; {stored} of {requested} requested runs are finished and stored")
+    else:
+        body.append(f"; {stored} finished runs")
+    body.append("</p>")
+    if keys is not None and stored < len(set(keys)):
+        body.append(
+            f"<div class=card>{len(set(keys)) - stored} requested runs are not in the store "
+            "(not finished: the command was interrupted or is still running). This report "
+            "shows the finished runs; run the same command again to train the rest.</div>"
+        )
+    if not experiments:
+        body.append(
+            "<div class=card><b>No finished runs to report.</b> Train some first, e.g. "
+            "<code>dropkit demo</code>, <code>dropkit sweep</code> or "
+            "<code>dropkit compare</code>, then run <code>dropkit report</code> on their "
+            "store.</div>"
+        )
+    else:
+        if len(experiments) > 1:
+            links = "".join(
+                f"<li><a href='#e{i}'>{_e(e.title)}</a></li>" for i, e in enumerate(experiments)
+            )
+            body.append(f"<div class=card>Experiments in this store:<ul>{links}</ul></div>")
+        body += [_experiment_section(store, e, i) for i, e in enumerate(experiments)]
+        body.append(_methods(thresholds or Thresholds()))
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{_e(page_title)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
+
+
+def write_report(
+    store: ResultsStore,
+    out_path: str | Path,
+    *,
+    keys: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write ONE self-contained HTML report of the stored runs (all, or ``keys``).
+
+    Sections per experiment: the best group with its evidence, the diagnosis, the per-group
+    table (mean ± 95% CI of final and best test accuracy, loss, train–test gap, epochs to
+    converge, stop epoch), comparisons with the baseline (raw and Holm-adjusted p), the arm
+    comparison chart, rate vs accuracy with error bars (when several rates), learning curves
+    and, for two-feature data, decision boundaries and an MC-dropout uncertainty map.
+
+    Returns:
+        ``out_path`` (its folder is created).
+    """
+    path = Path(out_path)
+    text = render(store, keys=keys, title=title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
