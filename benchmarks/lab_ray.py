@@ -5,10 +5,11 @@
 
 Both engines go through :func:`dropkit.lab.runner.run_configs` into a fresh SQLite store,
 one after the other in the same invocation. The in-process engine trains the 90 runs as one
-batch; the Ray engine splits them into one batch per worker CPU (2 x 45) and trains them at
-once. The Ray side is timed from ``ray.init`` to shutdown (start-up, worker processes that
-import torch and compile, training, results back, stored) and each phase is shown apart.
-The machine's load average is printed before and after. Results go to
+batch, timed twice: with torch's default thread count and with one thread, as a Ray worker
+runs. The Ray engine splits them into one batch per worker CPU (2 x 45) and trains them at
+once; it is timed from ``ray.init`` to shutdown (start-up, worker processes that import
+torch and compile, training, results back, stored), each phase apart. The machine's load
+average is printed before and after. Results go to
 benchmarks/results/lab_ray.json.
 """
 
@@ -82,7 +83,11 @@ def main() -> None:
     load_before = os.getloadavg()
     folder = Path(tempfile.mkdtemp(prefix="dropkit-bench-"))
 
+    threads = torch.get_num_threads()
     local = _sweep(InProcessEngine(compile=args.compile), folder / "in_process.sqlite", configs)
+    torch.set_num_threads(1)  # the in-process engine as a Ray worker runs it: one thread
+    single = _sweep(InProcessEngine(compile=args.compile), folder / "single.sqlite", configs)
+    torch.set_num_threads(threads)
 
     start = time.perf_counter()
     engine = RayEngine(num_cpus=args.workers, compile=args.compile)
@@ -98,12 +103,15 @@ def main() -> None:
     a, b = local.pop("final_test_acc"), on_ray.pop("final_test_acc")
     differences = np.array([abs(a[k] - b[k]) for k in a])
     n = len(configs)
+    slowest = max(batch["seconds"] for batch in on_ray["batches"])
     rows = [
-        ("in-process (1 batch)", local["seconds"]),
+        (f"in-process (1 batch, {threads} threads)", local["seconds"]),
+        ("in-process (1 batch, 1 thread)", single["seconds"]),
         ("ray: start local instance", ray_start),
         (f"ray: sweep ({len(on_ray['batches'])} batches at once)", on_ray["seconds"]),
         ("ray: shut down", ray_stop),
         (f"ray total ({args.workers} workers)", ray_total),
+        ("ray overhead: total - slowest batch's training", ray_total - slowest),
     ]
     print(
         f"\n{n} runs x {args.epochs} epochs, torch {torch.__version__}, "
@@ -113,7 +121,8 @@ def main() -> None:
     print(f"{'engine':42s} {'seconds':>9s} {'vs in-process':>14s}")
     for name, seconds in rows:
         print(f"{name:42s} {seconds:9.1f} {seconds / local['seconds']:13.2f}x")
-    for name, result in (("in-process", local), ("ray", on_ray)):
+    single.pop("final_test_acc")
+    for name, result in (("in-process", local), ("in-process 1 thread", single), ("ray", on_ray)):
         for batch in result["batches"]:
             print(f"{name} batch of {batch['runs']} runs: {batch['seconds']:.1f} s of training")
         write = result["store_write"]
@@ -134,10 +143,13 @@ def main() -> None:
         "workers": args.workers,
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
+        "compile": args.compile,
         "load_average_before": load_before,
         "load_average_after": load_after,
         "rows": [{"engine": name, "seconds": seconds} for name, seconds in rows],
+        "threads": threads,
         "in_process": local,
+        "in_process_1_thread": single,
         "ray": on_ray,
         "final_test_acc_runs_differing": int(np.count_nonzero(differences)),
         "final_test_acc_max_difference": float(differences.max()),

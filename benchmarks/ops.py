@@ -41,6 +41,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 import types
 from collections.abc import Callable
@@ -171,9 +173,13 @@ def pip_peer_impls() -> tuple[list[Impl], dict[str, str], dict[str, str]]:
         module = _timm_drop()
         path = module.DropPath(P).train()
         block = module.DropBlock2d(BLOCK_P, BLOCK_SIZE).train()
+        # timm's default shares one mask across the channels of a sample; dropkit, torchvision
+        # and the paper's Algorithm 1 draw one per channel, which is couple_channels=False.
+        per_channel = module.DropBlock2d(BLOCK_P, BLOCK_SIZE, couple_channels=False).train()
         return [
             Impl("drop_path", "timm DropPath", path),
-            Impl("drop_block", "timm DropBlock2d", block),
+            Impl("drop_block", "timm DropBlock2d (mask shared by channels)", block),
+            Impl("drop_block", "timm DropBlock2d couple_channels=False", per_channel),
         ]
 
     def torchvision_ops() -> list[Impl]:
@@ -187,7 +193,7 @@ def pip_peer_impls() -> tuple[list[Impl], dict[str, str], dict[str, str]]:
     def dropblock_package() -> list[Impl]:
         module = importlib.import_module("dropblock")
         block = module.DropBlock2D(drop_prob=BLOCK_P, block_size=BLOCK_SIZE).train()
-        return [Impl("drop_block", "dropblock DropBlock2D", block)]
+        return [Impl("drop_block", "dropblock DropBlock2D (mask shared by channels)", block)]
 
     load("timm", timm_layers)
     load("torchvision", torchvision_ops)
@@ -327,56 +333,89 @@ def _rss_bytes() -> int:
         return 0
 
 
-def memory_rows(shape: tuple[int, ...], repeats: int, device: torch.device) -> list[dict[str, Any]]:
-    """Saved-for-backward bytes, memory held after forward, GPU peak, and fwd+bwd time."""
-    variants: list[tuple[str, Callable[[Tensor], Tensor]]] = [
-        ("torch F.dropout", lambda x: F.dropout(x, P)),
-        ("dropkit save_mask=True", lambda x: DF.dropout(x, P)),
-        ("dropkit save_mask=False", lambda x: DF.dropout(x, P, save_mask=False)),
-    ]
+MEMORY_VARIANTS: dict[str, Callable[[Tensor], Tensor]] = {
+    "torch F.dropout": lambda x: F.dropout(x, P),
+    "dropkit save_mask=True": lambda x: DF.dropout(x, P),
+    "dropkit save_mask=False": lambda x: DF.dropout(x, P, save_mask=False),
+}
+
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_variant(
+    name: str, shape: tuple[int, ...], repeats: int, device: torch.device
+) -> dict[str, Any]:
+    """One variant: saved-for-backward bytes, memory held after forward, peak, fwd+bwd time.
+
+    On a CPU, run it in a fresh process with glibc's mmap threshold fixed (see
+    :func:`memory_rows`), so that the resident set size follows the live tensors.
+    """
+    fn = MEMORY_VARIANTS[name]
+    torch.manual_seed(0)
     x = torch.randn(shape, device=device, requires_grad=True)
     grad = torch.randn(shape, device=device)
     elements = x.numel()
     output_bytes = elements * x.element_size()
-    rows = []
-    for name, fn in variants:
-        saved: list[int] = []
+    saved: list[int] = []
 
-        def pack(t: Tensor, saved: list[int] = saved) -> Tensor:
-            saved.append(t.numel() * t.element_size())
-            return t
+    def pack(t: Tensor) -> Tensor:
+        saved.append(t.numel() * t.element_size())
+        return t
 
-        gc.collect()
+    cuda = device.type == "cuda"
+    _sync(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device) if cuda else _rss_bytes()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = fn(x)
+    _sync(device)
+    after = torch.cuda.memory_allocated(device) if cuda else _rss_bytes()
+    y.backward(grad)
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated(device) if cuda else _peak_rss_bytes()
+    del y
+    x.grad = None
+    times = []
+    for _ in range(repeats + 1):
         _sync(device)
-        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss_bytes()
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y = fn(x)
+        start = time.perf_counter()
+        fn(x).backward(grad)
         _sync(device)
-        after = torch.cuda.memory_allocated(device) if device.type == "cuda" else _rss_bytes()
-        y.backward(grad)
-        _sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None
-        del y
+        times.append(time.perf_counter() - start)
         x.grad = None
-        times = []
-        for _ in range(repeats + 1):
-            _sync(device)
-            start = time.perf_counter()
-            fn(x).backward(grad)
-            _sync(device)
-            times.append(time.perf_counter() - start)
-            x.grad = None
-        rows.append(
-            {
-                "impl": name,
-                "saved_bytes_per_element": sum(saved) / elements,
-                "held_after_forward_beyond_output_MiB": (after - before - output_bytes) / 2**20,
-                "peak_fwd_bwd_MiB": None if peak is None else peak / 2**20,
-                "fwd_bwd_ms": 1000 * statistics.median(times[1:]),
-            }
-        )
+    return {
+        "impl": name,
+        "saved_bytes_per_element": sum(saved) / elements,
+        "held_after_forward_beyond_output_MiB": (after - before - output_bytes) / 2**20,
+        "peak_fwd_bwd_above_inputs_MiB": (peak - before) / 2**20,
+        "fwd_bwd_ms": 1000 * statistics.median(times[1:]),
+    }
+
+
+def memory_rows(
+    shape: tuple[int, ...], repeats: int, device: torch.device, threads: int
+) -> list[dict[str, Any]]:
+    """:func:`memory_variant` of every variant; on a CPU each in its own process.
+
+    glibc serves freed chunks of up to 32 MiB again from its heap without returning them, so
+    in one process the resident set size misses allocations of that size; a fresh process with
+    ``MALLOC_MMAP_THRESHOLD_`` fixed at 128 KiB maps every tensor on its own.
+    """
+    if device.type != "cpu":
+        return [memory_variant(name, shape, repeats, device) for name in MEMORY_VARIANTS]
+    rows = []
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    for name in MEMORY_VARIANTS:
+        command = [sys.executable, __file__, "--memory-child", name, "--threads", str(threads)]
+        command += ["--shape", *map(str, shape), "--repeats", str(repeats)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return rows
 
 
@@ -398,15 +437,29 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true", help="skip the pip peers")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument("--no-memory", action="store_true", help="skip the memory part")
+    parser.add_argument("--memory-only", action="store_true", help="update only the memory part")
     parser.add_argument("--out", type=Path, default=None, help="JSON path")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", type=int, nargs="+", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_child:
+        row = memory_variant(args.memory_child, tuple(args.shape), args.repeats, device)
+        print(json.dumps(row))
+        return
     sizes = [10**5, 10**6] if args.quick else [int(s) for s in args.sizes]
     out = args.out or RESULTS / ("ops.json" if device.type == "cpu" else f"ops_{device.type}.json")
     torch.manual_seed(0)
+    if args.memory_only:
+        results = json.loads(out.read_text()) if out.exists() else {}
+        results["memory"] = memory_section(args.quick, device)
+        _write(out, results)
+        print(f"\nwrote {out}")
+        return
 
     impls = dropkit_impls() + torch_peer_impls()
     missing: dict[str, str] = {}
@@ -504,22 +557,27 @@ def main() -> None:
             print(f"| {row['impl']} | {row['fwd_bwd_ms']:.2f} |")
 
     if not args.no_memory:
-        shape = (2, 256, 1024) if args.quick else (8, 1024, 4096)
-        rows = memory_rows(shape, 3 if args.quick else 5, device)
-        results["memory"] = {"shape": list(shape), "rows": rows}
-        print(f"\n# memory: dropout on a {tuple(shape)} float32 activation")
-        held = "held after forward beyond output MiB"
-        print(f"| impl | saved B/element | {held} | peak MiB | fwd+bwd ms |")
-        print("|---|---:|---:|---:|---:|")
-        for row in rows:
-            peak = "n/a" if row["peak_fwd_bwd_MiB"] is None else f"{row['peak_fwd_bwd_MiB']:.0f}"
-            print(
-                f"| {row['impl']} | {row['saved_bytes_per_element']:g} | "
-                f"{row['held_after_forward_beyond_output_MiB']:.0f} | {peak} | "
-                f"{row['fwd_bwd_ms']:.1f} |"
-            )
+        results["memory"] = memory_section(args.quick, device)
     _write(out, results)
     print(f"\nwrote {out}")
+
+
+def memory_section(quick: bool, device: torch.device) -> dict[str, Any]:
+    """The memory part: run, print and return it."""
+    shape = (2, 256, 1024) if quick else (8, 1024, 4096)
+    rows = memory_rows(shape, 3 if quick else 5, device, torch.get_num_threads())
+    where = "GPU allocator" if device.type == "cuda" else "resident set size"
+    print(f"\n# memory: dropout on a {shape} float32 activation ({where})")
+    held = "held after forward beyond the output MiB"
+    print(f"| impl | saved B/element | {held} | peak above inputs MiB | fwd+bwd ms |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['impl']} | {row['saved_bytes_per_element']:g} | "
+            f"{row['held_after_forward_beyond_output_MiB']:.0f} | "
+            f"{row['peak_fwd_bwd_above_inputs_MiB']:.0f} | {row['fwd_bwd_ms']:.1f} |"
+        )
+    return {"shape": list(shape), "measured_by": where, "rows": rows}
 
 
 def _write(path: Path, results: dict[str, Any]) -> None:

@@ -234,3 +234,12 @@ def test_engine_ray_without_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         'dropkit: error: the Ray engine needs Ray: pip install "dropkit[ray]"'
     )
     assert not (tmp_path / "runs.sqlite").exists(), "no store is created"
+
+
+def test_engine_ray_unreachable_address(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    args = ["sweep", *FAST, "--out", str(tmp_path), "--engine", "ray", "--address", "127.0.0.1:1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "dropkit: error: cannot reach Ray at 127.0.0.1:1" in result.stderr
+    assert not (tmp_path / "runs.sqlite").exists(), "no store is created"

@@ -221,3 +221,54 @@ def test_epoch_callback_and_shapes(circles: Dataset) -> None:
     )
     assert seen == list(range(1, 8))
     assert all(v.shape == (3, 7) for v in result.curves.values())
+
+
+class TestNoise:
+    def test_normal_noise_is_standard_normal(self) -> None:
+        keys = (B.mask_keys([0, 1], 0, 64), B.mask_keys([0, 1], 0, 65))
+        z = B.normal_noise(keys, B.unit_index(500, 1000)).double()
+        n = z.numel()
+        # Standard errors of N(0, 1) draws: mean 1/sqrt(n), variance sqrt(2/n).
+        assert abs(z.mean().item()) < Z / math.sqrt(n)
+        assert abs(z.var().item() - 1.0) < Z * math.sqrt(2.0 / n)
+        tail = (z.abs() > 2).double().mean().item()  # P(|z| > 2) = 0.0455
+        assert abs(tail - 0.0455) < Z * math.sqrt(0.0455 * 0.9545 / n)
+        # the two runs draw independent noise
+        correlation = torch.corrcoef(z.view(2, -1))[0, 1].item()
+        assert abs(correlation) < Z / math.sqrt(n / 2)
+
+    def test_noise_depends_on_seed_epoch_and_site_only(self) -> None:
+        index = B.unit_index(4, 5)
+        draw = lambda seeds, epoch, site: B.normal_noise(  # noqa: E731
+            (B.mask_keys(seeds, epoch, site), B.mask_keys(seeds, epoch, site + 1)), index
+        )
+        assert torch.equal(draw([7, 9], 3, 64)[1], draw([9], 3, 64)[0])  # batch-independent
+        assert not torch.equal(draw([7], 3, 64), draw([7], 4, 64))
+        assert not torch.equal(draw([7], 3, 64), draw([7], 3, 66))
+
+
+def test_validation_split_is_the_loops() -> None:
+    """Both trainers hold out the same rows, so an early-stopping arm means one thing."""
+    from dropkit.lab import loop
+
+    y = np.array([0, 1] * 15 + [2] * 7 + [3])
+    fit, held = B.validation_split(y)
+    expected = loop.validation_split(y)
+    assert np.array_equal(fit, expected[0]) and np.array_equal(held, expected[1])
+    assert len(np.intersect1d(fit, held)) == 0 and len(fit) + len(held) == len(y)
+    assert set(y[held]) == {0, 1, 2, 3}
+
+
+def test_epoch_ticker_reports_each_batch_epoch_once() -> None:
+    seen: list[int] = []
+    ticker = B.EpochTicker(runs=5, epochs=4, on_epoch=seen.append)
+    first, second = ticker.part(3), ticker.part(2)
+    for epoch in range(4):
+        first(epoch + 1)
+    assert seen == [1, 2]  # 12 of 20 run-epochs
+    second(1)
+    assert seen == [1, 2]  # 14 of 20
+    second(2)
+    assert seen == [1, 2, 3]  # 16 of 20
+    ticker.finish()  # the second part stopped early
+    assert seen == [1, 2, 3, 4]

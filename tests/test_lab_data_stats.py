@@ -312,7 +312,7 @@ class TestComparisons:
         runs = _group(0.4, [0.8, 0.81]) + _group(0.4, [0.7, 0.72], regularizers=(("l2", 1e-4),))
         runs += _group(0.0, [0.75, 0.76])
         names = [s.name for s in summarize(runs)]
-        assert names == ["none", "dropout p=0.4", "dropout+l2 p=0.4 l2=0.0001"]
+        assert names == ["none", "dropout p=0.4", "dropout+l2=0.0001 p=0.4"]
 
 
 class TestConvergence:

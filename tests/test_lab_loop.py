@@ -241,3 +241,17 @@ def test_on_epoch_hears_each_epoch_once_per_batch(moons: Dataset) -> None:
         train_modules(moons, [configs[0], _config(epochs=4)])
     with pytest.raises(ValueError, match="at least one run"):
         train_modules(moons, [])
+
+
+def test_image_augmentation_trains_a_cnn() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((80, 36)).astype(np.float32)
+    y = (x.reshape(80, 6, 6)[:, :3].sum(axis=(1, 2)) > 0).astype(np.int64)  # top half bright
+    images = Dataset("images", x[:60], y[:60], x[60:], y[60:], 2, (), input_shape=(1, 6, 6))
+    configs = [
+        _config("images", (4,), "cnn", epochs=2, **extra)
+        for extra in ({}, {"regularizers": (("augment", 1.0),)})
+    ]
+    result = train_modules(images, configs)
+    assert np.isfinite(result.curves["train_loss"]).all()
+    assert not np.array_equal(result.curves["train_loss"][0], result.curves["train_loss"][1])

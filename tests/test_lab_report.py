@@ -13,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from dropkit.cli import app
-from dropkit.lab import report
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import load_dataset
 from dropkit.lab.engines import InProcessEngine
 from dropkit.lab.report import analyze, write_report
 from dropkit.lab.runner import run_configs
@@ -95,13 +93,25 @@ class TestPage:
         for finding in experiment.findings:
             assert html.escape(finding.message) in page
 
-    def test_deterministic(self, trained: tuple[Path, tuple[str, ...]], tmp_path: Path) -> None:
+    def test_deterministic(
+        self, trained: tuple[Path, tuple[str, ...]], page: str, tmp_path: Path
+    ) -> None:
         path, keys = trained
-        with ResultsStore(path) as store:
-            first = write_report(store, tmp_path / "a.html", keys=keys).read_bytes()
         with ResultsStore(path) as store:  # a fresh connection, the same store
-            second = write_report(store, tmp_path / "b.html", keys=keys).read_bytes()
-        assert first == second
+            again = write_report(store, tmp_path / "again.html", keys=keys).read_bytes()
+        assert again == page.encode("utf-8")  # Monte Carlo map included: its seed is fixed
+
+    def test_two_d_pictures_from_stored_weights(self, page: str) -> None:
+        """circles has two features: the networks are rebuilt from the store's weights."""
+        images = _images(page)
+        assert {"decision boundaries", "MC-dropout uncertainty map"} <= set(images)
+        assert "no stored weights" not in page
+        for alt in ("decision boundaries", "MC-dropout uncertainty map"):
+            pixels = np.asarray(Image.open(io.BytesIO(images[alt])).convert("RGB"))
+            packed = (
+                (pixels[..., 0].astype(np.uint32) << 16) | (pixels[..., 1] << 8) | pixels[..., 2]
+            )
+            assert np.unique(packed).size > 50, alt  # regions, points and text, not blank
 
 
 def test_escaping(tmp_path: Path) -> None:
@@ -150,64 +160,8 @@ def test_one_seed_nan_and_interrupted_runs(tmp_path: Path) -> None:
     assert "diverged" in text and "1 of 1 runs ended with NaN" in text
     assert "no interval" in text  # one seed: the best group's evidence says why
     assert {"arm comparison chart", "learning curves"} <= set(_images(text))
-
-
-class _WeightsStore(ResultsStore):
-    """A results store that hands out final weights set here, else those it stored itself."""
-
-    weights: dict[str, dict[str, torch.Tensor]] = {}  # noqa: RUF012  (replaced per instance)
-
-    def state_dict(self, key: str) -> dict[str, torch.Tensor] | None:
-        if key in self.weights:
-            return self.weights[key]
-        stored = getattr(super(), "state_dict", None)
-        return None if stored is None else stored(key)  # type: ignore[no-any-return]
-
-
-def _fit(config: RunConfig) -> dict[str, torch.Tensor]:
-    """Weights of ``config``'s network after 100 full-batch Adam steps on its data."""
-    from dropkit.lab.models import build_model
-
-    data = load_dataset(config.data)
-    model = build_model(config, data)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train).float()
-    for _ in range(100):
-        optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x)[:, 0], y)
-        loss.backward()
-        optimizer.step()
-    return model.state_dict()
-
-
-def test_decision_boundaries_and_uncertainty(tmp_path: Path) -> None:
-    pytest.importorskip("dropkit.lab.models")
-    configs = _configs(seeds=2)
-    with _WeightsStore(tmp_path / "runs.sqlite") as store:
-        store.weights = {c.key(): _fit(c) for c in configs if c.seed == 0}
-        store.add_runs(_record(c, [0.6, 0.7, 0.8 - c.p / 10 + c.seed / 100]) for c in configs)
-        text = write_report(store, tmp_path / "r.html").read_text()
-        best = next(r for r in store.runs() if r.config.p == 0.5 and r.config.seed == 0)
-        data = load_dataset(best.config.data)
-        model, why = report._load_model(store, best, data)
-    images = _images(text)
-    assert {"decision boundaries", "MC-dropout uncertainty map"} <= set(images)
-    assert "no stored weights" not in text and why == ""
-    # Monte Carlo sampling is seeded: the map is the same picture every time.
-    assert report._uncertainty((model, "x"), data) == report._uncertainty((model, "x"), data)
-    from PIL import Image
-
-    picture = Image.open(io.BytesIO(images["decision boundaries"])).convert("RGB")
-    pixels = np.asarray(picture).astype(np.uint32)
-    colours = np.unique((pixels[..., 0] << 16) | (pixels[..., 1] << 8) | pixels[..., 2]).size
-    assert colours > 50, colours  # regions, points and text, not a blank canvas
-
-
-def test_missing_weights_are_said(page: str) -> None:
-    if "Decision boundaries" in page and '<img alt="decision boundaries"' not in page:
-        assert "no stored weights for this run" in page or "cannot be loaded" in page
-    else:  # the store keeps weights: the picture is there
-        assert "decision boundaries" in _images(page)
+    assert "none (seed 0): no stored weights for this run" in text  # hand-made runs
+    assert "decision boundaries" not in _images(text)
 
 
 runner = CliRunner()
@@ -226,8 +180,16 @@ class TestCommand:
         assert all(
             {"rule", "severity", "message", "numbers"} <= f.keys() for f in experiment["findings"]
         )
-        text = runner.invoke(app, ["report", "--store", str(path), "--out", str(out)])
-        assert text.exit_code == 0 and f"report: {out}" in text.stdout
+
+    def test_report_command_text(self, tmp_path: Path) -> None:
+        ResultsStore(tmp_path / "empty.sqlite").close()
+        out = tmp_path / "r.html"
+        result = runner.invoke(
+            app, ["report", "--store", str(tmp_path / "empty.sqlite"), "--out", str(out)]
+        )
+        assert result.exit_code == 0, result.output
+        assert "no finished runs" in result.stdout and f"report: {out}" in result.stdout
+        assert "No finished runs to report" in out.read_text()
 
     def test_missing_store(self, tmp_path: Path) -> None:
         missing = tmp_path / "nope.sqlite"
@@ -242,9 +204,13 @@ class TestCommand:
         result = runner.invoke(app, ["report", "--store", str(bogus)])
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
 
-    def test_demo_writes_the_report(self, tmp_path: Path) -> None:
-        args = ["demo", "--epochs", "5", "--seeds", "2", "--no-compile", "--quiet"]
-        result = runner.invoke(app, [*args, "--out", str(tmp_path)])
+    def test_sweep_writes_the_report(self, tmp_path: Path) -> None:
+        args = ["sweep", "--epochs", "3", "--seeds", "2", "--rates", "0,0.5", "--hidden", "8"]
+        result = runner.invoke(app, [*args, "--no-compile", "--quiet", "--out", str(tmp_path)])
         assert result.exit_code == 0, result.output
         assert f"report: {tmp_path / 'report.html'}" in result.stdout
-        assert "learning curves" in _images((tmp_path / "report.html").read_text())
+        images = _images((tmp_path / "report.html").read_text())
+        assert {"learning curves", "rate vs accuracy"} <= set(images)
+        summary = json.loads((tmp_path / "summary.json").read_text())
+        assert summary["files"]["report"] == str(tmp_path / "report.html")
+        assert isinstance(summary["findings"], list)

@@ -13,9 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.store import ResultsStore, RunRecord, StoreError
+from dropkit.lab.store import (
+    CURVE_METRICS,
+    MAX_STATE_PARAMETERS,
+    SCHEMA_VERSION,
+    ResultsStore,
+    RunRecord,
+    StoreError,
+)
 
 
 def _record(seed: int, p: float = 0.0, epochs: int = 5) -> RunRecord:
@@ -82,6 +90,152 @@ class TestStore:
         assert a.key() != _record(1).config.key()
         assert a.key() != RunConfig.from_dict({**a.to_dict(), "p": 0.1}).key()
         assert RunConfig.from_dict(a.to_dict()) == a
+
+
+# --- schema version 2: info, final weights, migration ---------------------------------------
+
+# The schema of version 1, as dropkit 0.x created it: a store written before `info` and `states`.
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('done')),
+    config TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    arm TEXT NOT NULL,
+    p REAL NOT NULL,
+    input_p REAL NOT NULL,
+    max_norm REAL,
+    seed INTEGER NOT NULL,
+    epochs INTEGER NOT NULL,
+    train_acc REAL,
+    test_acc REAL,
+    train_loss REAL,
+    test_loss REAL,
+    best_test_acc REAL,
+    best_epoch INTEGER,
+    seconds REAL,
+    dropkit_version TEXT NOT NULL,
+    torch_version TEXT NOT NULL,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE curves (
+    run_key TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    train_acc REAL,
+    test_acc REAL,
+    train_loss REAL,
+    test_loss REAL,
+    PRIMARY KEY (run_key, epoch)
+) WITHOUT ROWID;
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def _v1_store(path: Path, record: RunRecord) -> None:
+    """A version-1 store holding ``record``, written with plain SQL as version 1 wrote it."""
+    import json
+
+    config = record.config
+    with sqlite3.connect(path) as db:
+        db.executescript(V1_SCHEMA)
+        db.execute(
+            "INSERT INTO runs VALUES (?, 'done', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?)",
+            (
+                config.key(),
+                json.dumps(config.to_dict(), sort_keys=True),
+                config.data.name,
+                config.arm,
+                config.p,
+                config.input_p,
+                config.max_norm,
+                config.seed,
+                5,
+                *(float(record.curves[m][-1]) for m in CURVE_METRICS),
+                float(record.curves["test_acc"].max()),
+                5,
+                0.5,
+                "0.1.0",
+                "2.0.0",
+                "2026-01-01T00:00:00+00:00",
+            ),
+        )
+        db.executemany(
+            "INSERT INTO curves VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (config.key(), epoch + 1, *(float(record.curves[m][epoch]) for m in CURVE_METRICS))
+                for epoch in range(5)
+            ],
+        )
+    db.close()
+
+
+def _state(width: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(width)
+    return {
+        "0.weight": torch.randn(width, 2, generator=g),
+        "0.bias": torch.randn(width, generator=g),
+    }
+
+
+class TestSchemaV2:
+    def test_v1_store_is_migrated_in_place(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.sqlite"
+        old = _record(0, p=0.4)
+        _v1_store(path, old)
+        with ResultsStore(path) as store:
+            (run,) = store.runs()
+            assert run.key == old.config.key() and run.arm == "dropout"
+            assert run.test_acc == pytest.approx(0.9) and run.info == {}
+            assert store.state_dict(run.key) is None
+            np.testing.assert_allclose(store.curves(run.key)["train_acc"], old.curves["train_acc"])
+            new = RunRecord(
+                _record(1).config, _record(1).curves, 0.5, {"stop_epoch": 3.0}, _state(4)
+            )
+            assert store.add_runs([new, old]) == 1  # the old run is recognized, not re-added
+            assert store.runs([new.config.key()])[0].info == {"stop_epoch": 3.0}
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "2"
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        db.close()
+        with ResultsStore(path) as store:  # opening a migrated store again changes nothing
+            assert store.count() == 2
+
+    def test_info_and_weights_round_trip(self, tmp_path: Path) -> None:
+        state = _state(8)
+        info = {"stop_epoch": 12.0, "best_epoch": 7.0, "concrete_p0": float("nan")}
+        record = RunRecord(_record(0).config, _record(0).curves, 0.5, info, state)
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            store.add_runs([record, _record(1)])
+            stored = {r.config.seed: r for r in store.runs()}
+            assert stored[0].info["stop_epoch"] == 12.0 and stored[0].info["best_epoch"] == 7.0
+            assert np.isnan(stored[0].info["concrete_p0"])
+            assert stored[1].info == {}
+            loaded = store.state_dict(stored[0].key)
+            assert loaded is not None and loaded.keys() == state.keys()
+            for name, value in state.items():
+                assert torch.equal(loaded[name], value)
+            assert store.state_dict(stored[1].key) is None
+            assert store.state_dict("missing") is None
+
+    def test_weights_of_large_models_are_not_stored(self, tmp_path: Path) -> None:
+        big = {"w": torch.zeros(MAX_STATE_PARAMETERS + 1)}
+        record = RunRecord(_record(0).config, _record(0).curves, 0.5, None, big)
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            store.add_runs([record])
+            assert store.count() == 1 and store.state_dict(record.config.key()) is None
+
+    def test_a_failing_batch_writes_nothing(self, tmp_path: Path) -> None:
+        """Runs, curves and weights of a batch go in one transaction: an error half-way leaves
+        the store as it was."""
+        good = RunRecord(_record(0).config, _record(0).curves, 0.5, {"stop_epoch": 1.0}, _state(3))
+        broken = RunRecord(_record(1).config, {"test_acc": np.ones(5)}, 0.5)  # curves missing
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            with pytest.raises(KeyError):
+                store.add_runs([good, broken])
+            assert store.count() == 0 and store.state_dict(good.config.key()) is None
+            assert store.add_runs([good]) == 1
 
 
 # --- real processes, real signals -----------------------------------------------------------

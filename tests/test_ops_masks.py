@@ -112,10 +112,11 @@ def _forward_backward(
 class TestSaveMaskFalse:
     @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
     @pytest.mark.parametrize("seed", [None, 7], ids=["global-rng", "generator"])
+    @pytest.mark.parametrize("shape", [(64, 33), (10, 10)], ids=["fields", "few-draws"])
     def test_same_output_and_gradient_as_saving_the_mask(
-        self, dtype: torch.dtype, seed: int | None
+        self, dtype: torch.dtype, seed: int | None, shape: tuple[int, int]
     ) -> None:
-        x = _x((64, 33), dtype)
+        x = _x(shape, dtype)
         y_saved, g_saved = _forward_backward(x, seed)
         y_lean, g_lean = _forward_backward(x, seed, save_mask=False)
         assert torch.equal(y_lean, y_saved) and torch.equal(g_lean, g_saved)
@@ -193,10 +194,14 @@ class TestSaveMaskFalse:
         y_ckpt, g_ckpt = run(True)
         assert torch.equal(y_ckpt, y_plain) and torch.equal(g_ckpt, g_plain)
 
-    def test_no_grad_and_grad_paths_draw_the_same_mask(self) -> None:
-        x = _x((100, 7))
+    @pytest.mark.parametrize("shape", [(100, 7), (100, 70)], ids=["few-draws", "fields"])
+    def test_every_path_draws_the_same_mask(self, shape: tuple[int, int]) -> None:
+        """No gradient, gradient with and without the saved mask, in place: one mask per seed."""
+        x = _x(shape)
         with torch.no_grad():
             plain = DF.dropout(x, 0.3, generator=_generator())
+            inplace = DF.dropout(x.detach().clone(), 0.3, generator=_generator(), inplace=True)
+        assert torch.equal(inplace, plain)
         for save_mask in (True, False):
             y = DF.dropout(x, 0.3, generator=_generator(), save_mask=save_mask)
             assert torch.equal(y.detach(), plain)

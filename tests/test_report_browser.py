@@ -20,7 +20,8 @@ import pytest
 from dropkit.lab.engines import InProcessEngine
 from dropkit.lab.report import write_report
 from dropkit.lab.runner import run_configs
-from test_lab_report import _configs, _fit, _WeightsStore
+from dropkit.lab.store import ResultsStore
+from test_lab_report import _configs
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags chromium keeps calling home, into a closed network.
@@ -63,15 +64,10 @@ def chromium() -> Path:
 
 @pytest.fixture(scope="module")
 def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A report with every chart: a real trained sweep plus stored weights for the 2-D plots."""
+    """A report with every chart: a real trained sweep on circles (two features)."""
     folder = tmp_path_factory.mktemp("browser")
-    configs = _configs(seeds=2)
-    with _WeightsStore(folder / "runs.sqlite") as store:
-        outcome = run_configs(configs, store, engine=InProcessEngine(compile=False))
-        # Runs whose weights the store did not keep get weights fitted here.
-        store.weights = {
-            c.key(): _fit(c) for c in configs if c.seed == 0 and store.state_dict(c.key()) is None
-        }
+    with ResultsStore(folder / "runs.sqlite") as store:
+        outcome = run_configs(_configs(seeds=2), store, engine=InProcessEngine(compile=False))
         return write_report(store, folder / "report.html", keys=outcome.keys)
 
 

@@ -60,6 +60,8 @@ def check_probability(
         ValueError: ``value`` is NaN or outside [0, 1]. For ``1 < value <= 100`` the message
             asks whether a percentage was passed.
     """
+    if type(value) is float and 0.0 <= value <= 1.0:  # the common case, checked on every op call
+        return value
     kind = description or f"the {meaning} probability"
     if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
         if value.dtype == torch.bool:

@@ -61,7 +61,8 @@ EngineOpt = Annotated[
 AddressOpt = Annotated[
     str | None,
     typer.Option(
-        help="Ray cluster to join, e.g. HEAD:6379 or auto [default: start a local Ray instance]."
+        help="Ray cluster to join, e.g. HEAD:6379 or auto; without it, --engine ray starts "
+        "a local Ray instance."
     ),
 ]
 ENGINES = ("in-process", "ray")

@@ -16,9 +16,11 @@ Ray is an optional dependency (``pip install "dropkit[ray]"``), imported only wh
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -134,7 +136,7 @@ def _train_on_worker(
 ) -> BatchResult:
     """The body of a Ray task: :func:`train_configs` with the driver's arguments.
 
-    ``progress`` (a :class:`_ProgressBoard` actor handle) hears the number of finished epochs
+    ``progress`` (a handle of a :func:`_progress_board` actor) hears the number of finished epochs
     at most about once a second.
     """
     import torch
@@ -156,17 +158,36 @@ def _train_on_worker(
 _PROGRESS_EVERY_S = 1.0
 
 
-class _ProgressBoard:
-    """A Ray actor: the latest finished epoch each running batch reported."""
+def _progress_board() -> type:
+    """The class of a Ray actor that keeps the latest epoch each running batch reported.
 
-    def __init__(self) -> None:
-        self.epochs: dict[int, int] = {}
+    Defined in a function so that Ray ships the class itself: the actor's process then
+    imports neither dropkit nor torch.
+    """
 
-    def report(self, job: int, epoch: int) -> None:
-        self.epochs[job] = max(epoch, self.epochs.get(job, 0))
+    class ProgressBoard:
+        def __init__(self) -> None:
+            self.epochs: dict[int, int] = {}
 
-    def read(self) -> dict[int, int]:
-        return dict(self.epochs)
+        def report(self, job: int, epoch: int) -> None:
+            self.epochs[job] = max(epoch, self.epochs.get(job, 0))
+
+        def read(self) -> dict[int, int]:
+            return dict(self.epochs)
+
+    return ProgressBoard
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``HOST:PORT`` nothing listens at (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", or an address form Ray resolves itself
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as error:
+        raise EngineError(f"cannot reach Ray at {address}: {error}") from None
 
 
 def _import_ray() -> Any:
@@ -247,6 +268,7 @@ class RayEngine:
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
                 options["num_cpus"] = self.num_cpus
             else:
+                _check_reachable(self.address)
                 options["address"] = self.address
             try:
                 ray.init(**options)
@@ -309,8 +331,7 @@ class RayEngine:
         )
         board: Any = None
         if on_progress is not None and self.live_progress:
-            board = ray.remote(_ProgressBoard).options(num_cpus=0).remote()
-            ray.get(board.read.remote())
+            board = ray.remote(_progress_board()).options(num_cpus=0).remote()
         shared: dict[int, Any] = {}  # one copy of each data set in the object store
         threads = max(1, math.floor(self.cpus_per_batch))
         pending: dict[Any, int] = {}
@@ -348,11 +369,12 @@ class RayEngine:
                     else:
                         advance(number, job.configs[0].train.epochs)
                     yield job, result
-        finally:
-            for ref in pending:
-                ray.cancel(ref, force=True)
-            if board is not None:
-                ray.kill(board)
+        finally:  # Ctrl-C may have reached a local instance too: clean up what is left
+            with contextlib.suppress(Exception):
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                if board is not None:
+                    ray.kill(board)
 
 
 def _reason(error: BaseException) -> str:

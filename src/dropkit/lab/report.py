@@ -43,9 +43,9 @@ from dropkit.lab.store import ResultsStore, StoredRun
 __all__ = ["Experiment", "analyze", "write_report"]
 
 _MAX_CURVE_GROUPS = 12
-_GRID = 120  # decision-boundary grid points per axis
-_MC_GRID = 60  # uncertainty-map grid points per axis
-_MC_SAMPLES = 40
+_GRID = 100  # decision-boundary grid points per axis
+_MC_GRID = 50  # uncertainty-map grid points per axis
+_MC_SAMPLES = 30
 _MC_SEED = 0
 
 
@@ -252,23 +252,22 @@ def _findings(findings: Sequence[Finding]) -> str:
 
 
 def _rate_families(summaries: Sequence[ArmSummary]) -> list[tuple[str, list[ArmSummary]]]:
-    """Groups that differ only in ``p`` (the ``none`` group joins the plain dropout family)."""
+    """Groups that differ only in ``p``, for families with two or more rates.
+
+    The arm's name follows from ``p`` and the regularizers (``none`` at p = 0 and ``dropout``
+    above it are one family), so the family is keyed by everything else. Its label is the name
+    of its highest-rate group without the rate.
+    """
     families: dict[tuple[Any, ...], list[ArmSummary]] = {}
     for s in summaries:
-        arm = s.arm.split("+")
-        rest = tuple(a for a in arm if a not in ("dropout", "none"))
-        families.setdefault((rest, s.input_p, s.max_norm, s.regularizers), []).append(s)
+        families.setdefault((s.input_p, s.max_norm, s.regularizers, s.epochs), []).append(s)
     result = []
-    for (rest, input_p, max_norm, regularizers), members in families.items():
+    for members in families.values():
         if len({m.p for m in members}) < 2:
             continue
-        parts = ["+".join(("dropout", *rest))]
-        if input_p > 0:
-            parts.append(f"input_p={input_p:g}")
-        if max_norm is not None:
-            parts.append(f"max_norm={max_norm:g}")
-        parts += [f"{n}={v:g}" for n, v in regularizers]
-        result.append((" ".join(parts), members))
+        top = max(members, key=lambda m: m.p)
+        label = " ".join(t for t in (top.name or top.arm).split(" ") if not t.startswith("p="))
+        result.append((label, members))
     return result
 
 
@@ -328,7 +327,7 @@ def _load_model(store: ResultsStore, run: StoredRun, data: Any) -> tuple[Any, st
 
         model = build_model(run.config, data)
         model.load_state_dict(state)
-    except (ImportError, ValueError, RuntimeError, KeyError) as error:
+    except Exception as error:  # one picture must not cost the whole report
         return None, f"the stored weights cannot be loaded ({type(error).__name__}: {error})"
     return model.eval(), ""
 
@@ -394,14 +393,13 @@ def _two_d_section(store: ResultsStore, experiment: Experiment) -> str:
         if model is None:
             notes.append(f"{label}: {why}")
             continue
+        try:
+            classes = _predict_classes(model, _grid(data, _GRID))
+        except Exception as error:  # one picture must not cost the whole report
+            notes.append(f"{label}: cannot predict with it ({type(error).__name__}: {error})")
+            continue
         models[name] = (model, label)
-        accuracy = summaries[name].test_acc_mean
-        panels.append(
-            (
-                f"{label}\nmean test acc {_num(accuracy)}",
-                _predict_classes(model, _grid(data, _GRID)),
-            )
-        )
+        panels.append((f"{label}\nmean test acc {_num(summaries[name].test_acc_mean)}", classes))
     parts = ["<h3>Decision boundaries</h3>"]
     if panels:
         parts.append(
@@ -422,7 +420,13 @@ def _two_d_section(store: ResultsStore, experiment: Experiment) -> str:
     elif best_name not in models:
         parts.append(f"<p class=note>{_e(best_name)}: no stored weights for this run.</p>")
     else:
-        parts.append(_uncertainty(models[best_name], data))
+        try:
+            parts.append(_uncertainty(models[best_name], data))
+        except Exception as error:  # one picture must not cost the whole report
+            parts.append(
+                f"<p class=note>{_e(best_name)}: the uncertainty map cannot be computed "
+                f"({_e(type(error).__name__)}: {_e(error)}).</p>"
+            )
     return "".join(parts)
 
 
@@ -434,7 +438,9 @@ def _uncertainty(entry: tuple[Any, str], data: Any) -> str:
     model, label = entry
     grid = _grid(data, _MC_GRID)
     inputs = _grid_inputs(grid)
-    width = max(m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear))
+    width = max(
+        (m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)), default=1
+    )
     batch = max(1, min(_MC_SAMPLES, 4_000_000 // (len(inputs) * width)))
     prediction = mc_predict(
         model,

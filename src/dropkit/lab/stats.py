@@ -255,21 +255,27 @@ _SWITCHES = frozenset(
 
 
 def group_label(config: RunConfig) -> str:
-    """A group's label: the arm with its rates and strengths (``dropout+l2 p=0.4 l2=0.0001``)."""
+    """A group's label: its arm with strengths, then its rates (``dropout+l2=0.0001 p=0.4``).
+
+    A regularizer named in the arm carries its strength there (``l2=0.0001``); one that is on
+    or off (``batchnorm``, strength 1) shows no number.
+    """
     if config.arm == "none":
         return "none"
-    parts = [config.arm]
+    strengths = {
+        name: strength
+        for name, strength in config.regularizers
+        if not (name in _SWITCHES and strength == 1.0)
+    }
+    tokens = config.arm.split("+")
+    parts = ["+".join(f"{t}={strengths.pop(t):g}" if t in strengths else t for t in tokens)]
+    parts += [f"{name}={strength:g}" for name, strength in strengths.items()]
     if config.p > 0:
         parts.append(f"p={config.p:g}")
     if config.input_p > 0:
         parts.append(f"input_p={config.input_p:g}")
     if config.max_norm is not None:
         parts.append(f"max_norm={config.max_norm:g}")
-    parts += [
-        f"{name}={strength:g}"
-        for name, strength in config.regularizers
-        if not (name in _SWITCHES and strength == 1.0)
-    ]
     return " ".join(parts)
 
 
