@@ -340,11 +340,28 @@ MEMORY_VARIANTS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
-    import resource
+def _reset_peak_rss() -> None:
+    """Reset the peak resident set size to the current one (Linux >= 4.0; else a no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+def _peak_rss_bytes() -> int:
+    """Peak resident set size since :func:`_reset_peak_rss` (``VmHWM``; Linux), 0 if unknown.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it over ``execve`` from the parent.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def memory_variant(
@@ -371,6 +388,8 @@ def memory_variant(
     _sync(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    else:
+        _reset_peak_rss()
     before = torch.cuda.memory_allocated(device) if cuda else _rss_bytes()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = fn(x)

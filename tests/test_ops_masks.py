@@ -206,6 +206,17 @@ class TestSaveMaskFalse:
             y = DF.dropout(x, 0.3, generator=_generator(), save_mask=save_mask)
             assert torch.equal(y.detach(), plain)
 
+    @pytest.mark.parametrize("save_mask", [True, False])
+    def test_double_backward(self, save_mask: bool) -> None:
+        """create_graph=True (a gradient penalty) differentiates through the backward too."""
+        x = _x((64, 40))
+        y = DF.dropout(x, 0.3, generator=_generator(), save_mask=save_mask)
+        (grad,) = torch.autograd.grad((y * x).sum(), x, create_graph=True)
+        factor = y.detach() / x.detach()  # m / (1 - p)
+        torch.testing.assert_close(grad, factor * 2 * x.detach())  # d(m·x²/(1-p))/dx
+        (second,) = torch.autograd.grad(grad.sum(), x)
+        torch.testing.assert_close(second, 2 * factor)
+
     def test_layer_option(self) -> None:
         layer = dropkit.Dropout(0.3, save_mask=False, generator=_generator())
         assert "save_mask=False" in repr(layer) and "save_mask" not in repr(dropkit.Dropout(0.3))

@@ -14,7 +14,7 @@ the keep probability ``1 - p``. Every op
 The variants differ mainly in the **shape of the mask**: one draw per element
 (:func:`dropout`), per (sample, channel) (:func:`spatial_dropout`,
 :func:`feature_alpha_dropout`), per (sequence, feature) (:func:`locked_dropout`) or per sample
-(:func:`drop_path`). :func:`_bits_keep_mask` serves them all.
+(:func:`drop_path`). :func:`_keep_factor` (:func:`_draw_mask`) serves them all.
 
 **The mask source.** PyTorch's CPU dropout is bound by random-number generation
 (``bernoulli_``), not by memory. Here one generator call fills 64-bit words with random bits,
@@ -89,7 +89,10 @@ SCALINGS = ("inverted", "classic")
 # --------------------------------------------------------------------------------------------
 
 _FEW_DRAWS = 2048
-"""Masks of at most this many entries are drawn with ``bernoulli_`` (see :func:`_keep_factor`)."""
+"""Masks of at most this many entries are drawn with ``bernoulli_`` (see :func:`_draw_factor`)."""
+
+_FIELD_DEVICES = ("cpu", "cuda")
+"""Devices whose generators draw full-range 64-bit words; elsewhere: uniforms and ``bernoulli_``."""
 
 _FINE_RATE = 2.0**-8
 """Rates with ``min(p, 1 - p)`` below this are drawn with 32-bit fields instead of 16-bit ones."""
@@ -186,17 +189,16 @@ def _bits_keep_mask(
 ) -> Tensor:
     """Boolean mask of ``shape`` (broadcastable to ``x``): each entry True with probability 1 - p.
 
-    ``shape`` decides the variant: ``x.shape`` for element-wise dropout, ``(N, C, 1, ...)``
-    for whole channels, ``(N, 1, F)`` for one mask per sequence, ``(N, 1, ...)`` per sample.
-    ``p`` is resolved as in :func:`_field_threshold` (to ``2**-16``, finer near 0 and 1).
-    Under ``torch.compile`` the mask is ``U[0, 1) >= p`` instead (``p`` resolved to ``2**-24``):
-    dynamo cannot trace the in-place integer draw, and the compiler generates its own uniforms
-    inside the fused loop.
+    The random fields of :func:`_draw_mask` as ``bool``: DropBlock's seeds, and every variant's
+    mask under ``torch.compile``, where it is ``U[0, 1) >= p`` instead (``p`` resolved to
+    ``2**-24``): dynamo cannot trace the in-place integer draw, and the compiler generates its
+    own uniforms inside the fused loop. ``p`` is resolved as in :func:`_field_threshold`.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or x.device.type not in _FIELD_DEVICES:
         return _uniform(x, shape, generator) >= p
     bits, threshold = _field_threshold(p)
-    return _fields_like(x, shape, bits, generator) >= threshold
+    fields = _fields_like(x, shape, bits, generator)
+    return torch.ge(fields, threshold, out=fields).to(torch.bool)
 
 
 def _draw_factor(
@@ -218,16 +220,41 @@ def _draw_factor(
     arguments and generator state always give the same mask (the memory-lean backward relies
     on it).
     """
+    return _draw_mask(device, dtype, shape, order, p, generator, with_bool=False)[0]
+
+
+def _draw_mask(
+    device: torch.device,
+    dtype: torch.dtype,
+    shape: Sequence[int],
+    order: tuple[int, ...] | None,
+    p: float,
+    generator: torch.Generator | None,
+    with_bool: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """:func:`_draw_factor`, and with ``with_bool`` the same mask as ``bool`` too.
+
+    The comparison writes 0/1 over the random fields themselves, in their integer type: on a
+    CPU that is vectorized and ~7x faster than a comparison into ``bool`` or float (which runs
+    element by element). Integer-to-float and integer-to-``bool`` copies are vectorized too.
+    """
     stored = tuple(shape) if order is None else tuple(shape[d] for d in order)
     factor = torch.empty(stored, dtype=dtype, device=device)
-    if math.prod(stored) <= _FEW_DRAWS:
+    keep: Tensor | None = None
+    if math.prod(stored) <= _FEW_DRAWS or device.type not in _FIELD_DEVICES:
         factor.bernoulli_(1.0 - p, generator=generator)
+        keep = factor != 0 if with_bool else None
     else:
         bits, threshold = _field_threshold(p)
-        torch.ge(_random_fields(device, stored, None, bits, generator), threshold, out=factor)
-    if order is None:
-        return factor
-    return factor.permute(tuple(order.index(d) for d in range(len(order))))
+        fields = _random_fields(device, stored, None, bits, generator)
+        torch.ge(fields, threshold, out=fields)
+        factor.copy_(fields)
+        keep = fields.to(torch.bool) if with_bool else None
+    if order is not None:
+        inverse = tuple(order.index(d) for d in range(len(order)))
+        factor = factor.permute(inverse)
+        keep = None if keep is None else keep.permute(inverse)
+    return factor, keep
 
 
 def _keep_factor(
@@ -276,9 +303,9 @@ def _scale_by_factor(x: Tensor, factor: Tensor, scale: float) -> Tensor:
 class _ElementDropout(torch.autograd.Function):
     """``y = x · m · scale`` with ``m`` drawn inside, in two passes after the random draw.
 
-    Forward: random 16-bit fields, then ``y = (fields >= t)`` as 0/1 and ``y = x · y · scale``
-    in place (:func:`_draw_factor`, :func:`_scale_by_factor`). Backward: ``dx = g · m · scale``.
-    What is kept for the backward:
+    Forward: random 16-bit fields compared in place, copied to 0/1 in ``x``'s dtype, then
+    ``y = x · m · scale`` in place (:func:`_draw_mask`, :func:`_scale_by_factor`). Backward:
+    ``dx = g · m · scale`` in two passes. What is kept for the backward:
 
     * ``save_mask=True``: the mask as ``bool`` (1 byte per element, like ``torch.nn.Dropout``);
     * ``save_mask=False``: nothing per element, only the generator's state before the draw
@@ -302,20 +329,25 @@ class _ElementDropout(torch.autograd.Function):
         ctx.replay = None if source is None else (x.device, source.get_state())
         ctx.order = _permuted_layout(x, x.shape)
         ctx.p, ctx.scale = p, scale
-        factor = _draw_factor(x.device, x.dtype, x.shape, ctx.order, p, generator)
-        if ctx.replay is None:
-            ctx.save_for_backward(factor != 0)
+        factor, keep = _draw_mask(
+            x.device, x.dtype, x.shape, ctx.order, p, generator, with_bool=ctx.replay is None
+        )
+        if keep is not None:
+            ctx.save_for_backward(keep)
         return _scale_by_factor(x, factor, scale)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         if ctx.replay is None:
-            factor = torch.empty_like(grad).copy_(ctx.saved_tensors[0])
+            # bool -> float copies run element by element on a CPU; uint8 -> float is vectorized
+            factor = torch.empty_like(grad).copy_(ctx.saved_tensors[0].view(torch.uint8))
         else:
             device, state = ctx.replay
             replay = torch.Generator(device=device)
             replay.set_state(state)
             factor = _draw_factor(device, grad.dtype, grad.shape, ctx.order, ctx.p, replay)
+        if grad.requires_grad:  # create_graph=True (e.g. a gradient penalty): stay differentiable
+            return grad * factor.mul_(ctx.scale), None, None, None, None
         return _scale_by_factor(grad, factor, ctx.scale), None, None, None, None
 
 

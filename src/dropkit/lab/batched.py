@@ -1,9 +1,13 @@
 """Many runs as ONE computation: R multilayer perceptrons trained together, weights stacked.
 
-A sweep's runs share data and architecture and differ in dropout rates, max-norm and seed. Here
-they train as one batched computation: every weight has a leading run axis ``R``, every matmul
-is a ``bmm`` over runs, and the per-run knobs are tensors (drop rates, max-norm bounds), so an
-epoch costs the same few dozen tensor ops whether it trains 1 run or 90.
+A sweep's runs share data and architecture and differ in seed and regularization: dropout
+rates, max-norm, L1/L2 penalties, input jitter, hidden Gaussian noise, early/late dropout
+schedules and early stopping (:class:`RunSettings`). Here they train as one batched
+computation: every weight has a leading run axis ``R``, every matmul is a ``bmm`` over runs,
+and the per-run knobs are tensors (drop rates per epoch, max-norm bounds, penalty weights,
+noise scales), so an epoch costs the same few dozen tensor ops whether it trains 1 run or 90.
+A knob no run of the batch uses costs nothing: its tensors are None and its ops are left out
+of the (compiled) step, so a plain rate sweep runs the same step as before the others existed.
 
 Exactness. Each run owns a ``torch.Generator`` seeded with its seed, from which it draws its
 initial weights and its per-epoch data order, and its dropout masks are a pure function of
@@ -21,7 +25,10 @@ Masks. Unit ``i`` of a dropout site draws ``u = mix(key + i·φ) >> 16``, a 16-b
 (seed, epoch, site); the unit is dropped when ``u < round(p · 65536)``, so ``p`` is resolved
 to 2**-16 (0.4 becomes 0.399994). The hash runs inside the compiled training step, in
 parallel and without storing a mask: on the case-study grid it replaced a per-run loop over
-``torch.Generator`` draws that took a third of each epoch.
+``torch.Generator`` draws that took a third of each epoch. Gaussian noise (input jitter,
+hidden noise) comes from the same hash: two streams per site give two 24-bit uniforms and
+Box–Muller turns them into ``N(0, 1)`` (:func:`normal_noise`). Early and late dropout change
+a run's threshold per epoch (0 keeps every unit, with scale 1: exactly no dropout).
 """
 
 from __future__ import annotations

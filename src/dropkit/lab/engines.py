@@ -261,7 +261,7 @@ class RayEngine:
             options: dict[str, Any] = {
                 "include_dashboard": False,
                 "log_to_driver": False,
-                "logging_level": "WARNING",
+                "logging_level": "ERROR",
             }
             if self.address is None:
                 # A local instance reports no usage statistics unless the user asked for them.
@@ -356,9 +356,12 @@ class RayEngine:
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=_PROGRESS_EVERY_S)
                 if reading is not None and ray.wait([reading], timeout=0)[0]:
-                    for number, epochs in ray.get(reading).items():
-                        advance(number, epochs)
-                    reading = board.read.remote()
+                    try:
+                        for number, epochs in ray.get(reading).items():
+                            advance(number, epochs)
+                        reading = board.read.remote()
+                    except ray.exceptions.RayError:  # progress is a nicety: do without
+                        reading = None
                 for ref in ready:
                     number = pending.pop(ref)
                     job = jobs[number]
