@@ -272,3 +272,32 @@ def test_epoch_ticker_reports_each_batch_epoch_once() -> None:
     assert seen == [1, 2, 3]  # 16 of 20
     ticker.finish()  # the second part stopped early
     assert seen == [1, 2, 3, 4]
+
+
+def test_every_epoch_is_reported_once_when_early_stopping_ends_a_batch(circles: Dataset) -> None:
+    """All runs stop long before the last epoch: the remaining epochs are still reported."""
+    seen: list[int] = []
+    runs = [B.RunSettings(0, patience=1), B.RunSettings(1, patience=1)]
+    result = B.train_batch(
+        circles, ModelSpec((8,)), TrainSpec(epochs=300), runs, compile=False, on_epoch=seen.append
+    )
+    assert result.info is not None and all(i["stop_epoch"] < 300 for i in result.info)
+    assert seen == list(range(1, 301))
+
+
+@pytest.mark.slow
+def test_compiled_equals_eager_with_every_knob(circles: Dataset) -> None:
+    """Penalties, jitter, hidden noise, a dropout schedule and early stopping, compiled."""
+    runs = [
+        B.RunSettings(1, p=0.3, l1=1e-3, l2=1e-2, dropout_epochs=(0, 10)),
+        B.RunSettings(2, augment=0.2, noise=0.3, max_norm=2.0),
+        B.RunSettings(3, p=0.2, dropout_epochs=(10, 20), patience=4),
+    ]
+    model, train = ModelSpec(hidden=(16,)), TrainSpec(epochs=20)
+    eager = B.train_batch(circles, model, train, runs, compile=False)
+    compiled = B.train_batch(circles, model, train, runs, compile=True)
+    assert compiled.info == eager.info
+    for metric in B.METRICS:
+        np.testing.assert_allclose(
+            compiled.curves[metric], eager.curves[metric], rtol=1e-4, atol=1e-5
+        )

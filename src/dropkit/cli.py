@@ -39,7 +39,7 @@ EpochsOpt = Annotated[int, typer.Option(help="Training epochs per run.")]
 SeedsOpt = Annotated[int, typer.Option(help="Seeds per setting (10 is the minimum for a claim).")]
 OutOpt = Annotated[Path | None, typer.Option(help="Output folder for plots and tables.")]
 StoreOpt = Annotated[
-    Path | None, typer.Option(help="SQLite results store [default: OUT/runs.sqlite].")
+    Path | None, typer.Option(help="SQLite results store (default: OUT/runs.sqlite).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
@@ -48,7 +48,7 @@ CompileOpt = Annotated[
     bool | None,
     typer.Option(
         "--compile/--no-compile",
-        help="Fuse training with torch.compile [default: when a C++ compiler is found].",
+        help="Fuse training with torch.compile (default: when a C++ compiler is found).",
     ),
 ]
 RunsPerBatchOpt = Annotated[
@@ -633,7 +633,7 @@ def compare(
         str | None,
         typer.Option(
             help="Comma-separated arms, regularizers joined by '+', e.g. "
-            "'none,dropout,l2,dropout+l2' [default: every arm that applies to --model]. "
+            "'none,dropout,l2,dropout+l2' (default: every arm that applies to --model). "
             "Arms: none, dropout, input_dropout, l1, l2, max_norm, batchnorm, bn_dropout, "
             "dropout_bn, early_stopping, augment, gaussian_noise, concrete, early_dropout, "
             "late_dropout, spatial_dropout, dropblock, variational, recurrent_dropout."
@@ -642,7 +642,7 @@ def compare(
     seeds: SeedsOpt = 10,
     epochs: Annotated[
         int | None,
-        typer.Option(help="Training epochs per run [default: chosen per data set and model]."),
+        typer.Option(help="Training epochs per run (default: chosen per data set and model)."),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 32,
     model: Annotated[str, typer.Option(help="mlp, cnn (image data) or rnn (sequences).")] = "mlp",
@@ -650,7 +650,7 @@ def compare(
         str | None,
         typer.Option(
             help="Layer widths: MLP hidden units, CNN channels or LSTM sizes "
-            "[default: mlp 500, cnn 16,32, rnn 32]."
+            "(default: mlp 500, cnn 16,32, rnn 32)."
         ),
     ] = None,
     p: Annotated[float, typer.Option("--p", help="Hidden drop probability of dropout arms.")] = 0.5,
@@ -664,7 +664,7 @@ def compare(
         int | None,
         typer.Option(
             help="Epochs without a better validation loss before early_stopping "
-            "stops [default: a tenth of --epochs, at least 10]."
+            "stops (default: a tenth of --epochs, at least 10)."
         ),
     ] = None,
     noise: Annotated[float, typer.Option(help="σ of gaussian_noise on hidden activations.")] = 0.1,
@@ -672,7 +672,7 @@ def compare(
         float | None,
         typer.Option(
             help="augment: jitter in feature standard deviations (tables), shift in "
-            "pixels (images) [default: 0.1, images 1]."
+            "pixels (images) (default: 0.1, images 1)."
         ),
     ] = None,
     switch: Annotated[
@@ -681,7 +681,7 @@ def compare(
     concrete: Annotated[
         float | None,
         typer.Option(
-            help="Dropout-regularizer weight of concrete [default: 2/N, N training samples]."
+            help="Dropout-regularizer weight of concrete (default: 2/N, N training samples)."
         ),
     ] = None,
     block_size: Annotated[int, typer.Option(help="Block edge of dropblock, in pixels.")] = 3,

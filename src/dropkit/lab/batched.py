@@ -479,30 +479,36 @@ def train_batch(
     n_runs = len(runs)
     if not n_runs:
         raise ValueError("`runs` must hold at least one run")
-    ticker = EpochTicker(n_runs, train.epochs, on_epoch)
     plain = [i for i, r in enumerate(runs) if r.patience is None]
     stopping = [i for i, r in enumerate(runs) if r.patience is not None]
+    groups = [group for group in (plain, stopping) if group]
+    ticker = EpochTicker(n_runs, train.epochs, on_epoch) if len(groups) > 1 else None
     values = np.empty((len(METRICS), n_runs, train.epochs))
     info: list[dict[str, float]] = [{} for _ in runs]
     pairs: list[list[tuple[Tensor, Tensor]]] = [[] for _ in runs]
-    for group in (plain, stopping):
-        if not group:
-            continue
-        part = _train_group(
-            data, model, train, [runs[i] for i in group], fused, ticker.part(len(group))
-        )
+    for group in groups:
+        if ticker is not None:
+            tick = ticker.part(len(group))
+        else:  # one part: the batch's own callback, nothing to count
+            tick = on_epoch if on_epoch is not None else _no_epoch_callback
+        part = _train_group(data, model, train, [runs[i] for i in group], fused, tick)
         values[:, group] = part.history
         for position, index in enumerate(group):
             info[index] = part.info[position]
             if keep_weights:
                 pairs[index] = part.pairs[position]
-    ticker.finish()
+    if ticker is not None:
+        ticker.finish()
     return BatchResult(
         curves={name: values[i] for i, name in enumerate(METRICS)},
         seconds=time.perf_counter() - start,
         info=info,
         pairs=pairs if keep_weights else None,
     )
+
+
+def _no_epoch_callback(_epoch: int) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -560,6 +566,7 @@ def _train_group(
     if any(r.noise for r in runs):
         hidden_sigma = torch.tensor([r.noise for r in runs]).view(-1, 1, 1)
         sigmas[1:] = [hidden_sigma] * len(model.hidden)
+    noisy = any(sigma is not None for sigma in sigmas)
     index = [
         unit_index(n_train, width) if rates[s] is not None or sigmas[s] is not None else None
         for s, width in enumerate(site_widths)
@@ -628,18 +635,20 @@ def _train_group(
                 )
                 for site, sigma in enumerate(sigmas)
             ]
+            noises: list[tuple[Tensor, Tensor, Tensor, Tensor] | None] | None = None
             for begin in range(0, n_train, batch_size):
                 rows = slice(begin, begin + batch_size)
                 masks = [
                     None if key is None or r is None or at is None else (key, at[:, rows], *r)
                     for key, r, at in zip(keys, epoch_rates, index, strict=True)
                 ]
-                noises = [
-                    None
-                    if pair is None or sigma is None or at is None
-                    else (*pair, at[:, rows], sigma)
-                    for pair, sigma, at in zip(noise_keys, sigmas, index, strict=True)
-                ]
+                if noisy:
+                    noises = [
+                        None
+                        if pair is None or sigma is None or at is None
+                        else (*pair, at[:, rows], sigma)
+                        for pair, sigma, at in zip(noise_keys, sigmas, index, strict=True)
+                    ]
                 grads = train_step(
                     weights,
                     biases,
@@ -648,7 +657,7 @@ def _train_group(
                     masks,
                     data.n_classes,
                     fused,
-                    noises if any(n is not None for n in noises) else None,
+                    noises,
                     penalties,
                 )
                 for param, grad in zip(params, grads, strict=True):
@@ -677,6 +686,8 @@ def _train_group(
             if epoch + 1 < epochs and bool(stopped.all()):
                 restore(stopped)
                 history[epoch + 1 :] = measure()[: len(METRICS)]
+                for later in range(epoch + 2, epochs + 1):  # the epochs it had no need of
+                    on_epoch(later)
                 break
         if stopping:
             restore(torch.ones(n_runs, dtype=torch.bool))

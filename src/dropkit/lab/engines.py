@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
-from dropkit._validation import check_nonnegative, check_positive
+from dropkit._validation import check_nonnegative, check_positive, check_positive_int
 from dropkit.lab.batched import BatchResult
 from dropkit.lab.config import RunConfig
 from dropkit.lab.data import Dataset
@@ -90,12 +90,18 @@ class InProcessEngine:
     Args:
         compile: fuse the training step with ``torch.compile`` (None: when a C++ compiler
             is available).
+        threads: torch's intra-op threads while a batch trains (restored afterwards); None
+            leaves torch's setting alone. The default is 1: the lab's models are small, and
+            torch's threads wait on each other whenever another process wants a core. On 2
+            cores beside one busy process, the 90-run case-study grid took 60 s with 1 thread
+            and 420 s with 2 (docs/performance.md).
     """
 
     slots = 1
 
-    def __init__(self, *, compile: bool | None = None) -> None:
+    def __init__(self, *, compile: bool | None = None, threads: int | None = 1) -> None:
         self.compile = compile
+        self.threads = None if threads is None else check_positive_int(threads, "threads")
 
     def run_batch(
         self,
@@ -104,7 +110,8 @@ class InProcessEngine:
         on_epoch: Callable[[int], None] | None = None,
     ) -> BatchResult:
         """Train one batch; ``on_epoch`` is called with the number of finished epochs."""
-        return train_configs(data, configs, compile=self.compile, on_epoch=on_epoch)
+        with _torch_threads(self.threads):
+            return train_configs(data, configs, compile=self.compile, on_epoch=on_epoch)
 
     def run_batches(
         self,
@@ -121,6 +128,22 @@ class InProcessEngine:
                     on_progress(size)
 
             yield job, self.run_batch(job.data, job.configs, on_epoch)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with ``threads`` intra-op threads, then restore torch's setting."""
+    import torch
+
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- Ray ---------------------------------------------------------------------------------------
