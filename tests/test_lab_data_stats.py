@@ -370,6 +370,17 @@ class TestDiagnosis:
         assert [f.group for f in findings] == ["dropout p=0.8"]
         assert "0.600" in findings[0].message and "lower the rate" in findings[0].message
 
+    def test_underfit_group_is_told_to_lower_the_rate_only(self) -> None:
+        # p=0.5 still has a gap of 0.18 but trains 0.12 below the baseline and tests worse:
+        # "raise the rate" would contradict "lower the rate".
+        runs = _group(0.0, [0.83, 0.83, 0.83], train_acc=0.98)
+        runs += _group(0.5, [0.68, 0.68, 0.69], train_acc=0.86)
+        findings = diagnose(summarize(runs))
+        by_group = {(f.rule, f.group) for f in findings}
+        assert ("no_convergence", "dropout p=0.5") in by_group
+        assert ("large_gap", "dropout p=0.5") not in by_group
+        assert ("large_gap", "none") in by_group
+
     def test_more_epochs_and_not_converged(self) -> None:
         epochs = np.arange(1, 101)
         hundred = TrainSpec(epochs=100)

@@ -310,16 +310,10 @@ def _close_engine(engine: Engine) -> None:
 
 
 def _data_spec(name: str, target: str | None, impute: str | None) -> DataSpec:
-    """The data's spec; imputation enters the runs' identity where DataSpec has the field."""
-    import dataclasses
-
+    """The data's spec: a built-in name, or a CSV file by path and content (imputation included)."""
     from dropkit.lab.config import DataSpec
 
-    spec = DataSpec.resolve(name, target)
-    if impute is not None and "impute" in {f.name for f in dataclasses.fields(DataSpec)}:
-        changes: dict[str, Any] = {"impute": impute}
-        spec = dataclasses.replace(spec, **changes)
-    return spec
+    return DataSpec.resolve(name, target, impute)
 
 
 def _report(

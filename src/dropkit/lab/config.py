@@ -35,12 +35,15 @@ class DataSpec:
 
     Args:
         name: a built-in data set (``circles``, ``moons``, ``digits``, ``breast_cancer``,
-            ``wine``) or the path of a CSV file.
+            ``wine``, ``mnist``, ``sequence``) or the path of a CSV file.
         target: the CSV column to predict (CSV only).
         test_size: fraction of samples held out for testing (built-ins other than ``circles``,
             and CSV). ``circles`` is the case study's data: the first 30 of 100 samples train.
         split_seed: seed of the train/test split, fixed for all runs of a sweep.
         content_hash: for a CSV file, a hash of its bytes (see :meth:`resolve`).
+        impute: ``"mean"`` or ``"median"``: fill missing CSV features with the training split's
+            column statistic (None: missing features are an error). It changes the data, so it
+            is part of every run's identity.
     """
 
     name: str = "circles"
@@ -48,9 +51,10 @@ class DataSpec:
     test_size: float = 0.3
     split_seed: int = 0
     content_hash: str | None = None
+    impute: str | None = None
 
     @classmethod
-    def resolve(cls, name: str, target: str | None = None) -> DataSpec:
+    def resolve(cls, name: str, target: str | None = None, impute: str | None = None) -> DataSpec:
         """The spec of a built-in name, or of a CSV file by absolute path and content hash.
 
         The hash makes the file's contents part of every run's identity: an edited CSV is new
@@ -58,9 +62,17 @@ class DataSpec:
         """
         path = Path(name)
         if name.lower().endswith(".csv") and path.is_file():
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-            return cls(name=str(path.resolve()), target=target, content_hash=digest)
-        return cls(name=name, target=target)
+            digest = hashlib.sha256()
+            with path.open("rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+            return cls(
+                name=str(path.resolve()),
+                target=target,
+                content_hash=digest.hexdigest()[:16],
+                impute=impute,
+            )
+        return cls(name=name, target=target, impute=impute)
 
 
 MODEL_KINDS = ("mlp", "cnn", "rnn")
@@ -212,6 +224,8 @@ class RunConfig:
             data["regularizers"] = [list(pair) for pair in self.regularizers]
         if self.model.kind == "mlp":
             del data["model"]["kind"]
+        if self.data.impute is None:
+            del data["data"]["impute"]
         return data
 
     @classmethod

@@ -23,9 +23,10 @@ Early stopping (``early_stopping``, patience ``k`` epochs): :func:`validation_sp
 run); the run trains on the rest, which is also what its ``train_*`` curves measure. After each
 epoch the validation loss is computed; when it has not fallen below its best for ``k`` epochs the
 run stops, the weights of the best epoch are restored, and its remaining epochs repeat the
-metrics of those weights. ``info["stop_epoch"]`` is the number of epochs trained (``E`` when the
-patience never ran out, and then the last weights are kept), ``info["best_epoch"]`` the 1-based
-epoch of the lowest validation loss.
+metrics of those weights. When the patience never runs out, the best weights are restored after
+the last epoch, whose point then records them (as the stacked trainer does).
+``info["stop_epoch"]`` is the number of epochs trained (``E`` when the patience never ran out),
+``info["best_epoch"]`` the 1-based epoch of the lowest validation loss.
 
 Randomness: every run owns one ``torch.Generator`` seeded with its seed; it draws the initial
 weights, then each epoch's order, the masks of every dropout layer, the noise and the
@@ -56,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dropkit.concrete import ConcreteDropout, concrete_regularization
-from dropkit.lab.batched import METRICS, BatchResult
+from dropkit.lab.batched import METRICS, VALIDATION_FRACTION, BatchResult, validation_split
 from dropkit.lab.config import RunConfig, TrainSpec
 from dropkit.lab.data import Dataset
 from dropkit.lab.models import (
@@ -80,30 +81,6 @@ __all__ = [
 
 EVAL_CHUNK = 2048
 """Rows per forward pass when evaluating, so large test sets fit in memory."""
-
-VALIDATION_FRACTION = 0.2
-"""The share of the training set early stopping holds out."""
-
-
-def validation_split(
-    y: np.ndarray, fraction: float = VALIDATION_FRACTION, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(fit, validation)`` of a stratified hold-out of ``fraction`` of ``y``.
-
-    Each class gives ``round(fraction · n_c)`` samples, at least 1 (and at most ``n_c − 1``, so
-    every class also stays in the fit part when it has 2 or more samples), drawn with
-    ``numpy.random.default_rng(seed)``. Both index arrays are sorted.
-    """
-    rng = np.random.default_rng(seed)
-    held: list[np.ndarray] = []
-    for label in np.unique(y):
-        members = np.flatnonzero(y == label)
-        take = max(1, round(fraction * len(members)))
-        take = min(take, max(1, len(members) - 1))
-        held.append(rng.choice(members, size=take, replace=False))
-    validation = np.sort(np.concatenate(held))
-    fit = np.setdiff1d(np.arange(len(y)), validation)
-    return fit, validation
 
 
 def dropout_active(config: RunConfig, epoch: int) -> bool:
@@ -381,6 +358,10 @@ def train_modules(
                 _early_stop(run, epoch, loss)
         if on_epoch is not None:
             on_epoch(epoch + 1)
+    for run in runs:
+        if run.patience is not None and run.stopped is None and run.best_state is not None:
+            run.model.load_state_dict(run.best_state)
+            _record(run, epochs - 1)
     states, infos = [], []
     for run in runs:
         if run.dropout_on is False:

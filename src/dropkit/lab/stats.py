@@ -679,7 +679,17 @@ def diagnose(
             family = (s.arm, s.input_p, s.max_norm, s.regularizers, s.epochs)
             if family not in families or s.p > families[family].p:
                 families[family] = s
+    # A group that cannot fit (no_convergence below) gets "lower the rate", never "raise" too.
+    underfit = {
+        s.name
+        for s in others
+        if fits
+        and base.train_acc_mean - s.train_acc_mean > t.underfit_drop
+        and not s.test_acc_mean > base.test_acc_mean
+    }
     for s in families.values():
+        if s.name in underfit:
+            continue
         if gap_rules and math.isfinite(s.gap_mean) and s.gap_mean >= t.large_gap:
             findings.append(
                 Finding(
@@ -695,7 +705,7 @@ def diagnose(
     if fits:
         for s in others:
             drop = base.train_acc_mean - s.train_acc_mean
-            if drop > t.underfit_drop and not s.test_acc_mean > base.test_acc_mean:
+            if s.name in underfit:
                 knob = "rate" if _has_dropout(s) else "strength"
                 findings.append(
                     Finding(
