@@ -21,7 +21,7 @@ from dropkit import __version__
 if TYPE_CHECKING:  # the lab is imported when a command runs, not at start-up
     from dropkit.lab.config import DataSpec, SweepSpec
     from dropkit.lab.engines import Engine
-    from dropkit.lab.stats import ArmSummary, Finding
+    from dropkit.lab.stats import ArmSummary, BestRate, Finding
     from dropkit.lab.store import ResultsStore, StoredRun
 
 __all__ = ["app", "main"]
@@ -373,6 +373,20 @@ def _report(
         "out": str(out),
         "files": {k: str(v) for k, v in files.items()},
     }
+    _finish(payload, summaries, best, findings, store_path, files, out, as_json)
+
+
+def _finish(
+    payload: dict[str, Any],
+    summaries: Sequence[ArmSummary],
+    best: BestRate | None,
+    findings: Sequence[Finding],
+    store_path: Path,
+    files: dict[str, Path],
+    out: Path,
+    as_json: bool,
+) -> None:
+    """Write ``OUT/summary.json``; print it (``--json``) or the table, verdict and findings."""
     (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
     if as_json:
         typer.echo(json.dumps(payload))
@@ -940,18 +954,7 @@ def _compare_report(
         "out": str(out),
         "files": {k: str(v) for k, v in files.items()},
     }
-    (out / "summary.json").write_text(json.dumps(payload, indent=2) + "\n")
-    if as_json:
-        typer.echo(json.dumps(payload))
-        return
-    _print_table(summaries)
-    if best is not None:
-        typer.echo(best.evidence)
-    _print_findings(findings)
-    typer.echo(f"results store: {store_path}")
-    for name, path in files.items():
-        typer.echo(f"{name.replace('_', ' ')}: {path}")
-    typer.echo(f"summary table: {out / 'summary.json'}")
+    _finish(payload, summaries, best, findings, store_path, files, out, as_json)
 
 
 def _load_factory(target: str) -> Any:

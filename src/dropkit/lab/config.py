@@ -135,7 +135,7 @@ def arm_name(
     for the dropout, and BatchNorm with dropout is ``bn_dropout``.
     """
     names = [name for name, _ in regularizers]
-    dropout_arm = p > 0 and any(name in _DROPOUT_ENTRIES for name in names)
+    dropout_arm = p > 0 and any(name in DROPOUT_ENTRIES for name in names)
     parts = [
         name
         for name, on in (
@@ -150,7 +150,7 @@ def arm_name(
 
 
 # Regularizer entries that apply the dropout rate ``p`` their own way (see :func:`arm_name`).
-_DROPOUT_ENTRIES = frozenset(
+DROPOUT_ENTRIES = frozenset(
     {
         "batchnorm",
         "dropout_bn",

@@ -48,7 +48,14 @@ from dropkit._validation import (
     check_positive_int,
     check_probability,
 )
-from dropkit.lab.config import MODEL_KINDS, DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.config import (
+    DROPOUT_ENTRIES,
+    MODEL_KINDS,
+    DataSpec,
+    ModelSpec,
+    RunConfig,
+    TrainSpec,
+)
 
 __all__ = [
     "ARM_NAMES",
@@ -281,17 +288,6 @@ BATCHED_REGULARIZERS = frozenset(
 """The ``RunConfig.regularizers`` entries the stacked MLP trainer (:mod:`dropkit.lab.batched`)
 can express; MLP runs with other entries train in :mod:`dropkit.lab.loop`."""
 
-# Regularizers that say how the dropout rate ``p`` is applied: two of them in one arm conflict.
-_DROPOUT_KINDS = (
-    "dropout_bn",
-    "early_dropout",
-    "late_dropout",
-    "spatial_dropout",
-    "dropblock",
-    "variational",
-    "recurrent_dropout",
-)
-
 
 @dataclass(frozen=True)
 class Strengths:
@@ -438,7 +434,8 @@ def parse_arms(text: str) -> list[Arm]:
         entries = [r.entry for r in arm.parts if r.entry is not None]
         if len(set(entries)) != len(entries):
             raise ArmError(f"--arms: {item!r} sets the same regularizer twice")
-        conflict = [n for n in names if n in _DROPOUT_KINDS or n in {"batchnorm", "bn_dropout"}]
+        # Entries that say how the rate p is applied: two of them in one arm conflict.
+        conflict = [n for n in names if n in DROPOUT_ENTRIES or n == "bn_dropout"]
         if len({"batchnorm" if n == "bn_dropout" else n for n in conflict}) > 1:
             raise ArmError(
                 f"--arms: {item!r} combines {' and '.join(map(repr, conflict))}, which exclude "
