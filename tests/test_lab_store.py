@@ -318,7 +318,9 @@ def _wait_for_runs(process: subprocess.Popen[str], path: Path, at_least: int) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 def test_killed_sweep_loses_nothing_and_resumes(how: signal.Signals, tmp_path: Path) -> None:
-    epochs = 400
+    # Long enough that the five batches after the first take seconds, not a fraction of one:
+    # the kill must land mid-sweep even when this process is descheduled for a while.
+    epochs = 800
     path = tmp_path / "runs.sqlite"
     process = _start(tmp_path, epochs)
     _wait_for_runs(process, path, at_least=2)
