@@ -7,10 +7,11 @@ traceback. ``--json`` prints exactly one JSON object on stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -19,8 +20,10 @@ import typer
 from dropkit import __version__
 
 if TYPE_CHECKING:  # the lab is imported when a command runs, not at start-up
-    from dropkit.lab.config import DataSpec, SweepSpec
+    from dropkit.lab.config import DataSpec, RunConfig, SweepSpec
+    from dropkit.lab.data import Dataset
     from dropkit.lab.engines import Engine
+    from dropkit.lab.runner import SweepOutcome
     from dropkit.lab.stats import ArmSummary, BestRate, Finding
     from dropkit.lab.store import ResultsStore, StoredRun
 
@@ -196,34 +199,15 @@ def _run_experiment(
 ) -> None:
     from dropkit._validation import check_probability
     from dropkit.lab.config import ModelSpec, SweepSpec, TrainSpec
-    from dropkit.lab.data import IMPUTE_METHODS, DataError, load_dataset
-    from dropkit.lab.runner import IncompleteSweep, run_configs
-    from dropkit.lab.store import ResultsStore, StoreError
 
-    if seeds < 1:
-        _fail(f"--seeds must be >= 1, got {seeds}")
-    if epochs < 1:
-        _fail(f"--epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        _fail(f"--batch-size must be >= 1, got {batch_size}")
-    if runs_per_batch < 1:
-        _fail(f"--runs-per-batch must be >= 1, got {runs_per_batch}")
-    _check_engine(engine, address)
+    _check_run_options(seeds, epochs, batch_size, runs_per_batch, engine, address, impute)
     if max_norm is not None and not (max_norm > 0 and math.isfinite(max_norm)):
         _fail(f"--max-norm must be a finite number > 0, got {max_norm}")
     try:
         input_dropout = check_probability(input_dropout, "--input-dropout")
     except ValueError as error:
         _fail(str(error))
-    if impute is not None and impute not in IMPUTE_METHODS:
-        _fail(f"--impute must be {' or '.join(IMPUTE_METHODS)}, got {impute!r}")
-    data_spec = _data_spec(data_name, target, impute)
-    try:  # refuse bad data before anything is written
-        dataset = load_dataset(data_spec, impute=impute)
-    except DataError as error:
-        _fail(str(error))
-    for note in dataset.notes:
-        typer.echo(f"dropkit: note: {note}", err=True)
+    data_spec, dataset = _load_data(data_name, target, impute)
     spec = SweepSpec(
         data=data_spec,
         model=ModelSpec(hidden=hidden),
@@ -233,7 +217,85 @@ def _run_experiment(
         input_p=input_dropout,
         max_norm=max_norm,
     )
-    try:  # the output folder must be usable before anything is trained or stored
+    with _trained(
+        list(spec.runs()),
+        dataset,
+        out=out,
+        store_path=store_path,
+        as_json=as_json,
+        quiet=quiet,
+        compile=compile,
+        runs_per_batch=runs_per_batch,
+        engine=engine,
+        address=address,
+    ) as (store, store_path, outcome):
+        _report(
+            kind, dataset.name, spec, store, outcome.keys, out, store_path, as_json, dataset.notes
+        )
+
+
+def _check_run_options(
+    seeds: int,
+    epochs: int | None,
+    batch_size: int,
+    runs_per_batch: int,
+    engine: str,
+    address: str | None,
+    impute: str | None,
+) -> None:
+    """The options every training command shares; a bad one exits 2 with one line."""
+    from dropkit.lab.data import IMPUTE_METHODS
+
+    if seeds < 1:
+        _fail(f"--seeds must be >= 1, got {seeds}")
+    if epochs is not None and epochs < 1:
+        _fail(f"--epochs must be >= 1, got {epochs}")
+    if batch_size < 1:
+        _fail(f"--batch-size must be >= 1, got {batch_size}")
+    if runs_per_batch < 1:
+        _fail(f"--runs-per-batch must be >= 1, got {runs_per_batch}")
+    _check_engine(engine, address)
+    if impute is not None and impute not in IMPUTE_METHODS:
+        _fail(f"--impute must be {' or '.join(IMPUTE_METHODS)}, got {impute!r}")
+
+
+def _load_data(data_name: str, target: str | None, impute: str | None) -> tuple[DataSpec, Dataset]:
+    """Load the data before anything is written (bad data exits 2); print its notes."""
+    from dropkit.lab.data import DataError, load_dataset
+
+    data_spec = _data_spec(data_name, target, impute)
+    try:
+        dataset = load_dataset(data_spec, impute=impute)
+    except DataError as error:
+        _fail(str(error))
+    for note in dataset.notes:
+        typer.echo(f"dropkit: note: {note}", err=True)
+    return data_spec, dataset
+
+
+@contextlib.contextmanager
+def _trained(
+    configs: Sequence[RunConfig],
+    dataset: Dataset,
+    *,
+    out: Path,
+    store_path: Path | None,
+    as_json: bool,
+    quiet: bool,
+    compile: bool | None,
+    runs_per_batch: int,
+    engine: str,
+    address: str | None,
+) -> Iterator[tuple[ResultsStore, Path, SweepOutcome]]:
+    """Train the configs missing from the store; yield the open store for the report.
+
+    The output folder and the store must be usable before anything trains. Ctrl-C exits 130
+    saying how many runs are stored; a batch whose retries ran out exits 1.
+    """
+    from dropkit.lab.runner import IncompleteSweep, run_configs
+    from dropkit.lab.store import ResultsStore, StoreError
+
+    try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         _fail(f"cannot create the output folder {out}: {error}")
@@ -245,10 +307,9 @@ def _run_experiment(
         _close_engine(runner_engine)
         _fail(str(error))
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
-    progress = _RichProgress() if show_progress else None
-    configs = list(spec.runs())
+    keys = [c.key() for c in configs]
     with store:
-        done_before = len(store.done_keys([c.key() for c in configs]))
+        done_before = len(store.done_keys(keys))
         if not as_json:
             if done_before == len(configs):
                 typer.echo(f"{done_before}/{len(configs)} runs already complete in {store_path}")
@@ -259,12 +320,12 @@ def _run_experiment(
                 configs,
                 store,
                 engine=runner_engine,
-                progress=progress,
+                progress=_RichProgress() if show_progress else None,
                 max_batch=runs_per_batch,
-                datasets={data_spec: dataset},
+                datasets={configs[0].data: dataset},
             )
         except KeyboardInterrupt:
-            stored = len(store.done_keys([c.key() for c in configs]))
+            stored = len(store.done_keys(keys))
             typer.echo(
                 f"dropkit: interrupted; {stored}/{len(configs)} runs are stored in {store_path}. "
                 "Run the same command again to resume.",
@@ -276,9 +337,7 @@ def _run_experiment(
             raise typer.Exit(1) from None
         finally:
             _close_engine(runner_engine)
-        _report(
-            kind, dataset.name, spec, store, outcome.keys, out, store_path, as_json, dataset.notes
-        )
+        yield store, store_path, outcome
 
 
 def _check_engine(engine: str, address: str | None) -> None:
@@ -476,6 +535,7 @@ def demo(
         _fail(str(error))
     _guarded(
         debug,
+        _run_experiment,
         kind="demo",
         rates=[0.0, p] if p > 0 else [0.0],
         seeds=seeds,
@@ -531,6 +591,7 @@ def sweep(
     """Grid-search the dropout rate: rates x seeds, with 95% CIs and the best rate's evidence."""
     _guarded(
         debug,
+        _run_experiment,
         kind="sweep",
         rates=_parse_rates(rates),
         seeds=seeds,
@@ -722,36 +783,28 @@ def compare(
         "concrete": concrete,
         "block_size": block_size,
     }
-    try:
-        _compare(
-            data_name=data,
-            target=target,
-            impute=impute,
-            arms_text=arms,
-            seeds=seeds,
-            epochs=epochs,
-            batch_size=batch_size,
-            kind=model,
-            hidden_text=hidden,
-            strengths=options,
-            out=out or Path("dropkit-compare"),
-            store_path=store,
-            as_json=as_json,
-            quiet=quiet,
-            compile=compile,
-            runs_per_batch=runs_per_batch,
-            engine=engine,
-            address=address,
-        )
-    except (typer.Exit, KeyboardInterrupt):
-        raise
-    except Exception as error:
-        if debug:
-            raise
-        typer.echo(
-            f"dropkit: {type(error).__name__}: {error} (rerun with --debug for details)", err=True
-        )
-        raise typer.Exit(1) from None
+    _guarded(
+        debug,
+        _compare,
+        data_name=data,
+        target=target,
+        impute=impute,
+        arms_text=arms,
+        seeds=seeds,
+        epochs=epochs,
+        batch_size=batch_size,
+        kind=model,
+        hidden_text=hidden,
+        strengths=options,
+        out=out or Path("dropkit-compare"),
+        store_path=store,
+        as_json=as_json,
+        quiet=quiet,
+        compile=compile,
+        runs_per_batch=runs_per_batch,
+        engine=engine,
+        address=address,
+    )
 
 
 def _compare(
@@ -776,7 +829,6 @@ def _compare(
     address: str | None,
 ) -> None:
     from dropkit.lab.config import MODEL_KINDS, ModelSpec, TrainSpec
-    from dropkit.lab.data import IMPUTE_METHODS, DataError, load_dataset
     from dropkit.lab.models import build_model
     from dropkit.lab.regularizers import (
         REGULARIZERS,
@@ -787,22 +839,10 @@ def _compare(
         default_epochs,
         parse_arms,
     )
-    from dropkit.lab.runner import IncompleteSweep, run_configs
-    from dropkit.lab.store import ResultsStore, StoreError
 
-    if seeds < 1:
-        _fail(f"--seeds must be >= 1, got {seeds}")
-    if epochs is not None and epochs < 1:
-        _fail(f"--epochs must be >= 1, got {epochs}")
-    if batch_size < 1:
-        _fail(f"--batch-size must be >= 1, got {batch_size}")
-    if runs_per_batch < 1:
-        _fail(f"--runs-per-batch must be >= 1, got {runs_per_batch}")
+    _check_run_options(seeds, epochs, batch_size, runs_per_batch, engine, address, impute)
     if kind not in MODEL_KINDS:
         _fail(f"--model must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
-    _check_engine(engine, address)
-    if impute is not None and impute not in IMPUTE_METHODS:
-        _fail(f"--impute must be {' or '.join(IMPUTE_METHODS)}, got {impute!r}")
     for name, value in strengths.items():  # one option at a time, so the message names it
         try:
             Strengths(**{name: value})
@@ -816,13 +856,7 @@ def _compare(
             chosen = parse_arms(arms_text)
     except ArmError as error:
         _fail(str(error))
-    data_spec = _data_spec(data_name, target, impute)
-    try:  # refuse bad data before anything is written
-        dataset = load_dataset(data_spec, impute=impute)
-    except DataError as error:
-        _fail(str(error))
-    for note in dataset.notes:
-        typer.echo(f"dropkit: note: {note}", err=True)
+    data_spec, dataset = _load_data(data_name, target, impute)
     train = TrainSpec(
         epochs=epochs if epochs is not None else default_epochs(dataset.name, kind),
         batch_size=batch_size,
@@ -843,45 +877,18 @@ def _compare(
         _fail(str(error))
     except ValueError as error:
         _fail(f"--model {kind} on {dataset.name}: {error}")
-    try:  # the output folder must be usable before anything is trained or stored
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        _fail(f"cannot create the output folder {out}: {error}")
-    store_path = store_path or out / "runs.sqlite"
-    runner_engine = _start_engine(engine, address, compile)  # exit 2 when Ray is unusable
-    try:
-        results = ResultsStore(store_path)
-    except StoreError as error:
-        _close_engine(runner_engine)
-        _fail(str(error))
-    show_progress = not (quiet or as_json) and sys.stderr.isatty()
-    with results:
-        keys = [c.key() for c in configs]
-        done_before = len(results.done_keys(keys))
-        if not as_json and done_before:
-            typer.echo(f"{done_before}/{len(configs)} runs already complete in {store_path}")
-        try:
-            outcome = run_configs(
-                configs,
-                results,
-                engine=runner_engine,
-                progress=_RichProgress() if show_progress else None,
-                max_batch=runs_per_batch,
-                datasets={data_spec: dataset},
-            )
-        except KeyboardInterrupt:
-            stored = len(results.done_keys(keys))
-            typer.echo(
-                f"dropkit: interrupted; {stored}/{len(configs)} runs are stored in {store_path}. "
-                "Run the same command again to resume.",
-                err=True,
-            )
-            raise typer.Exit(130) from None
-        except IncompleteSweep as error:
-            typer.echo(f"dropkit: error: {error}", err=True)
-            raise typer.Exit(1) from None
-        finally:
-            _close_engine(runner_engine)
+    with _trained(
+        configs,
+        dataset,
+        out=out,
+        store_path=store_path,
+        as_json=as_json,
+        quiet=quiet,
+        compile=compile,
+        runs_per_batch=runs_per_batch,
+        engine=engine,
+        address=address,
+    ) as (results, store_path, outcome):
         _compare_report(
             results,
             outcome.keys,
@@ -1032,10 +1039,10 @@ def check(
         raise typer.Exit(1)
 
 
-def _guarded(debug: bool, **options: Any) -> None:
-    """Run an experiment; without ``--debug``, an unexpected error is one line, exit code 1."""
+def _guarded(debug: bool, command: Callable[..., None], **options: Any) -> None:
+    """Run a training command; without ``--debug``, an unexpected error is one line, exit 1."""
     try:
-        _run_experiment(**options)
+        command(**options)
     except (typer.Exit, KeyboardInterrupt):
         raise
     except Exception as error:
