@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
+import subprocess
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+
+from helpers import Spawn
 
 
 @pytest.fixture(autouse=True)
@@ -19,3 +23,23 @@ def _seeds_fixed() -> None:
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Spawn]:
+    """Start a command with text pipes; after the test it is killed if still running and reaped,
+    whatever the test did, so no process outlives its test."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()

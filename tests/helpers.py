@@ -1,15 +1,19 @@
-"""A shared harness that checks the contract every dropkit dropout layer must keep."""
+"""Shared test helpers: the contract every dropkit dropout layer must keep, and shared types."""
 
 from __future__ import annotations
 
 import copy
 import pickle
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
+
+Spawn = Callable[[list[str], dict[str, str]], "subprocess.Popen[str]"]
+"""The ``spawn`` fixture (conftest.py): start ``command`` with ``env``; reaped after the test."""
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

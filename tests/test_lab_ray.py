@@ -25,6 +25,7 @@ from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.engines import InProcessEngine, RayEngine
 from dropkit.lab.runner import IncompleteSweep, plan_batches, run_configs
 from dropkit.lab.store import ResultsStore
+from helpers import Spawn
 
 ray = pytest.importorskip("ray")
 
@@ -194,37 +195,21 @@ _SWEEP = ["sweep", "--rates", "0,0.5", "--seeds", "3", "--epochs", "300", "--hid
 _SWEEP += ["--no-compile", "--quiet", "--runs-per-batch", "1", "--engine", "ray"]
 
 
-def _sweep(tmp_path: Path, address: str) -> subprocess.Popen[str]:
+def _sweep(spawn: Spawn, tmp_path: Path, address: str) -> subprocess.Popen[str]:
     command = [sys.executable, "-m", "dropkit", *_SWEEP, "--address", address]
     command += ["--out", str(tmp_path / "out")]
     # The driver trains nothing: one thread. It inherits the Ray settings of this process
     # (ray.init sets the cluster's authentication mode in the environment).
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    _STARTED.append(process)
-    return process
+    return spawn(command, env)
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _reap_processes() -> Iterator[None]:
-    """Never leave a driver process behind, whatever a test did."""
-    yield
-    while _STARTED:
-        process = _STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-
-
-def test_killed_driver_resumes_from_the_store(engine: RayEngine, tmp_path: Path) -> None:
+def test_killed_driver_resumes_from_the_store(
+    engine: RayEngine, tmp_path: Path, spawn: Spawn
+) -> None:
     address = ray.get_runtime_context().gcs_address
     path = tmp_path / "out" / "runs.sqlite"
-    driver = _sweep(tmp_path, address)  # joins this process's Ray instance
+    driver = _sweep(spawn, tmp_path, address)  # joins this process's Ray instance
     deadline = time.monotonic() + 120
     stored = 0
     while stored < 2:

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from dropkit.lab.store import (
     RunRecord,
     StoreError,
 )
+from helpers import Spawn
 
 
 def _record(seed: int, p: float = 0.0, epochs: int = 5) -> RunRecord:
@@ -258,27 +258,8 @@ def _command(tmp_path: Path, epochs: int) -> list[str]:
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-_STARTED: list[subprocess.Popen[str]] = []
-
-
-@pytest.fixture(autouse=True)
-def _reap_processes() -> Iterator[None]:
-    """Never leave a sweep process behind, whatever a test did."""
-    yield
-    while _STARTED:
-        process = _STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-
-
-def _start(tmp_path: Path, epochs: int) -> subprocess.Popen[str]:
-    command = _command(tmp_path, epochs)
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
-    )
-    _STARTED.append(process)
-    return process
+def _start(spawn: Spawn, tmp_path: Path, epochs: int) -> subprocess.Popen[str]:
+    return spawn(_command(tmp_path, epochs), ENV)
 
 
 def _run(tmp_path: Path, epochs: int) -> subprocess.CompletedProcess[str]:
@@ -317,12 +298,14 @@ def _wait_for_runs(process: subprocess.Popen[str], path: Path, at_least: int) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
-def test_killed_sweep_loses_nothing_and_resumes(how: signal.Signals, tmp_path: Path) -> None:
+def test_killed_sweep_loses_nothing_and_resumes(
+    how: signal.Signals, tmp_path: Path, spawn: Spawn
+) -> None:
     # Long enough that the five batches after the first take seconds, not a fraction of one:
     # the kill must land mid-sweep even when this process is descheduled for a while.
     epochs = 800
     path = tmp_path / "runs.sqlite"
-    process = _start(tmp_path, epochs)
+    process = _start(spawn, tmp_path, epochs)
     _wait_for_runs(process, path, at_least=2)
     os.kill(process.pid, how)
     _, stderr = process.communicate(timeout=60)
@@ -347,10 +330,10 @@ def test_killed_sweep_loses_nothing_and_resumes(how: signal.Signals, tmp_path: P
 
 
 @pytest.mark.slow
-def test_two_sweeps_on_one_store(tmp_path: Path) -> None:
+def test_two_sweeps_on_one_store(tmp_path: Path, spawn: Spawn) -> None:
     epochs = 200
     path = tmp_path / "runs.sqlite"
-    processes = [_start(tmp_path, epochs) for _ in range(2)]
+    processes = [_start(spawn, tmp_path, epochs) for _ in range(2)]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
