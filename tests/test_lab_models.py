@@ -213,7 +213,7 @@ def test_arms_that_do_not_fit_the_kind_are_refused() -> None:
         )
     with pytest.raises(ValueError, match="unknown regularizer 'dropconnect'"):
         build_model(RunConfig(regularizers=(("dropconnect", 1.0),)), TABLE[2])
-    with pytest.raises(ValueError, match="two orders"):
+    with pytest.raises(ValueError, match="each say how the dropout rate is applied"):
         build_model(RunConfig(regularizers=(("batchnorm", 1.0), ("dropout_bn", 1.0))), TABLE[2])
     with pytest.raises(ValueError, match=r"needs images \(C, H, W\).*input_shape None"):
         build_model(RunConfig(model=ModelSpec((4,), "cnn")), TABLE[2])

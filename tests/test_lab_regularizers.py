@@ -76,9 +76,9 @@ class TestParse:
             parse_arms(text)
 
     def test_arm_of_another_model_kind_names_both(self) -> None:
-        with pytest.raises(ArmError, match="'spatial_dropout' does not apply to --model mlp.*cnn"):
+        with pytest.raises(ArmError, match="'spatial_dropout' does not apply to model 'mlp'.*cnn"):
             check_arms(parse_arms("none,spatial_dropout"), "mlp")
-        with pytest.raises(ArmError, match="'concrete' does not apply to --model rnn"):
+        with pytest.raises(ArmError, match="'concrete' does not apply to model 'rnn'"):
             build_configs(
                 parse_arms("concrete"),
                 Strengths(),

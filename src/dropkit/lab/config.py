@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dropkit._validation import check_probability
+from dropkit.lab.arms import MODEL_KINDS, RATE_ENTRIES
 
 __all__ = [
     "DataSpec",
@@ -75,8 +76,6 @@ class DataSpec:
         return cls(name=name, target=target, impute=impute)
 
 
-MODEL_KINDS = ("mlp", "cnn", "rnn")
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -130,12 +129,12 @@ def arm_name(
 ) -> str:
     """A label for a run's regularization: ``none``, ``dropout``, ``dropout+max_norm+l2``, ...
 
-    The labels are the arm names of :mod:`dropkit.lab.regularizers`: a regularizer that says
+    The labels are the arm names of :mod:`dropkit.lab.arms`: a regularizer that says
     how the dropout rate ``p`` is applied (``early_dropout``, ``spatial_dropout``, ...) stands
     for the dropout, and BatchNorm with dropout is ``bn_dropout``.
     """
     names = [name for name, _ in regularizers]
-    dropout_arm = p > 0 and any(name in DROPOUT_ENTRIES for name in names)
+    dropout_arm = p > 0 and any(name in RATE_ENTRIES for name in names)
     parts = [
         name
         for name, on in (
@@ -147,21 +146,6 @@ def arm_name(
     ]
     parts += ["bn_dropout" if name == "batchnorm" and p > 0 else name for name in names]
     return "+".join(parts) or "none"
-
-
-# Regularizer entries that apply the dropout rate ``p`` their own way (see :func:`arm_name`).
-DROPOUT_ENTRIES = frozenset(
-    {
-        "batchnorm",
-        "dropout_bn",
-        "early_dropout",
-        "late_dropout",
-        "spatial_dropout",
-        "dropblock",
-        "variational",
-        "recurrent_dropout",
-    }
-)
 
 
 def _canonical(value: Any) -> str:

@@ -70,6 +70,7 @@ from torch import Tensor, nn
 
 from dropkit._validation import check_generator, check_nonnegative
 from dropkit.concrete import ConcreteDropout
+from dropkit.lab.arms import entry_regularizer, module_entries
 from dropkit.lab.config import RunConfig
 from dropkit.lab.data import Dataset
 from dropkit.layers import DropBlock2d, Dropout, LockedDropout, SpatialDropout2d
@@ -77,7 +78,6 @@ from dropkit.recurrent import LSTM
 from dropkit.surgery import find_dropout
 
 __all__ = [
-    "MODULE_ARMS",
     "GaussianNoise",
     "LSTMStack",
     "build_model",
@@ -86,17 +86,6 @@ __all__ = [
     "load_linear_weights",
     "penalized_weights",
 ]
-
-MODULE_ARMS: dict[str, frozenset[str]] = {
-    "mlp": frozenset({"batchnorm", "dropout_bn", "concrete", "gaussian_noise"}),
-    "cnn": frozenset({"batchnorm", "dropout_bn", "gaussian_noise", "spatial_dropout", "dropblock"}),
-    "rnn": frozenset({"gaussian_noise", "variational", "recurrent_dropout"}),
-}
-"""Per model kind, the regularizers that change the module (the others act in the loop)."""
-
-_LOOP_ARMS = frozenset({"l1", "l2", "early_stopping", "augment", "early_dropout", "late_dropout"})
-_ALL_MODULE_ARMS = frozenset().union(*MODULE_ARMS.values())
-
 
 class GaussianNoise(nn.Module):
     """Additive Gaussian noise in training: ``y = x + σ·ε``, ``ε ~ N(0, 1)``; identity in eval.
@@ -198,23 +187,29 @@ def _initialize(module: nn.Module, generator: torch.Generator) -> None:
 
 
 def _arms(config: RunConfig) -> dict[str, float]:
-    """The config's module arms, checked against its model kind."""
+    """The config's regularizer entries, each checked against its model kind (registry).
+
+    Raises:
+        ValueError: an unknown entry, one that does not apply to the kind, or two entries that
+            both say how the hidden rate is applied (e.g. ``batchnorm`` and ``dropout_bn``).
+    """
     kind = config.model.kind
     arms = dict(config.regularizers)
+    rate_entries = []
     for name in arms:
-        if name in _LOOP_ARMS or name in MODULE_ARMS[kind]:
-            continue
-        if name in _ALL_MODULE_ARMS:
-            fits = sorted(k for k, names in MODULE_ARMS.items() if name in names)
+        regularizer = entry_regularizer(name)
+        if kind not in regularizer.kinds:
             raise ValueError(
                 f"regularizer {name!r} does not apply to a {kind} model "
-                f"(it applies to: {', '.join(fits)})"
+                f"(it applies to: {', '.join(regularizer.kinds)})"
             )
-        raise ValueError(f"unknown regularizer {name!r} for a {kind} model")
-    if "batchnorm" in arms and "dropout_bn" in arms:
-        raise ValueError("regularizers 'batchnorm' and 'dropout_bn' are two orders; pick one")
-    if "spatial_dropout" in arms and "dropblock" in arms:
-        raise ValueError("regularizers 'spatial_dropout' and 'dropblock' exclude each other")
+        if regularizer.applies_rate and name in module_entries(kind):
+            rate_entries.append(name)
+    if len(rate_entries) > 1:
+        raise ValueError(
+            f"regularizers {' and '.join(map(repr, rate_entries))} each say how the dropout "
+            "rate is applied; pick one"
+        )
     return arms
 
 

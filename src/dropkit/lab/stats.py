@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import stats as sps
 
+from dropkit.lab.arms import entry_regularizer
 from dropkit.lab.config import RunConfig
 from dropkit.lab.store import StoredRun
 
@@ -248,12 +249,6 @@ def _group_key(config: RunConfig) -> str:
     return json.dumps(data, sort_keys=True)
 
 
-# Regularizers that are on or off (strength 1.0 by convention): their strength is not shown.
-_SWITCHES = frozenset(
-    {"batchnorm", "dropout_bn", "spatial_dropout", "variational", "recurrent_dropout"}
-)
-
-
 def group_label(config: RunConfig) -> str:
     """A group's label: its arm with strengths, then its rates (``dropout+l2=0.0001 p=0.4``).
 
@@ -265,7 +260,7 @@ def group_label(config: RunConfig) -> str:
     strengths = {
         name: strength
         for name, strength in config.regularizers
-        if not (name in _SWITCHES and strength == 1.0)
+        if not (entry_regularizer(name).switch and strength == 1.0)
     }
     tokens = config.arm.split("+")
     parts = ["+".join(f"{t}={strengths.pop(t):g}" if t in strengths else t for t in tokens)]
