@@ -419,9 +419,7 @@ class Strengths(Mapping[str, Any]):
     def __init__(self, **values: Any) -> None:
         unknown = [name for name in values if name not in STRENGTHS]
         if unknown:
-            raise TypeError(
-                f"unknown strength {unknown[0]!r}; known: {', '.join(STRENGTHS)}"
-            )
+            raise TypeError(f"unknown strength {unknown[0]!r}; known: {', '.join(STRENGTHS)}")
         self._values = {
             name: spec.check(values[name]) if name in values else spec.default
             for name, spec in STRENGTHS.items()

@@ -76,7 +76,6 @@ class DataSpec:
         return cls(name=name, target=target, impute=impute)
 
 
-
 @dataclass(frozen=True)
 class ModelSpec:
     """The architecture of a run's network.

@@ -87,6 +87,7 @@ __all__ = [
     "penalized_weights",
 ]
 
+
 class GaussianNoise(nn.Module):
     """Additive Gaussian noise in training: ``y = x + σ·ε``, ``ε ~ N(0, 1)``; identity in eval.
 

@@ -16,7 +16,6 @@ from typing import Any
 from dropkit.lab.arms import (
     ARM_NAMES,
     MODEL_KINDS,
-    RATE_ENTRIES,
     REGULARIZERS,
     STRENGTHS,
     Regularizer,
