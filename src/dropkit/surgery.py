@@ -4,6 +4,13 @@ Dropout modules are dropkit's layers and PyTorch's own (``nn.Dropout``, ``nn.Dro
 ``nn.AlphaDropout``, ``nn.FeatureAlphaDropout``). Surgery changes the model in place and
 returns it.
 
+Real models also apply dropout without a dropout module, from a float rate held by the module
+that uses it: ``nn.MultiheadAttention(dropout=...)``, ``nn.LSTM(dropout=...)``, attention
+blocks calling ``F.scaled_dot_product_attention(dropout_p=self.attn_drop if self.training
+else 0.)``. :func:`find_dropout_sites` lists both kinds as :class:`DropoutSite` records, and
+:func:`set_dropout` re-rates both, optionally only one kind (``"attention"``, ``"hidden"``,
+``"path"``), by name pattern or within a module type.
+
 What :func:`insert_dropout` can rewrite: it sees modules, not code. In an ``nn.Sequential`` it
 inserts a ``dropkit.Dropout`` element after each hidden layer, after the activation module that
 follows it when there is one. In any other container it cannot know what ``forward`` does with
@@ -17,16 +24,29 @@ invisible to it.
 
 from __future__ import annotations
 
+import fnmatch
+import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from dropkit._validation import check_probability
-from dropkit.layers import Dropout, _DropoutLayer
+from dropkit._float_dropout import KNOWN_GATES, class_usage, is_rate_name
+from dropkit._validation import check_instance, check_module, check_one_of, check_probability
+from dropkit.layers import Dropout, DropPath, _DropoutLayer
 
-__all__ = ["DROPOUT_TYPES", "find_dropout", "insert_dropout", "is_dropout", "set_dropout"]
+__all__ = [
+    "DROPOUT_KINDS",
+    "DROPOUT_TYPES",
+    "DropoutSite",
+    "find_dropout",
+    "find_dropout_sites",
+    "insert_dropout",
+    "is_dropout",
+    "set_dropout",
+]
 
 DROPOUT_TYPES: tuple[type[nn.Module], ...] = (_DropoutLayer, nn.modules.dropout._DropoutNd)
 """Base classes of the dropout modules dropkit recognizes: its own and PyTorch's."""
@@ -72,17 +92,263 @@ def find_dropout(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, module) for name, module in model.named_modules() if is_dropout(module)]
 
 
-def set_dropout(model: nn.Module, p: float) -> nn.Module:
-    """Set the drop probability of every dropout module in ``model`` to ``p``; return ``model``.
+DROPOUT_KINDS: tuple[str, ...] = ("attention", "hidden", "path")
+"""What a dropout site drops (:attr:`DropoutSite.kind`): attention weights, activations
+(embeddings, residual and feed-forward branches, heads), or whole residual branches (DropPath)."""
 
-    Both dropkit's layers (validated on assignment) and PyTorch's (whose ``p`` is a plain
-    attribute) are changed. Rates stored as floats inside other modules, such as
-    ``nn.MultiheadAttention(dropout=...)``, are not dropout modules and are left alone.
+# Names that say nothing about where the dropout acts: the owner's class decides.
+_PLAIN_NAMES = frozenset({"dropout", "dropout_p", "dropout_prob", "dropout_rate", "drop", "p"})
+
+
+@dataclass(frozen=True)
+class DropoutSite:
+    """One place where a model applies dropout: a dropout module, or a float rate of a module.
+
+    Attributes:
+        module_name: qualified name of ``module`` (as in ``model.named_modules()``).
+        module: the dropout module itself, or the module that holds the rate and applies it
+            (``nn.MultiheadAttention``, an attention block).
+        attribute: the attribute that holds the rate: ``"p"`` for a dropout module, the float
+            attribute's name otherwise (``"dropout"``, ``"attn_drop"``, …).
+        p: the drop probability when the site was found.
+        kind: ``"attention"`` (attention weights), ``"hidden"`` (activations) or ``"path"``
+            (whole residual branches). Read from names and types: attention when the attribute
+            or module name contains ``attn``/``attention``, or a plainly named rate
+            (``dropout``, ``p``, …) belongs to an ``nn.MultiheadAttention`` or a class whose
+            name contains ``Attention``; path for DropPath modules and names containing
+            ``path``; hidden otherwise.
+        sampled: whether :func:`dropkit.mc_dropout` switches this dropout on.
+        reason: why it is not sampled (``""`` when it is).
+    """
+
+    module_name: str
+    module: nn.Module
+    attribute: str
+    p: float
+    kind: str
+    sampled: bool
+    reason: str = ""
+
+    @property
+    def is_module(self) -> bool:
+        """Whether the site is a dropout module (else a float rate of another module)."""
+        return is_dropout(self.module)
+
+    @property
+    def name(self) -> str:
+        """The site's qualified name: the dropout module's, or ``"<module>.<attribute>"``."""
+        if self.is_module:
+            return self.module_name
+        return f"{self.module_name}.{self.attribute}" if self.module_name else self.attribute
+
+
+def find_dropout_sites(
+    model: nn.Module,
+    *,
+    kind: str | None = None,
+    name: str | None = None,
+    within: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
+) -> list[DropoutSite]:
+    """Every place ``model`` applies dropout, in registration order, optionally filtered.
+
+    Two kinds of site: dropout modules (those :func:`find_dropout` lists), and float rates held
+    by other modules and applied in their own code: ``nn.MultiheadAttention.dropout``, the
+    inter-layer ``dropout`` of ``nn.LSTM``/``GRU``/``RNN``, and an instance attribute named
+    ``p`` or containing ``drop`` (``dropout``, ``dropout_p``, ``attn_drop``,
+    ``attention_dropout``, ``dropout_prob`` …) with a value in [0, 1] that the class's methods
+    read (``self.<name>``) outside ``__init__``. A rate whose class source cannot be read is
+    listed too (``sampled=False``). dropkit's own weight-level, learned and recurrent modules
+    (``DropConnect``, ``ConcreteDropout``, ``LSTM``, …) are not listed: their rates have their
+    own attributes.
+
+    Args:
+        model: the model.
+        kind: only sites of this kind (:data:`DROPOUT_KINDS`).
+        name: only sites whose qualified name (:attr:`DropoutSite.name`) matches this
+            ``fnmatch`` pattern, e.g. ``"*.attention.*"`` or ``"encoder.layers.0.*"``.
+        within: only sites whose module (the dropout module, or the module holding the rate),
+            or one of its ancestors, is an instance of these types.
+
+    Example::
+
+        >>> layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True)
+        >>> [(s.name, s.kind) for s in find_dropout_sites(layer)]
+        [('self_attn.dropout', 'attention'), ('dropout', 'hidden'), ('dropout1', 'hidden'),
+         ('dropout2', 'hidden')]
+    """
+    check_module(model)
+    kind, name, types = _check_filters(kind, name, within)
+    sites: list[DropoutSite] = []
+    modules = dict(model.named_modules())
+    for module_name, module in modules.items():
+        if is_dropout(module):
+            sites.append(_module_site(modules, module_name, module))
+        elif not type(module).__module__.startswith("dropkit."):
+            sites += _attribute_sites(module_name, module)
+    return [
+        site
+        for site in sites
+        if (kind is None or site.kind == kind)
+        and (name is None or fnmatch.fnmatchcase(site.name, name))
+        and (types is None or _within(modules, site.module_name, types))
+    ]
+
+
+def set_dropout(
+    model: nn.Module,
+    p: float,
+    *,
+    kind: str | None = None,
+    name: str | None = None,
+    within: type[nn.Module] | tuple[type[nn.Module], ...] | None = None,
+) -> nn.Module:
+    """Set the drop probability of every dropout site of ``model`` to ``p``; return ``model``.
+
+    The sites are those of :func:`find_dropout_sites`: dropout modules (dropkit's, validated on
+    assignment, and PyTorch's, whose ``p`` is a plain attribute) and float rates of other
+    modules, such as ``nn.MultiheadAttention(dropout=...)`` or an attention block's
+    ``attn_drop``. ``set_dropout(model, 0.0)`` therefore makes a model's training-mode forward
+    pass deterministic as far as dropout goes. The keyword-only filters choose a subset.
+
+    Args:
+        model: the model, changed in place.
+        p: the new drop probability.
+        kind: only sites of this kind: ``"attention"``, ``"hidden"`` or ``"path"``.
+        name: only sites whose qualified name matches this ``fnmatch`` pattern.
+        within: only sites inside modules of these types (see :func:`find_dropout_sites`).
+
+    Example::
+
+        >>> model = nn.TransformerEncoder(
+        ...     nn.TransformerEncoderLayer(16, 2, 32, dropout=0.1, batch_first=True), 2)
+        >>> set_dropout(model, 0.0, kind="attention")  # attention weights only
+        >>> model.layers[0].self_attn.dropout, model.layers[0].dropout1.p
+        (0.0, 0.1)
     """
     p = check_probability(p)
-    for _, module in find_dropout(model):
-        _set_rate(module, p)
+    for site in find_dropout_sites(model, kind=kind, name=name, within=within):
+        if site.is_module:
+            _set_rate(site.module, p)
+        else:
+            setattr(site.module, site.attribute, p)
     return model
+
+
+def _check_filters(
+    kind: object, name: object, within: object
+) -> tuple[str | None, str | None, tuple[type[nn.Module], ...] | None]:
+    """The filters of :func:`find_dropout_sites`, checked."""
+    checked_kind = None if kind is None else check_one_of(kind, "kind", DROPOUT_KINDS)
+    pattern: str | None = None
+    if name is not None:
+        check_instance(name, str, "name", "an fnmatch pattern (str) such as '*.attention.*'")
+        pattern = str(name)
+    if within is None:
+        return checked_kind, pattern, None
+    items = within if isinstance(within, tuple) else (within,)
+    types: list[type[nn.Module]] = []
+    for item in items or (within,):  # an empty tuple is refused too
+        if isinstance(item, type) and issubclass(item, nn.Module):
+            types.append(item)
+        else:  # isinstance(item, ()) is False: the helper raises, naming the value
+            check_instance(item, (), "within", "an nn.Module subclass or a tuple of them")
+    return checked_kind, pattern, tuple(types)
+
+
+def _within(
+    modules: dict[str, nn.Module], module_name: str, types: tuple[type[nn.Module], ...]
+) -> bool:
+    parts = module_name.split(".") if module_name else []
+    chain = [".".join(parts[:i]) for i in range(len(parts) + 1)]
+    return any(isinstance(modules.get(prefix), types) for prefix in chain)
+
+
+def _parent(modules: dict[str, nn.Module], module_name: str) -> tuple[str, nn.Module | None]:
+    """The parent's qualified name and module, and the child's own name."""
+    if not module_name:
+        return "", None
+    parent_name, _, _ = module_name.rpartition(".")
+    return parent_name, modules.get(parent_name)
+
+
+def _kind(attribute: str, owner: nn.Module) -> str:
+    """:attr:`DropoutSite.kind` of a rate named ``attribute`` applied by ``owner``."""
+    lowered, owner_class = attribute.lower(), type(owner).__name__.lower()
+    if isinstance(owner, DropPath) or "path" in lowered or "droppath" in owner_class:
+        return "path"
+    if "attn" in lowered or "attention" in lowered:
+        return "attention"
+    if attribute in _PLAIN_NAMES and (
+        isinstance(owner, nn.MultiheadAttention) or "attention" in owner_class
+    ):
+        return "attention"
+    return "hidden"
+
+
+def _module_site(modules: dict[str, nn.Module], module_name: str, module: nn.Module) -> DropoutSite:
+    """The site of a dropout module: named by its parent, sampled unless a parent gates it."""
+    parent_name, parent = _parent(modules, module_name)
+    local = module_name.rpartition(".")[2]
+    kind = "path" if isinstance(module, DropPath) else "hidden"
+    reason = ""
+    if parent is not None and kind != "path":
+        kind = _kind(local, parent)
+    if parent is not None:
+        parent_class: type = type(parent)
+        usage = class_usage(parent_class)
+        if local in usage.child_rates and not usage.gate:
+            reason = (
+                f"`{parent_name}` ({parent_class.__name__}) reads its `p` and applies it itself, "
+                f"and {_not_a_gate(parent_class)}"
+            )
+    return DropoutSite(module_name, module, "p", _rate(module), kind, not reason, reason)
+
+
+def _attribute_sites(module_name: str, module: nn.Module) -> list[DropoutSite]:
+    """The float rates ``module`` holds and applies itself."""
+    if isinstance(module, (nn.modules.loss._Loss, nn.PairwiseDistance, nn.CosineSimilarity)):
+        return []
+    cls: type = type(module)
+    usage = class_usage(cls)
+    known = isinstance(module, KNOWN_GATES)
+    sites = []
+    for attribute, value in vars(module).items():
+        if attribute.startswith("_") or not is_rate_name(attribute):
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            continue
+        rate = float(value)
+        if not 0.0 <= rate <= 1.0:
+            continue
+        if usage.readable and attribute not in usage.rates:
+            continue  # read nowhere outside __init__: a leftover, not a dropout
+        if not usage.readable and not known and attribute == "p":
+            continue  # `p` alone, unread: too common a name to call it a rate
+        reason = "" if usage.gate else _not_a_gate(cls)
+        kind = _kind(attribute, module)
+        sites.append(DropoutSite(module_name, module, attribute, rate, kind, not reason, reason))
+    return sites
+
+
+def _not_a_gate(cls: type) -> str:
+    """Why Monte Carlo dropout does not put a module of class ``cls`` in training mode."""
+    usage = class_usage(cls)
+    if not usage.readable:
+        return (
+            f"the source of {cls.__name__} cannot be read, so dropkit cannot tell whether it "
+            f"applies the rate only in training mode"
+        )
+    if usage.other:
+        where = "; ".join(usage.other[:3])
+        return (
+            f"{cls.__name__} also reads `self.training` for something other than dropout "
+            f"({where}), so switching it to training mode to sample would change more than "
+            f"dropout"
+        )
+    return (
+        f"{cls.__name__} never reads `self.training`, so dropkit cannot tell what switches "
+        f"this dropout on and off"
+    )
 
 
 def _rate(module: nn.Module) -> float:

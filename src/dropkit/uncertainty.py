@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dropkit._float_dropout import gates_own_dropout
 from dropkit._validation import (
     check_batch_output,
     check_generator,
@@ -69,26 +70,41 @@ def _masks_shared_by_rows(model: nn.Module) -> bool:
 
 def _samples_in_mc(module: nn.Module) -> bool:
     """Whether ``module`` is switched to training (mask drawing) under :func:`mc_dropout`."""
-    return is_dropout(module) or isinstance(module, _STOCHASTIC)
+    return is_dropout(module) or isinstance(module, _STOCHASTIC) or gates_own_dropout(module)
 
 
 @contextlib.contextmanager
 def mc_dropout(model: nn.Module) -> Iterator[nn.Module]:
-    """Within the ``with`` body, dropout modules train and every other module evaluates.
+    """Within the ``with`` body, dropout trains and every other module evaluates.
 
     Dropout modules are dropkit's layers and PyTorch's (:func:`dropkit.surgery.is_dropout`), plus
     dropkit's other mask-drawing modules: ``DropConnect``, ``DropConnectLinear``, ``WeightDrop``,
     ``EmbeddingDropout``, ``ConcreteDropout`` and the variational ``LSTM``/``GRU`` (MC
     DropConnect and MC variational RNNs). Every other module, BatchNorm above all, is put in eval
-    mode, so it uses its running
-    statistics and leaves them alone. On exit each module gets back its own ``training`` flag,
-    exactly as it was (a model in a mixed state stays mixed), also when the body raises.
+    mode, so it uses its running statistics and leaves them alone. On exit each module gets back
+    its own ``training`` flag, exactly as it was (a model in a mixed state stays mixed), also
+    when the body raises.
+
+    Modules that apply dropout themselves, gated on their own ``training`` flag, are switched
+    to training too, because that flag is their dropout switch:
+
+    * ``nn.MultiheadAttention`` (attention-weight dropout), ``nn.TransformerEncoderLayer`` and
+      ``nn.TransformerDecoderLayer``: in eval mode they take PyTorch's fused "fast path", which
+      skips dropout, so every pass would be identical; in training mode they take the regular
+      path and the dropout modules inside them draw masks. ``nn.LSTM``/``GRU``/``RNN`` with
+      ``dropout=`` between layers.
+    * Any module whose methods read ``self.training`` only to switch dropout:
+      ``F.dropout(x, self.p, training=self.training)``,
+      ``F.scaled_dot_product_attention(..., dropout_p=self.attn_drop if self.training else 0.)``,
+      ``dropout=0.0 if not self.training else self.dropout.p`` (Hugging Face attention). This
+      is read from the class's source; a module that also reads ``self.training`` for
+      anything else stays in eval mode, and :func:`dropkit.checks.check_model` reports the
+      dropout it leaves off (check ``mc-unreachable``).
 
     The flags are set per module (``module.training = ...``), not through ``model.train()``, so
-    an overridden ``train()`` method is not called. Dropout that a module applies itself from a
-    float rate and its own flag (``nn.MultiheadAttention(dropout=...)``, ``nn.LSTM(dropout=...)``,
-    ``F.dropout(x, training=self.training)`` in a custom ``forward``) is not a dropout module: it
-    follows that module's flag, which is eval here, so it stays off.
+    an overridden ``train()`` method is not called. No global setting is changed.
+    :func:`dropkit.surgery.find_dropout_sites` lists every dropout with ``sampled`` saying
+    whether this reaches it.
 
     Yields:
         ``model`` itself.
