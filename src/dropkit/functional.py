@@ -14,18 +14,23 @@ the keep probability ``1 - p``. Every op
 The variants differ mainly in the **shape of the mask**: one draw per element
 (:func:`dropout`), per (sample, channel) (:func:`spatial_dropout`,
 :func:`feature_alpha_dropout`), per (sequence, feature) (:func:`locked_dropout`) or per sample
-(:func:`drop_path`). :func:`_keep_factor` (:func:`_draw_mask`) serves them all.
+(:func:`drop_path`). :func:`_keep_factor` serves them all.
 
-**The mask source.** PyTorch's CPU dropout is bound by random-number generation
-(``bernoulli_``), not by memory. Here one generator call fills 64-bit words with random bits,
-each word gives four 16-bit fields, and a unit is kept when its field is at least
+**The mask source** (:data:`MASK_SOURCES`, :func:`mask_source`, details in
+:mod:`dropkit._masks`). On a CPU (``"dropkit"``), PyTorch's dropout is bound by random-number
+generation (``bernoulli_``), not by memory. There one generator call fills 64-bit words with
+random bits, each word gives four 16-bit fields, and a unit is kept when its field is at least
 ``round(p · 2**16)``: ``p`` is resolved to ``2**-16`` (``|p_eff - p| <= 2**-17``, at most
 ``2**-9`` relative to ``p`` and to ``1 - p``); rates with ``p`` or ``1 - p`` below ``2**-8``
-use 32-bit fields (``|p_eff - p| <= 2**-33``). The scale stays exactly ``1 / (1 - p)``. Under
-``torch.compile`` the mask is ``U[0, 1) >= p`` (float32 uniforms) so that the compiler can
-generate it inside its fused loop. :func:`drop_connect` keeps ``U[0, 1) >= p`` too (see
-:func:`_keep_mask`). Element-wise :func:`dropout` keeps its mask for the backward as ``bool``
-(1 byte per element), or nothing with ``save_mask=False``.
+use 32-bit fields (``|p_eff - p| <= 2**-33``). The scale stays exactly ``1 / (1 - p)``. On every
+other device (CUDA: ``"torch"``), the ops use PyTorch's kernels: element-wise inverted dropout
+is the fused ``torch.native_dropout`` that ``torch.nn.functional.dropout`` runs there, other
+masks come from ``bernoulli_``. Under ``torch.compile`` the element-wise op stays dropkit's
+kernel on a ``"dropkit"`` device (a ``torch.library`` custom op) and the other masks are
+``U[0, 1) >= p`` (float32 uniforms), which the compiler generates inside its fused loop.
+:func:`drop_connect` keeps ``U[0, 1) >= p`` too (see :func:`_keep_mask`). Element-wise
+:func:`dropout` keeps its mask for the backward as ``bool`` (1 byte per element), or nothing
+with ``save_mask=False``.
 
 References:
     - Srivastava et al., "Dropout: A Simple Way to Prevent Neural Networks from Overfitting",
@@ -50,12 +55,19 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dropkit._masks import (
+    MASK_SOURCES,
+    element_dropout,
+    field_threshold,
+    fill_mask,
+    mask_source,
+    random_fields,
+)
 from dropkit._validation import (
     check_block_size,
     check_generator,
@@ -66,6 +78,7 @@ from dropkit._validation import (
 )
 
 __all__ = [
+    "MASK_SOURCES",
     "SELU_ALPHA_PRIME",
     "alpha_dropout",
     "drop_block",
@@ -75,6 +88,7 @@ __all__ = [
     "feature_alpha_dropout",
     "gaussian_dropout",
     "locked_dropout",
+    "mask_source",
     "spatial_dropout",
 ]
 
@@ -88,74 +102,10 @@ SCALINGS = ("inverted", "classic")
 # The mask helper shared by every variant
 # --------------------------------------------------------------------------------------------
 
-_FEW_DRAWS = 2048
-"""Masks of at most this many entries are drawn with ``bernoulli_`` (see :func:`_draw_factor`)."""
-
-_FIELD_DEVICES = ("cpu", "cuda")
-"""Devices whose generators draw full-range 64-bit words; elsewhere: uniforms and ``bernoulli_``."""
-
-_FINE_RATE = 2.0**-8
-"""Rates with ``min(p, 1 - p)`` below this are drawn with 32-bit fields instead of 16-bit ones."""
-
 
 def _field_threshold(p: float) -> tuple[int, int]:
-    """``(bits, threshold)``: keep a unit when its signed random field is ``>= threshold``.
-
-    A field of ``bits`` uniform random bits read as a signed integer ``h`` is kept when
-    ``h + 2**(bits - 1) >= t`` with ``t = round(p · 2**bits)``, so the realized drop probability
-    is ``p_eff = t / 2**bits`` and ``|p_eff - p| <= 2**-(bits + 1)``. 16-bit fields (four
-    decisions per 64-bit random word) serve ``2**-8 <= p <= 1 - 2**-8``: there the error is at
-    most ``2**-17`` absolute and ``2**-9`` relative to ``p`` and to ``1 - p``. Rarer events
-    (``p`` or ``1 - p`` below ``2**-8``) use 32-bit fields (two per word, error ``<= 2**-33``).
-    """
-    bits = 16 if _FINE_RATE <= p <= 1.0 - _FINE_RATE else 32
-    t = min(round(p * 2.0**bits), 2**bits - 1)
-    return bits, t - 2 ** (bits - 1)
-
-
-def _permuted_layout(x: Tensor, shape: Sequence[int]) -> tuple[int, ...] | None:
-    """Axis order of ``x``'s channels-last memory layout, when a full-size mask must follow it."""
-    if tuple(shape) != tuple(x.shape) or x.is_contiguous():
-        return None
-    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return (0, 2, 3, 1)
-    if x.ndim == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-        return (0, 2, 3, 4, 1)
-    return None
-
-
-def _random_fields(
-    device: torch.device,
-    shape: Sequence[int],
-    order: tuple[int, ...] | None,
-    bits: int,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """Uniform random signed ``bits``-bit integers of ``shape`` on ``device``.
-
-    One generator call fills 64-bit words with random bits (``random_`` over the full int64
-    range); each word is read as four int16 or two int32 fields. On a CPU this costs about a
-    quarter of ``rand`` per decision and a tenth of ``bernoulli_``. ``order`` (from
-    :func:`_permuted_layout`) lays the fields out in that memory order, e.g. channels-last.
-    """
-    n = math.prod(shape)
-    per_word = 64 // bits
-    length = -(-n // per_word) * per_word
-    fields = torch.empty((length,), dtype=torch.int16 if bits == 16 else torch.int32, device=device)
-    fields.view(torch.int64).random_(-(2**63), None, generator=generator)
-    if length != n:
-        fields = fields[:n]
-    if order is None:
-        return fields.view(tuple(shape))
-    stored = fields.view(tuple(shape[d] for d in order))
-    return stored.permute(tuple(order.index(d) for d in range(len(order))))
-
-
-def _fields_like(
-    x: Tensor, shape: Sequence[int], bits: int, generator: torch.Generator | None
-) -> Tensor:
-    """:func:`_random_fields` of ``shape`` on ``x``'s device, in ``x``'s layout when full-size."""
-    return _random_fields(x.device, shape, _permuted_layout(x, shape), bits, generator)
+    """``(bits, threshold)`` of the random-field mask source; see :func:`field_threshold`."""
+    return field_threshold(p)
 
 
 def _uniform(x: Tensor, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
@@ -189,81 +139,35 @@ def _bits_keep_mask(
 ) -> Tensor:
     """Boolean mask of ``shape`` (broadcastable to ``x``): each entry True with probability 1 - p.
 
-    The random fields of :func:`_draw_mask` as ``bool``: DropBlock's seeds, and every variant's
-    mask under ``torch.compile``, where it is ``U[0, 1) >= p`` instead (``p`` resolved to
-    ``2**-24``): dynamo cannot trace the in-place integer draw, and the compiler generates its
-    own uniforms inside the fused loop. ``p`` is resolved as in :func:`_field_threshold`.
+    The random fields of :func:`dropkit._masks.fill_mask` as ``bool``: DropBlock's seeds. Under
+    ``torch.compile`` and on ``"torch"`` devices (:func:`mask_source`) it is ``U[0, 1) >= p``
+    instead (``p`` resolved to ``2**-24``): dynamo cannot trace the in-place integer draw, and
+    the compiler generates its own uniforms inside the fused loop.
     """
-    if torch.compiler.is_compiling() or x.device.type not in _FIELD_DEVICES:
+    if torch.compiler.is_compiling() or mask_source(x.device) != "dropkit":
         return _uniform(x, shape, generator) >= p
-    bits, threshold = _field_threshold(p)
-    fields = _fields_like(x, shape, bits, generator)
-    return torch.ge(fields, threshold, out=fields).to(torch.bool)
-
-
-def _draw_factor(
-    device: torch.device,
-    dtype: torch.dtype,
-    shape: Sequence[int],
-    order: tuple[int, ...] | None,
-    p: float,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """The keep mask, 0/1 in ``dtype``, written by the comparison itself: the one mask source.
-
-    Masks of more than ``_FEW_DRAWS`` entries compare random fields with the threshold of
-    :func:`_field_threshold`. Smaller ones (one entry per sample, or per channel of a small
-    batch) come from ``bernoulli_(1 - p)``: there the fixed cost of a call dominates, and
-    ``bernoulli_`` is two tensor calls where the fields are six (~40 µs less per call measured
-    on a CPU; it draws ~44 M values/s, so the two break even near 2,000 entries). ``order``
-    lays the mask out like a channels-last input (see :func:`_permuted_layout`). The same
-    arguments and generator state always give the same mask (the memory-lean backward relies
-    on it).
-    """
-    return _draw_mask(device, dtype, shape, order, p, generator, with_bool=False)[0]
-
-
-def _draw_mask(
-    device: torch.device,
-    dtype: torch.dtype,
-    shape: Sequence[int],
-    order: tuple[int, ...] | None,
-    p: float,
-    generator: torch.Generator | None,
-    with_bool: bool,
-) -> tuple[Tensor, Tensor | None]:
-    """:func:`_draw_factor`, and with ``with_bool`` the same mask as ``bool`` too.
-
-    The comparison writes 0/1 over the random fields themselves, in their integer type: on a
-    CPU that is vectorized and ~7x faster than a comparison into ``bool`` or float (which runs
-    element by element). Integer-to-float and integer-to-``bool`` copies are vectorized too.
-    """
-    stored = tuple(shape) if order is None else tuple(shape[d] for d in order)
-    factor = torch.empty(stored, dtype=dtype, device=device)
-    keep: Tensor | None = None
-    if math.prod(stored) <= _FEW_DRAWS or device.type not in _FIELD_DEVICES:
-        factor.bernoulli_(1.0 - p, generator=generator)
-        keep = factor != 0 if with_bool else None
-    else:
-        bits, threshold = _field_threshold(p)
-        fields = _random_fields(device, stored, None, bits, generator)
-        torch.ge(fields, threshold, out=fields)
-        factor.copy_(fields)
-        keep = fields.to(torch.bool) if with_bool else None
-    if order is not None:
-        inverse = tuple(order.index(d) for d in range(len(order)))
-        factor = factor.permute(inverse)
-        keep = None if keep is None else keep.permute(inverse)
-    return factor, keep
+    bits, threshold = field_threshold(p)
+    fields = random_fields(x.device, math.prod(shape), bits, generator)
+    return torch.ge(fields, threshold, out=fields).to(torch.bool).view(tuple(shape))
 
 
 def _keep_factor(
     x: Tensor, p: float, shape: Sequence[int], generator: torch.Generator | None
 ) -> Tensor:
-    """The keep mask of ``shape`` as 0/1 in ``x``'s dtype (see :func:`_draw_factor`)."""
+    """The keep mask of ``shape`` as 0/1 in ``x``'s dtype (see :func:`dropkit._masks.fill_mask`).
+
+    A full-size mask is laid out like ``torch.empty_like(x)`` (as PyTorch lays out its
+    outputs: every dense axis permutation kept, discontiguous inputs made dense in their
+    axis order) and drawn in that memory order.
+    """
     if torch.compiler.is_compiling():
         return _bits_keep_mask(x, p, shape, generator).to(x.dtype)
-    return _draw_factor(x.device, x.dtype, shape, _permuted_layout(x, shape), p, generator)
+    if tuple(shape) == tuple(x.shape):
+        factor = torch.empty_like(x)
+    else:
+        factor = torch.empty(tuple(shape), dtype=x.dtype, device=x.device)
+    fill_mask(factor, p, generator)
+    return factor
 
 
 def _masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) -> Tensor:
@@ -275,104 +179,20 @@ def _masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) 
 
 
 def _broadcast_dropout(
-    x: Tensor, p: float, shape: Sequence[int], scale: float, generator: torch.Generator | None
+    x: Tensor,
+    p: float,
+    shape: Sequence[int],
+    scale: float,
+    generator: torch.Generator | None,
+    inplace: bool = False,
 ) -> Tensor:
     """``x · m · scale`` with a mask of ``shape`` broadcast over ``x``: one pass over ``x``.
 
     The factor ``m · scale`` has the mask's (small) shape; autograd keeps only it.
     """
     factor = _keep_factor(x, p, shape, generator)
-    return x * (factor.mul_(scale) if scale != 1.0 else factor)
-
-
-def _default_generator(device: torch.device) -> torch.Generator | None:
-    """The global generator that ``generator=None`` draws from on ``device`` (CPU and CUDA)."""
-    if device.type == "cpu":
-        return torch.default_generator
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return torch.cuda.default_generators[index]
-    return None
-
-
-def _scale_by_factor(x: Tensor, factor: Tensor, scale: float) -> Tensor:
-    """``x · factor · scale`` written over ``factor`` in one pass (``factor`` 0/1 in x's dtype)."""
-    return torch.addcmul(x.new_zeros(()), x, factor, value=scale, out=factor)
-
-
-class _ElementDropout(torch.autograd.Function):
-    """``y = x · m · scale`` with ``m`` drawn inside, in two passes after the random draw.
-
-    Forward: random 16-bit fields compared in place, copied to 0/1 in ``x``'s dtype, then
-    ``y = x · m · scale`` in place (:func:`_draw_mask`, :func:`_scale_by_factor`). Backward:
-    ``dx = g · m · scale`` in two passes. What is kept for the backward:
-
-    * ``save_mask=True``: the mask as ``bool`` (1 byte per element, like ``torch.nn.Dropout``);
-    * ``save_mask=False``: nothing per element, only the generator's state before the draw
-      (a few KB on CPU, 16 bytes on CUDA); the backward re-draws the identical fields from a
-      copy of that state. The state is a plain attribute of the graph node, not a saved tensor,
-      so under ``torch.utils.checkpoint`` the backward still replays the *original* forward's
-      draw, even when the recomputed forward drew a different one from an explicit generator.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        x: Tensor,
-        p: float,
-        scale: float,
-        generator: torch.Generator | None,
-        save_mask: bool,
-    ) -> Tensor:
-        source = generator if generator is not None else _default_generator(x.device)
-        source = None if save_mask else source
-        ctx.replay = None if source is None else (x.device, source.get_state())
-        ctx.order = _permuted_layout(x, x.shape)
-        ctx.p, ctx.scale = p, scale
-        factor, keep = _draw_mask(
-            x.device, x.dtype, x.shape, ctx.order, p, generator, with_bool=ctx.replay is None
-        )
-        if keep is not None:
-            ctx.save_for_backward(keep)
-        return _scale_by_factor(x, factor, scale)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        if ctx.replay is None:
-            # bool -> float copies run element by element on a CPU; uint8 -> float is vectorized
-            factor = torch.empty_like(grad).copy_(ctx.saved_tensors[0].view(torch.uint8))
-        else:
-            device, state = ctx.replay
-            replay = torch.Generator(device=device)
-            replay.set_state(state)
-            factor = _draw_factor(device, grad.dtype, grad.shape, ctx.order, ctx.p, replay)
-        if grad.requires_grad:  # create_graph=True (e.g. a gradient penalty): stay differentiable
-            return grad * factor.mul_(ctx.scale), None, None, None, None
-        return _scale_by_factor(grad, factor, ctx.scale), None, None, None, None
-
-
-def _element_dropout(
-    x: Tensor, p: float, scale: float, generator: torch.Generator | None, save_mask: bool
-) -> Tensor:
-    """``x · m · scale`` with one ``m ~ Bernoulli(1 - p)`` per element (``0 < p < 1``).
-
-    Three implementations of the same math, picked by context:
-
-    * under ``torch.compile``: ``where(m, x · scale, 0)`` built from :func:`_bits_keep_mask`, which
-      the compiler fuses into one loop; autograd keeps the ``bool`` mask (``save_mask`` is
-      left to the compiler, which decides what to keep for the backward);
-    * no gradient needed: random fields, then two passes (compare, multiply);
-    * gradient needed: :class:`_ElementDropout`.
-    """
-    if torch.compiler.is_compiling():
-        keep = _bits_keep_mask(x, p, x.shape, generator)
-        return torch.where(keep, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
-    if torch.is_grad_enabled() and x.requires_grad:
-        result: Tensor = _ElementDropout.apply(  # type: ignore[no-untyped-call]  # untyped in torch
-            x, p, scale, generator, save_mask
-        )
-        return result
-    return _scale_by_factor(x, _keep_factor(x, p, x.shape, generator), scale)
+    factor = factor.mul_(scale) if scale != 1.0 else factor
+    return x.mul_(factor) if inplace else x * factor
 
 
 def _zeros_with_grad(x: Tensor, inplace: bool = False) -> Tensor:
@@ -391,12 +211,12 @@ def _checked_rate(x: Tensor, p: float, generator: torch.Generator | None) -> flo
     return check_probability(p)
 
 
-def _trivial_result(x: Tensor, p: float, training: bool) -> Tensor | None:
+def _trivial_result(x: Tensor, p: float, training: bool, inplace: bool = False) -> Tensor | None:
     """The result when nothing is drawn: ``x`` itself (inference, ``p = 0``), zeros (``p = 1``)."""
     if not training or p == 0.0:
         return x
     if p == 1.0:
-        return _zeros_with_grad(x)
+        return _zeros_with_grad(x, inplace)
     return None
 
 
@@ -443,14 +263,20 @@ def dropout(
             ``torch.nn.functional.dropout``). False keeps nothing per element: the backward
             re-draws the identical mask from the generator state saved at the forward (0 bytes
             of activation memory, one more random draw in the backward). Ignored with
-            ``inplace=True`` and under ``torch.compile``, where the compiler decides.
+            ``inplace=True``. Under ``torch.compile`` on a CPU it keeps a 64-bit seed instead
+            of the generator state (the mask then differs from ``save_mask=True``'s for the same
+            RNG state, with the same distribution); on a ``"torch"`` device it keeps the
+            generator state and re-draws with ``bernoulli_`` (the fused kernel would keep the
+            mask), and under ``torch.compile`` there the compiler decides.
 
     Returns:
-        Tensor of ``x``'s shape, dtype and layout.
+        Tensor of ``x``'s shape and dtype, laid out like ``torch.empty_like(x)`` (as
+        ``torch.nn.functional.dropout``'s output).
 
-    ``p`` is resolved to ``2**-16`` (``|p_eff - p| <= 2**-17``; finer for ``p`` or ``1 - p``
-    below ``2**-8``, see :func:`_field_threshold`); kept units are scaled by exactly
-    ``1 / (1 - p)``.
+    On a ``"torch"`` device (CUDA, see :func:`mask_source`) inverted dropout without a
+    generator runs PyTorch's fused ``native_dropout``. On a ``"dropkit"`` device (CPU) ``p``
+    is resolved to ``2**-16`` (``|p_eff - p| <= 2**-17``; finer for ``p`` or ``1 - p`` below
+    ``2**-8``, see :func:`_field_threshold`); kept units are scaled by exactly ``1 / (1 - p)``.
     """
     p = _checked_rate(x, p, generator)
     check_one_of(scaling, "scaling", SCALINGS)
@@ -468,7 +294,7 @@ def dropout(
     if inplace:
         factor = _keep_factor(x, p, x.shape, generator)
         return x.mul_(factor.mul_(scale) if scale != 1.0 else factor)
-    return _element_dropout(x, p, scale, generator, bool(save_mask))
+    return element_dropout(x, p, scale, generator, bool(save_mask))
 
 
 def spatial_dropout(
@@ -477,6 +303,7 @@ def spatial_dropout(
     *,
     training: bool = True,
     generator: torch.Generator | None = None,
+    inplace: bool = False,
 ) -> Tensor:
     """Zero whole channels (feature maps) with probability ``p`` (Tompson et al. 2015).
 
@@ -492,14 +319,15 @@ def spatial_dropout(
         p: drop probability in [0, 1].
         training: apply dropout (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
+        inplace: write the result into ``x``.
     """
     p = _checked_rate(x, p, generator)
     check_min_ndim(
         x, 3, "spatial_dropout", "(N, C, *spatial)", "Add the batch axis with x.unsqueeze(0)."
     )
-    if (trivial := _trivial_result(x, p, training)) is not None:
+    if (trivial := _trivial_result(x, p, training, inplace)) is not None:
         return trivial
-    return _broadcast_dropout(x, p, _per_channel_shape(x), 1.0 / (1.0 - p), generator)
+    return _broadcast_dropout(x, p, _per_channel_shape(x), 1.0 / (1.0 - p), generator, inplace)
 
 
 def locked_dropout(
@@ -635,7 +463,7 @@ def gaussian_dropout(
     return x * noise.to(x.dtype)
 
 
-def _alpha_dropout(x: Tensor, p: float, keep: Tensor) -> Tensor:
+def _alpha_dropout(x: Tensor, p: float, keep: Tensor, inplace: bool = False) -> Tensor:
     """``a * (x if kept else α') + b`` with ``a, b`` that restore zero mean and unit variance.
 
     For inputs of mean 0 and variance 1, ``z = x·m + α'·(1 - m)`` has mean ``p·α'`` and variance
@@ -647,6 +475,8 @@ def _alpha_dropout(x: Tensor, p: float, keep: Tensor) -> Tensor:
     a: float = ((1.0 - p) * (1.0 + p * alpha * alpha)) ** -0.5
     b = -a * alpha * p
     dropped = a * alpha + b
+    if inplace:
+        return x.mul_(a).add_(b - dropped).mul_(keep).add_(dropped)
     shifted = torch.add(x.new_full((), b - dropped), x, alpha=a)  # a·x + b - c
     return torch.addcmul(x.new_full((), dropped), keep, shifted)
 
@@ -657,6 +487,7 @@ def alpha_dropout(
     *,
     training: bool = True,
     generator: torch.Generator | None = None,
+    inplace: bool = False,
 ) -> Tensor:
     """Alpha dropout for self-normalizing (SELU) networks (Klambauer et al. 2017).
 
@@ -671,11 +502,12 @@ def alpha_dropout(
         p: drop probability in [0, 1]; Klambauer et al. recommend 0.05 or 0.1.
         training: apply dropout (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
+        inplace: write the result into ``x``.
     """
     p = _checked_rate(x, p, generator)
-    if (trivial := _trivial_result(x, p, training)) is not None:
+    if (trivial := _trivial_result(x, p, training, inplace)) is not None:
         return trivial
-    return _alpha_dropout(x, p, _keep_factor(x, p, x.shape, generator))
+    return _alpha_dropout(x, p, _keep_factor(x, p, x.shape, generator), inplace)
 
 
 def feature_alpha_dropout(
@@ -684,29 +516,33 @@ def feature_alpha_dropout(
     *,
     training: bool = True,
     generator: torch.Generator | None = None,
+    inplace: bool = False,
 ) -> Tensor:
     """Alpha dropout of whole channels: one draw per (sample, channel), as in spatial dropout.
 
     Same affine correction as :func:`alpha_dropout`; a dropped channel becomes the constant
-    ``a·α' + b``.
+    ``a·α' + b``. Axis 0 is always the batch and axis 1 the channel, as in
+    ``torch.nn.functional.feature_alpha_dropout``; a 2-D ``(N, C)`` input has one unit per
+    channel, so there it drops single units.
 
     Args:
-        x: input of shape ``(N, C, *spatial)`` with at least one spatial axis.
+        x: input of shape ``(N, C, *spatial)``, at least 2-D.
         p: drop probability in [0, 1].
         training: apply dropout (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
+        inplace: write the result into ``x``.
     """
     p = _checked_rate(x, p, generator)
     check_min_ndim(
         x,
-        3,
+        2,
         "feature_alpha_dropout",
         "(N, C, *spatial)",
         "Add the batch axis with x.unsqueeze(0).",
     )
-    if (trivial := _trivial_result(x, p, training)) is not None:
+    if (trivial := _trivial_result(x, p, training, inplace)) is not None:
         return trivial
-    return _alpha_dropout(x, p, _keep_factor(x, p, _per_channel_shape(x), generator))
+    return _alpha_dropout(x, p, _keep_factor(x, p, _per_channel_shape(x), generator), inplace)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,13 @@ Every layer stores its drop probability ``p`` (validated on every assignment, so
 ``model.train()`` / ``model.eval()`` through ``self.training``. The math lives in the
 functional ops; the layers add the rank checks of their dimension suffix (``2d`` means an
 ``(N, C, H, W)`` input, nothing else) and ``extra_repr``.
+
+Drop-in for ``torch.nn``: :class:`Dropout`, :class:`SpatialDropout1d`/``2d``/``3d``
+(``torch.nn.Dropout1d``/``2d``/``3d``), :class:`AlphaDropout` and :class:`FeatureAlphaDropout`
+take ``(p, inplace)`` positionally like their torch counterparts, and return outputs of the
+same shape, dtype and memory layout. Deliberate differences: the default ``p`` follows the usual
+rates (0.2 for spatial, 0.1 for alpha dropout; torch uses 0.5 everywhere); NaN and ``bool``
+rates are refused; the spatial layers refuse an unbatched input instead of guessing its layout.
 """
 
 from __future__ import annotations
@@ -97,8 +104,8 @@ class Dropout(_DropoutLayer):
 
     Args:
         p: drop probability in [0, 1]. Default: 0.5.
-        scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
         inplace: write the result into the input. Default: False.
+        scaling: ``"inverted"`` or ``"classic"``. Default: ``"inverted"``.
         generator: ``torch.Generator`` to draw masks from; the global RNG when None.
         save_mask: keep the mask for the backward (1 byte per element, like
             ``torch.nn.Dropout``). False keeps no activation memory for the backward: it
@@ -127,9 +134,9 @@ class Dropout(_DropoutLayer):
     def __init__(
         self,
         p: float = 0.5,
+        inplace: bool = False,
         *,
         scaling: str = "inverted",
-        inplace: bool = False,
         generator: torch.Generator | None = None,
         save_mask: bool = True,
     ) -> None:
@@ -165,26 +172,47 @@ class Dropout(_DropoutLayer):
         return items + ([] if self.save_mask else ["save_mask=False"])
 
 
-class _SpatialDropoutNd(_DropoutLayer):
+class _InplaceDropoutLayer(_DropoutLayer):
+    """A dropout layer with torch's ``(p, inplace)`` positional arguments."""
+
+    def __init__(
+        self, p: float, inplace: bool = False, *, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__(p, generator=generator)
+        self.inplace = bool(inplace)
+
+    def _extra_repr_items(self) -> list[str]:
+        return ["inplace=True"] if self.inplace else []
+
+
+class _SpatialDropoutNd(_InplaceDropoutLayer):
     """Spatial dropout for inputs of exactly ``(N, C)`` plus ``_spatial_dims`` axes."""
 
     _spatial_dims: ClassVar[int]
     _layout: ClassVar[str]
 
-    def __init__(self, p: float = 0.2, *, generator: torch.Generator | None = None) -> None:
-        super().__init__(p, generator=generator)
+    def __init__(
+        self, p: float = 0.2, inplace: bool = False, *, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__(p, inplace, generator=generator)
 
     def forward(self, x: Tensor) -> Tensor:
         name = type(self).__name__
+        rank = self._spatial_dims + 2
+        torch_name = f"torch.nn.Dropout{self._spatial_dims}d"
         check_ndim(
             x,
-            (self._spatial_dims + 2,),
+            (rank,),
             name,
             self._layout,
             f"{name} drops whole channels of batched input and does not guess which axis is "
-            f"the channel; for one unbatched sample use x.unsqueeze(0).",
+            f"the channel ({torch_name} would read a {rank - 1}-D input as one unbatched "
+            f"sample; dropkit refuses it on purpose). For one unbatched sample use "
+            f"layer(x.unsqueeze(0)).squeeze(0).",
         )
-        return DF.spatial_dropout(x, self.p, training=self.training, generator=self.generator)
+        return DF.spatial_dropout(
+            x, self.p, training=self.training, generator=self.generator, inplace=self.inplace
+        )
 
 
 _SPATIAL_DOC = r"""Zero whole channels (feature maps) of a {d}-d input with probability ``p``.
@@ -198,12 +226,14 @@ _SPATIAL_DOC = r"""Zero whole channels (feature maps) of a {d}-d input with prob
 
     Args:
         p: drop probability in [0, 1]. Default: 0.2.
+        inplace: write the result into the input. Default: False.
         generator: ``torch.Generator`` to draw masks from; the global RNG when None.
 
     Shape:
         - Input: :math:`{shape}`. Exactly this rank: an unbatched input is refused instead of
-          being reinterpreted (``torch.nn.functional.dropout2d`` treats a 3-D input as 1-d
-          data, with only a warning).
+          being reinterpreted (``torch.nn.Dropout{d}d`` accepts it as one sample, and
+          ``torch.nn.functional.dropout2d`` treats a 3-D input as 1-d data, with only a
+          warning); for one sample use ``layer(x.unsqueeze(0)).squeeze(0)``.
         - Output: :math:`{shape}`, same as the input.
 
     Reference:
@@ -328,7 +358,7 @@ class GaussianDropout(_DropoutLayer):
         return DF.gaussian_dropout(x, self.p, training=self.training, generator=self.generator)
 
 
-class AlphaDropout(_DropoutLayer):
+class AlphaDropout(_InplaceDropoutLayer):
     r"""Dropout that keeps a SELU network self-normalizing (Klambauer et al. 2017).
 
     Dropped units go to SELU's saturation value ``α' = -λα ≈ -1.7581`` and an affine map
@@ -342,6 +372,7 @@ class AlphaDropout(_DropoutLayer):
 
     Args:
         p: drop probability in [0, 1]. Default: 0.1.
+        inplace: write the result into the input. Default: False.
         generator: ``torch.Generator`` to draw masks from; the global RNG when None.
 
     Shape:
@@ -357,14 +388,18 @@ class AlphaDropout(_DropoutLayer):
         >>> net = nn.Sequential(nn.Linear(64, 64), nn.SELU(), AlphaDropout(0.1))
     """
 
-    def __init__(self, p: float = 0.1, *, generator: torch.Generator | None = None) -> None:
-        super().__init__(p, generator=generator)
+    def __init__(
+        self, p: float = 0.1, inplace: bool = False, *, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__(p, inplace, generator=generator)
 
     def forward(self, x: Tensor) -> Tensor:
-        return DF.alpha_dropout(x, self.p, training=self.training, generator=self.generator)
+        return DF.alpha_dropout(
+            x, self.p, training=self.training, generator=self.generator, inplace=self.inplace
+        )
 
 
-class FeatureAlphaDropout(_DropoutLayer):
+class FeatureAlphaDropout(_InplaceDropoutLayer):
     r"""Alpha dropout of whole channels, for convolutional SELU networks.
 
     One draw per (sample, channel) as in :class:`SpatialDropout2d`, with the affine correction
@@ -372,10 +407,12 @@ class FeatureAlphaDropout(_DropoutLayer):
 
     Args:
         p: drop probability in [0, 1]. Default: 0.1.
+        inplace: write the result into the input. Default: False.
         generator: ``torch.Generator`` to draw masks from; the global RNG when None.
 
     Shape:
-        - Input: :math:`(N, C, *)` with at least one spatial axis.
+        - Input: :math:`(N, C, *)`, at least 2-D; axis 0 is the batch and axis 1 the channel
+          (as in ``torch.nn.FeatureAlphaDropout``).
         - Output: same as the input.
 
     Reference:
@@ -387,11 +424,15 @@ class FeatureAlphaDropout(_DropoutLayer):
         >>> y = FeatureAlphaDropout(0.1)(torch.randn(8, 16, 28, 28))
     """
 
-    def __init__(self, p: float = 0.1, *, generator: torch.Generator | None = None) -> None:
-        super().__init__(p, generator=generator)
+    def __init__(
+        self, p: float = 0.1, inplace: bool = False, *, generator: torch.Generator | None = None
+    ) -> None:
+        super().__init__(p, inplace, generator=generator)
 
     def forward(self, x: Tensor) -> Tensor:
-        return DF.feature_alpha_dropout(x, self.p, training=self.training, generator=self.generator)
+        return DF.feature_alpha_dropout(
+            x, self.p, training=self.training, generator=self.generator, inplace=self.inplace
+        )
 
 
 class DropPath(_DropoutLayer):
