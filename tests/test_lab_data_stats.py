@@ -15,11 +15,12 @@ from scipy import stats as sps
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
 from dropkit.lab.data import DataError, load_dataset
 from dropkit.lab.stats import (
-    Finding,
+    Diagnosis,
     best_rate,
     compare,
     diagnose,
     epochs_to_converge,
+    group_label,
     holm,
     mean_ci,
     summarize,
@@ -306,13 +307,42 @@ class TestComparisons:
         findings = [f for f in diagnose(summaries) if f.rule == "diverged"]
         assert [f.group for f in findings] == ["dropout p=0.4", "dropout p=0.8"]
         assert "1 of 3 runs" in findings[0].message and "left out" in findings[0].message
-        assert json.dumps([s.to_dict() for s in summaries])  # NaN became null: valid JSON
+        rows = [s.to_dict() for s in summaries]
+        json.dumps(rows, allow_nan=False)  # raises if a NaN was left in
+        assert rows[2]["test_acc_mean"] is None and rows[2]["vs_baseline"]["p_value"] is None
 
     def test_groups_are_configs_without_the_seed(self) -> None:
         runs = _group(0.4, [0.8, 0.81]) + _group(0.4, [0.7, 0.72], regularizers=(("l2", 1e-4),))
         runs += _group(0.0, [0.75, 0.76])
         names = [s.name for s in summarize(runs)]
         assert names == ["none", "dropout p=0.4", "dropout+l2=0.0001 p=0.4"]
+
+
+class TestLabels:
+    @pytest.mark.parametrize(
+        ("kwargs", "label"),
+        [
+            ({}, "none"),
+            ({"p": 0.4}, "dropout p=0.4"),
+            ({"max_norm": 3.0}, "max_norm=3"),  # not "max_norm max_norm=3"
+            ({"p": 0.4, "max_norm": 3.0}, "dropout+max_norm=3 p=0.4"),
+            ({"input_p": 0.2}, "input_dropout input_p=0.2"),
+            ({"p": 0.4, "input_p": 0.2}, "dropout+input_dropout p=0.4 input_p=0.2"),
+            ({"regularizers": (("l2", 1e-4),)}, "l2=0.0001"),
+            (
+                {"p": 0.4, "max_norm": 2.5, "regularizers": (("l2", 1e-4),)},
+                "dropout+max_norm=2.5+l2=0.0001 p=0.4",
+            ),
+            ({"regularizers": (("batchnorm", 1.0),)}, "batchnorm"),  # on/off: no number
+            ({"p": 0.5, "regularizers": (("batchnorm", 1.0),)}, "bn_dropout p=0.5"),
+        ],
+    )
+    def test_each_strength_is_shown_once(self, kwargs: dict[str, Any], label: str) -> None:
+        assert group_label(RunConfig(**kwargs)) == label
+
+    def test_summaries_carry_the_label(self) -> None:
+        runs = _group(0.0, [0.75, 0.76]) + _group(0.0, [0.77, 0.78], max_norm=3.0)
+        assert [s.name for s in summarize(runs)] == ["none", "max_norm=3"]
 
 
 class TestConvergence:
@@ -336,7 +366,7 @@ class TestConvergence:
 
 class TestDiagnosis:
     @staticmethod
-    def _rules(findings: list[Finding]) -> list[str]:
+    def _rules(findings: list[Diagnosis]) -> list[str]:
         return [f.rule for f in findings]
 
     def test_quiet_when_nothing_is_wrong(self) -> None:
@@ -361,6 +391,18 @@ class TestDiagnosis:
         assert [f.group for f in findings] == ["none", "dropout p=0.4"]  # the highest rate only
         assert "0.237" in findings[0].message and "threshold 0.10" in findings[0].message
         assert "raise the rate" in findings[1].message
+
+    def test_a_single_rate_is_not_told_which_way_to_go(self) -> None:
+        # The demo's shape: the baseline and one dropout rate, both with a large gap.
+        runs = _group(0.0, [0.76, 0.77, 0.76], train_acc=1.0)
+        runs += _group(0.4, [0.79, 0.80, 0.79], train_acc=0.97)
+        findings = diagnose(summarize(runs))
+        assert [(f.rule, f.group) for f in findings] == [
+            ("large_gap", "none"),
+            ("single_rate", "dropout p=0.4"),
+        ]
+        assert "sweep several rates" in findings[1].message
+        assert not any("raise the rate" in f.message for f in findings)
 
     def test_no_convergence_under_too_much_dropout(self) -> None:
         runs = _group(0.0, [0.85, 0.86, 0.85], train_acc=0.99)
@@ -426,10 +468,9 @@ class TestDiagnosis:
         same = _group(0.5, [0.85, 0.87, 0.86, 0.86], regularizers=(("dropout_bn", 1.0),))
         findings = [f for f in diagnose(summarize(base + after + same)) if f.rule == "bn_order"]
         assert len(findings) == 1 and findings[0].severity == "info"
+        assert "no significant order effect" in findings[0].message
 
     def test_stop_epoch(self) -> None:
-        if "info" not in {f.name for f in dataclasses.fields(StoredRun)}:
-            pytest.skip("this store records no per-run training facts yet")
         config = RunConfig(regularizers=(("early_stopping", 10.0),))
         runs = [
             _stored(dataclasses.replace(config, seed=s), 0.8, info={"stop_epoch": 40.0 + s})

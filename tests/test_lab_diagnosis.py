@@ -1,0 +1,304 @@
+"""The diagnosis rules one at a time, on groups built directly (no runs, no training)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from scipy import stats as sps
+
+from dropkit import checks
+from dropkit.lab import diagnosis, stats
+from dropkit.lab.diagnosis import (
+    RULES,
+    Diagnosis,
+    Thresholds,
+    check_baseline_gap,
+    check_bn_order,
+    check_capacity,
+    check_diverged,
+    check_more_epochs,
+    check_no_convergence,
+    check_not_converged,
+    check_rate_gap,
+    check_seeds,
+    diagnose,
+)
+from dropkit.lab.summary import ArmSummary
+
+T = Thresholds()
+
+
+def group(
+    name: str, p: float = 0.0, *, train: float = 1.0, test: float = 0.8, **kw: Any
+) -> ArmSummary:
+    """A group summary with only what the rules read; ``arm`` follows ``p`` unless given."""
+    values: dict[str, Any] = {
+        "arm": ("dropout" if p > 0 else "none"),
+        "p": p,
+        "input_p": 0.0,
+        "max_norm": None,
+        "n_seeds": 10,
+        "train_acc_mean": train,
+        "train_acc_ci95": (math.nan, math.nan),
+        "test_acc_mean": test,
+        "test_acc_ci95": (math.nan, math.nan),
+        "test_acc_std": 0.01,
+        "best_test_acc_mean": test,
+        "gap_mean": train - test,
+        "vs_baseline": None,
+        "name": name,
+        "epochs": 100,
+        "train_loss_mean": 0.05,
+    }
+    values.update(kw)
+    return ArmSummary(**values)
+
+
+BASE = group("none", train=1.0, test=0.80)  # fits, gap 0.20
+
+
+class TestDiagnosisType:
+    def test_to_dict_keys_are_the_json_contract(self) -> None:
+        finding = Diagnosis("large_gap", "warning", "m", {"gap": math.nan, "p": 0.4}, "g")
+        data = finding.to_dict()
+        assert list(data) == ["rule", "severity", "message", "numbers", "group"]
+        assert data["numbers"] == {"gap": None, "p": 0.4}
+        json.dumps(data, allow_nan=False)  # raises on a NaN left in
+
+    def test_names(self) -> None:
+        assert stats.Finding is Diagnosis and stats.Diagnosis is Diagnosis
+        assert stats.diagnose is diagnose and stats.Thresholds is Thresholds
+        assert checks.Finding is not Diagnosis  # the model checks' finding is another type
+
+    def test_diagnose_runs_every_rule_in_order(self) -> None:
+        summaries = [
+            group("none", train=1.0, test=0.7, n_nan=1),
+            group("dropout p=0.2", 0.2, train=0.99, test=0.75),
+            group("dropout p=0.4", 0.4, train=0.98, test=0.76, n_seeds=1),
+        ]
+        expected = [f for rule in RULES for f in rule(summaries, T)]
+        assert diagnose(summaries) == expected
+        assert [f.rule for f in expected] == ["diverged", "one_seed", "large_gap", "large_gap"]
+        assert diagnose([]) == []
+
+    def test_every_rule_is_public_and_listed(self) -> None:
+        listed = {rule.__name__ for rule in RULES}
+        assert listed == {name for name in diagnosis.__all__ if name.startswith("check_")}
+
+
+class TestDiverged:
+    def test_one_warning_per_group_with_its_counts(self) -> None:
+        findings = check_diverged(
+            [group("none", n_nan=2), group("dropout p=0.5", 0.5), group("l2", n_nan=10)], T
+        )
+        assert [(f.group, f.numbers) for f in findings] == [
+            ("none", {"n_nan": 2, "n_runs": 10}),
+            ("l2", {"n_nan": 10, "n_runs": 10}),
+        ]
+        assert "2 of 10 runs" in findings[0].message
+        assert findings[0].message.endswith("lower the learning rate")  # no rate to lower
+
+    def test_a_dropout_group_may_lower_its_rate(self) -> None:
+        (finding,) = check_diverged([group("dropout p=0.9", 0.9, n_nan=1)], T)
+        assert finding.message.endswith("lower the learning rate or the rate")
+
+
+class TestSeeds:
+    def test_groups_without_two_usable_seeds(self) -> None:
+        summaries = [group("none", n_seeds=1), group("a", n_seeds=3, n_nan=2), group("b")]
+        (finding,) = check_seeds(summaries, T)
+        assert (finding.rule, finding.severity, finding.group) == ("one_seed", "info", None)
+        assert "none (1), a (1)" in finding.message and finding.numbers == {"groups": 2}
+        assert check_seeds([group("none", n_seeds=2)], T) == []
+
+
+class TestCapacity:
+    def test_a_baseline_that_cannot_fit(self) -> None:
+        (finding,) = check_capacity([group("none", train=0.7, test=0.6, train_loss_mean=0.6)], T)
+        assert finding.numbers == {"train_acc": 0.7, "train_loss": 0.6, "threshold": 0.9}
+        assert "0.700" in finding.message and "dropout will not fix" in finding.message
+
+    @pytest.mark.parametrize("train", [0.9, 1.0, math.nan])
+    def test_silent_when_it_fits_or_is_unknown(self, train: float) -> None:
+        assert check_capacity([group("none", train=train)], T) == []
+
+    def test_threshold_is_read(self) -> None:
+        assert check_capacity([group("none", train=0.95)], Thresholds(fit_train_acc=0.99))
+
+
+class TestBaselineGap:
+    def test_overfitting_baseline(self) -> None:
+        (finding,) = check_baseline_gap([BASE], T)
+        assert (finding.rule, finding.group) == ("large_gap", "none")
+        assert finding.numbers == pytest.approx(
+            {"gap": 0.2, "train_acc": 1.0, "test_acc": 0.8, "threshold": 0.1}
+        )
+        assert "regularize it" in finding.message
+
+    def test_silent_below_the_threshold_or_when_it_cannot_fit(self) -> None:
+        assert check_baseline_gap([group("none", train=1.0, test=0.95)], T) == []
+        assert check_baseline_gap([group("none", train=0.8, test=0.5)], T) == []  # capacity
+        assert check_baseline_gap([BASE], Thresholds(large_gap=0.25)) == []
+
+
+class TestRateGap:
+    def test_several_rates_raise_the_highest(self) -> None:
+        summaries = [
+            BASE,
+            group("dropout p=0.4", 0.4, train=0.97, test=0.82),
+            group("dropout p=0.2", 0.2, train=0.99, test=0.81),
+        ]
+        (finding,) = check_rate_gap(summaries, T)
+        assert (finding.rule, finding.severity, finding.group) == (
+            "large_gap",
+            "warning",
+            "dropout p=0.4",
+        )
+        assert finding.numbers == pytest.approx({"gap": 0.15, "p": 0.4, "threshold": 0.1})
+        assert finding.message.endswith("raise the rate")
+
+    def test_a_single_rate_suggests_a_sweep(self) -> None:
+        summaries = [BASE, group("dropout p=0.4", 0.4, train=0.97, test=0.79)]
+        (finding,) = check_rate_gap(summaries, T)
+        assert (finding.rule, finding.severity, finding.group) == (
+            "single_rate",
+            "info",
+            "dropout p=0.4",
+        )
+        assert finding.numbers == pytest.approx(
+            {"gap": 0.18, "p": 0.4, "train_acc": 0.97, "test_acc": 0.79, "threshold": 0.1}
+        )
+        message = finding.message
+        assert "the only rate tried" in message and "sweep several rates" in message
+        assert "raise the rate" not in message and "lower the rate" not in message
+        assert "0.180" in message and "threshold 0.10" in message
+
+    def test_families_are_judged_apart(self) -> None:
+        l2 = (("l2", 1e-4),)
+        summaries = [
+            BASE,
+            group("dropout p=0.2", 0.2, train=0.99, test=0.8),
+            group("dropout p=0.4", 0.4, train=0.98, test=0.8),
+            group("dropout+l2 p=0.4", 0.4, arm="dropout+l2", regularizers=l2, test=0.78),
+        ]
+        findings = check_rate_gap(summaries, T)
+        assert [(f.rule, f.group) for f in findings] == [
+            ("large_gap", "dropout p=0.4"),
+            ("single_rate", "dropout+l2 p=0.4"),
+        ]
+
+    def test_one_rate_twice_is_still_a_single_rate(self) -> None:
+        # Same family and rate (e.g. two hidden sizes): still no grid of rates.
+        summaries = [BASE, group("a", 0.5, test=0.8), group("b", 0.5, test=0.81)]
+        findings = check_rate_gap(summaries, T)
+        assert [(f.rule, f.group) for f in findings] == [("single_rate", "a")]
+
+    def test_silent_when_closed_underfit_or_incapable(self) -> None:
+        closed = [BASE, group("dropout p=0.5", 0.5, train=0.9, test=0.85)]
+        assert check_rate_gap(closed, T) == []
+        underfit = [BASE, group("dropout p=0.8", 0.8, train=0.85, test=0.7)]
+        assert check_rate_gap(underfit, T) == []  # told to lower it instead
+        incapable = [group("none", train=0.8, test=0.5), group("d", 0.5, train=0.8, test=0.5)]
+        assert check_rate_gap(incapable, T) == []
+        assert check_rate_gap([BASE, group("l2", arm="l2", test=0.7)], T) == []  # no rate
+
+
+class TestNoConvergence:
+    def test_a_group_that_cannot_fit_what_the_baseline_fits(self) -> None:
+        summaries = [BASE, group("dropout p=0.8", 0.8, train=0.6, test=0.7)]
+        (finding,) = check_no_convergence(summaries, T)
+        assert finding.numbers == pytest.approx(
+            {
+                "train_acc": 0.6,
+                "baseline_train_acc": 1.0,
+                "test_acc": 0.7,
+                "baseline_test_acc": 0.8,
+                "threshold": 0.1,
+            }
+        )
+        assert "0.400 below" in finding.message and finding.message.endswith("lower the rate")
+
+    def test_a_strength_when_there_is_no_rate(self) -> None:
+        summaries = [BASE, group("l2=0.1", arm="l2", train=0.7, test=0.7)]
+        (finding,) = check_no_convergence(summaries, T)
+        assert finding.message.endswith("lower the strength")
+
+    def test_silent_when_it_tests_better_or_the_baseline_cannot_fit(self) -> None:
+        better = [BASE, group("dropout p=0.8", 0.8, train=0.6, test=0.81)]
+        assert check_no_convergence(better, T) == []
+        small_drop = [BASE, group("dropout p=0.5", 0.5, train=0.91, test=0.7)]
+        assert check_no_convergence(small_drop, T) == []
+        incapable = [group("none", train=0.85), group("d", 0.8, train=0.6, test=0.5)]
+        assert check_no_convergence(incapable, T) == []
+
+
+class TestMoreEpochs:
+    def test_the_best_dropout_group_against_the_baseline(self) -> None:
+        summaries = [
+            group("none", converge_epoch_mean=20.0),
+            group("dropout p=0.2", 0.2, test=0.82, converge_epoch_mean=90.0),
+            group("dropout p=0.4", 0.4, test=0.85, converge_epoch_mean=50.0),
+        ]
+        (finding,) = check_more_epochs(summaries, T)
+        assert finding.group == "dropout p=0.4"  # the best test accuracy, not the slowest
+        assert finding.numbers == pytest.approx(
+            {"ratio": 2.5, "epochs": 50.0, "baseline_epochs": 20.0, "threshold": 1.5}
+        )
+        assert "2.5×" in finding.message
+
+    def test_silent_below_the_ratio_or_without_curves(self) -> None:
+        fast = [group("none", converge_epoch_mean=40.0), group("d", 0.4, converge_epoch_mean=50.0)]
+        assert check_more_epochs(fast, T) == []
+        assert check_more_epochs(fast, Thresholds(slower_ratio=1.2))
+        unknown = [group("none"), group("d", 0.4, converge_epoch_mean=50.0)]
+        assert check_more_epochs(unknown, T) == []
+
+
+class TestNotConverged:
+    def test_groups_converging_in_their_last_epochs(self) -> None:
+        summaries = [
+            group("none", converge_epoch_mean=95.0),
+            group("a", 0.4, converge_epoch_mean=50.0),
+            group("b", 0.5, converge_epoch_mean=90.0),
+        ]
+        (finding,) = check_not_converged(summaries, T)
+        assert "none (95), b (90)" in finding.message and "last 10% of the 100" in finding.message
+        assert finding.numbers == {"groups": 2, "epochs": 100, "threshold": 0.9}
+        assert check_not_converged([group("none", converge_epoch_mean=89.0)], T) == []
+
+
+class TestBnOrder:
+    @staticmethod
+    def pair(after: float, before: float, *, n: int = 10) -> list[ArmSummary]:
+        bn, bn_first = (("batchnorm", 1.0),), (("dropout_bn", 1.0),)
+        return [
+            group("batchnorm", regularizers=bn),
+            group("bn_dropout p=0.5", 0.5, test=after, regularizers=bn, n_seeds=n),
+            group("dropout_bn p=0.5", 0.5, test=before, regularizers=bn_first, n_seeds=n),
+        ]
+
+    def test_welch_from_the_summaries(self) -> None:
+        (finding,) = check_bn_order(self.pair(0.86, 0.80), T)
+        reference = sps.ttest_ind_from_stats(0.86, 0.01, 10, 0.80, 0.01, 10, equal_var=False)
+        assert finding.numbers["p_value"] == pytest.approx(reference.pvalue, rel=1e-12)
+        assert finding.numbers["difference"] == pytest.approx(0.06)
+        assert finding.severity == "warning" and "put dropout after BN" in finding.message
+
+    def test_no_effect_and_no_test(self) -> None:
+        (same,) = check_bn_order(self.pair(0.805, 0.80), T)  # Welch p ≈ 0.28
+        assert same.severity == "info" and "no significant order effect" in same.message
+        assert same.numbers["difference"] == pytest.approx(0.005)
+        (few,) = check_bn_order(self.pair(0.86, 0.80, n=1), T)
+        assert "not enough seeds" in few.message and math.isnan(few.numbers["p_value"])
+
+    def test_only_at_a_rate_both_orders_ran(self) -> None:
+        summaries = self.pair(0.86, 0.80)
+        other_rate = [
+            summaries[0],
+            summaries[1],
+            group("d", 0.3, regularizers=(("dropout_bn", 1.0),)),
+        ]
+        assert check_bn_order(other_rate, T) == []
