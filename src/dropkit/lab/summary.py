@@ -127,11 +127,11 @@ def _group_key(config: RunConfig) -> str:
 def group_label(config: RunConfig) -> str:
     """A group's label: its arm with strengths, then its rates (``dropout+l2=0.0001 p=0.4``).
 
-    Each strength is shown once, attached to the arm's token that it sets: a regularizer entry
-    carries its own (``l2=0.0001``), the max-norm bound too (``max_norm=3``, not ``max_norm
-    max_norm=3``); one that is on or off (``batchnorm``, strength 1) shows no number. The
-    dropout rates follow the arm under their own names (``dropout p=0.4``, ``input_dropout
-    input_p=0.2``), as ``dropout`` is named by the arm whatever its rate.
+    Each number is shown once. A strength is attached to the arm's token it belongs to: a
+    regularizer entry carries its own (``l2=0.0001``), and so does the max-norm bound
+    (``max_norm=3``, ``dropout+max_norm=3 p=0.4``); an entry that is on or off (``batchnorm``,
+    strength 1) shows no number. The dropout rates follow the arm under their own names
+    (``dropout p=0.4``, ``input_dropout input_p=0.2``).
     """
     if config.arm == "none":
         return "none"
