@@ -266,9 +266,9 @@ def _sweep_the_rate(s: ArmSummary, t: Thresholds) -> Diagnosis:
         "info",
         f"{s.name}: the gap is still {s.gap_mean:.3f} at p={s.p:g}, the only rate tried "
         f"(train {s.train_acc_mean:.3f}, test {s.test_acc_mean:.3f}; threshold "
-        f"{t.large_gap:.2f}); one rate cannot show which way to move it: a higher rate may "
-        "close the gap or stop the model fitting, a lower one may test better or overfit more: "
-        "sweep several rates (e.g. 0.1 to 0.7) to see where the test accuracy peaks",
+        f"{t.large_gap:.2f}); one rate cannot show which way to move it (a higher rate may "
+        "close the gap or stop the model fitting, a lower one may test better or overfit "
+        "more): sweep several rates, e.g. 0.1 to 0.7, to see where the test accuracy peaks",
         {
             "gap": s.gap_mean,
             "p": s.p,
