@@ -152,7 +152,7 @@ def test_bad_csv_lists_columns(tmp_path: Path) -> None:
         (["sweep", "--rates", "0,1.5"], "Did you pass a percentage"),
         (["sweep", "--rates", "0,-0.1"], "must be in [0, 1]"),
         (["sweep", "--rates", "a,b"], "--rates: expected numbers"),
-        (["sweep", "--seeds", "0"], "--seeds must be >= 1"),
+        (["sweep", "--seeds", "0"], "--seeds must be an int >= 1"),
         (["sweep", "--hidden", "0"], "--hidden: widths must be integers >= 1"),
         (["sweep", "--max-norm", "-1"], "--max-norm must be a finite number > 0"),
         (["demo", "--p", "40"], "Did you pass a percentage? Use --p=0.4"),

@@ -62,14 +62,14 @@ def test_every_mlp_arm_runs_in_one_command(tmp_path: Path) -> None:
     ("args", "message"),
     [
         (["--arms", "none,dropuot"], "unknown arm 'dropuot'"),
-        (["--arms", "none,spatial_dropout"], "'spatial_dropout' does not apply to --model mlp"),
-        (["--arms", "variational", "--model", "cnn"], "does not apply to --model cnn"),
-        (["--l2", "-1"], "--l2: `l2` must be a finite number > 0"),
-        (["--p", "1.5"], "--p: `p` must be in [0, 1]"),
-        (["--model", "cnn"], "--model cnn on circles"),
-        (["--model", "gru"], "--model must be one of mlp, cnn, rnn"),
+        (["--arms", "none,spatial_dropout"], "'spatial_dropout' does not apply to model 'mlp'"),
+        (["--arms", "variational", "--model", "cnn"], "does not apply to model 'cnn'"),
+        (["--l2", "-1"], "--l2 must be a finite number > 0"),
+        (["--p", "1.5"], "--p must be in [0, 1]"),
+        (["--model", "cnn"], "--model 'cnn' on circles"),
+        (["--model", "gru"], "--model must be one of 'mlp', 'cnn', 'rnn'"),
         (["--data", "nope"], "unknown dataset 'nope'"),
-        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--seeds", "0"], "--seeds must be an int >= 1"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(args: list[str], message: str, tmp_path: Path) -> None:

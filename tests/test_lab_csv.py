@@ -107,7 +107,7 @@ class TestFeatures:
         rows = ["1,1,0", "2,,1", "3,3,0", "4,NaN,1", "5,5,0", "6,nan,1", "7,7,0", "8,NA,0"]
         rows += ["9,9,1", "10,10,1", "11,,0"]
         path = _write(tmp_path, "a,b,y\n" + "\n".join(rows) + "\n")
-        _refused(path, "'b' (column 2) has 5 missing values", "lines 3, 5, 7, 9, 12", "--impute")
+        _refused(path, "'b' (column 2) has 5 missing values", "lines 3, 5, 7, 9, 12", "`impute`")
 
     def test_column_without_values(self, tmp_path: Path) -> None:
         path = _write(tmp_path, "a,b,y\n" + "\n".join(f"{i},,{i % 2}" for i in range(8)))
@@ -139,11 +139,11 @@ class TestFeatures:
         n_test_holes = len(holes & set(test_ids.tolist()))
         assert n_test_holes > 0, "some test rows are filled too"
         (note,) = data.notes
-        assert f"--impute {method} filled 8 missing cells" in note
+        assert f"`impute` {method!r} filled 8 missing cells" in note
         assert f"({8 - n_test_holes} in training rows, {n_test_holes} in test rows)" in note
 
     def test_impute_is_csv_only(self) -> None:
-        with pytest.raises(DataError, match="--impute applies to CSV files"):
+        with pytest.raises(DataError, match="`impute` applies to CSV files"):
             load_dataset(DataSpec("wine"), impute="mean")
         with pytest.raises(ValueError, match="`impute` must be one of"):
             load_dataset(DataSpec("wine"), impute="mode")
@@ -246,12 +246,12 @@ def test_cli_impute_and_notes(tmp_path: Path) -> None:
     blocker = _write(tmp_path, "", "not_a_folder")
     args = ["sweep", "--data", str(path), "--target", "y", *FAST, "--out", str(blocker)]
     bad = runner.invoke(app, [*args, "--impute", "mode"])
-    assert bad.exit_code == 2 and "--impute must be mean or median, got 'mode'" in bad.stderr
+    assert bad.exit_code == 2 and "--impute must be one of 'mean', 'median', got 'mode'" in bad.stderr
     # The notes come right after the data loads; an unusable --out then stops the command
     # before training (training on CSV data is covered in test_cli.py).
     result = runner.invoke(app, [*args, "--impute", "median", "--json"])
     assert "cannot create the output folder" in result.stderr, result.output
     notes = [line for line in result.stderr.splitlines() if line.startswith("dropkit: note: ")]
     assert len(notes) == 2, result.stderr
-    assert "no=0, yes=1" in notes[0] and "--impute median filled 5 missing cells" in notes[1]
+    assert "no=0, yes=1" in notes[0] and "--impute 'median' filled 5 missing cells" in notes[1]
     assert result.stdout == "", "--json keeps stdout for the JSON object"

@@ -80,7 +80,7 @@ class TestData:
     def test_csv_needs_target(self, tmp_path: Path) -> None:
         path = tmp_path / "d.csv"
         path.write_text("a,y\n1,0\n")
-        with pytest.raises(DataError, match="--target is required"):
+        with pytest.raises(DataError, match="`target` is required"):
             load_dataset(DataSpec(str(path)))
 
     def test_single_class(self, tmp_path: Path) -> None:

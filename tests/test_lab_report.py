@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from dropkit.cli import app
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.engines import InProcessEngine
-from dropkit.lab.report import analyze, write_report
+from dropkit.lab.analysis import analyze
+from dropkit.lab.report import write_report
 from dropkit.lab.runner import run_configs
 from dropkit.lab.store import ResultsStore, RunRecord
 

@@ -1,0 +1,50 @@
+"""The dropkit lab: does dropout help my model, and at what rate?
+
+Python and the ``dropkit`` command line call the same functions:
+
+==============================================  ==============================================
+Python                                          command line
+==============================================  ==============================================
+``lab.demo()``                                  ``dropkit demo``
+``lab.sweep(rates=[0, 0.2, 0.4], seeds=10)``    ``dropkit sweep --rates 0,0.2,0.4 --seeds 10``
+``lab.compare(arms=["none", "dropout", "l2"])``  ``dropkit compare --arms none,dropout,l2``
+``lab.load("runs.sqlite")``                     ``dropkit report --store runs.sqlite``
+==============================================  ==============================================
+
+Each returns an :class:`Experiment` (``.summary``, ``.best``, ``.comparisons``, ``.findings``,
+``.runs``, ``.curves()``, ``.plot_curves()``, ``.plot_rates()``, ``.plot_arms()``,
+``.report(path)``, ``.to_dict()``; a notebook shows its table). The arms a comparison can use
+are :data:`REGULARIZERS` (:mod:`dropkit.lab.arms`). See ``docs/lab.md``.
+"""
+
+from __future__ import annotations
+
+from dropkit.lab.api import Plan as Plan
+from dropkit.lab.api import compare as compare
+from dropkit.lab.api import demo as demo
+from dropkit.lab.api import load as load
+from dropkit.lab.api import load_all as load_all
+from dropkit.lab.api import plan_compare as plan_compare
+from dropkit.lab.api import plan_demo as plan_demo
+from dropkit.lab.api import plan_sweep as plan_sweep
+from dropkit.lab.api import run as run
+from dropkit.lab.api import sweep as sweep
+from dropkit.lab.arms import REGULARIZERS as REGULARIZERS
+from dropkit.lab.arms import STRENGTHS as STRENGTHS
+from dropkit.lab.experiment import Experiment as Experiment
+
+__all__ = [
+    "REGULARIZERS",
+    "STRENGTHS",
+    "Experiment",
+    "Plan",
+    "compare",
+    "demo",
+    "load",
+    "load_all",
+    "plan_compare",
+    "plan_demo",
+    "plan_sweep",
+    "run",
+    "sweep",
+]

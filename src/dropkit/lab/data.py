@@ -360,7 +360,7 @@ def _read_csv(path: Path, target: str | None, impute: str | None = None) -> _Csv
         raise DataError(f"CSV file not found: {path}")
     if target is None:
         raise DataError(
-            f"--target is required for a CSV file: name the column to predict in {path}"
+            f"`target` is required for a CSV file: name the column to predict in {path}"
         )
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -417,7 +417,7 @@ def _read_csv(path: Path, target: str | None, impute: str | None = None) -> _Csv
             f"{path}: feature column {_column(features[j], where[j])} has {counts[j]} missing "
             f"value{'s' if counts[j] > 1 else ''} (empty, NaN or NA) at "
             f"{_lines([int(v) for v in row_lines[holes[:, j]]])}{also}; fill or drop them, "
-            "or pass --impute mean|median"
+            "or set `impute` to 'mean' or 'median'"
         )
     return _CsvTable(x, y, row_lines, features, class_names, tuple(notes))
 
@@ -472,7 +472,7 @@ def _impute(
     train_holes, test_holes = np.isnan(x_train), np.isnan(x_test)
     columns = [int(j) for j in np.flatnonzero(train_holes.any(axis=0) | test_holes.any(axis=0))]
     if not columns:
-        return x_train, x_test, f"--impute {method}: no missing feature values to fill"
+        return x_train, x_test, f"`impute` {method!r}: no missing feature values to fill"
     unfillable = [repr(feature_names[j]) for j in columns if train_holes[:, j].all()]
     if unfillable:
         raise DataError(
@@ -490,7 +490,7 @@ def _impute(
     return (
         x_train,
         x_test,
-        f"--impute {method} filled {n_train + n_test} missing cells ({n_train} in training "
+        f"`impute` {method!r} filled {n_train + n_test} missing cells ({n_train} in training "
         f"rows, {n_test} in test rows) of column {named} with the training split's {method}",
     )
 
@@ -524,7 +524,7 @@ def load_dataset(spec: DataSpec, impute: str | None = None) -> Dataset:
     if method is not None:
         check_one_of(method, "impute", IMPUTE_METHODS)
         if name in BUILTIN_DATASETS:
-            raise DataError(f"--impute applies to CSV files; {name!r} has no missing values")
+            raise DataError(f"`impute` applies to CSV files; {name!r} has no missing values")
     table: _CsvTable | None = None
     notes: list[str] = []
     if name in BUILTIN_DATASETS:

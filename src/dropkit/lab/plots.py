@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ from dropkit.lab.stats import ArmSummary
 from dropkit.lab.store import ResultsStore, StoredRun
 
 __all__ = [
+    "Curves",
+    "accuracy_curves_figure",
     "arm_figure",
     "boundary_figure",
     "group_curves",
@@ -30,6 +32,7 @@ __all__ = [
     "png_bytes",
     "rate_figure",
     "save_png",
+    "stack_curves",
     "uncertainty_figure",
 ]
 
@@ -90,9 +93,8 @@ def _label(run: StoredRun) -> str:
     return ", ".join(parts) or run.arm
 
 
-def group_curves(store: ResultsStore, runs: Sequence[StoredRun]) -> Curves:
-    """The curves of a group's runs stacked: ``{metric: (runs, epochs)}``, NaN-padded."""
-    curves = [store.curves(r.key) for r in runs]
+def stack_curves(curves: Sequence[Mapping[str, NDArray[np.float64]]]) -> Curves:
+    """Per-run curves stacked: ``{metric: (runs, epochs)}``, NaN-padded to the longest run."""
     length = max((len(c["test_acc"]) for c in curves), default=0)
     stacked = {}
     for metric in _METRICS:
@@ -101,6 +103,11 @@ def group_curves(store: ResultsStore, runs: Sequence[StoredRun]) -> Curves:
             values[i, : len(c[metric])] = c[metric]
         stacked[metric] = values
     return stacked
+
+
+def group_curves(store: ResultsStore, runs: Sequence[StoredRun]) -> Curves:
+    """The curves of a group's runs stacked: ``{metric: (runs, epochs)}``, NaN-padded."""
+    return stack_curves([store.curves(r.key) for r in runs])
 
 
 def _mean_band(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -173,19 +180,15 @@ def learning_curves_figure(
     return figure
 
 
-def plot_learning_curves(
-    store: ResultsStore, groups: Sequence[Sequence[StoredRun]], path: Path, *, title: str
-) -> Path:
+def accuracy_curves_figure(groups: Sequence[tuple[str, Curves]], *, title: str) -> Figure:
     """Train (dashed) and test (solid) accuracy per epoch for each group of seeds.
 
     Each line is the mean over the group's seeds; the band is the mean's 95% t-interval per
     epoch when the group has two or more seeds.
     """
     figure, axis = _figure(figsize=(9, 5.5), constrained_layout=True)
-    present = [g for g in groups if g]
-    for color, runs in zip(_colors(len(present)), present, strict=True):
-        label = _label(runs[0])
-        curves = group_curves(store, runs)
+    present = [(label, curves) for label, curves in groups if curves["test_acc"].size]
+    for color, (label, curves) in zip(_colors(len(present)), present, strict=True):
         for metric, style in (("train_acc", "--"), ("test_acc", "-")):
             values = curves[metric]
             epochs = np.arange(1, values.shape[1] + 1)
@@ -199,6 +202,17 @@ def plot_learning_curves(
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=9)
+    return figure
+
+
+def plot_learning_curves(
+    store: ResultsStore, groups: Sequence[Sequence[StoredRun]], path: Path, *, title: str
+) -> Path:
+    """Save :func:`accuracy_curves_figure` of groups of stored runs (labelled by their rates)."""
+    present = [g for g in groups if g]
+    figure = accuracy_curves_figure(
+        [(_label(runs[0]), group_curves(store, runs)) for runs in present], title=title
+    )
     return save_png(figure, path)
 
 

@@ -215,7 +215,7 @@ def default_epochs(data_name: str, kind: str) -> int:
     Small data sets get many epochs (one epoch of ``circles`` is one mini-batch), larger ones
     few; CSV files get the model kind's fallback. ``circles`` gets 1000: the 500-unit MLP fits
     its 30 training points by then, but the case study's overfitting (and dropout's gain over
-    it) shows only after 2000–4000 epochs: compare with ``--epochs 4000`` to reproduce
+    it) shows only after 2000–4000 epochs: compare with ``epochs=4000`` to reproduce
     ``dropkit demo``'s setting (BatchNorm and concrete arms train one run at a time and make
     that several minutes).
     """

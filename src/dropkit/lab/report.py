@@ -18,7 +18,6 @@ import base64
 import html
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,109 +25,23 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropkit.lab import plots
+from dropkit.lab.analysis import Analysis, analyze
 from dropkit.lab.config import RunConfig
 from dropkit.lab.stats import (
     CONVERGE_TOL,
     ArmSummary,
-    BestRate,
-    Finding,
+    Diagnosis,
     Thresholds,
-    best_rate,
-    diagnose,
-    group_runs,
-    summarize,
 )
 from dropkit.lab.store import ResultsStore, StoredRun
 
-__all__ = ["Experiment", "analyze", "write_report"]
+__all__ = ["render", "write_report"]
 
 _MAX_CURVE_GROUPS = 12
 _GRID = 100  # decision-boundary grid points per axis
 _MC_GRID = 50  # uncertainty-map grid points per axis
 _MC_SAMPLES = 30
 _MC_SEED = 0
-
-
-@dataclass(frozen=True)
-class Experiment:
-    """Runs that share data, model and training settings, with their statistics."""
-
-    title: str
-    runs: tuple[StoredRun, ...]
-    groups: tuple[tuple[str, tuple[StoredRun, ...]], ...]
-    summaries: tuple[ArmSummary, ...]
-    findings: tuple[Finding, ...]
-    best: BestRate | None
-    curves: dict[str, dict[str, NDArray[np.float64]]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary rows, findings and the best group."""
-        best = self.best
-        return {
-            "experiment": self.title,
-            "runs": len(self.runs),
-            "summary": [s.to_dict() for s in self.summaries],
-            "findings": [f.to_dict() for f in self.findings],
-            "best": None
-            if best is None
-            else {
-                "name": best.summary.name,
-                "arm": best.summary.arm,
-                "p": best.summary.p,
-                "evidence": best.evidence,
-            },
-        }
-
-
-def _experiment_title(config: RunConfig) -> str:
-    model = config.model
-    hidden = "-".join(str(h) for h in model.hidden)
-    return (
-        f"{Path(config.data.name).name} · {model.kind} {hidden} · {config.train.epochs} epochs, "
-        f"batch {config.train.batch_size}"
-    )
-
-
-def analyze(
-    store: ResultsStore,
-    keys: Sequence[str] | None = None,
-    *,
-    thresholds: Thresholds | None = None,
-) -> list[Experiment]:
-    """The stored runs (all, or ``keys``) split into experiments, summarized and diagnosed."""
-    runs = store.runs(None if keys is None else list(keys))
-    by_shape: dict[str, list[StoredRun]] = {}
-    for run in runs:
-        c = run.config
-        shape = RunConfig(c.data, c.model, c.train).to_dict()
-        by_shape.setdefault(repr(sorted(_flatten(shape).items())), []).append(run)
-    experiments = []
-    for shape_key in sorted(by_shape):
-        members = by_shape[shape_key]
-        curves = {r.key: store.curves(r.key) for r in members}
-        summaries = summarize(members, curves)
-        experiments.append(
-            Experiment(
-                title=_experiment_title(members[0].config),
-                runs=tuple(members),
-                groups=tuple((label, tuple(rs)) for label, rs in group_runs(members)),
-                summaries=tuple(summaries),
-                findings=tuple(diagnose(summaries, thresholds)),
-                best=best_rate(summaries),
-                curves=curves,
-            )
-        )
-    return experiments
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    flat: dict[str, str] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = repr(value)
-    return flat
 
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -240,7 +153,7 @@ def _comparison_table(summaries: Sequence[ArmSummary]) -> str:
     return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"
 
 
-def _findings(findings: Sequence[Finding]) -> str:
+def _findings(findings: Sequence[Diagnosis]) -> str:
     if not findings:
         return "<p class=note>No rule fired: nothing stands out in these runs.</p>"
     items = "".join(
@@ -272,7 +185,7 @@ def _rate_families(summaries: Sequence[ArmSummary]) -> list[tuple[str, list[ArmS
 
 
 def _curve_groups(
-    experiment: Experiment,
+    experiment: Analysis,
 ) -> tuple[list[tuple[str, plots.Curves]], str]:
     groups = list(experiment.groups)
     note = ""
@@ -290,17 +203,10 @@ def _curve_groups(
             f" Showing the baseline and the {_MAX_CURVE_GROUPS - 1} groups with the best mean "
             f"test accuracy of {len(experiment.groups)}."
         )
-    result = []
-    for label, runs in groups:
-        curves = [experiment.curves[r.key] for r in runs]
-        length = max(len(c["test_acc"]) for c in curves)
-        stacked: plots.Curves = {}
-        for metric in ("train_acc", "test_acc", "train_loss", "test_loss"):
-            values = np.full((len(curves), length), math.nan)
-            for i, c in enumerate(curves):
-                values[i, : len(c[metric])] = c[metric]
-            stacked[metric] = values
-        result.append((label, stacked))
+    result = [
+        (label, plots.stack_curves([experiment.curves[r.key] for r in runs]))
+        for label, runs in groups
+    ]
     return result, note
 
 
@@ -364,7 +270,7 @@ def _representative(runs: Sequence[StoredRun], seeds: set[int]) -> StoredRun:
     return min(shared or runs, key=lambda r: r.config.seed)
 
 
-def _two_d_section(store: ResultsStore, experiment: Experiment) -> str:
+def _two_d_section(store: ResultsStore, experiment: Analysis) -> str:
     first = experiment.runs[0].config
     if first.model.kind != "mlp":
         return ""
@@ -473,7 +379,7 @@ def _uncertainty(entry: tuple[Any, str], data: Any) -> str:
 # -- the page ----------------------------------------------------------------------------------
 
 
-def _experiment_section(store: ResultsStore, experiment: Experiment, index: int) -> str:
+def _experiment_section(store: ResultsStore, experiment: Analysis, index: int) -> str:
     summaries = experiment.summaries
     seeds = sorted({r.config.seed for r in experiment.runs})
     diverged = sum(s.n_nan for s in summaries)
@@ -489,7 +395,7 @@ def _experiment_section(store: ResultsStore, experiment: Experiment, index: int)
     if all(s.n_valid < 2 for s in summaries):
         parts.append(
             "<p class=note>Every group has fewer than two usable seeds: no confidence interval "
-            "and no significance test can be computed. Run more seeds (--seeds 10).</p>"
+            "and no significance test can be computed. Run more seeds (10 or more).</p>"
         )
     parts += [
         "<h3>Diagnosis</h3>",

@@ -190,7 +190,7 @@ class ResultsStore:
                 elif int(row[0]) != SCHEMA_VERSION:
                     raise StoreError(
                         f"{self.path} has schema version {row[0]}; this dropkit reads version "
-                        f"{SCHEMA_VERSION}. Use a new --store file or a matching dropkit."
+                        f"{SCHEMA_VERSION}. Use a new store file or a matching dropkit."
                     )
         except sqlite3.DatabaseError as error:
             raise StoreError(f"cannot use {self.path} as a results store: {error}") from None

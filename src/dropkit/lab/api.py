@@ -1,0 +1,648 @@
+"""The lab's Python API: ``sweep``, ``compare``, ``demo``, ``load``; the CLI is a thin face of it.
+
+Each experiment call runs in two steps, both public:
+
+1. *plan* (:func:`plan_sweep`, :func:`plan_compare`, :func:`plan_demo`): validate every
+   argument (errors name the argument, its valid range and the value received), load the data
+   (bad data is refused here) and expand the grid into run configs. Nothing is trained or
+   written.
+2. :func:`run`: open the results store, train the runs it does not hold yet (batched; on the
+   chosen engine; with the chosen progress sink), store each batch as soon as it finishes, and
+   return the :class:`~dropkit.lab.experiment.Experiment`.
+
+``sweep(...)`` is ``run(plan_sweep(...), ...)``, and likewise for ``compare`` and ``demo``. An
+interrupted call (Ctrl-C, a killed process) keeps every finished batch in the store; the same
+call again trains only what is missing, and a call whose runs are all stored trains nothing.
+
+Threads: the default in-process engine trains with one torch intra-op thread (the lab's
+models are small, and more threads wait on each other on a busy machine: see
+``docs/performance.md``) and restores the caller's ``torch.get_num_threads()`` afterwards, also
+when training fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dropkit._validation import (
+    check_one_of,
+    check_positive,
+    check_positive_int,
+    check_probability,
+)
+from dropkit.lab.analysis import Analysis, analyze
+from dropkit.lab.arms import MODEL_KINDS, REGULARIZERS, Strengths
+from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
+from dropkit.lab.data import IMPUTE_METHODS, Dataset, load_dataset
+from dropkit.lab.engines import Engine, InProcessEngine, RayEngine
+from dropkit.lab.experiment import Experiment
+from dropkit.lab.progress import progress_sink
+from dropkit.lab.regularizers import Arm, ArmError, build_configs, default_epochs, parse_arms
+from dropkit.lab.runner import run_configs
+from dropkit.lab.store import ResultsStore
+
+__all__ = [
+    "DEFAULT_HIDDEN",
+    "DEFAULT_RATES",
+    "DEMO_SEEDS",
+    "ENGINES",
+    "Plan",
+    "compare",
+    "demo",
+    "load",
+    "load_all",
+    "plan_compare",
+    "plan_demo",
+    "plan_sweep",
+    "run",
+    "sweep",
+]
+
+DEFAULT_RATES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(9))
+"""The case study's grid: 0, 0.1, ..., 0.8."""
+DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"mlp": (500,), "cnn": (16, 32), "rnn": (32,)}
+"""Layer widths of each model kind when ``hidden`` is not given to :func:`compare`."""
+DEMO_SEEDS = 30
+"""The case study's "repeated evaluation": 30 repeats (10 is the minimum for its claim)."""
+ENGINES = ("in-process", "ray")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated experiment, ready to :func:`run`: its run configs and its loaded data.
+
+    Attributes:
+        command: ``"sweep"``, ``"compare"`` or ``"demo"``.
+        configs: one per run (rates or arms × seeds), all sharing data, model and training.
+        dataset: the loaded data the runs train on.
+        settings: what was asked for, for the experiment's ``to_dict`` (plain data).
+    """
+
+    command: str
+    configs: tuple[RunConfig, ...]
+    dataset: Dataset
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def keys(self) -> list[str]:
+        """The store keys of the runs (hashes of their full configs)."""
+        return [c.key() for c in self.configs]
+
+
+# -- argument checks ---------------------------------------------------------------------------
+
+
+def _seeds(seeds: object) -> list[int]:
+    """``seeds``: a count ``n`` (seeds ``0 .. n-1``) or an explicit sequence of distinct ints."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        return list(range(check_positive_int(seeds, "seeds")))
+    if isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)):
+        values = list(seeds)
+        if (
+            values
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values)
+            and len(set(values)) == len(values)
+        ):
+            return values
+    raise ValueError(
+        f"`seeds` must be a count >= 1 or a non-empty sequence of distinct ints >= 0, got {seeds!r}"
+    )
+
+
+def _hidden(hidden: object) -> tuple[int, ...]:
+    """``hidden``: one width or a sequence of widths, each an int >= 1."""
+    values = [hidden] if isinstance(hidden, int) else hidden
+    if isinstance(values, Iterable) and not isinstance(values, (str, bytes)):
+        widths = list(values)
+        if widths and all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
+            return tuple(check_positive_int(w, "hidden") for w in widths)
+    raise ValueError(f"`hidden` must be a width >= 1 or a sequence of them, got {hidden!r}")
+
+
+def _rates(rates: object) -> tuple[float, ...]:
+    if isinstance(rates, (int, float)) and not isinstance(rates, bool):
+        rates = [rates]
+    if not isinstance(rates, Iterable) or isinstance(rates, (str, bytes)):
+        raise TypeError(f"`rates` must be a sequence of drop probabilities, got {rates!r}")
+    values = tuple(check_probability(r, "rates") for r in rates)
+    if not values:
+        raise ValueError("`rates` must hold at least one drop probability, got none")
+    return tuple(dict.fromkeys(values))
+
+
+def _max_norm(value: object) -> float | None:
+    return None if value is None else check_positive(value, "max_norm")
+
+
+def _training(epochs: object, batch_size: object) -> TrainSpec:
+    return TrainSpec(
+        epochs=check_positive_int(epochs, "epochs"),
+        batch_size=check_positive_int(batch_size, "batch_size"),
+    )
+
+
+def _data(data: str | Path, target: str | None, impute: str | None) -> tuple[DataSpec, Dataset]:
+    """The data's spec and the data, loaded now so that bad data is refused before training."""
+    if not isinstance(data, (str, Path)):
+        raise TypeError(
+            f"`data` must be a built-in data set's name or the path of a CSV file, got "
+            f"{type(data).__name__}"
+        )
+    if impute is not None:
+        check_one_of(impute, "impute", IMPUTE_METHODS)
+    spec = DataSpec.resolve(str(data), target, impute)
+    return spec, load_dataset(spec, impute=impute)
+
+
+# -- plans -------------------------------------------------------------------------------------
+
+
+def plan_sweep(
+    data: str | Path = "circles",
+    *,
+    rates: Sequence[float] | float = DEFAULT_RATES,
+    seeds: int | Sequence[int] = 10,
+    epochs: int = 4000,
+    batch_size: int = 32,
+    hidden: int | Sequence[int] = (500,),
+    input_p: float = 0.0,
+    max_norm: float | None = None,
+    target: str | None = None,
+    impute: str | None = None,
+) -> Plan:
+    """Validate a rate sweep and expand it into runs: every rate × every seed (see :func:`sweep`).
+
+    Raises:
+        ValueError, TypeError: an unusable argument (the message names it).
+        dropkit.lab.data.DataError: data that cannot be used (a ``ValueError``).
+    """
+    grid = _rates(rates)
+    seed_list = _seeds(seeds)
+    train = _training(epochs, batch_size)
+    widths = _hidden(hidden)
+    input_p = check_probability(input_p, "input_p")
+    bound = _max_norm(max_norm)
+    spec, dataset = _data(data, target, impute)
+    sweep_spec = SweepSpec(
+        data=spec,
+        model=ModelSpec(hidden=widths),
+        train=train,
+        rates=grid,
+        seeds=len(seed_list),
+        input_p=input_p,
+        max_norm=bound,
+    )
+    configs = [
+        RunConfig(spec, sweep_spec.model, train, p=p, input_p=input_p, max_norm=bound, seed=s)
+        for p in sweep_spec.rates
+        for s in seed_list
+    ]
+    settings = {
+        "dataset": dataset.name,
+        "model": "mlp",
+        "hidden": list(widths),
+        "epochs": train.epochs,
+        "batch_size": train.batch_size,
+        "seeds": len(seed_list),
+        "rates": list(sweep_spec.rates),
+        "input_p": input_p,
+        "max_norm": bound,
+    }
+    return Plan("sweep", tuple(configs), dataset, settings)
+
+
+def plan_demo(
+    *, seeds: int | Sequence[int] = DEMO_SEEDS, epochs: int = 4000, p: float = 0.4
+) -> Plan:
+    """The reference case study as a plan (see :func:`demo`)."""
+    p = check_probability(p, "p")
+    plan = plan_sweep(
+        "circles", rates=[0.0, p] if p > 0 else [0.0], seeds=seeds, epochs=epochs, hidden=500
+    )
+    return Plan("demo", plan.configs, plan.dataset, {**plan.settings, "p": p})
+
+
+def _arms(arms: str | Sequence[str] | None, kind: str) -> list[Arm]:
+    if arms is None:
+        return [Arm((r,)) for r in REGULARIZERS.values() if kind in r.kinds]
+    if isinstance(arms, str):
+        return parse_arms(arms)
+    if isinstance(arms, Iterable):
+        items = list(arms)
+        if not all(isinstance(a, str) for a in items):
+            raise TypeError(f"`arms` must be arm names such as 'dropout+l2', got {arms!r}")
+        if any("," in a for a in items):
+            raise ArmError(
+                f"`arms`: give a sequence of arms or one comma-separated string: {arms!r}"
+            )
+        return parse_arms(",".join(items))
+    raise TypeError(f"`arms` must be a string or a sequence of arm names, got {arms!r}")
+
+
+def plan_compare(
+    data: str | Path = "circles",
+    *,
+    arms: str | Sequence[str] | None = None,
+    model: str = "mlp",
+    hidden: int | Sequence[int] | None = None,
+    seeds: int | Sequence[int] = 10,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    target: str | None = None,
+    impute: str | None = None,
+    **strengths: Any,
+) -> Plan:
+    """Validate a comparison of arms and expand it into runs: every arm × every seed.
+
+    See :func:`compare` for the arguments.
+
+    Raises:
+        ValueError, TypeError: an unusable argument (the message names it).
+        dropkit.lab.regularizers.ArmError: an unknown or inapplicable arm (a ``ValueError``).
+        dropkit.lab.data.DataError: data that cannot be used (a ``ValueError``).
+    """
+    kind = check_one_of(model, "model", MODEL_KINDS)
+    resolved_strengths = Strengths(**strengths)
+    seed_list = _seeds(seeds)
+    if epochs is not None:
+        check_positive_int(epochs, "epochs")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    widths = DEFAULT_HIDDEN[kind] if hidden is None else _hidden(hidden)
+    chosen = _arms(arms, kind)
+    spec, dataset = _data(data, target, impute)
+    train = TrainSpec(
+        epochs=epochs if epochs is not None else default_epochs(dataset.name, kind),
+        batch_size=batch_size,
+    )
+    configs = build_configs(
+        chosen,
+        resolved_strengths,
+        seed_list,
+        spec,
+        ModelSpec(hidden=widths, kind=kind),
+        train,
+        n_train=len(dataset.y_train),
+    )
+    from dropkit.lab.models import build_model
+
+    for config in configs[:: len(seed_list)]:  # each arm's network must build for this data
+        try:
+            build_model(config, dataset)
+        except ValueError as error:
+            raise ValueError(f"`model` {kind!r} on {dataset.name}: {error}") from None
+    settings = {
+        "dataset": dataset.name,
+        "model": kind,
+        "hidden": list(widths),
+        "epochs": train.epochs,
+        "batch_size": train.batch_size,
+        "seeds": len(seed_list),
+        "arms": [a.name for a in chosen],
+        "strengths": {
+            name: resolved_strengths[name]
+            for name in dict.fromkeys(o for a in chosen for o in a.options)
+        },
+    }
+    return Plan("compare", tuple(configs), dataset, settings)
+
+
+# -- running -----------------------------------------------------------------------------------
+
+
+def _engine(engine: str | Engine | None, address: str | None, compile: bool | None) -> Engine:
+    if engine is None or engine == "in-process":
+        if address is not None:
+            raise ValueError("`address` names a Ray cluster; use it with engine='ray'")
+        return InProcessEngine(compile=compile)
+    if engine == "ray":
+        return RayEngine(address=address, compile=compile)
+    if isinstance(engine, str):
+        check_one_of(engine, "engine", ENGINES)
+    if not callable(getattr(engine, "run_batches", None)):
+        raise TypeError(
+            f"`engine` must be None, 'in-process', 'ray' or an engine object, got {engine!r}"
+        )
+    return engine  # type: ignore[return-value]
+
+
+def run(
+    plan: Plan,
+    *,
+    store: str | Path = "runs.sqlite",
+    engine: str | Engine | None = None,
+    address: str | None = None,
+    compile: bool | None = None,
+    progress: object = None,
+    runs_per_batch: int = 128,
+    log: Callable[[str], None] | None = None,
+) -> Experiment:
+    """Train the plan's runs that ``store`` does not hold yet; return the experiment.
+
+    Args:
+        plan: from :func:`plan_sweep`, :func:`plan_compare` or :func:`plan_demo`.
+        store: the SQLite results store (created if missing). Finished runs are found there
+            by their config's hash and not trained again.
+        engine: ``None`` or ``"in-process"`` (train here, batched), ``"ray"`` (a Ray
+            cluster: ``address`` joins one, none starts a local instance, shut down after),
+            or an engine object (see :mod:`dropkit.lab.engines`) that the caller manages.
+        address: the Ray cluster to join (``"HOST:6379"`` or ``"auto"``).
+        compile: fuse the stacked trainer with ``torch.compile`` (None: when a C++ compiler
+            is found).
+        progress: None (no output), True/``"auto"``/``"tqdm"`` (a ``tqdm.auto`` bar),
+            ``"rich"`` or an object with ``begin``/``advance``/``end``
+            (:mod:`dropkit.lab.progress`).
+        runs_per_batch: most runs trained together as one batch (bounds memory; a killed
+            sweep loses at most the batch in flight).
+        log: called with one-line messages (how many runs the store already holds); None:
+            silent.
+
+    Raises:
+        dropkit.lab.store.StoreError: the store cannot be opened or written.
+        dropkit.lab.engines.EngineError: Ray is missing or its cluster unreachable.
+        dropkit.lab.runner.IncompleteSweep: some batches failed on the engine (every other
+            batch is stored; call again to train the rest).
+        KeyboardInterrupt: propagated; every finished batch is stored.
+    """
+    runs_per_batch = check_positive_int(runs_per_batch, "runs_per_batch")
+    sink = progress_sink(progress)
+    chosen = _engine(engine, address, compile)
+    owned = isinstance(engine, str) and engine == "ray"
+    start = getattr(chosen, "start", None)
+    if owned and start is not None:
+        start()
+    path = Path(store)
+    try:
+        with ResultsStore(path) as results:
+            keys = plan.keys
+            done = len(results.done_keys(keys))
+            if log is not None and done:
+                total = len(set(keys))
+                log(
+                    f"{done}/{total} runs already complete in {path}"
+                    if done == total
+                    else f"{done}/{total} runs already complete; training the rest"
+                )
+            outcome = run_configs(
+                list(plan.configs),
+                results,
+                engine=chosen,
+                progress=sink,
+                max_batch=runs_per_batch,
+                datasets={plan.configs[0].data: plan.dataset},
+            )
+            analyses = analyze(results, list(outcome.keys))
+    finally:
+        close = getattr(chosen, "close", None)
+        if owned and close is not None:
+            close()
+    if len(analyses) != 1:  # pragma: no cover - a plan's runs share one shape
+        raise RuntimeError(f"expected one experiment, found {len(analyses)}")
+    return Experiment(
+        path,
+        analyses[0],
+        command=plan.command,
+        settings=plan.settings,
+        notes=plan.dataset.notes,
+        trained=outcome.trained,
+        already_done=outcome.already_done,
+    )
+
+
+# -- the calls users make ----------------------------------------------------------------------
+
+
+def sweep(
+    data: str | Path = "circles",
+    *,
+    rates: Sequence[float] | float = DEFAULT_RATES,
+    seeds: int | Sequence[int] = 10,
+    epochs: int = 4000,
+    batch_size: int = 32,
+    hidden: int | Sequence[int] = (500,),
+    input_p: float = 0.0,
+    max_norm: float | None = None,
+    target: str | None = None,
+    impute: str | None = None,
+    store: str | Path = "runs.sqlite",
+    engine: str | Engine | None = None,
+    address: str | None = None,
+    progress: object = None,
+    runs_per_batch: int = 128,
+    compile: bool | None = None,
+) -> Experiment:
+    """Grid-search the dropout rate of an MLP: every rate × every seed, batched, stored.
+
+    CLI: ``dropkit sweep --data DATA --rates 0:0.8:0.1 --seeds 10 ...``.
+
+    Args:
+        data: a built-in data set (``circles``, ``moons``, ``digits``, ``breast_cancer``,
+            ``wine``, ``mnist``, ``sequence``) or the path of a CSV file (with ``target``).
+        rates: the hidden drop probabilities to try (default 0, 0.1, ..., 0.8).
+        seeds: a count ``n`` (seeds 0 .. n-1) or a sequence of seeds; every rate uses the same
+            seeds, so rates pair by seed.
+        epochs, batch_size: training length and mini-batch size (Adam with Keras' defaults).
+        hidden: hidden layer widths of the MLP (``500`` or ``(256, 128)``).
+        input_p: drop probability on the inputs (0: none).
+        max_norm: max-norm bound ``c`` on each hidden unit's incoming weights (None: none).
+        target, impute: the CSV column to predict; ``"mean"``/``"median"`` to fill missing
+            CSV feature values from the training split.
+        store, engine, address, progress, runs_per_batch, compile: see :func:`run`.
+
+    Returns:
+        The :class:`~dropkit.lab.experiment.Experiment`: ``.summary``, ``.best``,
+        ``.findings``, ``.plot_rates()``, ``.report(path)``, ...
+
+    Example:
+        >>> from dropkit import lab
+        >>> e = lab.sweep(rates=[0, 0.4], seeds=3, epochs=200, store=tmp / "runs.sqlite")
+        >>> [row["p"] for row in e.summary]
+        [0.0, 0.4]
+    """
+    plan = plan_sweep(
+        data,
+        rates=rates,
+        seeds=seeds,
+        epochs=epochs,
+        batch_size=batch_size,
+        hidden=hidden,
+        input_p=input_p,
+        max_norm=max_norm,
+        target=target,
+        impute=impute,
+    )
+    return run(
+        plan,
+        store=store,
+        engine=engine,
+        address=address,
+        compile=compile,
+        progress=progress,
+        runs_per_batch=runs_per_batch,
+    )
+
+
+def compare(
+    data: str | Path = "circles",
+    *,
+    arms: str | Sequence[str] | None = None,
+    model: str = "mlp",
+    hidden: int | Sequence[int] | None = None,
+    seeds: int | Sequence[int] = 10,
+    epochs: int | None = None,
+    batch_size: int = 32,
+    target: str | None = None,
+    impute: str | None = None,
+    store: str | Path = "runs.sqlite",
+    engine: str | Engine | None = None,
+    address: str | None = None,
+    progress: object = None,
+    runs_per_batch: int = 256,
+    compile: bool | None = None,
+    **strengths: Any,
+) -> Experiment:
+    """Compare regularizers: every arm trained with the same seeds, tested against ``none``.
+
+    CLI: ``dropkit compare --arms none,dropout,l2 --p 0.4 --seeds 10 ...``.
+
+    Args:
+        data: as in :func:`sweep`.
+        arms: arm names (``["none", "dropout", "dropout+l2"]`` or ``"none,dropout"``); one
+            regularizer of :data:`dropkit.lab.arms.REGULARIZERS` or several joined by ``+``.
+            None: every arm that applies to ``model``.
+        model: ``"mlp"``, ``"cnn"`` (image data) or ``"rnn"`` (sequences).
+        hidden: layer widths: MLP hidden units, CNN channels or LSTM sizes (None: mlp 500,
+            cnn 16,32, rnn 32).
+        seeds: as in :func:`sweep`.
+        epochs: training epochs (None: chosen per data set and model kind).
+        batch_size, target, impute: as in :func:`sweep`.
+        store, engine, address, progress, runs_per_batch, compile: see :func:`run`.
+        **strengths: the arms' strengths by name, e.g. ``p=0.4``, ``l2=1e-3``,
+            ``max_norm=3``, ``patience=50`` (every name of
+            :data:`dropkit.lab.arms.STRENGTHS`, with its default and range).
+
+    Returns:
+        The :class:`~dropkit.lab.experiment.Experiment`; ``.comparisons`` holds each arm's
+        paired t-test against ``none`` (Holm-adjusted).
+
+    Example:
+        >>> e = lab.compare(arms=["none", "dropout", "l2"], seeds=3, epochs=300,
+        ...                 store=tmp / "runs.sqlite")
+        >>> [row["arm"] for row in e.summary]
+        ['none', 'dropout', 'l2']
+    """
+    plan = plan_compare(
+        data,
+        arms=arms,
+        model=model,
+        hidden=hidden,
+        seeds=seeds,
+        epochs=epochs,
+        batch_size=batch_size,
+        target=target,
+        impute=impute,
+        **strengths,
+    )
+    return run(
+        plan,
+        store=store,
+        engine=engine,
+        address=address,
+        compile=compile,
+        progress=progress,
+        runs_per_batch=runs_per_batch,
+    )
+
+
+def demo(
+    *,
+    seeds: int | Sequence[int] = DEMO_SEEDS,
+    epochs: int = 4000,
+    p: float = 0.4,
+    store: str | Path = "runs.sqlite",
+    engine: str | Engine | None = None,
+    address: str | None = None,
+    progress: object = None,
+    runs_per_batch: int = 128,
+    compile: bool | None = None,
+) -> Experiment:
+    """The reference case study: does ``Dropout(p)`` help a 500-unit MLP on 30 points?
+
+    CLI: ``dropkit demo``. ``make_circles(100, noise=0.1, random_state=1)``: the first 30
+    samples train, the other 70 test (and serve as the validation set, as in the published
+    tutorial). ``Dense(500, ReLU) → [Dropout(p)] → Dense(1, sigmoid)``, binary cross-entropy,
+    Adam, batch 32, 4000 epochs, with and without dropout over ``seeds`` seeds (30 by
+    default: the case study's repeated evaluation).
+    """
+    return run(
+        plan_demo(seeds=seeds, epochs=epochs, p=p),
+        store=store,
+        engine=engine,
+        address=address,
+        compile=compile,
+        progress=progress,
+        runs_per_batch=runs_per_batch,
+    )
+
+
+def load_all(store: str | Path) -> list[Experiment]:
+    """Every experiment of a results store (runs sharing data, model and training), no training.
+
+    Raises:
+        FileNotFoundError: no store at ``store``.
+        dropkit.lab.store.StoreError: the file is not a readable results store.
+    """
+    path = Path(store)
+    if not path.is_file():
+        raise FileNotFoundError(f"`store`: no results store at {path}")
+    with ResultsStore(path) as results:
+        analyses: list[Analysis] = analyze(results)
+    return [_loaded(path, a) for a in analyses]
+
+
+def _loaded(path: Path, analysis: Analysis) -> Experiment:
+    config = analysis.runs[0].config
+    settings = {
+        "dataset": Path(config.data.name).name,
+        "model": config.model.kind,
+        "hidden": list(config.model.hidden),
+        "epochs": config.train.epochs,
+        "batch_size": config.train.batch_size,
+        "seeds": len({r.config.seed for r in analysis.runs}),
+    }
+    return Experiment(path, analysis, command="load", settings=settings)
+
+
+def load(store: str | Path, *, experiment: int | None = None) -> Experiment:
+    """The runs of a results store as an :class:`~dropkit.lab.experiment.Experiment`, no training.
+
+    CLI: ``dropkit report --store STORE``.
+
+    Args:
+        store: the SQLite results store.
+        experiment: which experiment, when the store holds several (runs of different data,
+            models or training settings); an index into :func:`load_all`'s list.
+
+    Raises:
+        FileNotFoundError: no store at ``store``.
+        ValueError: the store holds no finished run, or several experiments and
+            ``experiment`` is None (the message lists them).
+    """
+    experiments = load_all(store)
+    if not experiments:
+        raise ValueError(f"`store`: no finished runs in {store}")
+    if experiment is None:
+        if len(experiments) > 1:
+            listing = "; ".join(f"{i}: {e.title}" for i, e in enumerate(experiments))
+            raise ValueError(
+                f"`store` holds {len(experiments)} experiments ({listing}); pass "
+                "`experiment=` with one index, or use load_all"
+            )
+        return experiments[0]
+    if isinstance(experiment, bool) or not isinstance(experiment, int):
+        raise TypeError(f"`experiment` must be an int index, got {experiment!r}")
+    if not -len(experiments) <= experiment < len(experiments):
+        raise ValueError(f"`experiment` must be in [0, {len(experiments) - 1}], got {experiment}")
+    return experiments[experiment]

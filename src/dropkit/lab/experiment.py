@@ -1,0 +1,298 @@
+"""The result of a lab call: :class:`Experiment`, the stored runs of one experiment, analysed.
+
+An experiment is a set of runs that share data, model and training settings (the runs of one
+:func:`dropkit.lab.sweep`, :func:`~dropkit.lab.compare` or :func:`~dropkit.lab.demo` call, or
+one experiment of a store read back with :func:`~dropkit.lab.load`). Its statistics are
+computed once, when it is made, from the results store alone (:mod:`dropkit.lab.analysis`);
+figures, curves and the HTML report read the store again when asked for, so an experiment
+never holds an open database connection.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from dropkit.lab.analysis import Analysis
+from dropkit.lab.plots import (
+    Curves,
+    Figure,
+    accuracy_curves_figure,
+    arm_figure,
+    learning_curves_figure,
+    rate_figure,
+    stack_curves,
+)
+from dropkit.lab.stats import ArmSummary, BestRate, Diagnosis
+from dropkit.lab.store import StoredRun
+
+__all__ = ["Experiment"]
+
+
+def _json_float(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class Experiment:
+    """The runs of one experiment with their statistics, curves, figures and report.
+
+    Made by :func:`dropkit.lab.sweep`, :func:`~dropkit.lab.compare`, :func:`~dropkit.lab.demo`
+    and :func:`~dropkit.lab.load`; not meant to be built by hand.
+
+    Attributes:
+        store: the path of the SQLite results store that holds the runs.
+        title: one line: data set, model, epochs and batch size.
+        command: ``"sweep"``, ``"compare"``, ``"demo"`` or ``"load"``.
+        settings: what the call asked for (data set, model, epochs, seeds, rates or arms).
+        notes: what loading the data did that the user should know (one sentence each).
+        trained: runs trained by the call that made this experiment (0 when all were stored).
+        already_done: runs the call found finished in the store and did not train again.
+    """
+
+    def __init__(
+        self,
+        store: Path,
+        analysis: Analysis,
+        *,
+        command: str,
+        settings: Mapping[str, Any] | None = None,
+        notes: Sequence[str] = (),
+        trained: int = 0,
+        already_done: int = 0,
+    ) -> None:
+        self.store = Path(store)
+        self.title = analysis.title
+        self.command = command
+        self.settings = dict(settings or {})
+        self.notes = tuple(notes)
+        self.trained = trained
+        self.already_done = already_done
+        self._analysis = analysis
+
+    # -- statistics ----------------------------------------------------------------------------
+
+    @property
+    def summaries(self) -> tuple[ArmSummary, ...]:
+        """One :class:`~dropkit.lab.stats.ArmSummary` per group, the baseline first."""
+        return self._analysis.summaries
+
+    @property
+    def summary(self) -> list[dict[str, Any]]:
+        """One row per group (the baseline first), with the keys of the CLI's ``--json``
+        summary: ``name``, ``arm``, ``p``, ``n_seeds``, ``train_acc_mean``, ``test_acc_mean``,
+        ``test_acc_ci95``, ``gap_mean``, ``vs_baseline``, ... (NaN written as None)."""
+        return [s.to_dict() for s in self._analysis.summaries]
+
+    @property
+    def best(self) -> BestRate | None:
+        """The group with the highest mean final test accuracy, with a sentence of evidence
+        (``best.summary``, ``best.evidence``); None when no run finished."""
+        return self._analysis.best
+
+    @property
+    def comparisons(self) -> list[dict[str, Any]]:
+        """Each group's test against the baseline: ``group``, ``baseline``, ``difference`` (of
+        mean test accuracy), ``test`` (``paired`` or ``welch``), ``p_value``, ``p_adjusted``
+        (Holm over all groups) and ``significant`` (adjusted p < 0.05)."""
+        rows = []
+        for s in self._analysis.summaries:
+            c = s.vs_baseline
+            if c is None:
+                continue
+            rows.append(
+                {
+                    "group": s.name,
+                    "baseline": c.baseline,
+                    "difference": _json_float(c.difference),
+                    "test": c.test,
+                    "p_value": _json_float(c.p_value),
+                    "p_adjusted": _json_float(c.p_adjusted),
+                    "significant": c.significant,
+                    "n": c.n,
+                }
+            )
+        return rows
+
+    @property
+    def findings(self) -> tuple[Diagnosis, ...]:
+        """The diagnosis: what the numbers say and what to change, each finding with its
+        measured numbers (``rule``, ``severity``, ``message``, ``numbers``, ``group``)."""
+        return self._analysis.findings
+
+    @property
+    def runs(self) -> tuple[StoredRun, ...]:
+        """The stored runs, each with its config, final metrics and key."""
+        return self._analysis.runs
+
+    @property
+    def groups(self) -> list[str]:
+        """The group labels, the baseline first (the ``name`` of each summary row)."""
+        return [label for label, _ in self._analysis.groups]
+
+    def curves(self, groups: str | Sequence[str] | None = None) -> dict[str, Curves]:
+        """Per-epoch curves of each group: ``{label: {metric: array (seeds, epochs)}}``.
+
+        Metrics are ``train_acc``, ``test_acc``, ``train_loss`` and ``test_loss``; rows are the
+        group's seeds in seed order, NaN-padded where a run stopped early.
+
+        Args:
+            groups: a label, several labels, or None for every group.
+
+        Raises:
+            KeyError: a label that is not a group of this experiment (the message lists them).
+        """
+        chosen = self._chosen(groups)
+        members = dict(self._analysis.groups)
+        return {
+            label: stack_curves([self._analysis.curves[r.key] for r in members[label]])
+            for label in chosen
+        }
+
+    def _chosen(self, groups: str | Sequence[str] | None) -> list[str]:
+        labels = self.groups
+        if groups is None:
+            return labels
+        wanted = [groups] if isinstance(groups, str) else list(groups)
+        unknown = [g for g in wanted if g not in labels]
+        if unknown:
+            raise KeyError(
+                f"`groups`: no group {unknown[0]!r} in this experiment; groups: "
+                + ", ".join(map(repr, labels))
+            )
+        return wanted
+
+    def _default_curve_groups(self) -> list[str]:
+        """The baseline and the best group (the only group when there is one)."""
+        labels = self.groups
+        if not labels:
+            return []
+        shown = [labels[0]]
+        if self.best is not None and self.best.summary.name not in shown:
+            shown.append(self.best.summary.name)
+        return shown
+
+    # -- figures -------------------------------------------------------------------------------
+
+    def plot_curves(
+        self, groups: str | Sequence[str] | None = None, *, metrics: str = "accuracy"
+    ) -> Figure:
+        """Learning curves: mean over seeds per epoch with the mean's 95% t-interval band.
+
+        Args:
+            groups: labels to draw (default: the baseline and the best group).
+            metrics: ``"accuracy"`` (train dashed, test solid, one panel) or ``"all"`` (one
+                panel per metric: train/test accuracy and loss).
+
+        Returns:
+            A matplotlib figure.
+        """
+        chosen = self._chosen(groups) if groups is not None else self._default_curve_groups()
+        curves = self.curves(chosen)
+        seeds = max((s.n_seeds for s in self.summaries), default=0)
+        title = f"{self.title}: mean and 95% CI over {seeds} seeds"
+        pairs = list(curves.items())
+        if metrics == "accuracy":
+            return accuracy_curves_figure(pairs, title=title)
+        if metrics == "all":
+            return learning_curves_figure(pairs, title=title)
+        raise ValueError(f"`metrics` must be 'accuracy' or 'all', got {metrics!r}")
+
+    def plot_rates(self) -> Figure:
+        """Final test (and train) accuracy against the dropout rate, with 95% CI error bars."""
+        return rate_figure(
+            [("accuracy", list(self.summaries))], title=f"{self.title}: accuracy vs dropout rate"
+        )
+
+    def plot_arms(self) -> Figure:
+        """Each group's final test accuracy with its 95% CI, the baseline marked."""
+        return arm_figure(list(self.summaries), title=f"{self.title}: arms compared")
+
+    # -- output --------------------------------------------------------------------------------
+
+    def report(self, path: str | Path = "report.html", *, title: str | None = None) -> Path:
+        """Write the self-contained HTML report of this experiment's runs; returns its path."""
+        from dropkit.lab.report import write_report
+        from dropkit.lab.store import ResultsStore
+
+        with ResultsStore(self.store) as store:
+            return write_report(
+                store,
+                path,
+                keys=[r.key for r in self.runs],
+                title=title or f"dropkit {self.command}: {self.title}",
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the settings, data notes, summary rows, best group, comparisons,
+        findings and the store's path."""
+        best = self.best
+        return {
+            "command": self.command,
+            "experiment": self.title,
+            **self.settings,
+            "data_notes": list(self.notes),
+            "summary": self.summary,
+            "best": None
+            if best is None
+            else {
+                "name": best.summary.name,
+                "arm": best.summary.arm,
+                "p": best.summary.p,
+                "evidence": best.evidence,
+            },
+            "comparisons": self.comparisons,
+            "findings": [f.to_dict() for f in self.findings],
+            "runs": len(self.runs),
+            "store": str(self.store),
+        }
+
+    def _repr_html_(self) -> str:
+        """The summary table and the best group, for a notebook cell that ends with ``e``."""
+        rows = []
+        for s in self.summaries:
+            low, high = s.test_acc_ci95
+            versus = "baseline"
+            c = s.vs_baseline
+            if c is not None:
+                versus = f"{c.difference:+.3f}"
+                if math.isfinite(c.p_adjusted):
+                    versus += f" (adj. p={c.p_adjusted:.2g}{'*' if c.significant else ''})"
+            cells = [
+                s.name,
+                str(s.n_seeds),
+                _fmt(s.train_acc_mean),
+                _fmt(s.test_acc_mean),
+                f"[{_fmt(low)}, {_fmt(high)}]",
+                _fmt(s.gap_mean),
+                versus,
+            ]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        head = "".join(
+            f"<th>{h}</th>"
+            for h in ("group", "seeds", "train acc", "test acc", "95% CI", "gap", "vs baseline")
+        )
+        best = "" if self.best is None else f"<p><b>{html.escape(self.best.evidence)}</b></p>"
+        findings = "".join(
+            f"<li>{html.escape(f.severity)} [{html.escape(f.rule)}]: {html.escape(f.message)}</li>"
+            for f in self.findings
+        )
+        return (
+            f"<div><p>{html.escape(self.title)} · {len(self.runs)} runs · store "
+            f"<code>{html.escape(self.store.name)}</code></p>"
+            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"{best}{f'<ul>{findings}</ul>' if findings else ''}</div>"
+        )
+
+    def __repr__(self) -> str:
+        best = "none" if self.best is None else self.best.summary.name
+        return (
+            f"Experiment({self.command}: {self.title}; {len(self.runs)} runs in "
+            f"{len(self.groups)} groups; best: {best}; store={str(self.store)!r})"
+        )
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.3f}"
