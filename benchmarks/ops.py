@@ -266,17 +266,31 @@ def time_sizes(
     return result
 
 
-def compiled_impl(device: torch.device) -> tuple[Impl, float]:
-    """dropkit's dropout under ``torch.compile`` (dynamic shapes), and its compile time in s."""
-    compiled = torch.compile(lambda x: DF.dropout(x, P), dynamic=True)
+def compiled_impls(device: torch.device) -> tuple[list[Impl], float]:
+    """torch's and dropkit's dropout under ``torch.compile(fullgraph=True, dynamic=True)``.
+
+    Returns the impls and the seconds spent compiling them (forward, and forward + backward).
+    """
+    compiled = [
+        Impl("dropout", "torch F.dropout compiled", lambda x: F.dropout(x, P)),
+        Impl("dropout", "dropkit compiled", lambda x: DF.dropout(x, P)),
+        Impl(
+            "dropout",
+            "dropkit save_mask=False compiled",
+            lambda x: DF.dropout(x, P, save_mask=False),
+        ),
+    ]
+    for impl in compiled:
+        impl.fn = torch.compile(impl.fn, fullgraph=True, dynamic=True)
     start = time.perf_counter()
-    for requires_grad in (False, True):
-        x = torch.randn(10_000, 1000, device=device, requires_grad=requires_grad)
-        y = compiled(x)
-        if requires_grad:
-            y.sum().backward()
+    for impl in compiled:
+        for requires_grad in (False, True):
+            x = torch.randn(10_000, 1000, device=device, requires_grad=requires_grad)
+            y = impl.fn(x)
+            if requires_grad:
+                y.sum().backward()
     _sync(device)
-    return Impl("dropout", "dropkit torch.compile", compiled), time.perf_counter() - start
+    return compiled, time.perf_counter() - start
 
 
 def dropconnect_rows(device: torch.device, repeats: int) -> tuple[list[dict[str, Any]], str]:
@@ -489,8 +503,8 @@ def main() -> None:
     compile_s = None
     if not args.no_compile:
         try:
-            compiled, compile_s = compiled_impl(device)
-            impls.append(compiled)
+            compiled, compile_s = compiled_impls(device)
+            impls += compiled
         except Exception as error:  # no C++ compiler, or the backend refuses
             missing["torch.compile"] = f"{type(error).__name__}: {str(error)[:160]}"
 
@@ -500,11 +514,12 @@ def main() -> None:
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
+        "load_average_at_start": list(os.getloadavg()),
     }
     print(f"# {machine}")
     print(f"# p={P} (drop_block p={BLOCK_P}, block {BLOCK_SIZE}); float32; medians")
     if compile_s is not None:
-        print(f"# torch.compile of dropkit dropout (dynamic shapes): {compile_s:.1f} s to compile")
+        print(f"# torch.compile of the compiled rows (dynamic shapes): {compile_s:.1f} s")
     print(f"# peers: {loaded}")
     for package, reason in missing.items():
         print(f"# unavailable: {package}: {reason}")
@@ -521,7 +536,8 @@ def main() -> None:
     columns = "fwd ms | GB/s | %copy | x torch | fwd+bwd ms | GB/s | %copy | x torch"
     print(f"\n| n | op | impl | {columns} |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    peer_lines = []
+    peer_lines: list[str] = []
+    compiled_lines: list[str] = []
     for n in sizes:
         repeats = (
             (5 if n <= 10**6 else 2) if args.quick else {5: 40, 6: 15, 7: 7}.get(len(str(n)) - 1, 3)
@@ -550,9 +566,17 @@ def main() -> None:
                 f"{row['fb_GBps']:.1f} | {100 * row['fb_of_copy']:.0f} | {row['fb_x_torch']:.2f} |"
             )
         results["sizes"][str(n)] = {"copy_ms": copy_ms, "copy_GBps": copy_gbs, "rows": rows}
+        by_impl = {r["impl"]: r for r in rows if r["op"] == "dropout"}
+        if "dropkit compiled" in by_impl:
+            ours_c, torch_c = by_impl["dropkit compiled"], by_impl["torch F.dropout compiled"]
+            compiled_lines.append(
+                f"| {n:.0e} | {torch_c['fb_ms']:.3f} | {ours_c['fb_ms']:.3f} | "
+                f"{torch_c['fb_ms'] / ours_c['fb_ms']:.2f} | "
+                f"{by_impl['dropkit']['fb_ms'] / ours_c['fb_ms']:.2f} |"
+            )
         ours = {r["op"]: r for r in rows if r["impl"] == "dropkit"}
         for row in rows:
-            if row["impl"].startswith("dropkit") or row["impl"] == "torch F.dropout":
+            if row["impl"].startswith(("dropkit", "torch F.dropout")):
                 continue
             mine = ours[row["op"]]
             peer_lines.append(
@@ -561,6 +585,13 @@ def main() -> None:
                 f"{row['fb_ms'] / mine['fb_ms']:.2f} |"
             )
         _write(out, results)
+
+    if compiled_lines:
+        print("\n# torch.compile, forward + backward (ratios above 1: compiled dropkit faster)")
+        header = "torch compiled ms | dropkit compiled ms | x torch compiled | x dropkit eager"
+        print(f"| n | {header} |")
+        print("|---|---:|---:|---:|---:|")
+        print("\n".join(compiled_lines))
 
     print("\n| n | op | peer | fwd ms | dropkit speed-up | fwd+bwd ms | dropkit speed-up |")
     print("|---|---|---|---:|---:|---:|---:|")
@@ -577,6 +608,8 @@ def main() -> None:
 
     if not args.no_memory:
         results["memory"] = memory_section(args.quick, device)
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    print(f"# load average at start {machine['load_average_at_start']}, at end {os.getloadavg()}")
     _write(out, results)
     print(f"\nwrote {out}")
 

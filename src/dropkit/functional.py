@@ -478,7 +478,8 @@ def _alpha_dropout(x: Tensor, p: float, keep: Tensor, inplace: bool = False) -> 
     if inplace:
         return x.mul_(a).add_(b - dropped).mul_(keep).add_(dropped)
     shifted = torch.add(x.new_full((), b - dropped), x, alpha=a)  # a·x + b - c
-    return torch.addcmul(x.new_full((), dropped), keep, shifted)
+    # `shifted` first: the output takes its (x's) memory layout, not the mask's
+    return torch.addcmul(x.new_full((), dropped), shifted, keep)
 
 
 def alpha_dropout(
