@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from dropkit._float_dropout import class_usage
 from dropkit._validation import check_module, check_one_of
 from dropkit.layers import (
     AlphaDropout,
@@ -46,7 +47,15 @@ from dropkit.layers import (
     SpatialDropout2d,
     SpatialDropout3d,
 )
-from dropkit.surgery import ACTIVATIONS, _apply_input_dropout, find_dropout, is_dropout
+from dropkit.surgery import (
+    ACTIVATIONS,
+    DropoutSite,
+    _apply_input_dropout,
+    find_dropout,
+    find_dropout_sites,
+    is_dropout,
+)
+from dropkit.uncertainty import mc_dropout
 
 __all__ = ["Finding", "check_model", "format_findings", "inference", "warn_if_training"]
 
@@ -695,6 +704,19 @@ def _check_unregistered(model: nn.Module) -> list[Finding]:
     return findings
 
 
+def _applied_by_parent(model: nn.Module, name: str) -> bool:
+    """Whether the parent of the dropout module ``name`` reads its ``p`` and applies it itself.
+
+    Hugging Face attention passes ``self.dropout.p`` to its attention function and never calls
+    the module, so "never called" would be a false alarm.
+    """
+    parent_name, _, local = name.rpartition(".")
+    if not local:
+        return False
+    parent_class: type = type(model.get_submodule(parent_name))
+    return local in class_usage(parent_class).child_rates
+
+
 def _check_never_called(model: nn.Module, trace: _Trace) -> list[Finding]:
     if not trace.called:
         return []
@@ -710,8 +732,105 @@ def _check_never_called(model: nn.Module, trace: _Trace) -> list[Finding]:
             "never-called",
         )
         for name, m in find_dropout(model)
-        if id(m) not in called
+        if id(m) not in called and not _applied_by_parent(model, name)
     ]
+
+
+# Monte Carlo passes compared on the example input. Two passes through n dropout units of rate p
+# agree with probability (p² + (1-p)²)^n: 0.45 for n = 4, p = 0.1. Eight passes all agree with
+# probability (p⁸ + (1-p)⁸)^n (0.034 for n = 4, p = 0.1; below 1e-6 from n = 16), and the
+# comparison stops at the first pass that differs, so a sampled model costs two passes.
+_MC_PASSES = 8
+
+
+@contextmanager
+def _rng_restored(example_input: Any) -> Iterator[None]:
+    """The global RNGs of the CPU and of the example input's CUDA devices, restored on exit."""
+    tensors = _tensors(example_input)
+    cuda = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    with torch.random.fork_rng(cuda):
+        yield
+
+
+def _mc_passes_identical(model: nn.Module, example_input: Any) -> bool | None:
+    """Whether Monte Carlo passes on ``example_input`` all return the same tensors.
+
+    None when the model returns no tensor. The passes run under :func:`dropkit.mc_dropout` and
+    ``torch.no_grad()``, with the global RNG state and every module's mode restored afterwards.
+    """
+    with _rng_restored(example_input), torch.no_grad(), mc_dropout(model):
+        first = [t.clone() for t in _tensors(_call(model, example_input))]
+        if not first:
+            return None
+        for _ in range(_MC_PASSES - 1):
+            other = list(_tensors(_call(model, example_input)))
+            if len(other) != len(first) or not all(
+                a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other, strict=True)
+            ):
+                return False
+    return True
+
+
+def _unreachable(site: DropoutSite) -> Finding:
+    return Finding(
+        "info",
+        site.module_name,
+        f"`{site.name}` (p={site.p:g}) is dropout that Monte Carlo dropout cannot switch on: "
+        f"{site.reason}.",
+        "mc_dropout and mc_predict leave it off, so the Monte Carlo samples miss its noise and "
+        "understate the uncertainty; training is not affected.",
+        "Apply it through a dropout module called in forward() (self.drop = nn.Dropout(p)), or "
+        "make the module read self.training only to switch its dropout.",
+        "mc-unreachable",
+    )
+
+
+def _check_monte_carlo(model: nn.Module, example_input: Any, trace: _Trace) -> list[Finding]:
+    called = {id(m) for _, m in trace.steps}
+    sites = [
+        site
+        for site in find_dropout_sites(model)
+        if site.p > 0
+        # a dropout module the forward pass never called has its own never-called note
+        and not (
+            trace.called
+            and site.is_module
+            and id(site.module) not in called
+            and not _applied_by_parent(model, site.module_name)
+        )
+    ]
+    findings = [_unreachable(site) for site in sites if not site.sampled]
+    if not sites:
+        return findings
+    count = f"{len(sites)} dropout site" + ("s" if len(sites) > 1 else "") + " with p > 0"
+    if example_input is None:
+        if any(site.sampled for site in sites):
+            return findings
+        what = f"Monte Carlo dropout passes would all be identical: {count}, none reachable."
+    else:
+        if not _mc_passes_identical(model, example_input):
+            return findings
+        what = (
+            f"{_MC_PASSES} Monte Carlo dropout passes on the example input gave identical "
+            f"outputs, although the model has {count}."
+        )
+    fix = (
+        "See the mc-unreachable notes for the dropout it cannot reach; apply dropout through "
+        "dropout modules called in forward(), or gate float rates on self.training alone."
+        if len(findings)
+        else "Check that forward() uses the dropout (and does not take a fused inference path "
+        "that skips it) when the dropout modules are in training mode."
+    )
+    finding = Finding(
+        "warning",
+        "",
+        what,
+        "mc_predict would report zero uncertainty (std and mutual information exactly 0) for "
+        "every input: the samples are one network, not draws from the approximate posterior.",
+        fix,
+        "mc-identical",
+    )
+    return [finding, *findings]
 
 
 def check_model(model: nn.Module, example_input: Any = None) -> list[Finding]:
@@ -768,6 +887,7 @@ def check_model(model: nn.Module, example_input: Any = None) -> list[Finding]:
         *_check_rates(model, trace),
         *_check_unregistered(model),
         *_check_never_called(model, trace),
+        *_check_monte_carlo(model, example_input, trace),
     ]
     unique = list(dict.fromkeys(findings))
     return sorted(unique, key=lambda f: _SEVERITIES.index(f.severity))
