@@ -28,7 +28,9 @@ from dropkit.layers import SpatialDropout3d as SpatialDropout3d
 from dropkit.recurrent import GRU as GRU
 from dropkit.recurrent import LSTM as LSTM
 from dropkit.schedules import DropoutSchedule as DropoutSchedule
+from dropkit.surgery import DropoutSite as DropoutSite
 from dropkit.surgery import find_dropout as find_dropout
+from dropkit.surgery import find_dropout_sites as find_dropout_sites
 from dropkit.surgery import insert_dropout as insert_dropout
 from dropkit.surgery import set_dropout as set_dropout
 from dropkit.uncertainty import MCPrediction as MCPrediction
@@ -55,6 +57,7 @@ __all__ = [
     "DropPath",
     "Dropout",
     "DropoutSchedule",
+    "DropoutSite",
     "EmbeddingDropout",
     "FeatureAlphaDropout",
     "Finding",
@@ -70,6 +73,7 @@ __all__ = [
     "check_model",
     "concrete_regularization",
     "find_dropout",
+    "find_dropout_sites",
     "functional",
     "inference",
     "insert_dropout",
