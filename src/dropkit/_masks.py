@@ -24,6 +24,7 @@ for ``torch.nn.functional.dropout``.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -258,9 +259,16 @@ def _seeded(device: torch.device, seed: Tensor) -> torch.Generator:
     return generator
 
 
-@torch.library.custom_op(
-    "dropkit::element_dropout", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+# Tagged as random so that the compiler neither merges two calls nor recomputes one for the
+# backward (``tags`` is a keyword of ``custom_op`` in recent releases only).
+_RANDOM_OP: dict[str, Any] = (
+    {"tags": (torch.Tag.nondeterministic_seeded,)}
+    if "tags" in inspect.signature(torch.library.custom_op).parameters
+    else {}
 )
+
+
+@torch.library.custom_op("dropkit::element_dropout", mutates_args=(), **_RANDOM_OP)
 def _element_dropout_op(x: Tensor, p: float, scale: float, save_mask: bool) -> list[Tensor]:
     """``[y, saved]``: ``saved`` is the ``bool`` mask, or (``save_mask=False``) a 64-bit seed
     drawn from the global generator, from which the mask was drawn and is re-drawn."""
