@@ -1,0 +1,283 @@
+"""dropkit.lab as a library: the calls a notebook makes, their errors, and stores of earlier releases."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dropkit import lab
+from dropkit.cli import BUILTIN_DATA, DEMO_SEEDS, app
+from dropkit.lab.api import DEMO_SEEDS as API_DEMO_SEEDS
+from dropkit.lab.data import BUILTIN_DATASETS
+from dropkit.lab.store import ResultsStore
+
+TINY: dict[str, Any] = {"epochs": 6, "hidden": 8, "compile": False}
+RELEASE_STORE = Path(__file__).parent / "data" / "store-0.1.0.sqlite"
+
+
+class _Recorder:
+    """A progress sink that records what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def begin(self, total: int, description: str) -> None:
+        self.calls.append(("begin", total))
+
+    def advance(self, amount: int) -> None:
+        self.calls.append(("advance", amount))
+
+    def end(self) -> None:
+        self.calls.append(("end", None))
+
+
+class TestNotebook:
+    """The session of a notebook user, cell by cell."""
+
+    def test_sweep_summary_best_curves_figures_report_and_resume(self, tmp_path: Path) -> None:
+        store = tmp_path / "runs.sqlite"
+        e = lab.sweep(rates=[0.0, 0.4], seeds=3, store=store, **TINY)
+        assert isinstance(e, lab.Experiment) and e.trained == 6 and e.already_done == 0
+        assert [(r["arm"], r["p"], r["n_seeds"]) for r in e.summary] == [
+            ("none", 0.0, 3),
+            ("dropout", 0.4, 3),
+        ]
+        assert e.groups == ["none", "dropout p=0.4"]
+        assert e.best is not None and e.best.summary.name in e.groups
+        assert [c["group"] for c in e.comparisons] == ["dropout p=0.4"]
+        assert e.comparisons[0]["test"] == "paired" and e.comparisons[0]["n"] == 3
+        # The summary's mean is the mean of the stored runs' final test accuracy.
+        runs = [r for r in e.runs if r.config.p == 0.4]
+        assert e.summary[1]["test_acc_mean"] == pytest.approx(np.mean([r.test_acc for r in runs]))
+        curves = e.curves("dropout p=0.4")["dropout p=0.4"]
+        assert curves["test_acc"].shape == (3, 6)
+        by_seed = sorted(runs, key=lambda r: r.config.seed)
+        assert curves["test_acc"][:, -1] == pytest.approx([r.test_acc for r in by_seed])
+        for figure in (
+            e.plot_curves(),
+            e.plot_curves(metrics="all"),
+            e.plot_rates(),
+            e.plot_arms(),
+        ):
+            assert figure.axes  # a matplotlib figure with content
+        page = e.report(tmp_path / "r.html")
+        assert page.read_text().startswith("<!DOCTYPE html>")
+        data = e.to_dict()
+        json.dumps(data, allow_nan=False)  # plain JSON, NaN written as None
+        assert data["rates"] == [0.0, 0.4] and data["store"] == str(store)
+        html = e._repr_html_()
+        assert "<table>" in html and "dropout p=0.4" in html and e.best.evidence[:20] in html
+        # The same call again trains nothing and gives the same table.
+        again = lab.sweep(rates=[0.0, 0.4], seeds=3, store=store, **TINY)
+        assert again.trained == 0 and again.already_done == 6
+        assert again.summary == e.summary
+        # Reading the store back gives the same experiment without training.
+        assert lab.load(store).summary == e.summary
+
+    def test_compare_arms_as_a_list_or_a_string(self, tmp_path: Path) -> None:
+        store = tmp_path / "c.sqlite"
+        e = lab.compare(
+            arms=["none", "dropout", "l2"], seeds=2, p=0.3, l2=1e-3, store=store, **TINY
+        )
+        assert {r["arm"] for r in e.summary} == {"none", "dropout", "l2"}
+        assert e.to_dict()["arms"] == ["none", "dropout", "l2"]
+        assert e.settings["strengths"] == {"p": 0.3, "l2": 1e-3}
+        same = lab.compare(arms="none,dropout,l2", seeds=2, p=0.3, l2=1e-3, store=store, **TINY)
+        assert same.trained == 0
+
+    def test_demo_defaults_to_the_case_studys_thirty_seeds(self) -> None:
+        plan = lab.plan_demo()
+        assert API_DEMO_SEEDS == DEMO_SEEDS == 30
+        assert len(plan.configs) == 2 * 30 and {c.p for c in plan.configs} == {0.0, 0.4}
+        assert plan.dataset.name == "circles" and len(plan.dataset.y_train) == 30
+
+    def test_demo_runs(self, tmp_path: Path) -> None:
+        e = lab.demo(seeds=2, epochs=4, store=tmp_path / "d.sqlite", compile=False)
+        assert e.command == "demo" and [r["p"] for r in e.summary] == [0.0, 0.4]
+
+
+class TestProgress:
+    def test_none_is_silent(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lab.sweep(rates=[0.0], seeds=1, store=tmp_path / "s.sqlite", **TINY)
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == ""
+
+    def test_a_sink_sees_every_run_epoch(self, tmp_path: Path) -> None:
+        sink = _Recorder()
+        lab.sweep(rates=[0.0, 0.5], seeds=2, store=tmp_path / "s.sqlite", progress=sink, **TINY)
+        assert sink.calls[0] == ("begin", 4 * 6) and sink.calls[-1] == ("end", None)
+        assert sum(v for name, v in sink.calls if name == "advance") == 4 * 6
+
+    def test_tqdm_bar(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lab.sweep(rates=[0.0], seeds=1, store=tmp_path / "s.sqlite", progress="tqdm", **TINY)
+        assert "run-epoch" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        ("progress", "error", "message"),
+        [
+            ("bar", ValueError, "`progress` must be None, True, one of 'auto', 'tqdm', 'rich'"),
+            (42, TypeError, "`progress` must be None, True, 'auto', 'tqdm', 'rich' or an object"),
+        ],
+    )
+    def test_bad_progress(self, progress: object, error: type, message: str) -> None:
+        plan = lab.plan_sweep(rates=[0.0], seeds=1, epochs=1, hidden=2)
+        with pytest.raises(error, match=message):
+            lab.run(plan, progress=progress)
+
+
+def test_thread_count_is_the_callers_after_a_call(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        lab.sweep(rates=[0.0], seeds=1, store=tmp_path / "s.sqlite", **TINY)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("call", "kwargs", "error", "message"),
+    [
+        (lab.plan_sweep, {"seeds": 0}, ValueError, r"`seeds` must be an int >= 1, got 0"),
+        (lab.plan_sweep, {"seeds": [1, 1]}, ValueError, "`seeds` must be a count >= 1 or"),
+        (lab.plan_sweep, {"rates": [0.2, 40]}, ValueError, r"`rates` must be in \[0, 1\]"),
+        (lab.plan_sweep, {"rates": []}, ValueError, "`rates` must hold at least one"),
+        (lab.plan_sweep, {"epochs": 2.5}, TypeError, "`epochs` must be an int >= 1"),
+        (lab.plan_sweep, {"hidden": "500"}, ValueError, "`hidden` must be a width >= 1"),
+        (lab.plan_sweep, {"input_p": -0.1}, ValueError, r"`input_p` must be in \[0, 1\]"),
+        (lab.plan_sweep, {"max_norm": 0}, ValueError, "`max_norm` must be"),
+        (lab.plan_sweep, {"data": "nope"}, ValueError, "unknown dataset 'nope'"),
+        (lab.plan_sweep, {"data": 3}, TypeError, "`data` must be a built-in data set's name"),
+        (lab.plan_sweep, {"impute": "mode"}, ValueError, "`impute` must be one of 'mean'"),
+        (lab.plan_compare, {"arms": ["none", "dropuot"]}, ValueError, "unknown arm 'dropuot'"),
+        (lab.plan_compare, {"arms": 3}, TypeError, "`arms` must be a string or a sequence"),
+        (lab.plan_compare, {"model": "gru"}, ValueError, "`model` must be one of 'mlp'"),
+        (lab.plan_compare, {"l2": -1.0}, ValueError, "`l2` must be a finite number > 0"),
+        (lab.plan_compare, {"patience": 0}, ValueError, "`patience` must be an int >= 1"),
+        (lab.plan_compare, {"weight_decay": 1.0}, TypeError, "unknown strength 'weight_decay'"),
+        (lab.plan_compare, {"model": "cnn"}, ValueError, "`model` 'cnn' on circles"),
+        (
+            lab.plan_compare,
+            {"arms": ["spatial_dropout"]},
+            ValueError,
+            "arm 'spatial_dropout' does not apply to model 'mlp'",
+        ),
+        (lab.plan_demo, {"p": 1.5}, ValueError, r"`p` must be in \[0, 1\]"),
+    ],
+)
+def test_errors_name_the_argument_not_a_flag(
+    call: Any, kwargs: dict[str, Any], error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message) as raised:
+        call(**kwargs)
+    assert "--" not in str(raised.value)
+
+
+def test_run_refuses_bad_engine_and_address(tmp_path: Path) -> None:
+    plan = lab.plan_sweep(rates=[0.0], seeds=1, epochs=1, hidden=2)
+    with pytest.raises(ValueError, match="`engine` must be one of 'in-process', 'ray'"):
+        lab.run(plan, engine="spark", store=tmp_path / "s.sqlite")
+    with pytest.raises(ValueError, match="`address` names a Ray cluster"):
+        lab.run(plan, address="host:6379", store=tmp_path / "s.sqlite")
+    with pytest.raises(ValueError, match="`runs_per_batch` must be an int >= 1"):
+        lab.run(plan, runs_per_batch=0, store=tmp_path / "s.sqlite")
+    assert not (tmp_path / "s.sqlite").exists(), "nothing is written before the arguments pass"
+
+
+class TestLoad:
+    def test_missing_store(self, tmp_path: Path) -> None:
+        with pytest.raises(FileNotFoundError, match="`store`: no results store"):
+            lab.load(tmp_path / "nope.sqlite")
+
+    def test_empty_store(self, tmp_path: Path) -> None:
+        ResultsStore(tmp_path / "empty.sqlite").close()
+        with pytest.raises(ValueError, match="no finished runs"):
+            lab.load(tmp_path / "empty.sqlite")
+
+    def test_several_experiments(self, tmp_path: Path) -> None:
+        store = tmp_path / "two.sqlite"
+        lab.sweep(rates=[0.0], seeds=1, store=store, **TINY)
+        lab.sweep(rates=[0.0], seeds=1, store=store, **{**TINY, "hidden": 4})
+        assert len(lab.load_all(store)) == 2
+        with pytest.raises(ValueError, match="holds 2 experiments"):
+            lab.load(store)
+        assert lab.load(store, experiment=1).runs[0].config.model.hidden in {(4,), (8,)}
+        with pytest.raises(ValueError, match=r"`experiment` must be in \[0, 1\]"):
+            lab.load(store, experiment=2)
+
+
+class TestStoreOfTheFirstRelease:
+    """``tests/data/store-0.1.0.sqlite`` was written by release 0.1.0's CLI:
+
+    ``dropkit sweep --rates 0,0.4 --seeds 2 --epochs 20 --hidden 16 --no-compile`` and
+    ``dropkit compare --arms none,dropout,l2,max_norm,early_stopping --seeds 2 --epochs 20
+    --hidden 16 --p 0.4 --no-compile``, into one store.
+    """
+
+    SWEEP: ClassVar[dict[str, Any]] = {"rates": [0.0, 0.4], "seeds": 2, "epochs": 20, "hidden": 16}
+    COMPARE: ClassVar[dict[str, Any]] = {
+        "arms": ["none", "dropout", "l2", "max_norm", "early_stopping"],
+        "seeds": 2,
+        "epochs": 20,
+        "hidden": 16,
+        "p": 0.4,
+    }
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Path:
+        path = tmp_path / "release.sqlite"
+        shutil.copy(RELEASE_STORE, path)
+        return path
+
+    def test_its_runs_are_found_by_todays_keys(self, store: Path) -> None:
+        with ResultsStore(store) as results:
+            stored = {r.key for r in results.runs()}
+        for plan in (lab.plan_sweep(**self.SWEEP), lab.plan_compare(**self.COMPARE)):
+            assert set(plan.keys) <= stored
+            assert lab.run(plan, store=store, compile=False).trained == 0
+
+    def test_todays_training_reproduces_its_curves(self, store: Path, tmp_path: Path) -> None:
+        fresh = tmp_path / "fresh.sqlite"
+        lab.compare(store=fresh, compile=False, **self.COMPARE)
+        with ResultsStore(store) as old, ResultsStore(fresh) as new:
+            keys = [r.key for r in new.runs()]
+            assert set(keys) <= {r.key for r in old.runs()}
+            for key in keys:
+                before, after = old.curves(key), new.curves(key)
+                for metric in before:
+                    np.testing.assert_allclose(after[metric], before[metric], rtol=0, atol=1e-6)
+
+    def test_report_and_labels(self, store: Path) -> None:
+        # The sweep's runs are the compare's none and dropout runs (same keys): one experiment.
+        (compare,) = lab.load_all(store)
+        assert len(compare.runs) == 10
+        assert [r["name"] for r in compare.summary] == [
+            "none",
+            "early_stopping=10",
+            "l2=0.0001",
+            "max_norm=3",
+            "dropout p=0.4",
+        ]
+        assert compare.summary[3]["test_acc_mean"] == pytest.approx(0.478571, abs=1e-6)
+
+
+def test_cli_lists_every_built_in_data_set() -> None:
+    assert set(BUILTIN_DATA) == set(BUILTIN_DATASETS)
+    result = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "200"})
+    for name in BUILTIN_DATASETS:
+        assert name in result.output
+
+
+def test_cli_compare_has_one_option_per_registry_strength() -> None:
+    result = CliRunner().invoke(app, ["compare", "--help"], env={"COLUMNS": "200"})
+    for name in lab.STRENGTHS:
+        assert f"--{name.replace('_', '-')}" in result.output
+    for arm in lab.REGULARIZERS:
+        assert arm in result.output
