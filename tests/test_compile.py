@@ -31,16 +31,29 @@ CASES: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], tuple[int, ...]]]
 ]
 
 
+MULTIPLICATIVE = {
+    "dropout",
+    "dropout_save_mask_false",
+    "drop_connect",
+    "spatial_dropout",
+    "locked_dropout",
+    "drop_path",
+}
+
+
 @pytest.mark.parametrize(("name", "fn", "shape"), CASES, ids=[c[0] for c in CASES])
 def test_op_compiles_without_graph_breaks(
     name: str, fn: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...]
 ) -> None:
     torch._dynamo.reset()
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
-    x = torch.randn(shape, requires_grad=True)
+    x = (torch.rand(shape) + 0.5).requires_grad_(True)
     y = compiled(x)
     y.sum().backward()  # the backward graph traces too
     assert y.shape == x.shape and x.grad is not None
+    if name in MULTIPLICATIVE:  # y = x · factor, so the gradient is the factor y / x
+        torch.testing.assert_close(x.grad * x.detach(), y.detach())
+        assert (y == 0).any() and (y != 0).any()
 
 
 def test_model_with_layers_compiles_with_inductor() -> None:
@@ -61,3 +74,38 @@ def test_model_with_layers_compiles_with_inductor() -> None:
     assert y.shape == (4, 4)
     model.eval()
     assert torch.allclose(compiled(x), model(x))
+
+
+@pytest.mark.parametrize("save_mask", [True, False])
+def test_inductor_keeps_dropkits_kernel(save_mask: bool) -> None:
+    """Compiled with the real compiler, dropout is dropkit's custom op: with the mask saved it
+    draws the same mask as eager code from the same seed, and the gradient is the mask."""
+    torch._dynamo.reset()
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return DF.dropout(x, 0.3, save_mask=save_mask) * 2.0
+
+    compiled = torch.compile(fn, fullgraph=True)
+    x = (torch.rand(64, 96) + 0.5).requires_grad_(True)
+    torch.manual_seed(4)
+    y = compiled(x)
+    torch.manual_seed(4)
+    eager = fn(x.detach())
+    if save_mask:
+        assert torch.equal(y.detach(), eager)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad * x.detach(), y.detach())
+    assert 0.2 < (y == 0).float().mean().item() < 0.4
+
+
+def test_custom_op_in_the_graph() -> None:
+    torch._dynamo.reset()
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: object) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    compiled = torch.compile(lambda v: DF.dropout(v, 0.3), fullgraph=True, backend=backend)
+    compiled(torch.randn(8, 16))
+    assert "dropkit.element_dropout" in graphs[0].code

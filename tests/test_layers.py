@@ -48,10 +48,21 @@ def test_follows_train_and_eval_inside_a_model() -> None:
     assert not torch.equal(model(x), model(x))
 
 
-def test_from_keep_prob() -> None:
+def test_from_keep_prob_gives_the_exact_decimal_rate() -> None:
+    """1 - 0.8 is 0.19999999999999996 in floating point; the docs promise p == 0.2."""
     layer = dropkit.Dropout.from_keep_prob(0.8, scaling="classic")
-    assert layer.p == pytest.approx(0.2) and layer.scaling == "classic"
-    assert dropkit.Dropout.from_keep_prob(1.0).p == 0.0
+    assert layer.p == 0.2 and layer.scaling == "classic"
+    assert 1 - 0.8 != 0.2  # what a plain subtraction would give
+    for q, p in [
+        (0.9, 0.1),
+        (0.7, 0.3),
+        (0.6, 0.4),
+        (0.5, 0.5),
+        (0.95, 0.05),
+        (1.0, 0.0),
+        (0.0, 1.0),
+    ]:
+        assert dropkit.Dropout.from_keep_prob(q).p == p, q
 
 
 def test_classic_dropout_layer_scales_at_inference() -> None:
@@ -119,7 +130,7 @@ def test_layer_generator_drives_the_masks() -> None:
 def test_inplace_layer_modifies_input() -> None:
     x = torch.ones(50)
     y = dropkit.Dropout(0.5, inplace=True)(x)
-    assert y is x and (x == 0).any()
+    assert y is x and (x == 0).any() and (x == 2).any()
 
 
 def test_top_level_exports() -> None:

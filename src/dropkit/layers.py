@@ -149,10 +149,12 @@ class Dropout(_DropoutLayer):
     def from_keep_prob(cls, q: float, **kwargs: Any) -> Dropout:
         """Build from the *keep* probability ``q = 1 - p`` (the papers' "retain probability").
 
-        ``Dropout.from_keep_prob(0.8)`` is ``Dropout(p=0.2)``.
+        ``p`` is ``1 - q`` rounded to 12 significant digits, so that a decimal keep probability
+        gives the decimal drop probability exactly: ``Dropout.from_keep_prob(0.8).p == 0.2``
+        (a plain ``1 - 0.8`` is ``0.19999999999999996``). The rounding moves ``p`` by at most
+        ``5e-13`` relative, far below the mask's resolution.
         """
         q = check_probability(q, "q", meaning="keep")
-        # 12 significant digits: 1 - 0.8 gives 0.2, not 0.19999999999999996.
         return cls(float(f"{1.0 - q:.12g}"), **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
