@@ -859,15 +859,24 @@ def check_model(model: nn.Module, example_input: Any = None) -> list[Finding]:
     * ``unregistered`` (warning): dropout modules kept in a plain list, tuple, set or dict
       attribute of any module, which ``model.eval()`` and ``.to()`` never reach.
     * ``never-called`` (info, with ``example_input`` only): a dropout module the forward pass
-      did not call.
+      did not call (except one whose ``p`` its parent reads and applies itself, as Hugging
+      Face attention does).
+    * ``mc-unreachable`` (info): a dropout site (:func:`dropkit.surgery.find_dropout_sites`)
+      with ``p > 0`` that :func:`dropkit.mc_dropout` cannot switch on, with where (the site's
+      qualified name) and why (``DropoutSite.reason``).
+    * ``mc-identical`` (warning): Monte Carlo passes would all be identical although the model
+      has dropout with ``p > 0``: with ``example_input``, up to eight passes under
+      ``mc_dropout`` return equal outputs; without it, no dropout site is reachable.
 
     Args:
         model: the model; left unchanged (modes included).
         example_input: if given, one forward pass is run on it (eval mode, ``torch.no_grad()``,
             every module's ``training`` flag restored afterwards, also on error) and the order
             in which it calls the modules is the order the checks use, so custom ``forward``
-            methods are followed. A tuple is unpacked into positional arguments and a mapping
-            into keyword arguments; to pass one tuple, wrap it: ``((x, h),)``. Without it the
+            methods are followed. ``mc-identical`` then runs up to eight Monte Carlo passes on
+            it (under ``mc_dropout`` and ``torch.no_grad()``, the global RNG state restored).
+            A tuple is unpacked into positional arguments and a mapping into keyword
+            arguments; to pass one tuple, wrap it: ``((x, h),)``. Without it the
             order is registration order (the order ``__init__`` assigned the modules), exact
             for ``nn.Sequential`` and usually right otherwise. Errors of the forward pass
             propagate.
