@@ -322,6 +322,54 @@ def test_timm_style_vit_each_kind_alone_is_sampled(kind: str) -> None:
     assert _spread(model, x) > 0
 
 
+# --- the ways a module gates its own dropout --------------------------------------------------
+
+
+class KeywordGate(nn.Module):
+    """``training=self.training`` passed to ``F.dropout`` with a float attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.dropout_prob = 0.3
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(self.fc(x), p=self.dropout_prob, training=self.training)
+
+
+class StatementGate(nn.Module):
+    """A hand-written dropout: ``if not self.training or self.p == 0: return x``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = 0.3
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand_like(x) >= self.p) / (1 - self.p)
+
+
+class ChildRateGate(nn.Module):
+    """Hugging Face style: a dropout child's ``p`` read by its parent, the child never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+        self.dropout = nn.Dropout(0.3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.dropout(self.fc(x), 0.0 if not self.training else self.dropout.p, True)
+
+
+@pytest.mark.parametrize("gate", [KeywordGate, StatementGate, ChildRateGate])
+def test_a_module_gating_its_own_dropout_is_sampled(gate: type[nn.Module]) -> None:
+    model, x = nn.Sequential(nn.Linear(4, 8), gate(), nn.Linear(8, 2)), torch.randn(5, 4)
+    [site] = find_dropout_sites(model)
+    assert site.sampled and site.p == 0.3 and site.kind == "hidden"
+    _exercise(model, x)
+
+
 # --- dropout that cannot be reached is reported -------------------------------------------
 
 

@@ -140,6 +140,20 @@ def _methods(klass: type) -> Iterator[tuple[str, object]]:
             yield name, value
 
 
+def _unwrapped(function: object) -> object:
+    """The function under its decorators (``functools.wraps`` chains), or itself."""
+    try:
+        return inspect.unwrap(function)  # type: ignore[arg-type]
+    except ValueError:  # a cycle of __wrapped__
+        return function
+
+
+def _code(function: object) -> types.CodeType | None:
+    """The code object of a Python function (under its decorators), else None."""
+    code = getattr(_unwrapped(function), "__code__", None)
+    return code if isinstance(code, types.CodeType) else None
+
+
 def _names(code: types.CodeType) -> Iterator[str]:
     """The names a code object and the functions nested in it use (attributes included)."""
     yield from code.co_names
@@ -150,8 +164,8 @@ def _names(code: types.CodeType) -> Iterator[str]:
 
 def _may_matter(function: object) -> bool:
     """Whether a function can read ``training`` or a rate: a cheap test before parsing it."""
-    code = getattr(inspect.unwrap(function), "__code__", None)  # type: ignore[arg-type]
-    if not isinstance(code, types.CodeType):
+    code = _code(function)
+    if code is None:
         return True
     return any(name == "training" or is_rate_name(name) for name in _names(code))
 
@@ -159,7 +173,7 @@ def _may_matter(function: object) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _parse_cached(function: object) -> ast.Module | None:
     try:
-        source = inspect.getsource(inspect.unwrap(function))  # type: ignore[arg-type]
+        source = inspect.getsource(_unwrapped(function))  # type: ignore[arg-type]
     except (OSError, TypeError):
         return None
     try:
@@ -178,8 +192,8 @@ def _parse(function: object) -> ast.Module | None:
 
 def _first_line(function: object) -> int:
     """The line of the file before the function's source begins (0 when unknown)."""
-    code = getattr(inspect.unwrap(function), "__code__", None)  # type: ignore[arg-type]
-    return int(code.co_firstlineno) - 1 if code is not None else 0
+    code = _code(function)
+    return code.co_firstlineno - 1 if code is not None else 0
 
 
 @dataclass
@@ -200,10 +214,6 @@ def _self_attribute(node: ast.AST) -> str | None:
     ):
         return node.attr
     return None
-
-
-def _is_training(node: ast.AST) -> bool:
-    return _self_attribute(node) == "training"
 
 
 def _is_rate(node: ast.AST) -> bool:
