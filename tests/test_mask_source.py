@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional
 
 import dropkit
 import dropkit.functional as DF
@@ -129,3 +130,28 @@ class TestTorchSource:
         y = compiled(x)
         y.sum().backward()
         assert torch.equal(x.grad * x.detach(), y.detach())
+
+
+@pytest.mark.usefixtures("torch_source")
+def test_spatial_dropout_is_torchs_channel_dropout() -> None:
+    x = torch.randn(8, 6, 5, 4)
+    torch.manual_seed(2)
+    ours = DF.spatial_dropout(x, 0.4)
+    torch.manual_seed(2)
+    theirs = torch.nn.functional.dropout2d(x, 0.4)
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.usefixtures("torch_source")
+def test_compiled_dropout_traces_what_compiled_torch_traces() -> None:
+    """Under torch.compile a "torch" device gets torch.native_dropout, the op a compiled
+    F.dropout traces on a GPU, so the compiler generates the same fused kernel."""
+    torch._dynamo.reset()
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: object) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compile(lambda v: DF.dropout(v, 0.3), fullgraph=True, backend=backend)(torch.ones(8, 4))
+    assert "native_dropout" in graphs[0].code and "dropkit" not in graphs[0].code

@@ -18,8 +18,8 @@ The switch is a plain dict so that tests (and benchmarks) can force a source per
 ``dropkit::element_dropout`` (``torch.library.custom_op``, with its own autograd and fake
 implementation), so the compiler calls dropkit's kernel instead of tracing it into its own
 per-element random numbers (which were 3-6x slower on a CPU); on a ``"torch"`` device the op is
-traced as ``where(U[0, 1) >= p, x · scale, 0)``, which inductor fuses into one kernel, as it does
-for ``torch.nn.functional.dropout``.
+traced as ``torch.native_dropout``, exactly what a compiled ``torch.nn.functional.dropout``
+traces there, and inductor fuses it into one kernel.
 """
 
 from __future__ import annotations
@@ -346,7 +346,8 @@ def element_dropout(
 
     * under ``torch.compile``: the custom op ``dropkit::element_dropout`` on a ``"dropkit"``
       device (``save_mask`` honoured: with False it keeps a seed, not the mask); elsewhere
-      ``where(U[0, 1) >= p, x · scale, 0)``, which the compiler fuses into one kernel;
+      ``torch.native_dropout`` (inverted) or ``where(U[0, 1) >= p, x, 0)`` (classic), which
+      the compiler fuses into one kernel as it does for ``torch.nn.functional.dropout``;
     * ``"torch"`` device, inverted scaling, no generator, the mask may be kept: the fused
       ``torch.native_dropout`` (its autograd keeps the ``bool`` mask, as ``F.dropout`` does);
     * otherwise :class:`ElementDropout` (gradient needed) or its forward (no gradient).
@@ -356,6 +357,9 @@ def element_dropout(
         if source == "dropkit" and generator is None:
             y: Tensor = torch.ops.dropkit.element_dropout(x, p, scale, save_mask)[0]
             return y
+        if scale != 1.0:  # what a compiled torch.nn.functional.dropout traces on a GPU
+            traced: Tensor = torch.native_dropout(x, p, True)[0]
+            return traced
         keep = _uniform_keep(x, p)
         return torch.where(keep, x * scale, torch.zeros((), dtype=x.dtype, device=x.device))
     needs_grad = torch.is_grad_enabled() and x.requires_grad

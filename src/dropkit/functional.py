@@ -320,6 +320,9 @@ def spatial_dropout(
         training: apply dropout (True) or return ``x`` (False).
         generator: source of randomness; the global RNG when None.
         inplace: write the result into ``x``.
+
+    On a ``"torch"`` device (CUDA, see :func:`mask_source`) without a generator this is
+    PyTorch's ``torch.feature_dropout``, the kernel behind ``torch.nn.Dropout2d``.
     """
     p = _checked_rate(x, p, generator)
     check_min_ndim(
@@ -327,6 +330,10 @@ def spatial_dropout(
     )
     if (trivial := _trivial_result(x, p, training, inplace)) is not None:
         return trivial
+    if generator is None and mask_source(x.device) == "torch" and x.numel() > 0:
+        # PyTorch's own channel dropout (what dropout1d/2d/3d run): the same math, one call
+        dropped: Tensor = (torch.feature_dropout_ if inplace else torch.feature_dropout)(x, p, True)
+        return dropped
     return _broadcast_dropout(x, p, _per_channel_shape(x), 1.0 / (1.0 - p), generator, inplace)
 
 
