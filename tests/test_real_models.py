@@ -426,6 +426,11 @@ def test_dropout_of_a_class_without_source_is_reported() -> None:
     assert "source of Hidden cannot be read" in sites[0].reason
     findings = check_model(model, torch.randn(8, 4))
     assert [f.check for f in findings] == ["mc-unreachable"]  # the passes still differ
+    # alone it makes every pass identical; beside DropConnect, whose masks MC draws, it does not
+    alone = nn.Sequential(nn.Linear(4, 4), namespace["Hidden"]())
+    assert [f.check for f in check_model(alone)] == ["mc-identical", "mc-unreachable"]
+    drop_connect = nn.Sequential(dropkit.DropConnectLinear(4, 4, 0.3), namespace["Hidden"]())
+    assert [f.check for f in check_model(drop_connect)] == ["mc-unreachable"]
 
 
 def test_a_leftover_rate_attribute_is_not_a_site() -> None:

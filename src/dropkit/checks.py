@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from dropkit._float_dropout import class_usage
+from dropkit._float_dropout import KNOWN_GATES, class_usage
 from dropkit._validation import check_module, check_one_of
 from dropkit.layers import (
     AlphaDropout,
@@ -771,6 +771,20 @@ def _mc_passes_identical(model: nn.Module, example_input: Any) -> bool | None:
     return True
 
 
+def _other_masks_drawn(model: nn.Module) -> bool:
+    """Whether ``mc_dropout`` switches on mask-drawing modules that are not dropout sites.
+
+    dropkit's weight-level, learned and recurrent modules (DropConnect, ConcreteDropout, …) and
+    modules that apply a literal rate (``F.dropout(x, 0.1, self.training)``); torch's gates
+    (``nn.MultiheadAttention``, the Transformer layers, RNNs) only apply their sites' rates.
+    """
+    with mc_dropout(model):
+        return any(
+            m.training and not is_dropout(m) and not isinstance(m, KNOWN_GATES)
+            for m in model.modules()
+        )
+
+
 def _unreachable(site: DropoutSite) -> Finding:
     return Finding(
         "info",
@@ -804,7 +818,7 @@ def _check_monte_carlo(model: nn.Module, example_input: Any, trace: _Trace) -> l
         return findings
     count = f"{len(sites)} dropout site" + ("s" if len(sites) > 1 else "") + " with p > 0"
     if example_input is None:
-        if any(site.sampled for site in sites):
+        if any(site.sampled for site in sites) or _other_masks_drawn(model):
             return findings
         what = f"Monte Carlo dropout passes would all be identical: {count}, none reachable."
     else:
