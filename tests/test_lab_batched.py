@@ -11,6 +11,7 @@ import torch
 from dropkit.lab import batched as B
 from dropkit.lab.config import DataSpec, ModelSpec, TrainSpec
 from dropkit.lab.data import Dataset, load_dataset
+from dropkit.lab.training import METRICS, BatchResult, EpochTicker
 
 Z = 5.0  # tolerances in standard errors, see test_statistics.py
 
@@ -80,7 +81,7 @@ class TestMasks:
             assert abs(correlation) < Z / math.sqrt(keep.numel())
 
 
-def _final(result: B.BatchResult, run: int) -> dict[str, np.ndarray]:
+def _final(result: BatchResult, run: int) -> dict[str, np.ndarray]:
     return {k: v[run] for k, v in result.curves.items()}
 
 
@@ -100,7 +101,7 @@ def test_batched_run_equals_the_run_alone(dataset: str, request: pytest.FixtureR
     together = B.train_batch(data, model, train, RUNS, compile=False)
     for index, run in enumerate(RUNS):
         alone = B.train_batch(data, model, train, [run], compile=False)
-        for metric in B.METRICS:
+        for metric in METRICS:
             np.testing.assert_allclose(
                 alone.curves[metric][0], together.curves[metric][index], rtol=0, atol=1e-5
             )
@@ -123,7 +124,7 @@ def _oracle(
     xt, yt = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     n = x.shape[0]
     batch = min(train.batch_size, n)
-    history: dict[str, list[float]] = {m: [] for m in B.METRICS}
+    history: dict[str, list[float]] = {m: [] for m in METRICS}
 
     def forward(inputs: torch.Tensor, factors: list[torch.Tensor | None]) -> torch.Tensor:
         a = inputs if factors[0] is None else inputs * factors[0]
@@ -183,7 +184,7 @@ def test_matches_a_plain_autograd_loop(dataset: str, request: pytest.FixtureRequ
     result = B.train_batch(data, model, train, RUNS, compile=False)
     for index, run in enumerate(RUNS):
         expected = _oracle(data, model, train, run)
-        for metric in B.METRICS:
+        for metric in METRICS:
             np.testing.assert_allclose(
                 result.curves[metric][index], expected[metric], rtol=1e-4, atol=1e-5, err_msg=metric
             )
@@ -203,7 +204,7 @@ def test_compiled_equals_eager(circles: Dataset) -> None:
     model, train = ModelSpec(hidden=(32,)), TrainSpec(epochs=30)
     eager = B.train_batch(circles, model, train, RUNS, compile=False)
     compiled = B.train_batch(circles, model, train, RUNS, compile=True)
-    for metric in B.METRICS:
+    for metric in METRICS:
         np.testing.assert_allclose(
             compiled.curves[metric], eager.curves[metric], rtol=1e-4, atol=1e-5
         )
@@ -247,21 +248,41 @@ class TestNoise:
         assert not torch.equal(draw([7], 3, 64), draw([7], 3, 66))
 
 
-def test_validation_split_is_the_loops() -> None:
-    """Both trainers hold out the same rows, so an early-stopping arm means one thing."""
-    from dropkit.lab import loop
+def test_early_stopping_trains_on_the_split_and_validates_on_its_rows_only() -> None:
+    """Early-stopping runs hold out exactly the rows of :func:`validation_split` (its own
+    properties: tests/test_lab_trainers.py). With one batch per epoch, the run's ``train_*``
+    and ``test_*`` curves are those of a plain run on the fit rows alone; and its best epoch is
+    the lowest loss of that plain run measured on the held-out rows, not on the test set."""
+    from dropkit.lab.training import validation_split
 
-    y = np.array([0, 1] * 15 + [2] * 7 + [3])
-    fit, held = B.validation_split(y)
-    expected = loop.validation_split(y)
-    assert np.array_equal(fit, expected[0]) and np.array_equal(held, expected[1])
-    assert len(np.intersect1d(fit, held)) == 0 and len(fit) + len(held) == len(y)
-    assert set(y[held]) == {0, 1, 2, 3}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 3)).astype(np.float32)
+    y = (x[:, 0] + 0.8 * rng.standard_normal(60) > 0).astype(np.int64)
+    names = ("a", "b", "c")
+    data = Dataset("toy", x[:30], y[:30], x[30:], y[30:], 2, names)
+    fit, held = validation_split(data.y_train)
+    xf, yf = x[:30][fit], y[:30][fit]
+    on_fit = Dataset("toy", xf, yf, x[30:], y[30:], 2, names)
+    on_held = Dataset("toy", xf, yf, x[:30][held], y[:30][held], 2, names)
+    model, train = ModelSpec((32,)), TrainSpec(epochs=60, batch_size=64, lr=0.05)
+    run, plain = B.RunSettings(4, patience=1000), B.RunSettings(4)
+    stopping = B.train_batch(data, model, train, [run], compile=False)
+    reference = B.train_batch(on_fit, model, train, [plain], compile=False)
+    validation = B.train_batch(on_held, model, train, [plain], compile=False)
+    for metric in METRICS:  # the last point is the restored best model: compare the others
+        np.testing.assert_allclose(
+            stopping.curves[metric][0, :-1], reference.curves[metric][0, :-1], atol=1e-6
+        )
+    assert stopping.info is not None
+    best = int(stopping.info[0]["best_epoch"])
+    assert best == int(np.argmin(validation.curves["test_loss"][0])) + 1
+    test_best = int(np.argmin(reference.curves["test_loss"][0])) + 1
+    assert 1 < best < 60 and best != test_best  # the test would tell them apart
 
 
 def test_epoch_ticker_reports_each_batch_epoch_once() -> None:
     seen: list[int] = []
-    ticker = B.EpochTicker(runs=5, epochs=4, on_epoch=seen.append)
+    ticker = EpochTicker(runs=5, epochs=4, on_epoch=seen.append)
     first, second = ticker.part(3), ticker.part(2)
     for epoch in range(4):
         first(epoch + 1)
@@ -297,7 +318,7 @@ def test_compiled_equals_eager_with_every_knob(circles: Dataset) -> None:
     eager = B.train_batch(circles, model, train, runs, compile=False)
     compiled = B.train_batch(circles, model, train, runs, compile=True)
     assert compiled.info == eager.info
-    for metric in B.METRICS:
+    for metric in METRICS:
         np.testing.assert_allclose(
             compiled.curves[metric], eager.curves[metric], rtol=1e-4, atol=1e-5
         )

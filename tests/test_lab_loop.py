@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,11 +11,13 @@ import torch
 from torch import nn
 
 import dropkit
+from dropkit.lab import loop
 from dropkit.lab.batched import RunSettings, train_batch
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.loop import augment_batch, dropout_active, train_modules, validation_split
+from dropkit.lab.loop import augment_batch, train_modules
 from dropkit.lab.models import build_model
+from dropkit.lab.training import dropout_on, dropout_window, validation_split
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -155,23 +158,25 @@ def test_early_stopping_restores_the_best_weights(moons: Dataset) -> None:
     assert float(correct.float().mean()) == pytest.approx(result.curves["train_acc"][0, -1])
 
 
-def test_validation_split_is_stratified_and_keeps_every_class() -> None:
-    y = np.array([0] * 50 + [1] * 8 + [2] * 2)
-    fit, validation = validation_split(y)
-    assert len(np.intersect1d(fit, validation)) == 0
-    assert len(fit) + len(validation) == 60
-    assert np.bincount(y[validation]).tolist() == [10, 2, 1]  # 20%, rounded, at least one
-    assert set(y[fit]) == {0, 1, 2}
-    again, _ = validation_split(y)
-    assert np.array_equal(fit, again)
-
-
-def test_early_and_late_dropout_switch_at_the_fraction() -> None:
+def test_early_and_late_dropout_switch_the_modules_at_the_fraction(
+    moons: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop sets its hidden dropout modules' rate per epoch from the shared window."""
     early = _config(epochs=10, p=0.5, regularizers=(("early_dropout", 0.3),))
     late = _config(epochs=10, p=0.5, regularizers=(("late_dropout", 0.3),))
-    assert [dropout_active(early, e) for e in range(10)] == [True] * 3 + [False] * 7
-    assert [dropout_active(late, e) for e in range(10)] == [False] * 3 + [True] * 7
-    assert all(dropout_active(_config(p=0.5), e) for e in range(10))
+    assert [dropout_on(dropout_window(early), e) for e in range(10)] == [True] * 3 + [False] * 7
+    assert [dropout_on(dropout_window(late), e) for e in range(10)] == [False] * 3 + [True] * 7
+    rates: dict[int, list[float]] = {id(early): [], id(late): []}
+    train_epoch = loop._train_epoch
+
+    def spy(run: Any, data: Dataset) -> None:
+        rates[id(run.config)].append(run.switched[0].p)
+        train_epoch(run, data)
+
+    monkeypatch.setattr(loop, "_train_epoch", spy)
+    train_modules(moons, [early, late])
+    assert rates[id(early)] == [0.5] * 3 + [0.0] * 7
+    assert rates[id(late)] == [0.0] * 3 + [0.5] * 7
 
 
 def test_late_dropout_that_never_starts_is_no_dropout(moons: Dataset) -> None:

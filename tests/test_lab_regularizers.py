@@ -18,6 +18,7 @@ from dropkit.lab.regularizers import (
     parse_arms,
 )
 from dropkit.lab.train import batched_settings, is_batched, train_configs
+from dropkit.lab.training import BatchResult
 
 CIRCLES = DataSpec("circles")
 SMALL = ModelSpec(hidden=(16,))
@@ -143,11 +144,11 @@ class TestConfigs:
 # --- what each arm does -----------------------------------------------------------------------
 
 
-def _run(data: Dataset, configs: list[RunConfig]) -> B.BatchResult:
+def _run(data: Dataset, configs: list[RunConfig]) -> BatchResult:
     return train_configs(data, configs, compile=False)
 
 
-def _weights(result: B.BatchResult, run: int) -> list[torch.Tensor]:
+def _weights(result: BatchResult, run: int) -> list[torch.Tensor]:
     assert result.states is not None
     return [v for k, v in result.states[run].items() if k.endswith("weight")]
 

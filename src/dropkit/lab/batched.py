@@ -29,6 +29,11 @@ parallel and without storing a mask: on the case-study grid it replaced a per-ru
 hidden noise) comes from the same hash: two streams per site give two 24-bit uniforms and
 Box–Muller turns them into ``N(0, 1)`` (:func:`normal_noise`). Early and late dropout change
 a run's threshold per epoch (0 keeps every unit, with scale 1: exactly no dropout).
+
+The steps this trainer shares with the generic loop (:mod:`dropkit.lab.loop`) are defined once
+in :mod:`dropkit.lab.training`: the metrics and the per-sample scores of evaluation, Adam's
+settings, the max-norm rule, the validation split and early stopping's state machine, the
+early/late dropout window and the jitter's feature scales.
 """
 
 from __future__ import annotations
@@ -47,12 +52,21 @@ from torch import Tensor
 
 from dropkit.lab.config import ModelSpec, TrainSpec
 from dropkit.lab.data import Dataset
+from dropkit.lab.training import (
+    METRICS,
+    BatchResult,
+    EarlyStopping,
+    EpochTicker,
+    bound_unit_norms_,
+    dropout_on,
+    feature_scale,
+    make_adam,
+    part_means,
+    sample_scores,
+    validation_split,
+)
 
 __all__ = [
-    "METRICS",
-    "VALIDATION_FRACTION",
-    "BatchResult",
-    "EpochTicker",
     "RunSettings",
     "compiler_available",
     "keep_factors",
@@ -61,10 +75,8 @@ __all__ = [
     "rate_tensors",
     "train_batch",
     "unit_index",
-    "validation_split",
 ]
 
-METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
 _RESOLUTION = 1 << 16
 
 
@@ -86,7 +98,8 @@ class RunSettings:
             ``start <= e < stop`` (0-based) only; None: in every epoch. Early dropout is
             ``(0, k)``, late dropout ``(k, epochs)``.
         patience: early stopping: stop after this many epochs without a lower validation loss
-            and restore the best weights (None: no early stopping; see :func:`train_batch`).
+            and restore the best weights (None: no early stopping; see :func:`train_batch` and
+            :class:`dropkit.lab.training.EarlyStopping`).
     """
 
     seed: int
@@ -99,28 +112,6 @@ class RunSettings:
     noise: float = 0.0
     dropout_epochs: tuple[int, int] | None = None
     patience: int | None = None
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What training a batch of ``R`` runs produced.
-
-    Attributes:
-        curves: per-epoch metrics, ``curves[name]`` of shape ``(R, epochs)``.
-        seconds: wall time of the whole batch.
-        states: per run, the final weights as the ``state_dict`` of the module that
-            :func:`dropkit.lab.models.build_model` builds for its config (None: not kept).
-        info: per run, scalar facts of its training (e.g. ``stop_epoch`` for early stopping).
-        pairs: per run, the final ``(weight (out, in), bias (out,))`` of every layer, input
-            side first (:func:`train_batch` with ``keep_weights``; the layout
-            :func:`dropkit.lab.models.load_linear_weights` reads).
-    """
-
-    curves: dict[str, NDArray[np.float64]]
-    seconds: float
-    states: list[dict[str, Tensor]] | None = None
-    info: list[dict[str, float]] | None = None
-    pairs: list[list[tuple[Tensor, Tensor]]] | None = None
 
 
 def _mix32(x: Tensor) -> Tensor:
@@ -316,38 +307,21 @@ def _evaluate(
 ) -> Tensor:
     """Inference pass over ``x`` ``(n, d)``: train rows, then ``n_val`` validation rows, then
     test rows. Returns ``(4, R)`` metrics (see METRICS) and, when ``n_val > 0``, a fifth row:
-    the validation loss."""
+    the validation loss. Scores and means: :func:`~dropkit.lab.training.sample_scores`,
+    :func:`~dropkit.lab.training.part_means`."""
     a = x
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
         a = (_mm(a, weight, fused) + bias).relu()
-    logits = _mm(a, weights[-1], fused) + biases[-1]
-    if n_classes == 2:
-        z = logits.squeeze(-1)
-        correct = (z > 0) == y.bool()
-        loss = torch.nn.functional.softplus(z) - y.to(z.dtype) * z
-    else:
-        correct = logits.argmax(-1) == y
-        picked = logits.gather(-1, y.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-        loss = torch.logsumexp(logits, -1) - picked
-    correct = correct.to(logits.dtype)
-    test = n_train + n_val
-    rows = [
-        correct[:, :n_train].mean(1),
-        correct[:, test:].mean(1),
-        loss[:, :n_train].mean(1),
-        loss[:, test:].mean(1),
-    ]
+    correct, loss = sample_scores(_mm(a, weights[-1], fused) + biases[-1], y)
+    sizes = (n_train, n_val, y.shape[-1] - n_train - n_val)
+    (train_acc, _, test_acc), (train_loss, val_loss, test_loss) = (
+        part_means(correct, sizes),
+        part_means(loss, sizes),
+    )
+    rows = [train_acc, test_acc, train_loss, test_loss]
     if n_val:
-        rows.append(loss[:, n_train:test].mean(1))
+        rows.append(val_loss)
     return torch.stack(rows)
-
-
-def _make_adam(params: list[Tensor], train: TrainSpec) -> torch.optim.Adam:
-    options = {"lr": train.lr, "betas": train.betas, "eps": train.eps}
-    try:
-        return torch.optim.Adam(params, **options, fused=True)  # type: ignore[arg-type]
-    except (RuntimeError, TypeError, ValueError):  # fused Adam needs torch >= 2.4 on the CPU
-        return torch.optim.Adam(params, **options, foreach=True)  # type: ignore[arg-type]
 
 
 def compiler_available() -> bool:
@@ -355,79 +329,7 @@ def compiler_available() -> bool:
     return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
 
-VALIDATION_FRACTION = 0.2
-"""Share of the training set that early-stopping runs hold out to choose their stopping epoch."""
-
 _NOISE_SITES = 64  # noise at site s draws from the streams of sites 64 + 2s and 65 + 2s
-
-
-def validation_split(
-    y: NDArray[np.int64], fraction: float = VALIDATION_FRACTION, seed: int = 0
-) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """Indices ``(fit, validation)`` of a stratified hold-out of ``fraction`` of ``y``, sorted.
-
-    Each class gives ``round(fraction · n_c)`` samples, at least 1 and at most ``n_c − 1`` (so
-    a class of two or more samples stays in the fit part too), drawn with
-    ``numpy.random.default_rng(seed)``: every run and every batch hold out the same rows, so a
-    run's result does not depend on its batch, and :mod:`dropkit.lab.loop` holds out the same
-    rows. The test set never chooses the stopping epoch; it only measures the result.
-
-    Raises:
-        ValueError: nothing would be left to train on.
-    """
-    rng = np.random.default_rng(seed)
-    held: list[NDArray[np.int64]] = []
-    for label in np.unique(y):
-        members = np.flatnonzero(y == label)
-        take = max(1, round(fraction * len(members)))
-        take = min(take, max(1, len(members) - 1))
-        held.append(rng.choice(members, size=take, replace=False))
-    validation = np.sort(np.concatenate(held)).astype(np.intp)
-    fit = np.setdiff1d(np.arange(len(y), dtype=np.intp), validation)
-    if not len(fit):
-        raise ValueError(
-            f"early stopping holds out a validation split of the training set, but its "
-            f"{len(y)} samples leave nothing to train on"
-        )
-    return fit, validation
-
-
-class EpochTicker:
-    """``on_epoch`` for a batch trained in parts: each part reports its own epochs, and the
-    batch's callback is called once per ``runs`` run-epochs, with the batch's finished epochs.
-
-    Args:
-        runs: runs of the whole batch.
-        epochs: epochs of every run.
-        on_epoch: the batch's callback (None: nothing to call).
-    """
-
-    def __init__(self, runs: int, epochs: int, on_epoch: Callable[[int], None] | None) -> None:
-        self.runs, self.epochs, self.on_epoch = runs, epochs, on_epoch
-        self.done = 0
-        self.emitted = 0
-
-    def part(self, runs: int) -> Callable[[int], None]:
-        """The ``on_epoch`` of a part of ``runs`` runs."""
-
-        def tick(_epoch: int) -> None:
-            self.advance(runs)
-
-        return tick
-
-    def advance(self, run_epochs: int) -> None:
-        self.done += run_epochs
-        self._emit(min(self.done // self.runs, self.epochs))
-
-    def finish(self) -> None:
-        """Report every epoch not reported yet (a part that ended early)."""
-        self._emit(self.epochs)
-
-    def _emit(self, upto: int) -> None:
-        while self.emitted < upto:
-            self.emitted += 1
-            if self.on_epoch is not None:
-                self.on_epoch(self.emitted)
 
 
 def train_batch(
@@ -450,8 +352,9 @@ def train_batch(
     incoming weights, then an inference pass over the training and test sets that records
     accuracy and cross-entropy (the data loss, without penalties).
 
-    Early stopping (runs with ``patience``). These runs hold out :data:`VALIDATION_FRACTION`
-    of the training set (:func:`validation_split`) and train on the rest, so they form their
+    Early stopping (runs with ``patience``). These runs hold out
+    :data:`~dropkit.lab.training.VALIDATION_FRACTION` of the training set
+    (:func:`~dropkit.lab.training.validation_split`) and train on the rest, so they form their
     own stacked computation (their shapes differ). After each epoch the validation loss is
     measured; the weights of the lowest one so far are kept; ``patience`` epochs without a
     lower one stop the run and restore those weights. A stopped run's curves repeat the
@@ -533,7 +436,7 @@ def _train_group(
     widths = [data.n_features, *model.hidden, 1 if data.n_classes == 2 else data.n_classes]
     weights, biases = _init_weights(widths, generators)
     params = [t for pair in zip(weights, biases, strict=True) for t in pair]
-    optimizer = _make_adam(params, train)
+    optimizer = make_adam(params, train)
     train_step, evaluate = _train_step, _evaluate
     if fused:
         train_step = torch.compile(_train_step, dynamic=False, fullgraph=True)
@@ -561,7 +464,7 @@ def _train_group(
     # Per site: noise σ, (R, 1, d) for the input jitter and (R, 1, 1) for hidden noise.
     sigmas: list[Tensor | None] = [None] * n_sites
     if any(r.augment for r in runs):
-        std = torch.from_numpy(data.x_train.std(axis=0).astype(np.float32))
+        std = feature_scale(data.x_train)
         sigmas[0] = torch.tensor([r.augment for r in runs]).view(-1, 1, 1) * std.view(1, 1, -1)
     if any(r.noise for r in runs):
         hidden_sigma = torch.tensor([r.noise for r in runs]).view(-1, 1, 1)
@@ -575,11 +478,7 @@ def _train_group(
     active: Tensor | None = None
     if any(r.dropout_epochs is not None for r in runs):
         active = torch.tensor(
-            [
-                r.dropout_epochs is None or r.dropout_epochs[0] <= e < r.dropout_epochs[1]
-                for e in range(epochs)
-                for r in runs
-            ]
+            [dropout_on(r.dropout_epochs, e) for e in range(epochs) for r in runs]
         ).view(epochs, n_runs, 1, 1)
     penalties = None
     if any(r.l1 for r in runs) or any(r.l2 for r in runs):
@@ -591,11 +490,7 @@ def _train_group(
     max_norm = torch.tensor(bounds).view(-1, 1, 1) if any(map(math.isfinite, bounds)) else None
     history = torch.empty(epochs, len(METRICS), n_runs)
 
-    patience = torch.tensor([r.patience or 0 for r in runs])
-    best_loss = torch.full((n_runs,), math.inf)
-    best_epoch = torch.zeros(n_runs, dtype=torch.int64)
-    stop_epoch = torch.full((n_runs,), epochs, dtype=torch.int64)
-    stopped = torch.zeros(n_runs, dtype=torch.bool)
+    stopper = EarlyStopping([r.patience or 0 for r in runs], epochs) if stopping else None
     best = [param.clone() for param in params] if stopping else []
 
     def restore(which: Tensor) -> None:
@@ -664,41 +559,30 @@ def _train_group(
                     param.grad = grad
                 optimizer.step()
                 if max_norm is not None:
-                    for weight in weights[:-1]:
-                        norms = torch.linalg.vector_norm(weight, dim=1, keepdim=True)
-                        weight.mul_((max_norm / norms).clamp_(max=1.0))
-            if not stopping:
+                    for weight in weights[:-1]:  # (R, in, out): a unit's weights span axis 1
+                        bound_unit_norms_(weight, max_norm, (1,))
+            if stopper is None:
                 history[epoch] = measure()
                 on_epoch(epoch + 1)
                 continue
-            restore(stopped)  # a stopped run keeps (and is measured with) its best weights
+            restore(stopper.stopped)  # a stopped run keeps (and is measured with) its best
             metrics = measure()
             history[epoch] = metrics[: len(METRICS)]
-            improved = (metrics[-1] < best_loss) & ~stopped
-            best_loss = torch.where(improved, metrics[-1], best_loss)
-            best_epoch = torch.where(improved, epoch + 1, best_epoch)
+            improved, _ = stopper.update(epoch + 1, metrics[-1])
             for param, kept in zip(params, best, strict=True):
                 kept.copy_(torch.where(improved.view(-1, 1, 1), param, kept))
-            newly = ~stopped & (epoch + 1 - best_epoch >= patience)
-            stop_epoch = torch.where(newly, epoch + 1, stop_epoch)
-            stopped |= newly
             on_epoch(epoch + 1)
-            if epoch + 1 < epochs and bool(stopped.all()):
-                restore(stopped)
+            if epoch + 1 < epochs and bool(stopper.stopped.all()):
+                restore(stopper.stopped)
                 history[epoch + 1 :] = measure()[: len(METRICS)]
                 for later in range(epoch + 2, epochs + 1):  # the epochs it had no need of
                     on_epoch(later)
                 break
-        if stopping:
+        if stopper is not None:
             restore(torch.ones(n_runs, dtype=torch.bool))
             history[-1] = measure()[: len(METRICS)]
 
-    info: list[dict[str, float]] = [{} for _ in runs]
-    if stopping:
-        info = [
-            {"stop_epoch": float(s), "best_epoch": float(b)}
-            for s, b in zip(stop_epoch.tolist(), best_epoch.tolist(), strict=True)
-        ]
+    info: list[dict[str, float]] = [{} for _ in runs] if stopper is None else stopper.info()
     pairs = [
         [(w[run].T.contiguous(), b[run, 0].clone()) for w, b in zip(weights, biases, strict=True)]
         for run in range(n_runs)

@@ -28,10 +28,10 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from dropkit._validation import check_nonnegative, check_positive, check_positive_int
-from dropkit.lab.batched import BatchResult
 from dropkit.lab.config import RunConfig
 from dropkit.lab.data import Dataset
 from dropkit.lab.train import train_configs
+from dropkit.lab.training import BatchResult
 
 __all__ = [
     "BatchFailure",

@@ -5,28 +5,33 @@ the path for CNNs, LSTMs and the MLP arms the stacked trainer (:mod:`dropkit.lab
 cannot express (BatchNorm, concrete dropout). Per epoch and run:
 
 1. dropout switched on or off for ``early_dropout`` / ``late_dropout`` (the hidden rate ``p``
-   acts in epochs ``e < round(s·E)``, respectively ``e >= round(s·E)``, for strength ``s`` and
-   ``E`` epochs; :func:`dropkit.set_dropout` on the hidden dropout modules, and the LSTM's
+   acts in the epochs of :func:`dropkit.lab.training.dropout_window`: ``e < round(s·E)``,
+   respectively ``e >= round(s·E)``, for strength ``s`` and ``E`` epochs;
+   :func:`dropkit.set_dropout` on the hidden dropout modules, and the LSTM's
    ``recurrent_dropout``);
 2. mini-batches of ``train.batch_size`` in an order drawn from the run's generator; each batch
    ``augment``-ed (see :func:`augment_batch`), its loss (binary: one logit and binary
    cross-entropy; more classes: cross-entropy), plus ``λ₁·Σ|w|`` (``l1``) and ``λ₂·Σw²``
    (``l2``) over :func:`dropkit.lab.models.penalized_weights`, plus the concrete-dropout
-   regularizer; one Adam step (``lr``, ``betas``, ``eps`` of :class:`TrainSpec`: Keras'
-   ``eps = 1e-7``); then the max-norm constraint on the hidden layers. (With BatchNorm, a
-   last mini-batch of a single sample is skipped: it cannot be normalized.)
+   regularizer; one Adam step (:func:`dropkit.lab.training.make_adam`: ``lr``, ``betas``,
+   ``eps`` of :class:`TrainSpec`, Keras' ``eps = 1e-7``); then the max-norm constraint on the
+   hidden layers (:func:`dropkit.lab.training.bound_unit_norms_`, the rule of
+   :func:`dropkit.max_norm_`). (With BatchNorm, a last mini-batch of a single sample is
+   skipped: it cannot be normalized.)
 3. evaluation in eval mode, in chunks of :data:`EVAL_CHUNK` rows: accuracy and mean
-   cross-entropy on the training rows and the test set (the metrics of :mod:`dropkit.lab.batched`).
+   cross-entropy (:func:`dropkit.lab.training.sample_scores`, averaged in float64) on the
+   training rows and the test set (:data:`dropkit.lab.training.METRICS`).
 
-Early stopping (``early_stopping``, patience ``k`` epochs): :func:`validation_split` holds out
-20% of the training set (stratified, at least one sample per class, the same rows for every
-run); the run trains on the rest, which is also what its ``train_*`` curves measure. After each
-epoch the validation loss is computed; when it has not fallen below its best for ``k`` epochs the
-run stops, the weights of the best epoch are restored, and its remaining epochs repeat the
-metrics of those weights. When the patience never runs out, the best weights are restored after
-the last epoch, whose point then records them (as the stacked trainer does).
-``info["stop_epoch"]`` is the number of epochs trained (``E`` when the patience never ran out),
-``info["best_epoch"]`` the 1-based epoch of the lowest validation loss.
+Early stopping (``early_stopping``, patience ``k`` epochs), as in the stacked trainer:
+:func:`~dropkit.lab.training.validation_split` holds out 20% of the training set
+(stratified, at least one sample per class, the same rows for every run); the run trains on
+the rest, which is also what its ``train_*`` curves measure. After each epoch the validation
+loss goes to :class:`~dropkit.lab.training.EarlyStopping`; when it has not fallen below its
+best for ``k`` epochs the run stops, the weights of the best epoch are restored, and its
+remaining epochs repeat the metrics of those weights. After the last epoch every such run's
+best weights are restored and the last point records them. ``info["stop_epoch"]`` is the
+number of epochs trained (``E`` when the patience never ran out), ``info["best_epoch"]`` the
+1-based epoch of the lowest validation loss (0: the initial weights).
 
 Randomness: every run owns one ``torch.Generator`` seeded with its seed; it draws the initial
 weights, then each epoch's order, the masks of every dropout layer, the noise and the
@@ -57,8 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dropkit.concrete import ConcreteDropout, concrete_regularization
-from dropkit.lab.batched import METRICS, VALIDATION_FRACTION, BatchResult, validation_split
-from dropkit.lab.config import RunConfig, TrainSpec
+from dropkit.lab.config import RunConfig
 from dropkit.lab.data import Dataset
 from dropkit.lab.models import (
     build_model,
@@ -66,34 +70,30 @@ from dropkit.lab.models import (
     hidden_dropout,
     penalized_weights,
 )
+from dropkit.lab.training import (
+    METRICS,
+    BatchResult,
+    EarlyStopping,
+    bound_unit_norms_,
+    dropout_on,
+    dropout_window,
+    feature_scale,
+    make_adam,
+    part_means,
+    sample_scores,
+    validation_split,
+)
 from dropkit.recurrent import LSTM
 from dropkit.surgery import set_dropout
-from dropkit.weights import max_norm_
 
 __all__ = [
     "EVAL_CHUNK",
-    "VALIDATION_FRACTION",
     "augment_batch",
-    "dropout_active",
     "train_modules",
-    "validation_split",
 ]
 
 EVAL_CHUNK = 2048
 """Rows per forward pass when evaluating, so large test sets fit in memory."""
-
-
-def dropout_active(config: RunConfig, epoch: int) -> bool:
-    """Whether the hidden dropout acts in 0-based ``epoch`` under ``early_dropout`` /
-    ``late_dropout`` (always True without them): the switch is at ``round(s · epochs)``."""
-    epochs = config.train.epochs
-    early = config.strength("early_dropout")
-    if early is not None:
-        return epoch < round(early * epochs)
-    late = config.strength("late_dropout")
-    if late is not None:
-        return epoch >= round(late * epochs)
-    return True
 
 
 def augment_batch(
@@ -128,15 +128,6 @@ def augment_batch(
     return x + strength * scale * noise
 
 
-def _adam(params: list[nn.Parameter], train: TrainSpec) -> torch.optim.Adam:
-    """Adam with the run's settings; the fused CPU kernel where this torch has one."""
-    options = {"lr": train.lr, "betas": train.betas, "eps": train.eps}
-    try:
-        return torch.optim.Adam(params, **options, fused=True)  # type: ignore[arg-type]
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, **options)  # type: ignore[arg-type]
-
-
 def _loss(logits: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
     """Binary cross-entropy of one logit, or cross-entropy over the classes."""
     if logits.shape[1] == 1:
@@ -150,25 +141,19 @@ def _evaluate(
     model: nn.Module, x: Tensor, y: Tensor, sizes: Sequence[int]
 ) -> list[tuple[float, float]]:
     """Accuracy and mean cross-entropy of ``model`` in eval mode on consecutive segments of
-    ``(x, y)`` of the given ``sizes`` (one pass, in chunks of :data:`EVAL_CHUNK` rows)."""
+    ``(x, y)`` of the given ``sizes`` (one pass, in chunks of :data:`EVAL_CHUNK` rows; the
+    scores of :func:`~dropkit.lab.training.sample_scores`, their means in float64)."""
     correct, losses = [], []
     with torch.no_grad():
         for begin in range(0, len(y), EVAL_CHUNK):
-            xb, yb = x[begin : begin + EVAL_CHUNK], y[begin : begin + EVAL_CHUNK]
-            logits = model(xb)
-            single = logits.shape[1] == 1
-            predicted = (logits.squeeze(1) > 0).long() if single else logits.argmax(1)
-            correct.append(predicted == yb)
-            losses.append(_loss(logits, yb, "none"))
-    hits, loss = torch.cat(correct).double(), torch.cat(losses).double()
-    results, start = [], 0
-    for size in sizes:
-        part = slice(start, start + size)
-        results.append(
-            (float(hits[part].mean()), float(loss[part].mean())) if size else (math.nan, math.nan)
-        )
-        start += size
-    return results
+            hits, loss = sample_scores(
+                model(x[begin : begin + EVAL_CHUNK]), y[begin : begin + EVAL_CHUNK]
+            )
+            correct.append(hits)
+            losses.append(loss)
+    accuracy = part_means(torch.cat(correct).double(), sizes)
+    loss_means = part_means(torch.cat(losses).double(), sizes)
+    return [(float(a), float(m)) for a, m in zip(accuracy, loss_means, strict=True)]
 
 
 @dataclass
@@ -185,12 +170,11 @@ class _Run:
     switched: list[nn.Module]
     recurrent: list[LSTM]
     patience: int | None
+    window: tuple[int, int] | None
     history: np.ndarray
     dropout_on: bool = True
-    best_loss: float = math.inf
-    best_epoch: int = 0
     best_state: dict[str, Tensor] | None = None
-    stopped: int | None = None
+    stopped: bool = False
 
 
 def _set_dropout(run: _Run, on: bool) -> None:
@@ -213,7 +197,8 @@ class _Rows:
 
 
 def _rows(data: Dataset, split: tuple[np.ndarray, np.ndarray] | None) -> _Rows:
-    """Fit rows, their feature standard deviations, and the evaluation rows: the fit rows,
+    """Fit rows, the training set's feature standard deviations
+    (:func:`~dropkit.lab.training.feature_scale`), and the evaluation rows: the fit rows,
     the test set, then (with ``split``, for early stopping) the validation rows."""
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
@@ -224,7 +209,7 @@ def _rows(data: Dataset, split: tuple[np.ndarray, np.ndarray] | None) -> _Rows:
         y_parts = [y[fit_rows], y_test, y[validation_rows]]
     return _Rows(
         fit=(x_parts[0], y_parts[0]),
-        scale=x_parts[0].std(dim=0, correction=0),
+        scale=feature_scale(data.x_train),
         evaluation=(torch.cat(x_parts), torch.cat(y_parts), tuple(len(p) for p in y_parts)),
     )
 
@@ -238,7 +223,7 @@ def _start(config: RunConfig, data: Dataset, rows: _Rows) -> _Run:
     return _Run(
         config=config,
         model=model,
-        optimizer=_adam(list(model.parameters()), config.train),
+        optimizer=make_adam(list(model.parameters()), config.train),
         generator=generator,
         fit=rows.fit,
         scale=rows.scale,
@@ -246,7 +231,10 @@ def _start(config: RunConfig, data: Dataset, rows: _Rows) -> _Run:
         switched=hidden_dropout(model, config),
         recurrent=recurrent,
         patience=None if patience is None else max(1, round(patience)),
+        window=dropout_window(config),
         history=np.full((len(METRICS), config.train.epochs), np.nan),
+        # early stopping's epoch 0: the initial weights, restored if no epoch improves on them
+        best_state=None if patience is None else copy.deepcopy(model.state_dict()),
     )
 
 
@@ -284,9 +272,8 @@ def _train_epoch(run: _Run, data: Dataset) -> None:
         run.optimizer.step()
         if constrained:
             assert config.max_norm is not None
-            with torch.no_grad():
-                for layer in constrained:
-                    max_norm_(layer, config.max_norm)
+            for layer in constrained:  # a unit's incoming weights: every axis but the first
+                bound_unit_norms_(layer.weight, config.max_norm, range(1, layer.weight.ndim))
 
 
 def _record(run: _Run, epoch: int) -> float:
@@ -297,18 +284,12 @@ def _record(run: _Run, epoch: int) -> float:
     return validation[0][1] if validation else math.nan
 
 
-def _early_stop(run: _Run, epoch: int, loss: float) -> None:
-    """Track the validation loss; stop and restore the best weights when patience runs out."""
-    assert run.patience is not None
-    if loss < run.best_loss:
-        run.best_loss, run.best_epoch = loss, epoch + 1
-        run.best_state = copy.deepcopy(run.model.state_dict())
-    elif epoch + 1 - run.best_epoch >= run.patience and run.best_state is not None:
-        run.model.load_state_dict(run.best_state)
-        run.stopped = epoch + 1
-        if epoch + 1 < run.history.shape[1]:
-            _record(run, epoch + 1)
-            run.history[:, epoch + 2 :] = run.history[:, epoch + 1 : epoch + 2]
+def _restore(run: _Run, epoch: int) -> None:
+    """Load the run's kept weights and record them at 0-based ``epoch`` and every later one."""
+    assert run.best_state is not None
+    run.model.load_state_dict(run.best_state)
+    _record(run, epoch)
+    run.history[:, epoch + 1 :] = run.history[:, epoch : epoch + 1]
 
 
 def train_modules(
@@ -345,33 +326,40 @@ def train_modules(
     if stopping:
         rows[True] = _rows(data, validation_split(data.y_train))
     runs = [_start(c, data, rows[c.strength("early_stopping") is not None]) for c in configs]
+    watched = [run for run in runs if run.patience is not None]
+    stopper = EarlyStopping([run.patience or 0 for run in watched], epochs) if watched else None
     for epoch in range(epochs):
+        losses = {}
         for run in runs:
-            if run.stopped is not None:
+            if run.stopped:
                 continue
-            on = dropout_active(run.config, epoch)
+            on = dropout_on(run.window, epoch)
             if on != run.dropout_on:
                 _set_dropout(run, on)
             _train_epoch(run, data)
-            loss = _record(run, epoch)
-            if run.patience is not None:
-                _early_stop(run, epoch, loss)
+            losses[id(run)] = _record(run, epoch)
+        if stopper is not None:
+            reported = torch.tensor([losses.get(id(run), math.nan) for run in watched])
+            improved, newly = stopper.update(epoch + 1, reported)
+            for run, keep, stop in zip(watched, improved.tolist(), newly.tolist(), strict=True):
+                if keep:
+                    run.best_state = copy.deepcopy(run.model.state_dict())
+                if stop:
+                    run.stopped = True
+                    if epoch + 1 < epochs:
+                        _restore(run, epoch + 1)
         if on_epoch is not None:
             on_epoch(epoch + 1)
-    for run in runs:
-        if run.patience is not None and run.stopped is None and run.best_state is not None:
-            run.model.load_state_dict(run.best_state)
-            _record(run, epochs - 1)
+    for run in watched:  # the last point is the restored model, stopped or not
+        _restore(run, epochs - 1)
     states, infos = [], []
+    stop_info = dict(zip(map(id, watched), stopper.info() if stopper else [], strict=True))
     for run in runs:
         if run.dropout_on is False:
             _set_dropout(run, True)  # the stored module has the config's rates
         run.model.eval()
         states.append({k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()})
-        info: dict[str, float] = {}
-        if run.patience is not None:
-            info["stop_epoch"] = float(run.stopped if run.stopped is not None else epochs)
-            info["best_epoch"] = float(run.best_epoch)
+        info: dict[str, float] = dict(stop_info.get(id(run), {}))
         concrete = [m for m in run.model.modules() if isinstance(m, ConcreteDropout)]
         for index, module in enumerate(concrete):
             info[f"concrete_p{index}"] = module.p

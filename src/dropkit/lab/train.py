@@ -5,7 +5,9 @@ A batch holds runs that share data, architecture and training settings
 trainer can express (:data:`dropkit.lab.regularizers.BATCHED_REGULARIZERS`; dropout rates,
 max-norm) train together in :func:`dropkit.lab.batched.train_batch`; the others (BatchNorm,
 concrete dropout, CNNs, LSTMs) in :func:`dropkit.lab.loop.train_modules`. A batch may mix the
-two: it is split, and the results come back in the order of the configs.
+two: it is split, and the results come back in the order of the configs. ``trainer="loop"``
+trains every config in the generic loop (the stacked trainer's arms included: the two
+trainers keep one contract, :mod:`dropkit.lab.training`, and are tested against each other).
 
 Final weights are kept for small models only (at most
 :data:`dropkit.lab.store.MAX_STATE_PARAMETERS` values), as the ``state_dict`` of the module
@@ -21,13 +23,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch import Tensor
 
-from dropkit.lab.batched import METRICS, BatchResult, EpochTicker, RunSettings, train_batch
+from dropkit.lab.batched import RunSettings, train_batch
 from dropkit.lab.config import RunConfig
 from dropkit.lab.data import Dataset
 from dropkit.lab.regularizers import BATCHED_REGULARIZERS
 from dropkit.lab.store import MAX_STATE_PARAMETERS, RunRecord
+from dropkit.lab.training import METRICS, BatchResult, EpochTicker, dropout_window
 
-__all__ = ["batched_settings", "is_batched", "to_records", "train_configs"]
+__all__ = ["TRAINERS", "batched_settings", "is_batched", "to_records", "train_configs"]
+
+TRAINERS = ("auto", "stacked", "loop")
+"""Choices of :func:`train_configs`' ``trainer``."""
 
 
 def is_batched(config: RunConfig) -> bool:
@@ -40,15 +46,9 @@ def is_batched(config: RunConfig) -> bool:
 def batched_settings(config: RunConfig) -> RunSettings:
     """The :class:`RunSettings` of a config the stacked trainer can train (see :func:`is_batched`).
 
-    ``early_dropout`` / ``late_dropout`` of strength ``s`` switch at epoch ``round(s·E)``.
+    ``early_dropout`` / ``late_dropout`` of strength ``s`` switch at epoch ``round(s·E)``
+    (:func:`dropkit.lab.training.dropout_window`).
     """
-    epochs = config.train.epochs
-    window: tuple[int, int] | None = None
-    early, late = config.strength("early_dropout"), config.strength("late_dropout")
-    if early is not None:
-        window = (0, round(early * epochs))
-    elif late is not None:
-        window = (round(late * epochs), epochs)
     patience = config.strength("early_stopping")
     return RunSettings(
         seed=config.seed,
@@ -59,7 +59,7 @@ def batched_settings(config: RunConfig) -> RunSettings:
         l2=config.strength("l2", 0.0) or 0.0,
         augment=config.strength("augment", 0.0) or 0.0,
         noise=config.strength("gaussian_noise", 0.0) or 0.0,
-        dropout_epochs=window,
+        dropout_epochs=dropout_window(config),
         patience=None if patience is None else max(1, round(patience)),
     )
 
@@ -87,6 +87,7 @@ def train_configs(
     *,
     compile: bool | None = None,
     on_epoch: Callable[[int], None] | None = None,
+    trainer: str = "auto",
 ) -> BatchResult:
     """Train ``configs`` (one shape key) on ``data``; results come back in the order of ``configs``.
 
@@ -97,21 +98,36 @@ def train_configs(
             compiler exists).
         on_epoch: called with the number of finished epochs of the whole batch after each
             epoch (once per epoch even when the batch trains in parts).
+        trainer: ``"auto"``: the stacked trainer for the configs it can train
+            (:func:`is_batched`), the generic loop for the others; ``"loop"``: the generic
+            loop for every config (slower; to check one trainer against the other);
+            ``"stacked"``: the stacked trainer for every config.
 
     Returns:
         Curves, seconds, ``info`` per run, and ``states`` per run when the model has at most
         :data:`MAX_STATE_PARAMETERS` parameters (None otherwise).
+
+    Raises:
+        ValueError: no configs, configs of different shape keys, an unknown ``trainer``, or
+            ``trainer="stacked"`` with a config the stacked trainer cannot train.
     """
     if not configs:
         raise ValueError("`configs` must hold at least one run")
+    if trainer not in TRAINERS:
+        raise ValueError(f"`trainer` must be one of {', '.join(TRAINERS)}, got {trainer!r}")
     first = configs[0]
     if any(c.shape_key() != first.shape_key() for c in configs):
         raise ValueError("every config of a batch must share data, model and training settings")
     start = time.perf_counter()
     widths = [data.n_features, *first.model.hidden, 1 if data.n_classes == 2 else data.n_classes]
     small = _parameter_count(widths) <= MAX_STATE_PARAMETERS
-    stacked = [i for i, c in enumerate(configs) if is_batched(c)]
-    looped = [i for i, c in enumerate(configs) if not is_batched(c)]
+    stacked = [i for i, c in enumerate(configs) if trainer != "loop" and is_batched(c)]
+    looped = sorted(set(range(len(configs))) - set(stacked))
+    if trainer == "stacked" and looped:
+        raise ValueError(
+            f"`trainer` is 'stacked' but the stacked trainer cannot train arm "
+            f"{configs[looped[0]].arm!r} of model kind {configs[looped[0]].model.kind!r}"
+        )
     epochs = first.train.epochs
     ticker = EpochTicker(len(configs), epochs, on_epoch)
     values = np.empty((len(METRICS), len(configs), epochs))
