@@ -25,6 +25,7 @@ traces there, and inductor fuses it into one kernel.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,9 +42,14 @@ __all__ = [
     "field_threshold",
     "fill_mask",
     "flat_view",
+    "keep_mask",
     "mask_source",
+    "masked_scale",
     "random_fields",
     "scale_by_factor",
+    "trivial_result",
+    "uniform",
+    "zeros_with_grad",
 ]
 
 MASK_SOURCES: dict[str, str] = {"cpu": "dropkit"}
@@ -379,3 +385,59 @@ def element_dropout(
         )
         return result
     return _forward(x, p, scale, generator, with_keep=False)[0]
+
+
+# -- helpers shared by the ops (dropkit.functional) and the weight-level modules -------------
+
+
+def uniform(x: Tensor, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
+    """U[0, 1) samples of ``shape`` on ``x``'s device (float64 for float64 inputs, else float32).
+
+    A full-size draw copies ``x``'s memory layout (channels_last stays channels_last).
+    """
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if tuple(shape) == tuple(x.shape):
+        noise = torch.empty_like(x, dtype=dtype)
+    else:
+        noise = torch.empty(tuple(shape), dtype=dtype, device=x.device)
+    return noise.uniform_(generator=generator)
+
+
+def keep_mask(
+    x: Tensor, p: float, shape: Sequence[int], generator: torch.Generator | None
+) -> Tensor:
+    """Boolean mask ``U[0, 1) >= p`` of ``shape``: the weight-level modules' mask source.
+
+    DropConnect (:func:`dropkit.functional.drop_connect`, :mod:`dropkit.weights`) draws its
+    masks this way, one float32 uniform per weight (``p`` resolved to ``2**-24``), so that a
+    mask can be reproduced as ``torch.empty(shape).uniform_(generator=g) >= p``. Weight tensors
+    are small next to activations; the activation ops use the cheaper bit-field masks.
+    """
+    return uniform(x, shape, generator) >= p
+
+
+def masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) -> Tensor:
+    """``x * keep * scale`` in ``x``'s dtype; its gradient ``keep * scale`` is 0 where dropped."""
+    factor = keep.to(x.dtype)
+    if scale != 1.0:
+        factor = factor * scale
+    return x.mul_(factor) if inplace else x * factor
+
+
+def zeros_with_grad(x: Tensor, inplace: bool = False) -> Tensor:
+    """Exact zeros shaped like ``x`` whose gradient is exactly zero.
+
+    ``x * 0`` would give NaN for inf inputs and ``x * mask / (1 - p)`` NaN gradients at
+    ``p == 1``; ``masked_fill`` gives neither.
+    """
+    everywhere = torch.ones((), dtype=torch.bool, device=x.device)
+    return x.masked_fill_(everywhere, 0) if inplace else x.masked_fill(everywhere, 0)
+
+
+def trivial_result(x: Tensor, p: float, training: bool, inplace: bool = False) -> Tensor | None:
+    """The result when nothing is drawn: ``x`` itself (inference, ``p = 0``), zeros (``p = 1``)."""
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return zeros_with_grad(x, inplace)
+    return None

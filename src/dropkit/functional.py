@@ -28,7 +28,7 @@ is the fused ``torch.native_dropout`` that ``torch.nn.functional.dropout`` runs 
 masks come from ``bernoulli_``. Under ``torch.compile`` the element-wise op stays dropkit's
 kernel on a ``"dropkit"`` device (a ``torch.library`` custom op) and the other masks are
 ``U[0, 1) >= p`` (float32 uniforms), which the compiler generates inside its fused loop.
-:func:`drop_connect` keeps ``U[0, 1) >= p`` too (see :func:`_keep_mask`). Element-wise
+:func:`drop_connect` keeps ``U[0, 1) >= p`` too (see :func:`keep_mask`). Element-wise
 :func:`dropout` keeps its mask for the backward as ``bool`` (1 byte per element), or nothing
 with ``save_mask=False``.
 
@@ -65,8 +65,13 @@ from dropkit._masks import (
     element_dropout,
     field_threshold,
     fill_mask,
+    keep_mask,
     mask_source,
+    masked_scale,
     random_fields,
+    trivial_result,
+    uniform,
+    zeros_with_grad,
 )
 from dropkit._validation import (
     check_block_size,
@@ -108,32 +113,6 @@ def _field_threshold(p: float) -> tuple[int, int]:
     return field_threshold(p)
 
 
-def _uniform(x: Tensor, shape: Sequence[int], generator: torch.Generator | None) -> Tensor:
-    """U[0, 1) samples of ``shape`` on ``x``'s device (float64 for float64 inputs, else float32).
-
-    A full-size draw copies ``x``'s memory layout (channels_last stays channels_last).
-    """
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if tuple(shape) == tuple(x.shape):
-        noise = torch.empty_like(x, dtype=dtype)
-    else:
-        noise = torch.empty(tuple(shape), dtype=dtype, device=x.device)
-    return noise.uniform_(generator=generator)
-
-
-def _keep_mask(
-    x: Tensor, p: float, shape: Sequence[int], generator: torch.Generator | None
-) -> Tensor:
-    """Boolean mask ``U[0, 1) >= p`` of ``shape``: the weight-level modules' mask source.
-
-    DropConnect (:func:`drop_connect`, :mod:`dropkit.weights`) draws its masks this way, one
-    float32 uniform per weight (``p`` resolved to ``2**-24``), so that a mask can be reproduced
-    as ``torch.empty(shape).uniform_(generator=g) >= p``. Weight tensors are small next to
-    activations; the activation ops use the cheaper :func:`_bits_keep_mask`.
-    """
-    return _uniform(x, shape, generator) >= p
-
-
 def _bits_keep_mask(
     x: Tensor, p: float, shape: Sequence[int], generator: torch.Generator | None
 ) -> Tensor:
@@ -145,7 +124,7 @@ def _bits_keep_mask(
     the compiler generates its own uniforms inside the fused loop.
     """
     if torch.compiler.is_compiling() or mask_source(x.device) != "dropkit":
-        return _uniform(x, shape, generator) >= p
+        return uniform(x, shape, generator) >= p
     bits, threshold = field_threshold(p)
     fields = random_fields(x.device, math.prod(shape), bits, generator)
     return torch.ge(fields, threshold, out=fields).to(torch.bool).view(tuple(shape))
@@ -170,14 +149,6 @@ def _keep_factor(
     return factor
 
 
-def _masked_scale(x: Tensor, keep: Tensor, scale: float, inplace: bool = False) -> Tensor:
-    """``x * keep * scale`` in ``x``'s dtype; its gradient ``keep * scale`` is 0 where dropped."""
-    factor = keep.to(x.dtype)
-    if scale != 1.0:
-        factor = factor * scale
-    return x.mul_(factor) if inplace else x * factor
-
-
 def _broadcast_dropout(
     x: Tensor,
     p: float,
@@ -195,29 +166,10 @@ def _broadcast_dropout(
     return x.mul_(factor) if inplace else x * factor
 
 
-def _zeros_with_grad(x: Tensor, inplace: bool = False) -> Tensor:
-    """Exact zeros shaped like ``x`` whose gradient is exactly zero.
-
-    ``x * 0`` would give NaN for inf inputs and ``x * mask / (1 - p)`` NaN gradients at
-    ``p == 1``; ``masked_fill`` gives neither.
-    """
-    everywhere = torch.ones((), dtype=torch.bool, device=x.device)
-    return x.masked_fill_(everywhere, 0) if inplace else x.masked_fill(everywhere, 0)
-
-
 def _checked_rate(x: Tensor, p: float, generator: torch.Generator | None) -> float:
     """The arguments every op checks: ``p`` a probability, ``generator`` on ``x``'s device."""
     check_generator(generator, x)
     return check_probability(p)
-
-
-def _trivial_result(x: Tensor, p: float, training: bool, inplace: bool = False) -> Tensor | None:
-    """The result when nothing is drawn: ``x`` itself (inference, ``p = 0``), zeros (``p = 1``)."""
-    if not training or p == 0.0:
-        return x
-    if p == 1.0:
-        return _zeros_with_grad(x, inplace)
-    return None
 
 
 def _per_channel_shape(x: Tensor) -> tuple[int, ...]:
@@ -282,14 +234,14 @@ def dropout(
     check_one_of(scaling, "scaling", SCALINGS)
     if not training:
         if scaling == "classic" and p == 1.0:  # (1 - p)·x, without 0·inf = NaN
-            return _zeros_with_grad(x, inplace)
+            return zeros_with_grad(x, inplace)
         if scaling == "classic" and p != 0.0:
             return x.mul_(1.0 - p) if inplace else x * (1.0 - p)
         return x
     if p == 0.0:
         return x
     if p == 1.0:
-        return _zeros_with_grad(x, inplace)
+        return zeros_with_grad(x, inplace)
     scale = 1.0 / (1.0 - p) if scaling == "inverted" else 1.0
     if inplace:
         factor = _keep_factor(x, p, x.shape, generator)
@@ -328,7 +280,7 @@ def spatial_dropout(
     check_min_ndim(
         x, 3, "spatial_dropout", "(N, C, *spatial)", "Add the batch axis with x.unsqueeze(0)."
     )
-    if (trivial := _trivial_result(x, p, training, inplace)) is not None:
+    if (trivial := trivial_result(x, p, training, inplace)) is not None:
         return trivial
     if generator is None and mask_source(x.device) == "torch" and x.numel() > 0:
         # PyTorch's own channel dropout (what dropout1d/2d/3d run): the same math, one call
@@ -361,7 +313,7 @@ def locked_dropout(
     p = _checked_rate(x, p, generator)
     layout = "(N, T, *features)" if batch_first else "(T, N, *features)"
     check_min_ndim(x, 3, "locked_dropout", layout, "Add the batch axis with unsqueeze.")
-    if (trivial := _trivial_result(x, p, training)) is not None:
+    if (trivial := trivial_result(x, p, training)) is not None:
         return trivial
     time_axis = 1 if batch_first else 0
     shape = list(x.shape)
@@ -394,7 +346,7 @@ def drop_path(
     """
     p = _checked_rate(x, p, generator)
     check_min_ndim(x, 1, "drop_path", "(N, ...)", "drop_path needs a batch axis.")
-    if (trivial := _trivial_result(x, p, training)) is not None:
+    if (trivial := trivial_result(x, p, training)) is not None:
         return trivial
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     return _broadcast_dropout(x, p, shape, 1.0 / (1.0 - p) if scale_by_keep else 1.0, generator)
@@ -429,10 +381,10 @@ def drop_connect(
         ``M / (1 - p)``: exactly 0 for dropped weights (and everywhere at ``p = 1``).
     """
     p = _checked_rate(weight, p, generator)
-    if (trivial := _trivial_result(weight, p, training)) is not None:
+    if (trivial := trivial_result(weight, p, training)) is not None:
         return trivial
-    keep = _keep_mask(weight, p, weight.shape, generator)
-    return _masked_scale(weight, keep, 1.0 / (1.0 - p))
+    keep = keep_mask(weight, p, weight.shape, generator)
+    return masked_scale(weight, keep, 1.0 / (1.0 - p))
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,7 +413,7 @@ def gaussian_dropout(
         generator: source of randomness; the global RNG when None.
     """
     p = _checked_rate(x, p, generator)
-    if (trivial := _trivial_result(x, p, training)) is not None:
+    if (trivial := trivial_result(x, p, training)) is not None:
         return trivial
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     noise = torch.empty_like(x, dtype=dtype).normal_(
@@ -513,7 +465,7 @@ def alpha_dropout(
         inplace: write the result into ``x``.
     """
     p = _checked_rate(x, p, generator)
-    if (trivial := _trivial_result(x, p, training, inplace)) is not None:
+    if (trivial := trivial_result(x, p, training, inplace)) is not None:
         return trivial
     return _alpha_dropout(x, p, _keep_factor(x, p, x.shape, generator), inplace)
 
@@ -548,7 +500,7 @@ def feature_alpha_dropout(
         "(N, C, *spatial)",
         "Add the batch axis with x.unsqueeze(0).",
     )
-    if (trivial := _trivial_result(x, p, training, inplace)) is not None:
+    if (trivial := trivial_result(x, p, training, inplace)) is not None:
         return trivial
     return _alpha_dropout(x, p, _keep_factor(x, p, _per_channel_shape(x), generator), inplace)
 
@@ -672,7 +624,7 @@ def drop_block(
     block = tuple(
         min(b, s) for b, s in zip(check_block_size(block_size, len(spatial)), spatial, strict=True)
     )
-    if (trivial := _trivial_result(x, p, training)) is not None:
+    if (trivial := trivial_result(x, p, training)) is not None:
         return trivial
     if x.numel() == 0:
         return x

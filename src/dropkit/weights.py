@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
+from dropkit._masks import keep_mask, masked_scale, trivial_result
 from dropkit._validation import (
     check_dim,
     check_generator,
@@ -37,7 +38,7 @@ from dropkit._validation import (
     check_positive,
     check_probability,
 )
-from dropkit.functional import _keep_mask, _masked_scale, _trivial_result, drop_connect
+from dropkit.functional import drop_connect
 from dropkit.layers import _Rated
 
 __all__ = [
@@ -407,8 +408,8 @@ class DropConnectLinear(_Rated, nn.Linear):
             return F.linear(input, weight, self.bias)
         n = input.shape[0]
         check_generator(self.generator, self.weight)
-        keep = _keep_mask(self.weight, self.p, (n, *self.weight.shape), self.generator)
-        weights = _masked_scale(self.weight, keep, 1.0 / (1.0 - self.p))  # (N, out, in)
+        keep = keep_mask(self.weight, self.p, (n, *self.weight.shape), self.generator)
+        weights = masked_scale(self.weight, keep, 1.0 / (1.0 - self.p))  # (N, out, in)
         rows = input.reshape(n, -1, self.in_features)  # (N, K, in)
         out = torch.bmm(rows, weights.transpose(1, 2)).reshape(*input.shape[:-1], self.out_features)
         return out if self.bias is None else out + self.bias
@@ -595,10 +596,10 @@ class EmbeddingDropout(_TransparentWrapper):
         if emb.max_norm is not None:  # what F.embedding does, on the stored weight
             with torch.no_grad():
                 torch.embedding_renorm_(emb.weight, input.contiguous(), emb.max_norm, emb.norm_type)
-        weight = _trivial_result(emb.weight, self.p, True)
+        weight = trivial_result(emb.weight, self.p, True)
         if weight is None:
-            keep = _keep_mask(emb.weight, self.p, (emb.num_embeddings, 1), self.generator)
-            weight = _masked_scale(emb.weight, keep, 1.0 / (1.0 - self.p))
+            keep = keep_mask(emb.weight, self.p, (emb.num_embeddings, 1), self.generator)
+            weight = masked_scale(emb.weight, keep, 1.0 / (1.0 - self.p))
         return F.embedding(
             input, weight, emb.padding_idx, None, emb.norm_type, emb.scale_grad_by_freq, False
         )
