@@ -50,7 +50,7 @@ from dropkit.layers import (
 from dropkit.surgery import (
     ACTIVATIONS,
     DropoutSite,
-    _apply_input_dropout,
+    apply_input_dropout,
     find_dropout,
     find_dropout_sites,
     is_dropout,
@@ -296,7 +296,7 @@ def _is_tracked(module: nn.Module) -> bool:
 def _registration_order(model: nn.Module) -> _Trace:
     steps = [(name, m) for name, m in model.named_modules() if _is_tracked(m)]
     # insert_dropout's input dropout is registered last but applied first, by a pre-hook.
-    if any(hook is _apply_input_dropout for hook in model._forward_pre_hooks.values()):
+    if any(hook is apply_input_dropout for hook in model._forward_pre_hooks.values()):
         first = [step for step in steps if step[0] == "input_dropout"]
         steps = first + [step for step in steps if step[0] != "input_dropout"]
     return _Trace(steps, called=False)

@@ -366,7 +366,7 @@ def _apply_output_dropout(module: nn.Module, inputs: Any, output: torch.Tensor) 
     return dropout(output)  # type: ignore[no-any-return]
 
 
-def _apply_input_dropout(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+def apply_input_dropout(module: nn.Module, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
     """Forward pre-hook: the model's ``input_dropout`` child applied to its first input."""
     dropout = module.get_submodule("input_dropout")
     return (dropout(inputs[0]), *inputs[1:])
@@ -465,7 +465,7 @@ def insert_dropout(
                 _refill(model, [_new_dropout(input_p, generator, model), *_elements(model)])
         elif not hasattr(model, "input_dropout"):
             model.add_module("input_dropout", _new_dropout(input_p, generator, model))
-            model.register_forward_pre_hook(_apply_input_dropout)
+            model.register_forward_pre_hook(apply_input_dropout)
     return model
 
 

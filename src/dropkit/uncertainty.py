@@ -37,8 +37,7 @@ from dropkit._validation import (
     check_tensor,
 )
 from dropkit.concrete import ConcreteDropout
-from dropkit.layers import _Rated
-from dropkit.recurrent import _VariationalRNN
+from dropkit.recurrent import GRU, LSTM
 from dropkit.surgery import is_dropout
 from dropkit.weights import DropConnect, DropConnectLinear, EmbeddingDropout, WeightDrop
 
@@ -52,7 +51,15 @@ _OP = "mc_predict"
 # dropkit modules that draw masks in training besides the dropout layers: the weight-level ones
 # (DropConnect, DropConnectLinear, WeightDrop, EmbeddingDropout: all rate-carrying `_Rated`),
 # ConcreteDropout and the variational LSTM/GRU.
-_STOCHASTIC: tuple[type, ...] = (_Rated, ConcreteDropout, _VariationalRNN)
+_STOCHASTIC: tuple[type, ...] = (
+    DropConnect,
+    DropConnectLinear,
+    WeightDrop,
+    EmbeddingDropout,
+    ConcreteDropout,
+    LSTM,
+    GRU,
+)
 
 
 def _masks_shared_by_rows(model: nn.Module) -> bool:
