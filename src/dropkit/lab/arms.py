@@ -13,6 +13,9 @@ the lab needs to know of it:
   (which epochs, which weights are kept) or the ``data`` (each training batch perturbed);
 - ``batched``: whether the stacked MLP trainer (:mod:`dropkit.lab.batched`) can run it; runs
   with an arm it cannot run train in the generic loop (:mod:`dropkit.lab.loop`);
+- ``targets``: for an arm that acts on the loss through the training targets, the function
+  ``targets(soft, strength, n_classes)`` that maps the targets (``(N,)`` floats in {0, 1} for
+  two classes, one-hot rows ``(N, K)`` otherwise) to the ones the loss trains on;
 - how it maps onto a :class:`~dropkit.lab.config.RunConfig`: the dropout rates ``p`` and
   ``input_p``, the ``max_norm`` bound, or an ``entry`` of ``RunConfig.regularizers`` holding
   its strength (1.0 for an on/off entry). An entry with ``applies_rate`` says how the hidden
@@ -26,9 +29,11 @@ validation all read this registry; adding an arm is one definition here plus its
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from torch import Tensor
 
 from dropkit._validation import check_positive, check_positive_int, check_probability
 
@@ -44,6 +49,7 @@ __all__ = [
     "Strengths",
     "entry_regularizer",
     "module_entries",
+    "target_transforms",
 ]
 
 MODEL_KINDS = ("mlp", "cnn", "rnn")
@@ -145,6 +151,7 @@ class Regularizer:
     entry: str | None = None
     strength: str | None = None
     applies_rate: bool = False
+    targets: Callable[[Tensor, float, int], Tensor] | None = None
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.acts_on if a not in ACTS_ON]
@@ -152,6 +159,11 @@ class Regularizer:
             raise ValueError(f"regularizer {self.name!r}: bad acts_on or kinds")
         if self.strength is not None and self.strength not in STRENGTHS:
             raise ValueError(f"regularizer {self.name!r}: unknown strength {self.strength!r}")
+        if self.targets is not None and (self.batched or self.entry is None):
+            raise ValueError(
+                f"regularizer {self.name!r}: a targets function needs an entry, and the stacked "
+                "trainer does not apply one"
+            )
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -399,6 +411,18 @@ def entry_regularizer(entry: str) -> Regularizer:
         raise ValueError(
             f"unknown regularizer {entry!r}; known: {', '.join(sorted(_BY_ENTRY))}"
         ) from None
+
+
+def target_transforms(
+    regularizers: Sequence[tuple[str, float]],
+) -> list[tuple[Callable[[Tensor, float, int], Tensor], float]]:
+    """The ``(targets, strength)`` pairs of a run's entries that change the training targets."""
+    pairs = []
+    for name, strength in regularizers:
+        transform = entry_regularizer(name).targets
+        if transform is not None:
+            pairs.append((transform, strength))
+    return pairs
 
 
 def module_entries(kind: str) -> frozenset[str]:

@@ -62,6 +62,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dropkit.concrete import ConcreteDropout, concrete_regularization
+from dropkit.lab.arms import target_transforms
 from dropkit.lab.config import RunConfig
 from dropkit.lab.data import Dataset
 from dropkit.lab.models import (
@@ -128,13 +129,32 @@ def augment_batch(
     return x + strength * scale * noise
 
 
-def _loss(logits: Tensor, y: Tensor, reduction: str = "mean") -> Tensor:
-    """Binary cross-entropy of one logit, or cross-entropy over the classes."""
-    if logits.shape[1] == 1:
-        return F.binary_cross_entropy_with_logits(
-            logits.squeeze(1), y.to(logits.dtype), reduction=reduction
-        )
-    return F.cross_entropy(logits, y, reduction=reduction)
+def _loss(
+    logits: Tensor,
+    y: Tensor,
+    reduction: str = "mean",
+    targets: Sequence[tuple[Callable[[Tensor, float, int], Tensor], float]] = (),
+) -> Tensor:
+    """Binary cross-entropy of one logit, or cross-entropy over the classes.
+
+    ``targets``: the run's target transforms (:func:`dropkit.lab.arms.target_transforms`),
+    applied in order to the targets as probabilities (``(N,)`` for one logit, one-hot
+    ``(N, K)`` otherwise) before the loss; none: the labels themselves.
+    """
+    binary = logits.shape[1] == 1
+    if not targets:
+        if binary:
+            return F.binary_cross_entropy_with_logits(
+                logits.squeeze(1), y.to(logits.dtype), reduction=reduction
+            )
+        return F.cross_entropy(logits, y, reduction=reduction)
+    classes = 2 if binary else logits.shape[1]
+    soft = y.to(logits.dtype) if binary else F.one_hot(y, classes).to(logits.dtype)
+    for transform, strength in targets:
+        soft = transform(soft, strength, classes)
+    if binary:
+        return F.binary_cross_entropy_with_logits(logits.squeeze(1), soft, reduction=reduction)
+    return F.cross_entropy(logits, soft, reduction=reduction)
 
 
 def _evaluate(
@@ -246,6 +266,7 @@ def _train_epoch(run: _Run, data: Dataset) -> None:
     l1 = config.strength("l1", 0.0) or 0.0
     l2 = config.strength("l2", 0.0) or 0.0
     augment = config.strength("augment")
+    targets = target_transforms(config.regularizers)
     concrete = any(isinstance(m, ConcreteDropout) for m in model.modules())
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     constrained = constrained_layers(model) if config.max_norm is not None else []
@@ -258,7 +279,7 @@ def _train_epoch(run: _Run, data: Dataset) -> None:
         xb, yb = x[rows], y[rows]
         if augment is not None:
             xb = augment_batch(xb, augment, run.scale, data.input_shape, generator)
-        loss = _loss(model(xb), yb)
+        loss = _loss(model(xb), yb, targets=targets)
         if l1 or l2:
             weights = penalized_weights(model)
             if l1:
