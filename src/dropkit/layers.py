@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dropkit import functional as DF
+from dropkit._base import DropoutLayer
 from dropkit._validation import (
     check_block_size,
-    check_generator,
     check_ndim,
     check_one_of,
     check_probability,
@@ -46,46 +46,7 @@ __all__ = [
 ]
 
 
-class _Rated:
-    """Mixin: a drop probability ``p`` validated on every assignment, and an optional generator.
-
-    Shared by every dropkit module that has a rate (layers here, weight-level modules in
-    :mod:`dropkit.weights`), so ``module.p = 30`` fails the same way everywhere.
-    """
-
-    _p: float
-    generator: torch.Generator | None
-
-    def _init_rate(self, p: float, generator: torch.Generator | None) -> None:
-        self.p = p
-        check_generator(generator)
-        self.generator = generator
-
-    @property
-    def p(self) -> float:
-        """Drop probability: the probability of an element to be zeroed (not the keep one)."""
-        return self._p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self._p = check_probability(value)
-
-
-class _DropoutLayer(_Rated, nn.Module):
-    """Base of every dropkit dropout layer: a validated ``p``, a generator and ``extra_repr``."""
-
-    def __init__(self, p: float, *, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self._init_rate(p, generator)
-
-    def _extra_repr_items(self) -> list[str]:
-        return []
-
-    def extra_repr(self) -> str:
-        return ", ".join([f"p={self.p}", *self._extra_repr_items()])
-
-
-class Dropout(_DropoutLayer):
+class Dropout(DropoutLayer):
     r"""Zero each element with probability ``p`` during training (Srivastava et al. 2014).
 
     Each step trains a different "thinned" network; the trained net approximates the average
@@ -174,7 +135,7 @@ class Dropout(_DropoutLayer):
         return items + ([] if self.save_mask else ["save_mask=False"])
 
 
-class _InplaceDropoutLayer(_DropoutLayer):
+class _InplaceDropoutLayer(DropoutLayer):
     """A dropout layer with torch's ``(p, inplace)`` positional arguments."""
 
     def __init__(
@@ -276,7 +237,7 @@ class SpatialDropout3d(_SpatialDropoutNd):
     _layout = "(N, C, D, H, W)"
 
 
-class LockedDropout(_DropoutLayer):
+class LockedDropout(DropoutLayer):
     r"""Variational (locked) dropout: the same units dropped at every time step.
 
     One ``m ~ Bernoulli(1 - p)`` per (sequence, feature), shared over time, inverted scaling:
@@ -326,7 +287,7 @@ class LockedDropout(_DropoutLayer):
         return [f"batch_first={self.batch_first}"]
 
 
-class GaussianDropout(_DropoutLayer):
+class GaussianDropout(DropoutLayer):
     r"""Multiplicative Gaussian noise ``ε ~ N(1, p / (1 - p))`` (Srivastava et al. 2014, §10).
 
     ``y = x·ε``. The noise matches the mean and variance of inverted Bernoulli dropout's factor
@@ -437,7 +398,7 @@ class FeatureAlphaDropout(_InplaceDropoutLayer):
         )
 
 
-class DropPath(_DropoutLayer):
+class DropPath(DropoutLayer):
     r"""Stochastic depth: drop a residual branch for whole samples (Huang et al. 2016).
 
     ``y[n] = x[n]·m[n] / (1 - p)`` with one ``m[n] ~ Bernoulli(1 - p)`` per sample. Put it on
@@ -490,7 +451,7 @@ class DropPath(_DropoutLayer):
         return [] if self.scale_by_keep else ["scale_by_keep=False"]
 
 
-class _DropBlockNd(_DropoutLayer):
+class _DropBlockNd(DropoutLayer):
     """DropBlock for inputs of exactly ``(N, C)`` plus ``_spatial_dims`` axes."""
 
     _spatial_dims: ClassVar[int]

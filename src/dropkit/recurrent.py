@@ -36,7 +36,7 @@ from dropkit._validation import (
     check_tensor,
 )
 
-__all__ = ["GRU", "LSTM", "RNNMasks"]
+__all__ = ["GRU", "LSTM", "RNNMasks", "VariationalRNN"]
 
 RNNMasks = list[tuple[Tensor | None, Tensor | None]]
 """Masks of one forward pass: for each layer and direction, in the order ``layer * D +
@@ -101,7 +101,7 @@ def _gru_loop(
     return torch.stack(outputs), h
 
 
-class _VariationalRNN(nn.Module):
+class VariationalRNN(nn.Module):
     """Shared parameters, masks and layer loop of :class:`LSTM` and :class:`GRU`."""
 
     _mode: ClassVar[Literal["LSTM", "GRU"]]
@@ -397,7 +397,7 @@ _COMMON_DOC = r"""
 """
 
 
-class LSTM(_VariationalRNN):
+class LSTM(VariationalRNN):
     __doc__ = (
         r"""LSTM with variational (per-sequence) dropout on inputs and recurrent state.
 
@@ -441,7 +441,7 @@ class LSTM(_VariationalRNN):
         return out, (h_n, c_n)
 
 
-class GRU(_VariationalRNN):
+class GRU(VariationalRNN):
     __doc__ = (
         r"""GRU with variational (per-sequence) dropout on inputs and recurrent state.
 

@@ -16,8 +16,9 @@ from typing import Any
 
 from torch import nn
 
+from dropkit._base import module_rate, set_module_rate
 from dropkit._validation import check_one_of, check_probability
-from dropkit.surgery import _rate, _set_rate, find_dropout
+from dropkit.surgery import find_dropout
 
 __all__ = ["SCHEDULES", "DropoutSchedule", "scheduled_rate"]
 
@@ -101,7 +102,7 @@ class DropoutSchedule:
         self.total_steps = _check_steps(total_steps)
         self.cutoff = check_probability(cutoff, "cutoff", description="a fraction of training")
         self.start = check_probability(start, "start", description="a fraction of p")
-        self.targets = [(module, _rate(module)) for _, module in find_dropout(model)]
+        self.targets = [(module, module_rate(module)) for _, module in find_dropout(model)]
         if not self.targets:
             raise ValueError("`model` has no dropout module to schedule")
         self.last_step = 0
@@ -115,7 +116,7 @@ class DropoutSchedule:
 
     def _apply(self) -> None:
         for module, target in self.targets:
-            _set_rate(module, self.rate(target))
+            set_module_rate(module, self.rate(target))
 
     def step(self) -> None:
         """Advance one step and set every module's rate for it."""

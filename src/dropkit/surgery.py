@@ -33,9 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dropkit._base import DropoutLayer, module_rate, set_module_rate
 from dropkit._float_dropout import KNOWN_GATES, class_usage, is_rate_name
 from dropkit._validation import check_instance, check_module, check_one_of, check_probability
-from dropkit.layers import Dropout, DropPath, _DropoutLayer
+from dropkit.layers import Dropout, DropPath
 
 __all__ = [
     "DROPOUT_KINDS",
@@ -48,7 +49,7 @@ __all__ = [
     "set_dropout",
 ]
 
-DROPOUT_TYPES: tuple[type[nn.Module], ...] = (_DropoutLayer, nn.modules.dropout._DropoutNd)
+DROPOUT_TYPES: tuple[type[nn.Module], ...] = (DropoutLayer, nn.modules.dropout._DropoutNd)
 """Base classes of the dropout modules dropkit recognizes: its own and PyTorch's."""
 
 ACTIVATIONS: tuple[type[nn.Module], ...] = (
@@ -227,7 +228,7 @@ def set_dropout(
     p = check_probability(p)
     for site in find_dropout_sites(model, kind=kind, name=name, within=within):
         if site.is_module:
-            _set_rate(site.module, p)
+            set_module_rate(site.module, p)
         else:
             setattr(site.module, site.attribute, p)
     return model
@@ -300,7 +301,7 @@ def _module_site(modules: dict[str, nn.Module], module_name: str, module: nn.Mod
                 f"`{parent_name}` ({parent_class.__name__}) reads its `p` and applies it itself, "
                 f"and {_not_a_gate(parent_class)}"
             )
-    return DropoutSite(module_name, module, "p", _rate(module), kind, not reason, reason)
+    return DropoutSite(module_name, module, "p", module_rate(module), kind, not reason, reason)
 
 
 def _attribute_sites(module_name: str, module: nn.Module) -> list[DropoutSite]:
@@ -348,16 +349,6 @@ def _not_a_gate(cls: type) -> str:
         f"{cls.__name__} never reads `self.training`, so dropkit cannot tell what switches "
         f"this dropout on and off"
     )
-
-
-def _rate(module: nn.Module) -> float:
-    """A dropout module's ``p`` (torch's modules declare no type for it)."""
-    return float(getattr(module, "p"))  # noqa: B009
-
-
-def _set_rate(module: nn.Module, p: float) -> None:
-    """Set a dropout module's ``p`` (validated by dropkit's layers, plain for torch's)."""
-    setattr(module, "p", p)  # noqa: B010
 
 
 def _apply_output_dropout(module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ TASKS: tuple[str, ...] = ("classification", "regression")
 _OP = "mc_predict"
 
 # dropkit modules that draw masks in training besides the dropout layers: the weight-level ones
-# (DropConnect, DropConnectLinear, WeightDrop, EmbeddingDropout: all rate-carrying `_Rated`),
+# (DropConnect, DropConnectLinear, WeightDrop, EmbeddingDropout: all rate-carrying `Rated`),
 # ConcreteDropout and the variational LSTM/GRU.
 _STOCHASTIC: tuple[type, ...] = (
     DropConnect,

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
+from dropkit._base import Rated
 from dropkit._masks import keep_mask, masked_scale, trivial_result
 from dropkit._validation import (
     check_dim,
@@ -39,7 +40,6 @@ from dropkit._validation import (
     check_probability,
 )
 from dropkit.functional import drop_connect
-from dropkit.layers import _Rated
 
 __all__ = [
     "DropConnect",
@@ -161,7 +161,7 @@ class MaxNorm:
 # --------------------------------------------------------------------------------------------
 
 
-class _RateMixin(_Rated, nn.Module):
+class _RateMixin(Rated, nn.Module):
     """A validated drop probability ``p``, an optional generator and ``extra_repr``."""
 
     def extra_repr(self) -> str:
@@ -345,7 +345,7 @@ class DropConnect(_RateMixin):
 # ---- DropConnectLinear ----------------------------------------------------------------------
 
 
-class DropConnectLinear(_Rated, nn.Linear):
+class DropConnectLinear(Rated, nn.Linear):
     """A ``Linear`` layer with DropConnect on its weight: ``y = ((W ⊙ M) / (1 - p)) x + b``.
 
     ``M ~ Bernoulli(1 - p)`` per weight (Wan et al. 2013). With ``per_sample=False`` (default)
