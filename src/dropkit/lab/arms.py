@@ -131,8 +131,16 @@ STRENGTHS: dict[str, Strength] = {
             resolve=lambda epochs, kind, n_train: 2.0 / n_train if n_train else 0.01,
         ),
         Strength("block_size", "block edge of dropblock", 3, unit="pixels", domain="positive_int"),
+        Strength(
+            "smoothing", "ε of label_smoothing: targets (1 − ε)·y + ε/K", 0.1, domain="probability"
+        ),
     )
 }
+
+
+def _smooth_targets(soft: Tensor, epsilon: float, n_classes: int) -> Tensor:
+    """Label smoothing: ``(1 − ε)·y + ε/K`` for binary targets ``(N,)`` or one-hot ``(N, K)``."""
+    return soft * (1.0 - epsilon) + epsilon / n_classes
 
 
 @dataclass(frozen=True)
@@ -383,6 +391,17 @@ REGULARIZERS: dict[str, Regularizer] = {
             sets_p=True,
             entry="recurrent_dropout",
             applies_rate=True,
+        ),
+        Regularizer(
+            "label_smoothing",
+            "the loss trains on smoothed targets (1 − ε)·y + ε/K instead of the labels, "
+            "ε = smoothing",
+            "Szegedy, Vanhoucke, Ioffe, Shlens & Wojna, Rethinking the Inception architecture "
+            "for computer vision, CVPR 2016",
+            acts_on=("loss",),
+            entry="label_smoothing",
+            strength="smoothing",
+            targets=_smooth_targets,
         ),
     )
 }
