@@ -93,9 +93,15 @@ def test_gradient_is_the_mask_factor(op, shape) -> None:  # type: ignore[no-unty
 
 @pytest.mark.parametrize("op", [DF.dropout, DF.spatial_dropout, DF.drop_path, DF.drop_block])
 def test_channels_last_kept(op) -> None:  # type: ignore[no-untyped-def]
-    x = torch.randn(4, 6, 8, 8).to(memory_format=torch.channels_last)
-    y = op(x, 0.3)
+    x = (torch.rand(16, 6, 8, 8) + 0.5).to(memory_format=torch.channels_last)
+    y = op(x, 0.3, generator=_seeded())
     assert y.is_contiguous(memory_format=torch.channels_last)
+    # ...and the op still drops: some units are zero, the others x times one common scale.
+    kept = y != 0
+    assert kept.any() and (~kept).any()
+    ratio = y[kept] / x[kept]
+    assert float(ratio[0]) > 1
+    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))
 
 
 @pytest.mark.parametrize("op", [DF.dropout, DF.gaussian_dropout, DF.alpha_dropout])

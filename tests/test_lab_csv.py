@@ -246,7 +246,9 @@ def test_cli_impute_and_notes(tmp_path: Path) -> None:
     blocker = _write(tmp_path, "", "not_a_folder")
     args = ["sweep", "--data", str(path), "--target", "y", *FAST, "--out", str(blocker)]
     bad = runner.invoke(app, [*args, "--impute", "mode"])
-    assert bad.exit_code == 2 and "--impute must be one of 'mean', 'median', got 'mode'" in bad.stderr
+    assert (
+        bad.exit_code == 2 and "--impute must be one of 'mean', 'median', got 'mode'" in bad.stderr
+    )
     # The notes come right after the data loads; an unusable --out then stops the command
     # before training (training on CSV data is covered in test_cli.py).
     result = runner.invoke(app, [*args, "--impute", "median", "--json"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -212,20 +213,32 @@ def test_penalties_and_max_norm_constrain_the_weights(moons: Dataset) -> None:
 
 def test_augmentation_shifts_images_and_jitters_tables() -> None:
     generator = torch.Generator().manual_seed(0)
-    images = torch.arange(2 * 16, dtype=torch.float32).view(2, 16) + 1  # two 4x4 images
+    # 200 distinct 4x4 images (distinct pixel values, so each shift gives another picture).
+    n = 200
+    images = torch.arange(n * 16, dtype=torch.float32).view(n, 16) + 1
     shifted = augment_batch(images, 1.0, torch.ones(16), (1, 4, 4), generator)
-    for original, moved in zip(images.view(2, 4, 4), shifted.view(2, 4, 4), strict=True):
-        matches = []
-        for dy in (-1, 0, 1):
-            for dx in (-1, 0, 1):
-                padded = nn.functional.pad(original, (1, 1, 1, 1))
-                window = padded[1 + dy : 5 + dy, 1 + dx : 5 + dx]
-                matches.append(torch.equal(window, moved))
-        assert any(matches)
+    seen: list[tuple[int, int]] = []
+    for original, moved in zip(images.view(n, 4, 4), shifted.view(n, 4, 4), strict=True):
+        padded = nn.functional.pad(original, (1, 1, 1, 1))  # the border filled with 0
+        matches = [
+            (dy, dx)
+            for dy in (-1, 0, 1)
+            for dx in (-1, 0, 1)
+            if torch.equal(padded[1 + dy : 5 + dy, 1 + dx : 5 + dx], moved)
+        ]
+        assert len(matches) == 1, matches  # every image is one of the 9 shifts of itself
+        seen.append(matches[0])
+    # Shifts are uniform over {-1, 0, 1}²: a shift that never occurs in 200 draws has
+    # probability 9·(8/9)^200 ≈ 5e-10; a no-op augmentation (always (0, 0)) fails here.
+    assert set(seen) == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
     rows = torch.zeros(20_000, 2)
     jitter = augment_batch(rows, 0.1, torch.tensor([1.0, 4.0]), None, generator)
-    # 20,000 draws: the standard deviation's relative standard error is 1/sqrt(40,000) = 0.5%.
-    np.testing.assert_allclose(jitter.std(dim=0).numpy(), [0.1, 0.4], rtol=0.03)
+    # 20,000 N(0, σ²) draws per column: the sample standard deviation has relative standard
+    # error 1/sqrt(2·20,000) = 0.5%, the mean a standard error σ/sqrt(20,000); 5 of each.
+    n_rows = rows.shape[0]
+    sigma = np.array([0.1, 0.4])
+    np.testing.assert_allclose(jitter.std(dim=0).numpy(), sigma, rtol=5 / math.sqrt(2 * n_rows))
+    assert (np.abs(jitter.mean(dim=0).numpy()) < 5 * sigma / math.sqrt(n_rows)).all()
 
 
 def test_concrete_runs_report_their_learned_rates(moons: Dataset) -> None:

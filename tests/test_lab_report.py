@@ -17,9 +17,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dropkit.cli import app
+from dropkit.lab.analysis import analyze
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.engines import InProcessEngine
-from dropkit.lab.analysis import analyze
 from dropkit.lab.report import write_report
 from dropkit.lab.runner import run_configs
 from dropkit.lab.store import ResultsStore, RunRecord
@@ -83,6 +83,7 @@ class TestPage:
         path, keys = trained
         with ResultsStore(path) as store:
             (experiment,) = analyze(store, keys)
+        assert len(experiment.summaries) == 2 and experiment.findings  # the loops below check
         for heading in ("Diagnosis", "Per-group results", "Comparisons with the baseline"):
             assert heading in page
         for summary in experiment.summaries:
@@ -178,6 +179,7 @@ class TestCommand:
         assert payload["out"] == str(out) and payload["runs"] == 6 and out.is_file()
         (experiment,) = payload["experiments"]
         assert [row["name"] for row in experiment["summary"]] == ["none", "dropout p=0.5"]
+        assert experiment["findings"], "no finding: the key check below would check nothing"
         assert all(
             {"rule", "severity", "message", "numbers"} <= f.keys() for f in experiment["findings"]
         )
@@ -214,4 +216,6 @@ class TestCommand:
         assert {"learning curves", "rate vs accuracy"} <= set(images)
         summary = json.loads((tmp_path / "summary.json").read_text())
         assert summary["files"]["report"] == str(tmp_path / "report.html")
-        assert isinstance(summary["findings"], list)
+        findings = summary["findings"]
+        assert findings, "a 3-epoch run is diagnosed (it has not converged)"
+        assert all({"rule", "severity", "message", "numbers"} <= f.keys() for f in findings)

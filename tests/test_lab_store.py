@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import dropkit
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.store import (
     CURVE_METRICS,
@@ -82,7 +83,7 @@ class TestStore:
         with sqlite3.connect(path) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             versions = db.execute("SELECT dropkit_version, torch_version FROM runs").fetchone()
-        assert all(versions)
+        assert versions == (dropkit.__version__, torch.__version__)
 
     def test_config_key_is_stable_and_complete(self) -> None:
         a, b = _record(0).config, _record(0).config

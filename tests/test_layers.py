@@ -133,7 +133,32 @@ def test_inplace_layer_modifies_input() -> None:
     assert y is x and (x == 0).any() and (x == 2).any()
 
 
+# The public API contract (DESIGN.md): outside code is written against these names.
+CONTRACT_NAMES = {
+    "Dropout", "SpatialDropout1d", "SpatialDropout2d", "SpatialDropout3d", "LockedDropout",
+    "GaussianDropout", "AlphaDropout", "FeatureAlphaDropout", "DropPath", "DropBlock2d",
+    "DropBlock3d", "EmbeddingDropout", "DropConnect", "DropConnectLinear", "WeightDrop",
+    "ConcreteDropout", "LSTM", "GRU", "insert_dropout", "set_dropout", "find_dropout",
+    "max_norm_", "MaxNorm", "mc_dropout", "mc_predict", "MCPrediction", "check_model",
+    "Finding", "functional",
+}  # fmt: skip
+CONTRACT_OPS = {
+    "dropout", "spatial_dropout", "locked_dropout", "gaussian_dropout", "alpha_dropout",
+    "feature_alpha_dropout", "drop_path", "drop_block", "drop_connect",
+}  # fmt: skip
+
+
 def test_top_level_exports() -> None:
+    """Every contract name is exported (in ``__all__`` and importable); ``__all__`` names only
+    what exists; the functional ops are the functions the layers call."""
+    missing = CONTRACT_NAMES - set(dropkit.__all__)
+    assert not missing, f"contract names missing from dropkit.__all__: {sorted(missing)}"
     for name in dropkit.__all__:
         assert hasattr(dropkit, name), name
-    assert dropkit.functional.dropout is not None
+    missing_ops = CONTRACT_OPS - set(dropkit.functional.__all__)
+    assert not missing_ops, f"missing from dropkit.functional.__all__: {sorted(missing_ops)}"
+    for name in CONTRACT_OPS:
+        assert callable(getattr(dropkit.functional, name)), name
+    x = torch.ones(64)
+    y = dropkit.functional.dropout(x, 0.5, generator=torch.Generator().manual_seed(0))
+    assert set(y.unique().tolist()) == {0.0, 2.0}
