@@ -630,7 +630,10 @@ def drop_block(
         return x
     gamma = _drop_block_seed_rate(p, spatial, block)
     valid = tuple(s - b + 1 for s, b in zip(spatial, block, strict=True))
-    seeds = _bits_keep_mask(x, 1.0 - gamma, x.shape[:2] + valid, generator).view(torch.uint8)
+    keep = _bits_keep_mask(x, 1.0 - gamma, x.shape[:2] + valid, generator)
+    # A bool tensor viewed as bytes costs nothing eagerly; inductor before torch 2.13 cannot
+    # lower that view, so the compiled graph converts instead.
+    seeds = keep.to(torch.uint8) if torch.compiler.is_compiling() else keep.view(torch.uint8)
     dropped = _grow_blocks(seeds, block)
     kept = torch.eq(dropped, 0, out=torch.empty_like(dropped, dtype=x.dtype))
     scale = kept.numel() / kept.sum(dtype=torch.float32).clamp_min(1.0)

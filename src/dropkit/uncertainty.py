@@ -291,7 +291,9 @@ def _seeded_rng(generator: torch.Generator, device: torch.device) -> Iterator[No
     seed = int(torch.randint(2**62, (), generator=generator, device=generator.device).item())
     accelerated = device.type != "cpu"
     devices = [device.index if device.index is not None else 0] if accelerated else []
-    with torch.random.fork_rng(devices, device_type=device.type if accelerated else None):
+    # torch < 2.13 refuses device_type=None: name the device type only for an accelerator.
+    forked = {"device_type": device.type} if accelerated else {}
+    with torch.random.fork_rng(devices, **forked):
         torch.default_generator.manual_seed(seed)
         if device.type == "cuda":
             with torch.cuda.device(device):
