@@ -16,6 +16,7 @@ from dropkit import lab
 from dropkit.cli import BUILTIN_DATA, DEMO_SEEDS, app
 from dropkit.lab.api import DEMO_SEEDS as API_DEMO_SEEDS
 from dropkit.lab.data import BUILTIN_DATASETS
+from dropkit.lab.engines import InProcessEngine
 from dropkit.lab.store import ResultsStore
 
 TINY: dict[str, Any] = {"epochs": 6, "hidden": 8, "compile": False}
@@ -103,6 +104,38 @@ class TestNotebook:
         assert e.command == "demo" and [r["p"] for r in e.summary] == [0.0, 0.4]
 
 
+def test_numpy_arguments_are_accepted() -> None:
+    plan = lab.plan_sweep(rates=np.array([0.0, 0.5]), seeds=np.arange(2), hidden=np.int64(4))
+    assert len(plan.configs) == 4 and plan.configs[0].model.hidden == (4,)
+    assert [c.p for c in lab.plan_sweep(rates=np.float64(0.3), seeds=1).configs] == [0.3]
+
+
+def test_unknown_group_names_the_argument(tmp_path: Path) -> None:
+    e = lab.sweep(rates=[0.0], seeds=1, store=tmp_path / "s.sqlite", **TINY)
+    with pytest.raises(
+        ValueError, match="`groups`: no group 'nope' in this experiment; groups: 'none'"
+    ):
+        e.curves("nope")
+    with pytest.raises(TypeError, match="`groups` must be a group label"):
+        e.plot_curves(3)  # type: ignore[arg-type]
+
+
+def test_a_failure_while_training_is_not_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI exits 2 for bad arguments or data (the plan), 1 for a failure in training."""
+    import dropkit.lab.engines as engines
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("a bug deep in training")
+
+    monkeypatch.setattr(engines, "train_configs", broken)
+    args = ["sweep", "--rates", "0", "--seeds", "1", "--epochs", "2", "--hidden", "4"]
+    result = CliRunner().invoke(app, [*args, "--no-compile", "--out", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "ValueError: a bug deep in training (rerun with --debug" in result.stderr
+
+
 class TestProgress:
     def test_none_is_silent(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         lab.sweep(rates=[0.0], seeds=1, store=tmp_path / "s.sqlite", **TINY)
@@ -150,7 +183,7 @@ def test_thread_count_is_the_callers_after_a_call(tmp_path: Path) -> None:
         (lab.plan_sweep, {"rates": [0.2, 40]}, ValueError, r"`rates` must be in \[0, 1\]"),
         (lab.plan_sweep, {"rates": []}, ValueError, "`rates` must hold at least one"),
         (lab.plan_sweep, {"epochs": 2.5}, TypeError, "`epochs` must be an int >= 1"),
-        (lab.plan_sweep, {"hidden": "500"}, ValueError, "`hidden` must be a width >= 1"),
+        (lab.plan_sweep, {"hidden": "500"}, TypeError, "`hidden` must be a width or a sequence"),
         (lab.plan_sweep, {"input_p": -0.1}, ValueError, r"`input_p` must be in \[0, 1\]"),
         (lab.plan_sweep, {"max_norm": 0}, ValueError, "`max_norm` must be"),
         (lab.plan_sweep, {"data": "nope"}, ValueError, "unknown dataset 'nope'"),
@@ -161,7 +194,12 @@ def test_thread_count_is_the_callers_after_a_call(tmp_path: Path) -> None:
         (lab.plan_compare, {"model": "gru"}, ValueError, "`model` must be one of 'mlp'"),
         (lab.plan_compare, {"l2": -1.0}, ValueError, "`l2` must be a finite number > 0"),
         (lab.plan_compare, {"patience": 0}, ValueError, "`patience` must be an int >= 1"),
-        (lab.plan_compare, {"weight_decay": 1.0}, TypeError, "unknown strength 'weight_decay'"),
+        (
+            lab.plan_compare,
+            {"weight_decay": 1.0},
+            TypeError,
+            "unexpected keyword argument 'weight_decay'",
+        ),
         (lab.plan_compare, {"model": "cnn"}, ValueError, "`model` 'cnn' on circles"),
         (
             lab.plan_compare,
@@ -170,6 +208,11 @@ def test_thread_count_is_the_callers_after_a_call(tmp_path: Path) -> None:
             "arm 'spatial_dropout' does not apply to model 'mlp'",
         ),
         (lab.plan_demo, {"p": 1.5}, ValueError, r"`p` must be in \[0, 1\]"),
+        (lab.plan_sweep, {"hidden": 8.0}, TypeError, "`hidden` must be an int >= 1"),
+        (lab.plan_sweep, {"rates": [[0.1]]}, TypeError, "`rates` must be a flat sequence"),
+        (lab.plan_sweep, {"target": "y"}, ValueError, "`target` names the column to predict"),
+        (lab.plan_sweep, {"target": 5}, TypeError, "`target` must be a CSV column name"),
+        (lab.plan_compare, {"seed": 3}, TypeError, "'seed' \\(did you mean 'seeds'\\?\\)"),
     ],
 )
 def test_errors_name_the_argument_not_a_flag(
@@ -188,6 +231,12 @@ def test_run_refuses_bad_engine_and_address(tmp_path: Path) -> None:
         lab.run(plan, address="host:6379", store=tmp_path / "s.sqlite")
     with pytest.raises(ValueError, match="`runs_per_batch` must be an int >= 1"):
         lab.run(plan, runs_per_batch=0, store=tmp_path / "s.sqlite")
+    with pytest.raises(TypeError, match="`store` must be the path of a SQLite file"):
+        lab.run(plan, store=None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="`compile` must be True, False or None"):
+        lab.run(plan, compile="yes", store=tmp_path / "s.sqlite")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="an engine object carries its own"):
+        lab.run(plan, engine=InProcessEngine(), address="h:1", store=tmp_path / "s.sqlite")
     assert not (tmp_path / "s.sqlite").exists(), "nothing is written before the arguments pass"
 
 

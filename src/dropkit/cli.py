@@ -147,13 +147,27 @@ def _parse_hidden(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _argument_names() -> frozenset[str]:
+    """The lab's argument names that are also flags of some command (``--name``)."""
+    from dropkit.lab import plan_compare, plan_sweep, run
+
+    names = {"data", "target", "impute", "engine", "address", "store", "p", *STRENGTHS}
+    for function in (plan_sweep, plan_compare, run):
+        names |= set(inspect.signature(function).parameters)
+    return frozenset(names - {"plan", "log", "strengths", "progress"})
+
+
 def _flags(message: str, renamed: Mapping[str, str] | None = None) -> str:
     """The library's message with its argument names (`` `seeds` ``) written as this command's
-    flags (``--seeds``); ``renamed`` maps arguments whose flag has another name."""
+    flags (``--seeds``); ``renamed`` maps arguments whose flag has another name. Backticked
+    words that are no argument of the lab stay as they are."""
     renamed = renamed or {}
+    known = _argument_names() | set(renamed)
 
     def flag(match: re.Match[str]) -> str:
         name = match.group(1)
+        if name not in known:
+            return match.group(0)
         return renamed.get(name, "--" + name.replace("_", "-"))
 
     message = re.sub(r"`([a-z][a-z0-9_]*)`", flag, message)
@@ -191,6 +205,7 @@ def _execute(
     The output folder and the store must be usable before anything trains. Ctrl-C exits 130
     saying how many runs are stored; a batch whose retries ran out exits 1.
     """
+    from dropkit._validation import check_positive_int
     from dropkit.lab import run
     from dropkit.lab.engines import EngineError
     from dropkit.lab.progress import RichProgress
@@ -207,18 +222,20 @@ def _execute(
         _fail(f"cannot create the output folder {out}: {error}")
     store_path = store_path or out / "runs.sqlite"
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
+    with _usage():
+        check_positive_int(runs_per_batch, "runs_per_batch")
     try:
-        with _usage():
-            experiment = run(
-                plan,
-                store=store_path,
-                engine=engine,
-                address=address,
-                compile=compile,
-                progress=RichProgress() if show_progress else None,
-                runs_per_batch=runs_per_batch,
-                log=None if as_json else typer.echo,
-            )
+        # Arguments and data passed the plan: an error from here on is a failure (exit 1).
+        experiment = run(
+            plan,
+            store=store_path,
+            engine=engine,
+            address=address,
+            compile=compile,
+            progress=RichProgress() if show_progress else None,
+            runs_per_batch=runs_per_batch,
+            log=None if as_json else typer.echo,
+        )
     except (StoreError, EngineError) as error:
         _fail(str(error))
     except KeyboardInterrupt:
@@ -286,8 +303,8 @@ def _print_table(summaries: Sequence[ArmSummary]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    def fmt(value: float) -> str:
-        return "n/a" if not math.isfinite(value) else f"{value:.3f}"
+    def fmt(value: float, signed: bool = False) -> str:
+        return "n/a" if not math.isfinite(value) else f"{value:{'+' if signed else ''}.3f}"
 
     table = Table(
         title="Final accuracy over seeds (mean, 95% CI)",
@@ -300,7 +317,7 @@ def _print_table(summaries: Sequence[ArmSummary]) -> None:
     for s in summaries:
         low, high = s.test_acc_ci95
         test = s.vs_baseline
-        versus = "baseline" if test is None else f"{test.difference:+.3f}"
+        versus = "baseline" if test is None else fmt(test.difference, signed=True)
         if test is not None and math.isfinite(test.p_adjusted):
             versus += f" (adj. p={test.p_adjusted:.2g}{'*' if test.significant else ''})"
         seeds = f"{s.n_seeds}" + (f" ({s.n_nan} NaN)" if s.n_nan else "")

@@ -22,10 +22,14 @@ when training fails or is interrupted.
 
 from __future__ import annotations
 
+import difflib
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from dropkit._validation import (
     check_one_of,
@@ -34,9 +38,9 @@ from dropkit._validation import (
     check_probability,
 )
 from dropkit.lab.analysis import Analysis, analyze
-from dropkit.lab.arms import MODEL_KINDS, REGULARIZERS, Strengths
+from dropkit.lab.arms import MODEL_KINDS, REGULARIZERS, STRENGTHS, Strengths
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
-from dropkit.lab.data import IMPUTE_METHODS, Dataset, load_dataset
+from dropkit.lab.data import BUILTIN_DATASETS, IMPUTE_METHODS, Dataset, load_dataset
 from dropkit.lab.engines import Engine, InProcessEngine, RayEngine
 from dropkit.lab.experiment import Experiment
 from dropkit.lab.progress import progress_sink
@@ -95,18 +99,25 @@ class Plan:
 # -- argument checks ---------------------------------------------------------------------------
 
 
+def _ndim(value: Any) -> int:
+    """Array rank of ``value`` as NumPy sees it (0 for a scalar, 1 for a flat sequence)."""
+    return int(np.ndim(value))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _seeds(seeds: object) -> list[int]:
     """``seeds``: a count ``n`` (seeds ``0 .. n-1``) or an explicit sequence of distinct ints."""
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    if _is_int(seeds) or isinstance(seeds, bool):
         return list(range(check_positive_int(seeds, "seeds")))
-    if isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)):
+    if isinstance(seeds, Iterable) and not isinstance(seeds, (str, bytes)) and _ndim(seeds) == 1:
         values = list(seeds)
-        if (
-            values
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values)
-            and len(set(values)) == len(values)
-        ):
-            return values
+        if values and all(_is_int(s) and int(s) >= 0 for s in values):
+            ints = [int(s) for s in values]
+            if len(set(ints)) == len(ints):
+                return ints
     raise ValueError(
         f"`seeds` must be a count >= 1 or a non-empty sequence of distinct ints >= 0, got {seeds!r}"
     )
@@ -114,20 +125,22 @@ def _seeds(seeds: object) -> list[int]:
 
 def _hidden(hidden: object) -> tuple[int, ...]:
     """``hidden``: one width or a sequence of widths, each an int >= 1."""
-    values = [hidden] if isinstance(hidden, int) else hidden
-    if isinstance(values, Iterable) and not isinstance(values, (str, bytes)):
-        widths = list(values)
-        if widths and all(isinstance(w, int) and not isinstance(w, bool) for w in widths):
-            return tuple(check_positive_int(w, "hidden") for w in widths)
-    raise ValueError(f"`hidden` must be a width >= 1 or a sequence of them, got {hidden!r}")
+    values = [hidden] if _ndim(hidden) == 0 and not isinstance(hidden, (str, bytes)) else hidden
+    if not isinstance(values, Iterable) or isinstance(values, (str, bytes)):
+        raise TypeError(f"`hidden` must be a width or a sequence of widths, got {hidden!r}")
+    widths = list(values)
+    if not widths:
+        raise ValueError("`hidden` must hold at least one width, got none")
+    return tuple(check_positive_int(w, "hidden") for w in widths)
 
 
 def _rates(rates: object) -> tuple[float, ...]:
-    if isinstance(rates, (int, float)) and not isinstance(rates, bool):
-        rates = [rates]
-    if not isinstance(rates, Iterable) or isinstance(rates, (str, bytes)):
+    if isinstance(rates, (str, bytes)) or not (_ndim(rates) == 0 or isinstance(rates, Iterable)):
         raise TypeError(f"`rates` must be a sequence of drop probabilities, got {rates!r}")
-    values = tuple(check_probability(r, "rates") for r in rates)
+    flat = np.asarray(rates, dtype=object).ravel().tolist() if _ndim(rates) <= 1 else None
+    if flat is None:
+        raise TypeError(f"`rates` must be a flat sequence of drop probabilities, got {rates!r}")
+    values = tuple(check_probability(r, "rates") for r in flat)
     if not values:
         raise ValueError("`rates` must hold at least one drop probability, got none")
     return tuple(dict.fromkeys(values))
@@ -150,6 +163,13 @@ def _data(data: str | Path, target: str | None, impute: str | None) -> tuple[Dat
         raise TypeError(
             f"`data` must be a built-in data set's name or the path of a CSV file, got "
             f"{type(data).__name__}"
+        )
+    if target is not None and not isinstance(target, str):
+        raise TypeError(f"`target` must be a CSV column name (a str), got {target!r}")
+    if target is not None and str(data) in BUILTIN_DATASETS:
+        raise ValueError(
+            f"`target` names the column to predict in a CSV file; the built-in data set "
+            f"{str(data)!r} has its own labels, got target={target!r}"
         )
     if impute is not None:
         check_one_of(impute, "impute", IMPUTE_METHODS)
@@ -242,6 +262,37 @@ def _arms(arms: str | Sequence[str] | None, kind: str) -> list[Arm]:
     raise TypeError(f"`arms` must be a string or a sequence of arm names, got {arms!r}")
 
 
+_COMPARE_ARGUMENTS = (
+    "data",
+    "arms",
+    "model",
+    "hidden",
+    "seeds",
+    "epochs",
+    "batch_size",
+    "target",
+    "impute",
+    "store",
+    "engine",
+    "address",
+    "progress",
+    "runs_per_batch",
+    "compile",
+)
+
+
+def _check_strength_names(strengths: dict[str, Any]) -> None:
+    """Keyword arguments of ``compare`` that are neither an argument nor a strength: a typo."""
+    for name in strengths:
+        if name not in STRENGTHS:
+            close = difflib.get_close_matches(name, [*_COMPARE_ARGUMENTS, *STRENGTHS], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(
+                f"compare() got an unexpected keyword argument {name!r}{hint}; the arms' "
+                f"strengths are: {', '.join(STRENGTHS)}"
+            )
+
+
 def plan_compare(
     data: str | Path = "circles",
     *,
@@ -265,6 +316,7 @@ def plan_compare(
         dropkit.lab.data.DataError: data that cannot be used (a ``ValueError``).
     """
     kind = check_one_of(model, "model", MODEL_KINDS)
+    _check_strength_names(strengths)
     resolved_strengths = Strengths(**strengths)
     seed_list = _seeds(seeds)
     if epochs is not None:
@@ -313,6 +365,10 @@ def plan_compare(
 
 
 def _engine(engine: str | Engine | None, address: str | None, compile: bool | None) -> Engine:
+    if compile is not None and not isinstance(compile, bool):
+        raise TypeError(f"`compile` must be True, False or None, got {compile!r}")
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"`address` must be a Ray address such as 'HOST:6379', got {address!r}")
     if engine is None or engine == "in-process":
         if address is not None:
             raise ValueError("`address` names a Ray cluster; use it with engine='ray'")
@@ -325,6 +381,8 @@ def _engine(engine: str | Engine | None, address: str | None, compile: bool | No
         raise TypeError(
             f"`engine` must be None, 'in-process', 'ray' or an engine object, got {engine!r}"
         )
+    if address is not None:
+        raise ValueError("`address` is for engine='ray'; an engine object carries its own")
     return engine  # type: ignore[return-value]
 
 
@@ -367,6 +425,8 @@ def run(
         KeyboardInterrupt: propagated; every finished batch is stored.
     """
     runs_per_batch = check_positive_int(runs_per_batch, "runs_per_batch")
+    if not isinstance(store, (str, Path)):
+        raise TypeError(f"`store` must be the path of a SQLite file, got {store!r}")
     sink = progress_sink(progress)
     chosen = _engine(engine, address, compile)
     owned = isinstance(engine, str) and engine == "ray"
@@ -457,7 +517,7 @@ def sweep(
 
     Example:
         >>> from dropkit import lab
-        >>> e = lab.sweep(rates=[0, 0.4], seeds=3, epochs=200, store=tmp / "runs.sqlite")
+        >>> e = lab.sweep(rates=[0, 0.4], seeds=3, epochs=200, store="runs.sqlite")
         >>> [row["p"] for row in e.summary]
         [0.0, 0.4]
     """
@@ -528,10 +588,10 @@ def compare(
         paired t-test against ``none`` (Holm-adjusted).
 
     Example:
-        >>> e = lab.compare(arms=["none", "dropout", "l2"], seeds=3, epochs=300,
-        ...                 store=tmp / "runs.sqlite")
-        >>> [row["arm"] for row in e.summary]
-        ['none', 'dropout', 'l2']
+        >>> from dropkit import lab
+        >>> e = lab.compare(arms=["none", "dropout", "l2"], seeds=3, epochs=300)
+        >>> [row["arm"] for row in e.summary]   # the baseline first, then by rates
+        ['none', 'l2', 'dropout']
     """
     plan = plan_compare(
         data,
@@ -623,7 +683,9 @@ def load(store: str | Path, *, experiment: int | None = None) -> Experiment:
     Args:
         store: the SQLite results store.
         experiment: which experiment, when the store holds several (runs of different data,
-            models or training settings); an index into :func:`load_all`'s list.
+            models or training settings); an index into :func:`load_all`'s list, which is
+            sorted by the experiments' settings (data, model, training), so adding an experiment
+            to a store can shift the indices: select by ``.title`` or ``.settings`` to be sure.
 
     Raises:
         FileNotFoundError: no store at ``store``.

@@ -142,7 +142,8 @@ class Experiment:
             groups: a label, several labels, or None for every group.
 
         Raises:
-            KeyError: a label that is not a group of this experiment (the message lists them).
+            ValueError: a label that is not a group of this experiment (the message lists them).
+            TypeError: ``groups`` is neither a label nor a sequence of labels.
         """
         chosen = self._chosen(groups)
         members = dict(self._analysis.groups)
@@ -155,10 +156,15 @@ class Experiment:
         labels = self.groups
         if groups is None:
             return labels
-        wanted = [groups] if isinstance(groups, str) else list(groups)
+        if isinstance(groups, str):
+            wanted = [groups]
+        elif isinstance(groups, Sequence) and all(isinstance(g, str) for g in groups):
+            wanted = list(groups)
+        else:
+            raise TypeError(f"`groups` must be a group label or a sequence of them, got {groups!r}")
         unknown = [g for g in wanted if g not in labels]
         if unknown:
-            raise KeyError(
+            raise ValueError(
                 f"`groups`: no group {unknown[0]!r} in this experiment; groups: "
                 + ", ".join(map(repr, labels))
             )
@@ -257,7 +263,7 @@ class Experiment:
             versus = "baseline"
             c = s.vs_baseline
             if c is not None:
-                versus = f"{c.difference:+.3f}"
+                versus = f"{c.difference:+.3f}" if math.isfinite(c.difference) else "n/a"
                 if math.isfinite(c.p_adjusted):
                     versus += f" (adj. p={c.p_adjusted:.2g}{'*' if c.significant else ''})"
             cells = [
