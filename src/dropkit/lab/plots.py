@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropkit.lab.stats import ArmSummary
-from dropkit.lab.store import ResultsStore, StoredRun
+from dropkit.lab.store import CURVECURVE_METRICS, ResultsStore, StoredRun
 
 __all__ = [
     "Curves",
@@ -38,7 +38,6 @@ __all__ = [
 
 Figure = Any  # matplotlib.figure.Figure (matplotlib ships no type hints mypy reads here)
 Curves = dict[str, NDArray[np.float64]]
-_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
 # Fixed rendering settings: the same store must give the same bytes on every call.
 _RC = {"svg.hashsalt": "dropkit", "path.simplify": True, "font.size": 9}
 
@@ -97,7 +96,7 @@ def stack_curves(curves: Sequence[Mapping[str, NDArray[np.float64]]]) -> Curves:
     """Per-run curves stacked: ``{metric: (runs, epochs)}``, NaN-padded to the longest run."""
     length = max((len(c["test_acc"]) for c in curves), default=0)
     stacked = {}
-    for metric in _METRICS:
+    for metric in CURVE_METRICS:
         values = np.full((len(curves), length), math.nan)
         for i, c in enumerate(curves):
             values[i, : len(c[metric])] = c[metric]
@@ -139,7 +138,7 @@ def learning_curves_figure(
     groups: Sequence[tuple[str, Curves]],
     *,
     title: str,
-    metrics: Sequence[str] = _METRICS,
+    metrics: Sequence[str] = CURVE_METRICS,
 ) -> Figure:
     """One panel per metric (train/test accuracy and loss): each group's mean over its seeds
     per epoch, with a band of the mean's 95% t-interval where the group has two or more seeds."""

@@ -36,6 +36,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from dropkit.lab.config import RunConfig, TrainSpec
+from dropkit.lab.store import CURVE_METRICS
 
 __all__ = [
     "METRICS",
@@ -53,9 +54,10 @@ __all__ = [
     "validation_split",
 ]
 
-METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
-"""The per-epoch curves of every run: accuracy and mean cross-entropy (the data loss, without
-penalties) on the rows the run trained on and on the test set."""
+METRICS = CURVE_METRICS
+"""The per-epoch curves of every run, in the store's column order: accuracy and mean
+cross-entropy (the data loss, without penalties) on the rows the run trained on and on the
+test set."""
 
 VALIDATION_FRACTION = 0.2
 """Share of the training set that early-stopping runs hold out to choose their stopping epoch."""
