@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropkit.lab.stats import ArmSummary
-from dropkit.lab.store import CURVECURVE_METRICS, ResultsStore, StoredRun
+from dropkit.lab.store import CURVE_METRICS, ResultsStore, StoredRun
 
 __all__ = [
     "Curves",
