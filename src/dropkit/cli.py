@@ -21,15 +21,13 @@ import typer
 
 from dropkit import __version__
 from dropkit.lab.arms import REGULARIZERS, STRENGTHS, Strength
+from dropkit.lab.config import DEMO_SEEDS
+from dropkit.lab.data import BUILTIN_DATASETS
 
 if TYPE_CHECKING:  # the rest of the lab is imported when a command runs, not at start-up
     from dropkit.lab.api import Plan
     from dropkit.lab.experiment import Experiment
     from dropkit.lab.stats import ArmSummary
-
-# The built-in data sets (dropkit.lab.data.BUILTIN_DATASETS, checked by a test).
-BUILTIN_DATA = ("circles", "moons", "digits", "breast_cancer", "wine", "mnist", "sequence")
-DEMO_SEEDS = 30  # dropkit.lab.api.DEMO_SEEDS, checked by a test
 
 __all__ = ["app", "main"]
 
@@ -75,7 +73,7 @@ AddressOpt = Annotated[
     ),
 ]
 ENGINES = ("in-process", "ray")
-DataOpt = Annotated[str, typer.Option(help=f"{', '.join(BUILTIN_DATA)}, or PATH.csv.")]
+DataOpt = Annotated[str, typer.Option(help=f"{', '.join(BUILTIN_DATASETS)}, or PATH.csv.")]
 TargetOpt = Annotated[str | None, typer.Option(help="Target column of a CSV file.")]
 ImputeOpt = Annotated[
     str | None,

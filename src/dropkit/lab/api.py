@@ -39,7 +39,7 @@ from dropkit._validation import (
 )
 from dropkit.lab.analysis import Analysis, analyze
 from dropkit.lab.arms import MODEL_KINDS, REGULARIZERS, STRENGTHS, Strengths
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
+from dropkit.lab.config import DEMO_SEEDS, DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
 from dropkit.lab.data import BUILTIN_DATASETS, IMPUTE_METHODS, Dataset, load_dataset
 from dropkit.lab.engines import Engine, InProcessEngine, RayEngine
 from dropkit.lab.experiment import Experiment
@@ -51,7 +51,6 @@ from dropkit.lab.store import ResultsStore
 __all__ = [
     "DEFAULT_HIDDEN",
     "DEFAULT_RATES",
-    "DEMO_SEEDS",
     "ENGINES",
     "Plan",
     "compare",
@@ -69,8 +68,6 @@ DEFAULT_RATES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(9))
 """The case study's grid: 0, 0.1, ..., 0.8."""
 DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"mlp": (500,), "cnn": (16, 32), "rnn": (32,)}
 """Layer widths of each model kind when ``hidden`` is not given to :func:`compare`."""
-DEMO_SEEDS = 30
-"""The case study's "repeated evaluation": 30 repeats (10 is the minimum for its claim)."""
 ENGINES = ("in-process", "ray")
 
 

@@ -20,6 +20,7 @@ from dropkit._validation import check_probability
 from dropkit.lab.arms import MODEL_KINDS, RATE_ENTRIES
 
 __all__ = [
+    "DEMO_SEEDS",
     "DataSpec",
     "ModelSpec",
     "RunConfig",
@@ -28,6 +29,11 @@ __all__ = [
     "arm_name",
     "config_key",
 ]
+
+
+DEMO_SEEDS = 30
+"""Seeds of the reference case study (``dropkit demo``): its "repeated evaluation" of 30 runs
+per setting (10 is the minimum for its claim)."""
 
 
 @dataclass(frozen=True)
