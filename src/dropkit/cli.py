@@ -289,6 +289,32 @@ def _emit(
     typer.echo(f"summary table: {out / 'summary.json'}")
 
 
+def _train_and_emit(
+    plan: Plan,
+    *,
+    out: Path,
+    debug: bool,
+    curves_all: bool = False,
+    rates: bool = False,
+    as_json: bool,
+    **run_options: Any,
+) -> None:
+    """What demo, sweep and compare do after their plan: train, then save and print."""
+    experiment, store_path = _guarded(
+        debug, _execute, plan, out=out, as_json=as_json, **run_options
+    )
+    _guarded(
+        debug,
+        _emit,
+        experiment,
+        out=out,
+        store_path=store_path,
+        as_json=as_json,
+        curves=experiment.groups if curves_all else None,
+        rates=rates,
+    )
+
+
 def _print_experiment(experiment: Experiment) -> None:
     _print_table(experiment.summaries)
     if experiment.best is not None:
@@ -359,11 +385,11 @@ def demo(
     with _usage():
         plan = plan_demo(seeds=seeds, epochs=epochs, p=p)
     folder = out or Path("dropkit-demo")
-    experiment, store_path = _guarded(
-        debug,
-        _execute,
+    _train_and_emit(
         plan,
         out=folder,
+        debug=debug,
+        curves_all=True,
         store_path=store,
         as_json=as_json,
         quiet=quiet,
@@ -371,15 +397,6 @@ def demo(
         runs_per_batch=runs_per_batch,
         engine=engine,
         address=address,
-    )
-    _guarded(
-        debug,
-        _emit,
-        experiment,
-        out=folder,
-        store_path=store_path,
-        as_json=as_json,
-        curves=experiment.groups,
     )
 
 
@@ -434,11 +451,11 @@ def sweep(
         )
     _print_notes(plan.dataset.notes)
     folder = out or Path("dropkit-sweep")
-    experiment, store_path = _guarded(
-        debug,
-        _execute,
+    _train_and_emit(
         plan,
         out=folder,
+        debug=debug,
+        rates=True,
         store_path=store,
         as_json=as_json,
         quiet=quiet,
@@ -446,9 +463,6 @@ def sweep(
         runs_per_batch=runs_per_batch,
         engine=engine,
         address=address,
-    )
-    _guarded(
-        debug, _emit, experiment, out=folder, store_path=store_path, as_json=as_json, rates=True
     )
 
 
@@ -552,11 +566,10 @@ def _compare(
         )
     _print_notes(plan.dataset.notes)
     folder = out or Path("dropkit-compare")
-    experiment, store_path = _guarded(
-        debug,
-        _execute,
+    _train_and_emit(
         plan,
         out=folder,
+        debug=debug,
         store_path=store,
         as_json=as_json,
         quiet=quiet,
@@ -565,7 +578,6 @@ def _compare(
         engine=engine,
         address=address,
     )
-    _guarded(debug, _emit, experiment, out=folder, store_path=store_path, as_json=as_json)
 
 
 def _strength_option(strength: Strength) -> inspect.Parameter:

@@ -232,26 +232,14 @@ class Experiment:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the settings, data notes, summary rows, best group, comparisons,
-        findings and the store's path."""
-        best = self.best
+        """JSON-ready: the settings, data notes, the analysis (``experiment``, ``runs``,
+        ``summary``, ``findings``, ``best``), the comparisons and the store's path."""
         return {
             "command": self.command,
-            "experiment": self.title,
             **self.settings,
             "data_notes": list(self.notes),
-            "summary": self.summary,
-            "best": None
-            if best is None
-            else {
-                "name": best.summary.name,
-                "arm": best.summary.arm,
-                "p": best.summary.p,
-                "evidence": best.evidence,
-            },
+            **self._analysis.to_dict(),
             "comparisons": self.comparisons,
-            "findings": [f.to_dict() for f in self.findings],
-            "runs": len(self.runs),
             "store": str(self.store),
         }
 
