@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -185,6 +186,22 @@ class DropoutCheckCallback(pl.Callback):
             warn_eval_mode_dropout(pl_module, stacklevel=2)
 
 
+class _MovableMCPrediction(MCPrediction):
+    """An :class:`~dropkit.MCPrediction` with ``.to(device)``, which returns a plain one.
+
+    ``Trainer.predict`` moves every prediction to the CPU; it refuses frozen dataclasses
+    unless they have a ``to`` method.
+    """
+
+    def to(self, device: torch.device | str, **kwargs: Any) -> MCPrediction:
+        moved: dict[str, Any] = {
+            f.name: None if value is None else value.to(device, **kwargs)
+            for f in dataclasses.fields(self)
+            for value in [getattr(self, f.name)]
+        }
+        return MCPrediction(**moved)
+
+
 class MCDropoutPredictor:
     """A ``LightningModule`` mixin: ``predict_step`` returns Monte Carlo dropout predictions.
 
@@ -229,7 +246,7 @@ class MCDropoutPredictor:
         """:func:`dropkit.mc_predict` of this module on :meth:`mc_input` of ``batch``."""
         if not isinstance(self, nn.Module):
             raise TypeError("MCDropoutPredictor must be mixed into a LightningModule")
-        return mc_predict(
+        prediction = mc_predict(
             self,
             self.mc_input(batch),
             n_samples=self.mc_samples,
@@ -237,3 +254,5 @@ class MCDropoutPredictor:
             batch_size=self.mc_batch_size,
             task=self.mc_task,
         )
+        fields = {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
+        return _MovableMCPrediction(**fields)
