@@ -38,7 +38,12 @@ class Net(MCDropoutPredictor, L.LightningModule):
 
     def __init__(self, p: float = 0.5, lr: float = 0.1, tail: bool = False) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Linear(4, 16), nn.ReLU(), dropkit.Dropout(p), nn.Linear(16, 3)]
+        layers: list[nn.Module] = [
+            nn.Linear(4, 16),
+            nn.ReLU(),
+            dropkit.Dropout(p),
+            nn.Linear(16, 3),
+        ]
         if tail:  # dropout after the output layer: a check_model warning
             layers.append(dropkit.Dropout(0.5))
         self.net = nn.Sequential(*layers)
