@@ -4,8 +4,10 @@ imports of both integrations."""
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +237,38 @@ def test_a_missing_framework_names_the_extra(
         importlib.import_module(f"dropkit.integrations.{module}")
     message = str(raised.value)
     assert f'pip install "dropkit[{extra}]"' in message and "\n" not in message
+
+
+# --- docs/integrations.md -------------------------------------------------------------------
+
+DOCS = Path(__file__).parent.parent / "docs" / "integrations.md"
+
+
+def _examples(heading: str) -> list[tuple[str, str]]:
+    """The ```python blocks of a section of docs/integrations.md, each with the output shown
+    after it."""
+    text = DOCS.read_text(encoding="utf-8")
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    section = text[start : end if end != -1 else len(text)]
+    return re.findall(r"```python\n(.*?)```.*?```text\n(.*?)```", section, flags=re.DOTALL)
+
+
+def _run_example(code: str, expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(code, str(DOCS), "exec"), {"__name__": "docs_example"})
+    printed = capsys.readouterr().out.strip().splitlines()
+    lines = expected.strip().splitlines()
+    assert printed[-len(lines) :] == lines
+
+
+@pytest.mark.parametrize("heading", ["## PyTorch Lightning", "## Early dropout"])
+def test_the_docs_examples_run(
+    heading: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    examples = _examples(heading)
+    assert len(examples) == 1
+    _run_example(*examples[0], capsys)

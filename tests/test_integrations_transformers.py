@@ -3,6 +3,7 @@ built from configs (no downloads)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,38 @@ def test_mc_predict_refuses_what_it_cannot_use() -> None:
         mc_predict(model, {"labels": torch.zeros(2)})
     with pytest.raises(TypeError, match="`model` must be"):
         mc_predict("bert", _batch())  # type: ignore[arg-type]
+
+
+# --- docs/integrations.md -------------------------------------------------------------------
+
+DOCS = Path(__file__).parent.parent / "docs" / "integrations.md"
+
+
+def _examples(heading: str) -> list[tuple[str, str]]:
+    """The ```python blocks of a section of docs/integrations.md, each with the output shown
+    after it."""
+    text = DOCS.read_text(encoding="utf-8")
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    section = text[start : end if end != -1 else len(text)]
+    return re.findall(r"```python\n(.*?)```.*?```text\n(.*?)```", section, flags=re.DOTALL)
+
+
+def _run_example(code: str, expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    exec(compile(code, str(DOCS), "exec"), {"__name__": "docs_example"})
+    printed = capsys.readouterr().out.strip().splitlines()
+    lines = expected.strip().splitlines()
+    assert printed[-len(lines) :] == lines
+
+
+@pytest.mark.filterwarnings(
+    # The example leaves the Trainer's device choice to it; on a machine without a GPU:
+    "ignore:'pin_memory' argument is set as true but no accelerator is found"
+)
+def test_the_docs_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    examples = _examples("## Hugging Face")
+    assert len(examples) == 1
+    _run_example(*examples[0], capsys)
