@@ -3,6 +3,7 @@ imports of both integrations."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import subprocess
@@ -213,6 +214,22 @@ def test_mc_input_needs_a_tensor_or_a_tuple() -> None:
 
 
 # --- lazy imports ---------------------------------------------------------------------------
+
+
+def test_the_core_never_imports_the_integrations() -> None:
+    source = Path(dropkit.__file__).parent
+    offenders = []
+    for path in sorted(source.rglob("*.py")):
+        if "integrations" in path.relative_to(source).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            offenders += [f"{path.name}: {n}" for n in names if "integrations" in n]
+    assert not offenders, offenders
 
 
 def test_import_dropkit_imports_neither_framework() -> None:

@@ -245,6 +245,7 @@ def _run_example(code: str, expected: str, capsys: pytest.CaptureFixture[str]) -
     assert printed[-len(lines) :] == lines
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings(
     # The example leaves the Trainer's device choice to it; on a machine without a GPU:
     "ignore:'pin_memory' argument is set as true but no accelerator is found"

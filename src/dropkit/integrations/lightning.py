@@ -115,7 +115,8 @@ class MaxNormCallback(pl.Callback):
     each of the trainer's optimizers, so the constraint follows every real ``optimizer.step()``:
     with manual optimization, gradient accumulation and steps that AMP's scaler skips
     alike. (Lightning's ``on_before_zero_grad`` runs inside the closure, *before* the step of its
-    batch.) The hooks are removed when training ends.
+    batch.) The constraint is also applied once when training starts; the hooks are removed
+    when training ends.
 
     Args:
         max_norm: the bound ``c > 0`` on each unit's incoming weight norm (3–4 in Srivastava et

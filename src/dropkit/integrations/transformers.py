@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,7 +99,8 @@ class DropoutScheduleCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if self.interval == "epoch":
-            sync_schedule(self.schedule, round(state.epoch or 0))
+            # state.epoch is a whole number at an epoch's start, fractional when resuming in it.
+            sync_schedule(self.schedule, math.floor((state.epoch or 0.0) + 1e-9))
 
     def on_log(
         self,
