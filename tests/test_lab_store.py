@@ -304,10 +304,14 @@ def test_killed_sweep_loses_nothing_and_resumes(
 ) -> None:
     # Long enough that the five batches after the first take seconds, not a fraction of one:
     # the kill must land mid-sweep even when this process is descheduled for a while.
-    epochs = 800
+    # 2000 epochs: each later batch takes seconds even on a fast, quiet machine (at 800 a whole
+    # sweep once finished before a descheduled poller saw its first batch; the kill then hit an
+    # exited process and the sweep "succeeded").
+    epochs = 2000
     path = tmp_path / "runs.sqlite"
     process = _start(spawn, tmp_path, epochs)
     _wait_for_runs(process, path, at_least=2)
+    assert process.poll() is None, "the sweep finished before the kill could land"
     os.kill(process.pid, how)
     _, stderr = process.communicate(timeout=60)
     if how == signal.SIGINT:
