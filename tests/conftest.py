@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 from collections.abc import Iterator
 
@@ -25,6 +26,10 @@ def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture
 def spawn() -> Iterator[Spawn]:
     """Start a command with text pipes; after the test it is killed if still running and reaped,
@@ -32,8 +37,16 @@ def spawn() -> Iterator[Spawn]:
     started: list[subprocess.Popen[str]] = []
 
     def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+        # SIGINT back to its default in the child: a test runner started as a background job of
+        # a non-interactive shell ignores SIGINT, the child would inherit that, and Python then
+        # installs no KeyboardInterrupt handler (a Ctrl-C test would see the signal ignored).
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=_default_sigint,
         )
         started.append(process)
         return process

