@@ -18,17 +18,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropkit.lab.stats import ArmSummary
-from dropkit.lab.store import CURVE_METRICS, ResultsStore, StoredRun
+from dropkit.lab.store import CURVE_METRICS
 
 __all__ = [
     "Curves",
     "accuracy_curves_figure",
     "arm_figure",
     "boundary_figure",
-    "group_curves",
     "learning_curves_figure",
-    "plot_learning_curves",
-    "plot_rate_curve",
     "png_bytes",
     "rate_figure",
     "save_png",
@@ -81,17 +78,6 @@ def _colors(count: int) -> list[Any]:
     return [cmap(i % cmap.N) for i in range(count)]
 
 
-def _label(run: StoredRun) -> str:
-    c = run.config
-    parts = [run.arm] if run.arm == "none" else [f"dropout p={c.p:g}"] if c.p > 0 else []
-    if c.input_p > 0:
-        parts.append(f"input p={c.input_p:g}")
-    if c.max_norm is not None:
-        parts.append(f"max-norm {c.max_norm:g}")
-    parts += [f"{name} {strength:g}" for name, strength in c.regularizers]
-    return ", ".join(parts) or run.arm
-
-
 def stack_curves(curves: Sequence[Mapping[str, NDArray[np.float64]]]) -> Curves:
     """Per-run curves stacked: ``{metric: (runs, epochs)}``, NaN-padded to the longest run."""
     length = max((len(c["test_acc"]) for c in curves), default=0)
@@ -102,11 +88,6 @@ def stack_curves(curves: Sequence[Mapping[str, NDArray[np.float64]]]) -> Curves:
             values[i, : len(c[metric])] = c[metric]
         stacked[metric] = values
     return stacked
-
-
-def group_curves(store: ResultsStore, runs: Sequence[StoredRun]) -> Curves:
-    """The curves of a group's runs stacked: ``{metric: (runs, epochs)}``, NaN-padded."""
-    return stack_curves([store.curves(r.key) for r in runs])
 
 
 def _mean_band(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -204,17 +185,6 @@ def accuracy_curves_figure(groups: Sequence[tuple[str, Curves]], *, title: str) 
     return figure
 
 
-def plot_learning_curves(
-    store: ResultsStore, groups: Sequence[Sequence[StoredRun]], path: Path, *, title: str
-) -> Path:
-    """Save :func:`accuracy_curves_figure` of groups of stored runs (labelled by their rates)."""
-    present = [g for g in groups if g]
-    figure = accuracy_curves_figure(
-        [(_label(runs[0]), group_curves(store, runs)) for runs in present], title=title
-    )
-    return save_png(figure, path)
-
-
 def _errors(means: NDArray[np.float64], intervals: NDArray[np.float64]) -> NDArray[np.float64]:
     """``(2, n)`` error-bar lengths from means and ``(n, 2)`` intervals; 0 where unknown."""
     return np.nan_to_num(np.stack([means - intervals[:, 0], intervals[:, 1] - means]), nan=0.0)
@@ -246,11 +216,6 @@ def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: 
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return figure
-
-
-def plot_rate_curve(summaries: Sequence[ArmSummary], path: Path, *, title: str) -> Path:
-    """Mean final test (and train) accuracy against the drop rate, with 95% CI error bars."""
-    return save_png(rate_figure([("accuracy", summaries)], title=title), path)
 
 
 def arm_figure(summaries: Sequence[ArmSummary], *, title: str) -> Figure:
