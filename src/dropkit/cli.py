@@ -488,7 +488,9 @@ def report(
     try:
         experiments = load_all(store)
         with ResultsStore(store) as results:
-            path = write_report(results, out, title=title)
+            path = write_report(
+                results, out, title=title, analyses=[e.analysis for e in experiments]
+            )
     except StoreError as error:
         _fail(str(error))
     except OSError as error:

@@ -75,6 +75,11 @@ class Experiment:
     # -- statistics ----------------------------------------------------------------------------
 
     @property
+    def analysis(self) -> Analysis:
+        """The analysis behind every attribute below (:mod:`dropkit.lab.analysis`)."""
+        return self._analysis
+
+    @property
     def summaries(self) -> tuple[ArmSummary, ...]:
         """One :class:`~dropkit.lab.stats.ArmSummary` per group, the baseline first."""
         return self._analysis.summaries
@@ -229,6 +234,7 @@ class Experiment:
                 path,
                 keys=[r.key for r in self.runs],
                 title=title or f"dropkit {self.command}: {self.title}",
+                analyses=[self._analysis],
             )
 
     def to_dict(self) -> dict[str, Any]:

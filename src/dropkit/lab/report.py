@@ -475,9 +475,12 @@ def render(
     keys: Sequence[str] | None = None,
     title: str | None = None,
     thresholds: Thresholds | None = None,
+    analyses: Sequence[Analysis] | None = None,
 ) -> str:
     """The report's HTML text (see :func:`write_report`)."""
-    experiments = analyze(store, keys, thresholds=thresholds)
+    experiments = (
+        list(analyses) if analyses is not None else analyze(store, keys, thresholds=thresholds)
+    )
     stored = sum(len(e.runs) for e in experiments)
     names = sorted({Path(r.config.data.name).name for e in experiments for r in e.runs})
     page_title = title or (f"dropkit report: {', '.join(names)}" if names else "dropkit report")
@@ -524,8 +527,13 @@ def write_report(
     *,
     keys: Sequence[str] | None = None,
     title: str | None = None,
+    analyses: Sequence[Analysis] | None = None,
 ) -> Path:
     """Write ONE self-contained HTML report of the stored runs (all, or ``keys``).
+
+    ``analyses``: the :func:`dropkit.lab.analysis.analyze` result of those runs when the caller
+    has it already (an :class:`~dropkit.lab.Experiment` does), so the store's runs and curves
+    are not read and summarized a second time.
 
     Sections per experiment: the best group with its evidence, the diagnosis, the per-group
     table (mean ± 95% CI of final and best test accuracy, loss, train–test gap, epochs to
@@ -537,7 +545,7 @@ def write_report(
         ``out_path`` (its folder is created).
     """
     path = Path(out_path)
-    text = render(store, keys=keys, title=title)
+    text = render(store, keys=keys, title=title, analyses=analyses)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
