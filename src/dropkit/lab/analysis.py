@@ -83,7 +83,7 @@ def analyze(
     by_shape: dict[str, list[StoredRun]] = {}
     for run in runs:
         c = run.config
-        shape = RunConfig(c.data, c.model, c.train).to_dict()
+        shape = RunConfig(c.data, c.model, c.train, fold=0 if c.data.folds else None).to_dict()
         by_shape.setdefault(repr(sorted(_flatten(shape).items())), []).append(run)
     experiments = []
     for shape_key in sorted(by_shape):

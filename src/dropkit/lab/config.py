@@ -21,7 +21,9 @@ from dropkit.lab.arms import MODEL_KINDS, RATE_ENTRIES
 
 __all__ = [
     "DEMO_SEEDS",
+    "TASKS",
     "DataSpec",
+    "CUSTOM_MODEL",
     "ModelSpec",
     "RunConfig",
     "SweepSpec",
@@ -30,6 +32,9 @@ __all__ = [
     "config_key",
 ]
 
+
+TASKS = ("classification", "regression")
+"""What a lab run learns: class labels or a numeric target."""
 
 DEMO_SEEDS = 30
 """Seeds of the reference case study (``dropkit demo``): its "repeated evaluation" of 30 runs
@@ -51,6 +56,15 @@ class DataSpec:
         impute: ``"mean"`` or ``"median"``: fill missing CSV features with the training split's
             column statistic (None: missing features are an error). It changes the data, so it
             is part of every run's identity.
+        task: ``"classification"`` (class labels; accuracy and cross-entropy) or
+            ``"regression"`` (a numeric target; R² and mean squared error).
+        validation: fraction of the training split held out as a validation split that chooses
+            the best rate or arm (0: none; the test set alone measures, as in the case study).
+        folds: ``k >= 2``: k-fold cross-validation over the training split instead of one
+            validation split; each run then names its ``fold`` (0: no folds).
+
+    Fields added after the first release (``task``, ``validation``, ``folds``) are left out of
+    a run's key at their defaults, so runs stored before them keep their keys.
     """
 
     name: str = "circles"
@@ -59,6 +73,19 @@ class DataSpec:
     split_seed: int = 0
     content_hash: str | None = None
     impute: str | None = None
+    task: str = "classification"
+    validation: float = 0.0
+    folds: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"`task` must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if not 0.0 <= self.validation < 1.0:
+            raise ValueError(f"`validation` must be in [0, 1), got {self.validation!r}")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 0:
+            raise ValueError(f"`folds` must be 0 (none) or an int >= 2, got {self.folds!r}")
+        if self.folds == 1:
+            raise ValueError("`folds` must be 0 (none) or an int >= 2, got 1")
 
     @classmethod
     def resolve(cls, name: str, target: str | None = None, impute: str | None = None) -> DataSpec:
@@ -82,6 +109,10 @@ class DataSpec:
         return cls(name=name, target=target, impute=impute)
 
 
+CUSTOM_MODEL = "custom"
+"""``ModelSpec.kind`` of a user's own model (a factory or an ``nn.Module``)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """The architecture of a run's network.
@@ -89,13 +120,25 @@ class ModelSpec:
     Args:
         hidden: layer widths. ``mlp``: hidden widths, ReLU, dropout after each hidden layer.
             ``cnn``: convolution channels. ``rnn``: LSTM hidden sizes (one per layer).
-        kind: ``mlp``, ``cnn`` or ``rnn`` (see :mod:`dropkit.lab.models`).
+            ``custom``: empty.
+        kind: ``mlp``, ``cnn`` or ``rnn`` (see :mod:`dropkit.lab.models`), or ``custom``: a
+            user's model (:mod:`dropkit.lab.user_model`).
+        name: a custom model's name (its factory's or class's qualified name).
+        fingerprint: a custom model's identity: a hash of its architecture (the printed module,
+            parameter names, shapes and dtypes, and the source of its classes) or the user's
+            ``model_id``.
     """
 
     hidden: tuple[int, ...] = (500,)
     kind: str = "mlp"
+    name: str | None = None
+    fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        if self.kind == CUSTOM_MODEL:
+            if self.hidden or not self.fingerprint:
+                raise ValueError("a custom model has no `hidden` widths and needs a fingerprint")
+            return
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise ValueError(f"`hidden` must be one or more widths >= 1, got {self.hidden!r}")
         if self.kind not in MODEL_KINDS:
@@ -173,6 +216,8 @@ class RunConfig:
         seed: seeds the weights, the data order and the dropout masks of this run.
         regularizers: the run's other regularizers as ``(name, strength)`` pairs, sorted by
             name, each name at most once (see :mod:`dropkit.lab.regularizers`).
+        fold: with ``data.folds = k``, the fold ``0 .. k-1`` that validates this run (None:
+            no folds).
     """
 
     data: DataSpec = field(default_factory=DataSpec)
@@ -183,8 +228,17 @@ class RunConfig:
     max_norm: float | None = None
     seed: int = 0
     regularizers: tuple[tuple[str, float], ...] = ()
+    fold: int | None = None
 
     def __post_init__(self) -> None:
+        folds = self.data.folds
+        if (self.fold is None) != (folds == 0) or (
+            self.fold is not None and not 0 <= self.fold < folds
+        ):
+            raise ValueError(
+                f"`fold` must be in [0, {folds}) with {folds} folds and None without, "
+                f"got {self.fold!r}"
+            )
         pairs = tuple(sorted((str(name), float(value)) for name, value in self.regularizers))
         names = [name for name, _ in pairs]
         if len(set(names)) != len(names):
@@ -213,8 +267,15 @@ class RunConfig:
             data["regularizers"] = [list(pair) for pair in self.regularizers]
         if self.model.kind == "mlp":
             del data["model"]["kind"]
-        if self.data.impute is None:
-            del data["data"]["impute"]
+        for name in ("name", "fingerprint"):
+            if data["model"][name] is None:
+                del data["model"][name]
+        defaults = DataSpec()
+        for name in ("impute", "task", "validation", "folds"):
+            if data["data"][name] == getattr(defaults, name):
+                del data["data"][name]
+        if self.fold is None:
+            del data["fold"]
         return data
 
     @classmethod
@@ -222,7 +283,10 @@ class RunConfig:
         return cls(
             data=DataSpec(**data["data"]),
             model=ModelSpec(
-                hidden=tuple(data["model"]["hidden"]), kind=data["model"].get("kind", "mlp")
+                hidden=tuple(data["model"]["hidden"]),
+                kind=data["model"].get("kind", "mlp"),
+                name=data["model"].get("name"),
+                fingerprint=data["model"].get("fingerprint"),
             ),
             train=TrainSpec(**{**data["train"], "betas": tuple(data["train"]["betas"])}),
             p=data["p"],
@@ -230,6 +294,7 @@ class RunConfig:
             max_norm=data["max_norm"],
             seed=data["seed"],
             regularizers=tuple((name, value) for name, value in data.get("regularizers", ())),
+            fold=data.get("fold"),
         )
 
     def key(self) -> str:

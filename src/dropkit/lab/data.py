@@ -15,7 +15,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 from numpy.typing import NDArray
@@ -32,7 +32,9 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Features ``(n, d)`` float32 and labels ``(n,)`` int64 in ``0 .. n_classes - 1``.
+    """Features ``(n, d)`` float32 and targets ``(n,)``: int64 class labels in
+    ``0 .. n_classes - 1`` (``task="classification"``) or float32 values (``"regression"``,
+    ``n_classes = 0``).
 
     ``input_shape`` is the shape of one sample when its ``d`` features are more than a table
     row: ``(C, H, W)`` for images (``digits`` is ``(1, 8, 8)``), ``(T, F)`` for sequences; a
@@ -41,19 +43,31 @@ class Dataset:
 
     name: str
     x_train: NDArray[np.float32]
-    y_train: NDArray[np.int64]
+    y_train: NDArray[Any]
     x_test: NDArray[np.float32]
-    y_test: NDArray[np.int64]
+    y_test: NDArray[Any]
     n_classes: int
     feature_names: tuple[str, ...]
     input_shape: tuple[int, ...] | None = None
     # What loading did that the user should know (a target encoded, missing values imputed,
     # imbalanced classes), one sentence each; the CLI prints them.
     notes: tuple[str, ...] = ()
+    task: str = "classification"
 
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of a model's output: 1 for two classes (one logit) and for regression,
+        ``n_classes`` otherwise."""
+        return 1 if self.task == "regression" or self.n_classes == 2 else self.n_classes
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample as a model takes it: ``input_shape``, or ``(d,)``."""
+        return self.input_shape if self.input_shape is not None else (self.n_features,)
 
 
 def _circles(spec: DataSpec) -> tuple[NDArray[np.float64], NDArray[np.int64], int]:
