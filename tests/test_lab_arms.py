@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from dropkit import lab
 from dropkit.lab.arms import (
     ACTS_ON,
+    ARM_KINDS,
+    CUSTOM_KIND,
     MODEL_KINDS,
     RATE_ENTRIES,
     REGULARIZERS,
@@ -33,7 +35,13 @@ class TestInvariants:
         r = REGULARIZERS[name]
         assert r.name == name and r.change, "a one-line description"
         assert name == "none" or r.reference, "every regularizer but none cites its paper"
-        assert r.kinds and set(r.kinds) <= set(MODEL_KINDS)
+        assert r.kinds and set(r.kinds) <= set(ARM_KINDS)
+        assert set(r.kinds) & set(MODEL_KINDS), "every arm applies to a built-in model"
+        # a user's model keeps its structure: arms that build one (but dropout) never apply
+        assert CUSTOM_KIND not in r.kinds or "model" not in r.acts_on or r.name in (
+            "dropout",
+            "input_dropout",
+        )
         assert set(r.acts_on) <= set(ACTS_ON) and (name == "none" or r.acts_on)
         for option in r.options:
             assert option in STRENGTHS

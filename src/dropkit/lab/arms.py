@@ -39,7 +39,9 @@ from dropkit._validation import check_positive, check_positive_int, check_probab
 
 __all__ = [
     "ACTS_ON",
+    "ARM_KINDS",
     "ARM_NAMES",
+    "CUSTOM_KIND",
     "MODEL_KINDS",
     "RATE_ENTRIES",
     "REGULARIZERS",
@@ -53,6 +55,11 @@ __all__ = [
 ]
 
 MODEL_KINDS = ("mlp", "cnn", "rnn")
+CUSTOM_KIND = "custom"
+"""The kind of a user's own model (``model=`` a factory or an ``nn.Module``): arms that act
+on the loss, the optimizer step, the training loop or the data apply to it, and the rate
+``p`` of its own dropout; arms that change a built-in model's structure do not."""
+ARM_KINDS = (*MODEL_KINDS, CUSTOM_KIND)
 ACTS_ON = ("model", "loss", "step", "loop", "data")
 
 
@@ -150,7 +157,7 @@ class Regularizer:
     name: str
     change: str
     reference: str = ""
-    kinds: tuple[str, ...] = MODEL_KINDS
+    kinds: tuple[str, ...] = ARM_KINDS
     acts_on: tuple[str, ...] = ()
     batched: bool = False
     sets_p: bool = False
@@ -163,7 +170,7 @@ class Regularizer:
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.acts_on if a not in ACTS_ON]
-        if unknown or any(k not in MODEL_KINDS for k in self.kinds):
+        if unknown or any(k not in ARM_KINDS for k in self.kinds):
             raise ValueError(f"regularizer {self.name!r}: bad acts_on or kinds")
         if self.strength is not None and self.strength not in STRENGTHS:
             raise ValueError(f"regularizer {self.name!r}: unknown strength {self.strength!r}")
@@ -250,7 +257,7 @@ REGULARIZERS: dict[str, Regularizer] = {
             "after every optimizer step each hidden unit's incoming weight vector is rescaled "
             "to norm <= c (max_norm; the paper used c = 3 to 4)",
             _SRIVASTAVA,
-            kinds=_MLP_CNN,
+            kinds=(*_MLP_CNN, CUSTOM_KIND),
             acts_on=("step",),
             batched=True,
             sets_max_norm=True,
@@ -311,6 +318,7 @@ REGULARIZERS: dict[str, Regularizer] = {
             "additive Gaussian noise N(0, σ²), σ = noise, on every hidden layer's output in "
             "training (after its dropout)",
             _SRIVASTAVA + " (section 10)",
+            kinds=MODEL_KINDS,
             acts_on=("model",),
             batched=True,
             entry="gaussian_noise",

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from dropkit._validation import check_probability
-from dropkit.lab.arms import MODEL_KINDS, RATE_ENTRIES
+from dropkit.lab.arms import CUSTOM_KIND, MODEL_KINDS, RATE_ENTRIES
 
 __all__ = [
+    "CUSTOM_MODEL",
     "DEMO_SEEDS",
     "TASKS",
     "DataSpec",
-    "CUSTOM_MODEL",
     "ModelSpec",
     "RunConfig",
     "SweepSpec",
@@ -109,7 +109,7 @@ class DataSpec:
         return cls(name=name, target=target, impute=impute)
 
 
-CUSTOM_MODEL = "custom"
+CUSTOM_MODEL = CUSTOM_KIND
 """``ModelSpec.kind`` of a user's own model (a factory or an ``nn.Module``)."""
 
 

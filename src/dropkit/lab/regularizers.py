@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dropkit.lab.arms import (
+    ARM_KINDS,
     ARM_NAMES,
-    MODEL_KINDS,
     REGULARIZERS,
     STRENGTHS,
     Regularizer,
@@ -70,7 +70,7 @@ class Arm:
     @property
     def kinds(self) -> tuple[str, ...]:
         """The model kinds every part applies to."""
-        return tuple(k for k in MODEL_KINDS if all(k in r.kinds for r in self.parts))
+        return tuple(k for k in ARM_KINDS if all(k in r.kinds for r in self.parts))
 
     @property
     def options(self) -> tuple[str, ...]:
