@@ -1,0 +1,141 @@
+"""Validation rows: which training rows choose the best rate or arm, and which ones fit.
+
+The test set only measures. A sweep that *chooses* (the best dropout rate, the best arm) must
+choose on rows it does not report on, so the training split is cut once more
+(:attr:`DataSpec.validation <dropkit.lab.config.DataSpec>`: one hold-out;
+:attr:`DataSpec.folds`: k-fold cross-validation, Stone 1974). The cut depends on the labels and
+``spec.split_seed`` only, so every run of a sweep, every trainer and every batch sees the same
+rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from dropkit.lab.config import DataSpec
+
+__all__ = ["holdout_rows", "validation_rows"]
+
+
+def _no_rows() -> NDArray[np.intp]:
+    return np.empty(0, dtype=np.intp)
+
+
+def holdout_rows(
+    y: NDArray[np.generic], fraction: float, seed: int, *, stratify: bool
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Indices ``(fit, validation)`` of a hold-out of ``fraction`` of the rows of ``y``, sorted.
+
+    Stratified (``stratify=True``, class labels): each class ``c`` of ``n_c`` rows gives
+    ``min(max(1, round(fraction · n_c)), n_c − 1)`` rows, so every class keeps at least one row
+    on each side, drawn with ``numpy.random.default_rng(seed)`` class by class in sorted label
+    order: the rule and the draws of :func:`dropkit.lab.training.validation_split`. Plain
+    (regression targets): ``min(max(1, round(fraction · n)), n − 1)`` rows of one seeded
+    permutation.
+
+    Raises:
+        ValueError: a class with fewer than 2 rows (stratified), or fewer than 2 rows in all.
+    """
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    if stratify:
+        labels, counts = np.unique(y, return_counts=True)
+        if len(labels) and counts.min() < 2:
+            k = int(np.argmin(counts))
+            raise ValueError(
+                f"`validation` ({fraction}) holds out rows of every class, but class "
+                f"{labels[k].item()!r} has {counts[k]} training row: each class needs at least 2 "
+                "(one to fit, one to validate)"
+            )
+        held = []
+        for label, count in zip(labels, counts, strict=True):
+            members = np.flatnonzero(y == label)
+            take = min(max(1, round(fraction * int(count))), int(count) - 1)
+            held.append(rng.choice(members, size=take, replace=False))
+        validation = np.sort(np.concatenate(held)).astype(np.intp) if held else _no_rows()
+    else:
+        if n < 2:
+            raise ValueError(
+                f"`validation` ({fraction}) needs at least 2 training rows (one to fit, one to "
+                f"validate), got {n}"
+            )
+        take = min(max(1, round(fraction * n)), n - 1)
+        validation = np.sort(rng.permutation(n)[:take]).astype(np.intp)
+    fit = np.setdiff1d(np.arange(n, dtype=np.intp), validation).astype(np.intp)
+    return fit, validation
+
+
+def _fold_rows(
+    y: NDArray[np.generic], spec: DataSpec, fold: int
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    k, n = spec.folds, len(y)
+    if spec.task == "classification":
+        labels, counts = np.unique(y, return_counts=True)
+        small = np.flatnonzero(counts < k)
+        if len(small):
+            shown = ", ".join(f"{labels[i].item()!r} has {counts[i]}" for i in small[:5])
+            more = f" and {len(small) - 5} more classes" if len(small) > 5 else ""
+            raise ValueError(
+                f"`folds` ({k}) needs at least {k} training rows of every class (one in each "
+                f"fold), but class {shown}{more}; use fewer folds or more data"
+            )
+        splitter: StratifiedKFold | KFold = StratifiedKFold(
+            n_splits=k, shuffle=True, random_state=spec.split_seed
+        )
+    else:
+        if n < k:
+            raise ValueError(
+                f"`folds` ({k}) needs at least {k} training rows (one in each fold), got {n}"
+            )
+        splitter = KFold(n_splits=k, shuffle=True, random_state=spec.split_seed)
+    rows = np.zeros(n)  # the splitters read only the number of rows (and y, when stratified)
+    for index, (fit, validation) in enumerate(splitter.split(rows, y)):
+        if index == fold:
+            return np.sort(fit).astype(np.intp), np.sort(validation).astype(np.intp)
+    raise AssertionError("unreachable: fold was checked against folds")  # pragma: no cover
+
+
+def validation_rows(
+    y_train: NDArray[np.generic], spec: DataSpec, fold: int | None
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Indices ``(fit_idx, val_idx)`` into the training split: sorted, disjoint, together all rows.
+
+    - ``spec.folds = k >= 2``: k-fold cross-validation, scikit-learn's ``StratifiedKFold``
+      (classification: every fold holds each class in proportion) or ``KFold`` (regression),
+      ``shuffle=True, random_state=spec.split_seed``; fold ``fold`` validates, the other
+      ``k − 1`` fit. The k validation parts are disjoint and cover the rows.
+    - else ``spec.validation = f > 0``: one seeded hold-out of ``f`` of the rows
+      (:func:`holdout_rows`; stratified for classification, each class on both sides).
+    - else ``(arange(n), [])``: no validation rows.
+
+    Args:
+        y_train: ``(n,)`` the training split's targets (class labels or regression values).
+        spec: the data spec (``task``, ``validation``, ``folds``, ``split_seed``).
+        fold: ``0 .. k − 1`` with folds, None without.
+
+    Raises:
+        ValueError: ``fold`` out of range (or given without folds), a class with fewer rows
+            than folds (or than 2, for a hold-out), or too few rows.
+    """
+    y = np.asarray(y_train)
+    if y.ndim != 1:
+        raise ValueError(f"`y_train` must be one target per row, shape (n,), got {y.shape}")
+    k = spec.folds
+    if k >= 2:
+        if (
+            isinstance(fold, bool)
+            or not isinstance(fold, (int, np.integer))  # NumPy ints too
+            or not 0 <= fold < k
+        ):
+            raise ValueError(f"`fold` must be an int in [0, {k}) with {k} folds, got {fold!r}")
+        return _fold_rows(y, spec, int(fold))
+    if fold is not None:
+        raise ValueError(f"`fold` must be None when the data has no folds, got {fold!r}")
+    if spec.validation > 0:
+        return holdout_rows(
+            y, spec.validation, spec.split_seed, stratify=spec.task == "classification"
+        )
+    return np.arange(len(y), dtype=np.intp), _no_rows()
