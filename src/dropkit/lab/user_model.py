@@ -163,7 +163,7 @@ def _rate_notes(source: ModelSource) -> tuple[list[str], bool]:
     if [s.name for s in first] != [s.name for s in second]:
         return ["the model's dropout sites differ between rates; each rate trains as built"], True
     fixed = [
-        f"{a.name} ({a.p:g})"
+        f"{a.name!r} at {a.p:g}"
         for a, b in zip(first, second, strict=True)
         if not (a.p == _PROBES[0] and b.p == _PROBES[1])
     ]
