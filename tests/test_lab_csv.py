@@ -186,7 +186,8 @@ class TestTarget:
 
     def test_float_target_with_many_values(self, tmp_path: Path) -> None:
         path = _write(tmp_path, "a,b,y\n" + _rows(40, lambda i: f"{i * 0.37:.2f}"))
-        _refused(path, "40 distinct non-integer values", "regression")
+        # classification (the spec's default task) refuses it and points at task='regression'
+        _refused(path, "40 distinct non-integer values", "set `task` to 'regression'")
 
     def test_target_with_missing_values_names_lines(self, tmp_path: Path) -> None:
         path = _write(tmp_path, "a,b,y\n" + _rows(10, lambda i: "NA" if i in (2, 5) else i % 2))

