@@ -88,11 +88,18 @@ class DataSpec:
             raise ValueError("`folds` must be 0 (none) or an int >= 2, got 1")
 
     @classmethod
-    def resolve(cls, name: str, target: str | None = None, impute: str | None = None) -> DataSpec:
+    def resolve(
+        cls,
+        name: str,
+        target: str | None = None,
+        impute: str | None = None,
+        task: str = "classification",
+    ) -> DataSpec:
         """The spec of a built-in name, or of a CSV file by absolute path and content hash.
 
         The hash makes the file's contents part of every run's identity: an edited CSV is new
-        data, and ``data.csv`` and ``./data.csv`` are the same data.
+        data, and ``data.csv`` and ``./data.csv`` are the same data. (A CSV target's task is
+        inferred by :func:`dropkit.lab.data.infer_csv_task`.)
         """
         path = Path(name)
         if name.lower().endswith(".csv") and path.is_file():
@@ -105,8 +112,9 @@ class DataSpec:
                 target=target,
                 content_hash=digest.hexdigest()[:16],
                 impute=impute,
+                task=task,
             )
-        return cls(name=name, target=target, impute=impute)
+        return cls(name=name, target=target, impute=impute, task=task)
 
 
 CUSTOM_MODEL = CUSTOM_KIND
