@@ -1,0 +1,299 @@
+"""Counter-based dropout masks: a mask is a pure function of (seed, step, layer, element).
+
+PyTorch's dropout draws from a generator whose state advances with every draw, so a run's masks
+depend on everything drawn before them, and under ``torch.vmap`` its ``randomness="different"``
+draws one tensor for the whole batch of runs: a run's masks then depend on its batch. Here a
+unit's keep decision is a hash of four integers instead:
+
+``u = H(seed, step, layer, i) ∈ [0, 2³²)``, kept when ``u / 2³² >= p`` (compared at 24 bits),
+
+``seed`` the run's seed, ``step`` the optimizer step (shared by all runs of a batch), ``layer``
+the dropout module's index in the model, ``i`` the unit's index in the mask tensor
+(``arange(numel).view(shape)`` of one run's tensor, so under ``vmap`` it is the same for every
+run). The same run therefore draws the same masks alone or inside a batch of any size, on any
+device.
+
+The hash: the 32-bit mixer ``x ^= x >> 16; x *= 0x21F0AAAD; x ^= x >> 15; x *= 0x735A2D97;
+x ^= x >> 15`` (C. Wellons' "lowbias32", a bias of 0.11 against 0.17 for MurmurHash3's
+finalizer), chained over the seed's two 32-bit halves, the step and the layer to a key
+``(k₁, k₂)``, then ``u = mix(mix(i ⊕ k₁) ⊕ k₂)`` per element (two keyed rounds: one XOR'd key
+would make two keys' masks shifted copies of each other). Everything is int64 tensor
+arithmetic on values below ``2³²``; both multipliers are below ``2³¹``, so no product
+overflows, and vmap batches every op.
+
+:class:`CounterDropout` is the module that replaces a dropout module (:func:`counter_module`):
+its ``seed`` and ``p`` are (non-persistent) buffers, so ``torch.func.stack_module_state``
+stacks them per run like any buffer; ``layer`` and ``step`` are plain integers.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dropkit._base import DropoutLayer, module_rate
+from dropkit.functional import SELU_ALPHA_PRIME
+from dropkit.layers import (
+    AlphaDropout,
+    Dropout,
+    DropPath,
+    FeatureAlphaDropout,
+    LockedDropout,
+    SpatialDropout1d,
+    SpatialDropout2d,
+    SpatialDropout3d,
+)
+
+__all__ = [
+    "MASK_BITS",
+    "CounterDropout",
+    "counter_bits",
+    "counter_module",
+    "counter_uniform",
+    "keep_mask",
+    "mask_shape",
+]
+
+MASK_BITS = 24
+"""Bits of the uniform compared with ``p``: rates are resolved to ``2**-24``."""
+
+_M32 = 0xFFFFFFFF
+_MUL1 = 0x21F0AAAD
+_MUL2 = 0x735A2D97
+# Domain constants so that the chain's stages differ even for equal inputs.
+_SALT_KEY2 = 0x5BD1E995 & 0x7FFFFFFF
+
+
+def _mix(h: Tensor) -> Tensor:
+    """The lowbias32 mixer on int64 values in ``[0, 2³²)`` (a bijection of 32-bit words)."""
+    h = h ^ (h >> 16)
+    h = (h * _MUL1) & _M32
+    h = h ^ (h >> 15)
+    h = (h * _MUL2) & _M32
+    return h ^ (h >> 15)
+
+
+def _keys(seed: Tensor, step: int, layer: int) -> tuple[Tensor, Tensor]:
+    """The per-(seed, step, layer) keys ``(k₁, k₂)``, int64 scalars (or ``seed``'s shape)."""
+    seed = seed.to(torch.int64)
+    h = _mix(seed & _M32)
+    h = _mix(h ^ ((seed >> 32) & _M32))
+    h = _mix(h ^ (step & _M32))
+    h = _mix(h ^ ((step >> 32) & _M32))
+    k1 = _mix(h ^ (layer & _M32))
+    k2 = _mix(k1 ^ _SALT_KEY2)
+    return k1, k2
+
+
+def counter_bits(seed: Tensor, step: int, layer: int, index: Tensor) -> Tensor:
+    """32 random bits per element: ``H(seed, step, layer, index)``, int64 in ``[0, 2³²)``.
+
+    Args:
+        seed: the run's seed, an int64 scalar tensor (any int64 value).
+        step: the optimizer step (``>= 0``).
+        layer: the dropout layer's index in the model (``>= 0``).
+        index: int64 element indices ``>= 0``, any shape; the result has its shape.
+    """
+    k1, k2 = _keys(seed, step, layer)
+    low = index & _M32
+    high = (index >> 32) & _M32
+    return _mix(_mix(low ^ k1) ^ (k2 ^ high))
+
+
+def counter_uniform(
+    seed: Tensor, step: int, layer: int, shape: tuple[int, ...], device: torch.device | None = None
+) -> Tensor:
+    """Uniforms in ``[0, 1)`` of ``shape`` (float32, multiples of ``2**-24``), element ``i`` (in
+    C order) from :func:`counter_bits` at index ``i``."""
+    numel = 1
+    for size in shape:
+        numel *= int(size)
+    index = torch.arange(numel, dtype=torch.int64, device=device).view(shape)
+    bits = counter_bits(seed, step, layer, index)
+    return (bits >> (32 - MASK_BITS)).to(torch.float32) * (1.0 / (1 << MASK_BITS))
+
+
+def keep_mask(
+    seed: Tensor,
+    p: Tensor,
+    step: int,
+    layer: int,
+    shape: tuple[int, ...],
+    device: torch.device | None = None,
+) -> Tensor:
+    """The keep mask ``U >= p`` of ``shape`` as bool (``p = 0``: all kept; ``p = 1``: none)."""
+    return counter_uniform(seed, step, layer, shape, device) >= p
+
+
+def mask_shape(
+    kind: str, shape: tuple[int, ...], channel_axes: int | None = None
+) -> tuple[int, ...]:
+    """The shape of one draw per unit for a mask ``kind`` over an input of ``shape``.
+
+    ``element``: the input's shape. ``channel``: one draw per leading ``channel_axes`` axes
+    (``(N, C)`` → ``(N, C, 1, …)``). ``sample``: one per sample, ``(N, 1, …)``. ``locked`` /
+    ``locked_time_first``: one per (sequence, feature), broadcast over time (axis 1, resp. 0).
+    """
+    if kind == "element":
+        return shape
+    if kind == "channel":
+        axes = 2 if channel_axes is None else channel_axes
+        return shape[:axes] + (1,) * (len(shape) - axes)
+    if kind == "sample":
+        return shape[:1] + (1,) * (len(shape) - 1)
+    if kind in ("locked", "locked_time_first"):
+        time_axis = 1 if kind == "locked" else 0
+        return tuple(1 if axis == time_axis else size for axis, size in enumerate(shape))
+    raise ValueError(f"mask `kind` must be element, channel, sample or locked, got {kind!r}")
+
+
+class CounterDropout(nn.Module):
+    """A dropout module whose masks come from :func:`keep_mask`, with its rate as a buffer.
+
+    Training: inverted dropout ``y = x·m / (1 − p)`` (``scaling="inverted"``; ``p = 1`` gives
+    zeros), ``y = x·m`` (``"classic"`` and ``"unscaled"``), or alpha dropout (``"alpha"``:
+    ``a·(x·m + α'·(1 − m)) + b``, ``a = ((1 − p)(1 + p·α'²))^(-1/2)``, ``b = −a·α'·p``,
+    Klambauer et al. 2017); ``m`` of :func:`mask_shape` ``(kind, x.shape)``. Inference: ``x``
+    (``"classic"``: ``(1 − p)·x``).
+
+    Buffers (non-persistent, so a state dict keeps the original layout): ``seed`` (int64
+    scalar) and ``p`` (float32 scalar). ``layer`` and ``step`` are plain ints; ``step`` is set
+    by the trainer before each forward pass.
+
+    Args:
+        p: drop probability in [0, 1].
+        seed: the run's seed.
+        layer: this module's index among the model's dropout modules.
+        kind: the mask's shape (see :func:`mask_shape`).
+        scaling: ``"inverted"``, ``"classic"`` (inference ``(1 − p)·x``), ``"unscaled"``
+            (DropPath without ``scale_by_keep``: inference ``x``) or ``"alpha"``.
+        channel_axes: for ``kind="channel"``, per input rank, the number of leading axes that
+            get their own draw (``{3: 2, 2: 1}`` for ``nn.Dropout1d``: ``(N, C, L)`` batched,
+            ``(C, L)`` unbatched); a rank not listed is refused.
+        name: the replaced module's class name, for error messages.
+    """
+
+    SCALINGS: ClassVar[tuple[str, ...]] = ("inverted", "classic", "unscaled", "alpha")
+
+    seed: Tensor
+    p: Tensor
+
+    def __init__(
+        self,
+        p: float,
+        seed: int,
+        layer: int,
+        *,
+        kind: str = "element",
+        scaling: str = "inverted",
+        channel_axes: dict[int, int] | None = None,
+        name: str = "Dropout",
+    ) -> None:
+        super().__init__()
+        if scaling not in self.SCALINGS:
+            raise ValueError(
+                f"`scaling` must be one of {', '.join(self.SCALINGS)}, got {scaling!r}"
+            )
+        mask_shape(kind, (1,))  # validates kind
+        self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.int64), persistent=False)
+        self.register_buffer("p", torch.tensor(float(p), dtype=torch.float32), persistent=False)
+        self.layer = int(layer)
+        self.step = 0
+        self.kind = kind
+        self.scaling = scaling
+        self.channel_axes = dict(channel_axes or {})
+        self.name = name
+
+    def _shape(self, x: Tensor) -> tuple[int, ...]:
+        shape = tuple(x.shape)
+        if self.kind != "channel":
+            return mask_shape(self.kind, shape)
+        axes = self.channel_axes.get(x.ndim)
+        if axes is None:
+            ranks = " or ".join(f"{r}-D" for r in sorted(self.channel_axes))
+            raise ValueError(
+                f"{self.name} takes a {ranks} input (whole channels), got shape {list(shape)}"
+            )
+        return mask_shape("channel", shape, axes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.p.to(x.dtype)
+        if not self.training:
+            return x * (1.0 - p) if self.scaling == "classic" else x
+        keep = keep_mask(self.seed, self.p, self.step, self.layer, self._shape(x), x.device)
+        m = keep.to(x.dtype)
+        if self.scaling in ("classic", "unscaled"):
+            return x * m
+        if self.scaling == "alpha":
+            alpha = SELU_ALPHA_PRIME
+            kept = p < 1.0
+            q = torch.where(kept, 1.0 - p, 1.0)  # p = 1: no division by 0, zeros below
+            a = (q * (1.0 + p * alpha * alpha)).rsqrt()
+            b = -a * alpha * p
+            out = a * (x * m + alpha * (1.0 - m)) + b
+            return torch.where(kept, out, torch.zeros_like(out))
+        scale = torch.where(p < 1.0, 1.0 / torch.where(p < 1.0, 1.0 - p, 1.0), 0.0)
+        return x * (m * scale)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}, kind={self.kind}, scaling={self.scaling}, name={self.name}"
+
+
+# torch's channel dropouts: Dropout1d takes (N, C, L) or unbatched (C, L); Dropout2d takes
+# (N, C, H, W) and reads a 3-D input as (N, C, L) (with a warning); Dropout3d takes
+# (N, C, D, H, W) or unbatched (C, D, H, W). dropkit's spatial layers take batched input only.
+_TORCH_CHANNELS: dict[type[nn.Module], dict[int, int]] = {
+    nn.Dropout1d: {3: 2, 2: 1},
+    nn.Dropout2d: {4: 2, 3: 2},
+    nn.Dropout3d: {5: 2, 4: 1},
+}
+_DROPKIT_CHANNELS: dict[type[nn.Module], dict[int, int]] = {
+    SpatialDropout1d: {3: 2},
+    SpatialDropout2d: {4: 2},
+    SpatialDropout3d: {5: 2},
+}
+
+
+def counter_module(module: nn.Module, seed: int, layer: int) -> CounterDropout | None:
+    """The :class:`CounterDropout` equivalent of a dropout module, or None when there is none.
+
+    Covered (by exact type, so a subclass with its own ``forward`` is not silently replaced):
+    ``nn.Dropout``, ``nn.Dropout1d/2d/3d``, ``nn.AlphaDropout``, ``nn.FeatureAlphaDropout``,
+    and dropkit's ``Dropout`` (both scalings), ``SpatialDropout1d/2d/3d``, ``AlphaDropout``,
+    ``FeatureAlphaDropout``, ``DropPath``, ``LockedDropout``. Not covered: Gaussian noise,
+    DropBlock and modules with parameters or buffers of their own.
+    """
+    if any(True for _ in module.parameters()) or any(True for _ in module.buffers()):
+        return None
+    kind_type = type(module)
+    name = kind_type.__name__
+    p = module_rate(module)
+
+    def make(
+        kind: str, scaling: str = "inverted", axes: dict[int, int] | None = None
+    ) -> CounterDropout:
+        return CounterDropout(
+            p, seed, layer, kind=kind, scaling=scaling, channel_axes=axes, name=name
+        )
+
+    if kind_type is nn.Dropout:
+        return make("element")
+    if kind_type in _TORCH_CHANNELS:
+        return make("channel", axes=_TORCH_CHANNELS[kind_type])
+    if kind_type is nn.AlphaDropout or kind_type is AlphaDropout:
+        return make("element", "alpha")
+    if kind_type is nn.FeatureAlphaDropout or kind_type is FeatureAlphaDropout:
+        return make("channel", "alpha", {rank: 2 for rank in range(2, 9)})
+    if not isinstance(module, DropoutLayer):
+        return None
+    if kind_type is Dropout:
+        return make("element", str(getattr(module, "scaling", "inverted")))
+    if kind_type in _DROPKIT_CHANNELS:
+        return make("channel", axes=_DROPKIT_CHANNELS[kind_type])
+    if kind_type is DropPath:
+        return make("sample", "inverted" if getattr(module, "scale_by_keep", True) else "unscaled")
+    if kind_type is LockedDropout:
+        return make("locked" if getattr(module, "batch_first", True) else "locked_time_first")
+    return None

@@ -1,0 +1,544 @@
+"""The batched trainer for user models (``dropkit.lab.vmapped``) and its counter-based masks.
+
+The central property: a run trained in a batch gives what it gives alone. Each test builds small
+models from a factory, trains a few runs together and each run alone, and compares the final
+weights (``ATOL``) and the curves. Plain autograd loops written here check the functional
+machinery itself (stacking, ``functional_call``, ``vmap``, one Adam).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import dropkit
+from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.counter_masks import (
+    CounterDropout,
+    counter_bits,
+    counter_module,
+    counter_uniform,
+    keep_mask,
+)
+from dropkit.lab.data import Dataset
+from dropkit.lab.training import make_adam
+from dropkit.lab.vmapped import train_custom
+
+# Two computations of the same float32 numbers (a batched GEMM may sum in another order than a
+# single one): a few epochs of Adam keep the weights within ~1e-7; 1e-5 leaves room.
+ATOL = 1e-5
+
+MODEL = ModelSpec(hidden=(), kind="custom", name="test", fingerprint="0123456789abcdef")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Factory:
+    """A model source: ``build(p, seed)`` calls ``make(p)`` under torch's RNG seeded with
+    ``seed`` (restored afterwards)."""
+
+    def __init__(self, make: Callable[[float], nn.Module]) -> None:
+        self.make = make
+
+    def build(self, p: float, seed: int) -> nn.Module:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return self.make(p)
+
+
+def table(task: str = "classification", n_classes: int = 3, n: int = 90) -> Dataset:
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n + 40, 5)).astype(np.float32)
+    score = x[:, 0] + 0.5 * x[:, 1] ** 2 - x[:, 2]
+    if task == "regression":
+        y: np.ndarray = (score + 0.1 * rng.standard_normal(len(x))).astype(np.float32)
+        n_classes = 0
+    else:
+        edges = np.quantile(score, np.linspace(0, 1, n_classes + 1)[1:-1])
+        y = np.searchsorted(edges, score).astype(np.int64)
+    names = tuple(f"f{i}" for i in range(5))
+    return Dataset("table", x[:n], y[:n], x[n:], y[n:], n_classes, names, task=task)
+
+
+def images() -> Dataset:
+    """3-class 1x6x6 images: a bright bar in the top, middle or bottom rows, plus noise."""
+    rng = np.random.default_rng(3)
+    n = 96
+    y = rng.integers(0, 3, n).astype(np.int64)
+    x = 0.3 * rng.standard_normal((n, 1, 6, 6)).astype(np.float32)
+    for i, label in enumerate(y):
+        x[i, 0, 2 * label : 2 * label + 2, :] += 1.0
+    flat = x.reshape(n, -1)
+    names = tuple(f"px{i}" for i in range(36))
+    return Dataset("img", flat[:64], y[:64], flat[64:], y[64:], 3, names, input_shape=(1, 6, 6))
+
+
+def configs(
+    settings: list[dict[str, object]],
+    epochs: int = 4,
+    batch_size: int = 16,
+    data: DataSpec | None = None,
+) -> list[RunConfig]:
+    train = TrainSpec(epochs=epochs, batch_size=batch_size)
+    return [RunConfig(data or DataSpec("table"), MODEL, train, **s) for s in settings]  # type: ignore[arg-type]
+
+
+def mlp(width: int = 3) -> Factory:
+    return Factory(
+        lambda p: nn.Sequential(
+            nn.Linear(5, 24), nn.ReLU(), nn.Dropout(p), nn.Linear(24, 16), nn.Tanh(),
+            dropkit.Dropout(p), nn.Linear(16, width),
+        )
+    )  # fmt: skip
+
+
+def assert_same_runs(source: Factory, data: Dataset, runs: list[RunConfig], **kw: object) -> None:
+    """Trained together == each trained alone: final weights, curves and info."""
+    together = train_custom(source, data, runs, **kw)  # type: ignore[arg-type]
+    assert together.states is not None and together.info is not None
+    for i, config in enumerate(runs):
+        alone = train_custom(source, data, [config], **kw)  # type: ignore[arg-type]
+        assert alone.states is not None and alone.info is not None
+        for key, value in alone.states[0].items():
+            torch.testing.assert_close(together.states[i][key], value, atol=ATOL, rtol=0)
+        for name, curve in alone.curves.items():
+            np.testing.assert_allclose(together.curves[name][i], curve[0], atol=1e-4, rtol=0)
+        assert together.info[i].keys() == alone.info[0].keys()
+        for key, number in alone.info[0].items():
+            assert together.info[i][key] == pytest.approx(number, abs=1e-4, nan_ok=True)
+
+
+# --- counter masks ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_drop_fraction_within_five_binomial_standard_errors(p: float) -> None:
+    n = 200_000
+    keep = keep_mask(torch.tensor(11), torch.tensor(p), 3, 2, (n,))
+    dropped = 1.0 - keep.double().mean().item()
+    # Binomial(n, p) / n has standard error sqrt(p(1-p)/n); 5 of them: a false alarm < 1e-6.
+    assert abs(dropped - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_uniforms_are_uniform_and_in_range() -> None:
+    u = counter_uniform(torch.tensor(5), 0, 0, (100_000,))
+    assert u.dtype == torch.float32 and u.min() >= 0.0 and u.max() < 1.0
+    counts = torch.histc(u, bins=10, min=0.0, max=1.0)
+    # Each decile count is Binomial(1e5, 0.1): sd = sqrt(1e5·0.1·0.9) ≈ 95; 5 sd = 474.
+    assert (counts - 10_000).abs().max() < 5 * math.sqrt(100_000 * 0.1 * 0.9)
+
+
+def test_masks_repeat_for_the_same_inputs_and_differ_otherwise() -> None:
+    n = 40_000
+    base = keep_mask(torch.tensor(1), torch.tensor(0.5), 10, 1, (n,))
+    assert torch.equal(base, keep_mask(torch.tensor(1), torch.tensor(0.5), 10, 1, (n,)))
+    others = {
+        "seed": keep_mask(torch.tensor(2), torch.tensor(0.5), 10, 1, (n,)),
+        "large seed": keep_mask(torch.tensor(1 + 2**40), torch.tensor(0.5), 10, 1, (n,)),
+        "negative seed": keep_mask(torch.tensor(-1), torch.tensor(0.5), 10, 1, (n,)),
+        "step": keep_mask(torch.tensor(1), torch.tensor(0.5), 11, 1, (n,)),
+        "layer": keep_mask(torch.tensor(1), torch.tensor(0.5), 10, 2, (n,)),
+    }
+    for what, other in others.items():
+        agree = (base == other).double().mean().item()
+        # Independent masks at p = 0.5 agree on half the units: sd sqrt(0.25/n) = 0.0025.
+        assert abs(agree - 0.5) < 5 * math.sqrt(0.25 / n), what
+
+
+def test_counter_bits_are_32_bit_and_index_dependent() -> None:
+    index = torch.arange(1000)
+    bits = counter_bits(torch.tensor(3), 0, 0, index)
+    assert bits.min() >= 0 and bits.max() < 2**32
+    assert len(torch.unique(bits)) == 1000  # a bijection of the index for fixed keys
+    shifted = counter_bits(torch.tensor(3), 0, 0, index + 2**32)
+    assert not torch.equal(bits, shifted)
+
+
+def test_counter_dropout_rates_zero_and_one_and_eval() -> None:
+    x = torch.randn(8, 50)
+    layer = CounterDropout(0.0, seed=3, layer=1)
+    assert torch.equal(layer(x), x)
+    layer.p.fill_(1.0)
+    out = layer(x)
+    assert torch.equal(out, torch.zeros_like(x))
+    layer.p.fill_(0.4)
+    out = layer(x)
+    kept = out != 0
+    torch.testing.assert_close(out[kept], x[kept] / 0.6)
+    layer.eval()
+    assert torch.equal(layer(x), x)
+    classic = CounterDropout(0.4, seed=3, layer=1, scaling="classic").eval()
+    torch.testing.assert_close(classic(x), 0.6 * x)
+
+
+def test_counter_dropout_gradient_at_rate_one_is_zero() -> None:
+    x = torch.randn(4, 6, requires_grad=True)
+    CounterDropout(1.0, seed=0, layer=1)(x).sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_channel_masks_drop_whole_channels() -> None:
+    x = torch.ones(16, 8, 5, 5)
+    out = counter_module(nn.Dropout2d(0.5), seed=1, layer=1)(x)  # type: ignore[misc]
+    per_channel = out.flatten(2)
+    assert torch.equal(per_channel.amax(-1), per_channel.amin(-1))  # constant over H, W
+    assert set(per_channel.unique().tolist()) <= {0.0, 2.0}
+    spatial = counter_module(dropkit.SpatialDropout1d(0.5), seed=1, layer=1)
+    assert spatial is not None
+    with pytest.raises(ValueError, match=r"SpatialDropout1d takes a 3-D input"):
+        spatial(torch.ones(4, 5))
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        nn.Dropout(0.3),
+        nn.Dropout1d(0.3),
+        nn.Dropout2d(0.3),
+        nn.Dropout3d(0.3),
+        nn.AlphaDropout(0.3),
+        nn.FeatureAlphaDropout(0.3),
+        dropkit.Dropout(0.3),
+        dropkit.Dropout(0.3, scaling="classic"),
+        dropkit.SpatialDropout1d(0.3),
+        dropkit.SpatialDropout2d(0.3),
+        dropkit.SpatialDropout3d(0.3),
+        dropkit.AlphaDropout(0.3),
+        dropkit.FeatureAlphaDropout(0.3),
+        dropkit.DropPath(0.3),
+        dropkit.LockedDropout(0.3),
+    ],
+    ids=lambda m: f"{type(m).__module__.split('.')[0]}.{type(m).__name__}",
+)
+def test_covered_modules_keep_their_rate_and_mean(module: nn.Module) -> None:
+    counter = counter_module(module, seed=5, layer=2)
+    assert counter is not None and counter.p.item() == pytest.approx(0.3)
+    shapes = {
+        nn.Dropout1d: (64, 8, 6), nn.Dropout2d: (64, 8, 3, 3), nn.Dropout3d: (64, 8, 2, 2, 2),
+        dropkit.SpatialDropout1d: (64, 8, 6), dropkit.SpatialDropout2d: (64, 8, 3, 3),
+        dropkit.SpatialDropout3d: (64, 8, 2, 2, 2), dropkit.LockedDropout: (64, 6, 8),
+    }  # fmt: skip
+    x = torch.randn(shapes.get(type(module), (64, 96)))
+    out = counter(x)
+    assert out.shape == x.shape
+    reference = module(x)  # torch's RNG: another mask, the same law
+    # Means over ~6000 units of N(0, 1)-ish values: both within a few 1/sqrt(n) of x's mean.
+    assert abs(out.mean().item() - reference.mean().item()) < 0.2
+    assert abs(out.std().item() - reference.std().item()) < 0.2
+
+
+def test_uncovered_modules_have_no_counter_equivalent() -> None:
+    assert counter_module(dropkit.GaussianDropout(0.3), seed=0, layer=1) is None
+    assert counter_module(dropkit.DropBlock2d(0.3, block_size=3), seed=0, layer=1) is None
+
+
+# --- batched == alone ------------------------------------------------------------------------
+
+
+def test_mlp_batched_equals_alone() -> None:
+    runs = configs([{"p": p, "seed": s} for p, s in [(0.0, 0), (0.3, 1), (0.5, 2), (0.3, 3)]])
+    assert_same_runs(mlp(), table(), runs)
+
+
+def test_binary_mlp_with_input_dropout_batched_equals_alone() -> None:
+    settings: list[dict[str, object]] = [
+        {"p": 0.2, "seed": 1, "input_p": 0.2},
+        {"p": 0.4, "seed": 2},
+    ]
+    assert_same_runs(mlp(1), table(n_classes=2), configs(settings))
+
+
+def cnn(p: float) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Dropout2d(p),
+        nn.Flatten(), nn.Dropout(p), nn.Linear(4 * 36, 3),
+    )  # fmt: skip
+
+
+def test_cnn_batched_equals_alone() -> None:
+    runs = configs([{"p": p, "seed": s} for p, s in [(0.1, 0), (0.3, 1), (0.5, 2)]], epochs=3)
+    assert_same_runs(Factory(cnn), images(), runs)
+
+
+def plain_loop(source: Factory, data: Dataset, config: RunConfig) -> dict[str, Tensor]:
+    """The textbook autograd loop: one module, one Adam, the run's generator for the order."""
+    model = source.build(config.p, config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = make_adam(list(model.parameters()), config.train)
+    x = torch.from_numpy(data.x_train).view(-1, *data.sample_shape)
+    y = torch.from_numpy(data.y_train)
+    for _ in range(config.train.epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        for begin in range(0, len(y), config.train.batch_size):
+            rows = order[begin : begin + config.train.batch_size]
+            out = model(x[rows])
+            if data.task == "regression":
+                loss = F.mse_loss(out.squeeze(-1), y[rows])
+            else:
+                loss = F.cross_entropy(out, y[rows])
+            optimizer.zero_grad()
+            loss.backward()  # type: ignore[no-untyped-call]
+            optimizer.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_rate_zero_equals_plain_autograd_loop(kind: str) -> None:
+    source, data = (mlp(), table()) if kind == "mlp" else (Factory(cnn), images())
+    runs = configs([{"p": 0.0, "seed": 4}, {"p": 0.0, "seed": 9}], epochs=3)
+    result = train_custom(source, data, runs)
+    assert result.states is not None
+    for state, config in zip(result.states, runs, strict=True):
+        for key, value in plain_loop(source, data, config).items():
+            torch.testing.assert_close(state[key], value, atol=ATOL, rtol=0)
+
+
+def bn_net(p: float) -> nn.Module:
+    # No bias before the BatchNorm: BatchNorm removes it, so its gradient is rounding noise
+    # that Adam normalizes to steps of size lr, different for any two summation orders.
+    return nn.Sequential(
+        nn.Linear(5, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(16, 3),
+    )  # fmt: skip
+
+
+def test_batchnorm_trains_batched_with_per_run_running_statistics() -> None:
+    lines: list[str] = []
+    runs = configs([{"p": 0.0, "seed": 1}, {"p": 0.3, "seed": 2}, {"p": 0.0, "seed": 3}])
+    result = train_custom(Factory(bn_net), table(), runs, log=lines.append)
+    assert not any("run by run" in line for line in lines), lines
+    assert result.states is not None
+    assert_same_runs(Factory(bn_net), table(), runs)
+    # vmap updates each run's running statistics in place: the same as the plain module
+    # (the loop skips no batch: 90 rows in batches of 16 leave a last batch of 10).
+    for i in (0, 2):
+        for key, value in plain_loop(Factory(bn_net), table(), runs[i]).items():
+            torch.testing.assert_close(result.states[i][key], value, atol=ATOL, rtol=0)
+
+
+class ItemNet(nn.Module):
+    """A model vmap cannot run: ``.item()`` and data-dependent control flow."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(p))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.body(x)
+        if h.mean().item() > 1e6:  # never true, but vmap cannot know that
+            h = h * 0
+        out: Tensor = self.head(h)
+        return out
+
+
+def test_model_vmap_cannot_run_falls_back_run_by_run() -> None:
+    lines: list[str] = []
+    runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}])
+    result = train_custom(Factory(ItemNet), table(), runs, log=lines.append)
+    assert any("run by run" in line and "vmap cannot run" in line for line in lines), lines
+    assert result.states is not None
+    # Run by run uses the same counter masks: the same result as a batched-equivalent model
+    # (the same layers without the .item() branch) trained batched.
+    plain = Factory(
+        lambda p: nn.Sequential(
+            nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(p)), nn.Linear(16, 3)
+        )
+    )
+    batched = train_custom(plain, table(), runs)
+    assert batched.states is not None
+    for mine, theirs in zip(result.states, batched.states, strict=True):
+        for key, value in mine.items():
+            index = key.replace("body.", "0.").replace("head.", "1.")
+            torch.testing.assert_close(value, theirs[index], atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"batched=True.*vmap cannot run"):
+        train_custom(Factory(ItemNet), table(), runs, batched=True)
+
+
+def test_batched_false_trains_alone_with_the_same_results() -> None:
+    runs = configs([{"p": 0.3, "seed": 1}, {"p": 0.5, "seed": 2}])
+    lines: list[str] = []
+    alone = train_custom(mlp(), table(), runs, batched=False, log=lines.append)
+    together = train_custom(mlp(), table(), runs)
+    assert any("batched=False" in line for line in lines)
+    assert alone.states is not None and together.states is not None
+    for a, b in zip(alone.states, together.states, strict=True):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=ATOL, rtol=0)
+
+
+class Attention(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.embed = nn.Linear(1, 8)
+        self.attention = nn.MultiheadAttention(8, 2, dropout=p, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x.unsqueeze(-1))  # (N, 5, 8): each feature a token
+        h, _ = self.attention(h, h, h, need_weights=False)
+        out: Tensor = self.head(h.mean(1))
+        return out
+
+
+def test_float_rate_attention_dropout_trains_run_by_run_on_seeded_torch_rng() -> None:
+    lines: list[str] = []
+    runs = configs([{"p": 0.3, "seed": 1}, {"p": 0.3, "seed": 2}], epochs=2)
+    first = train_custom(Factory(Attention), table(), runs, log=lines.append)
+    again = train_custom(Factory(Attention), table(), runs)
+    assert any("attention.dropout" in line and "torch's RNG" in line for line in lines), lines
+    assert first.states is not None and again.states is not None
+    for a, b in zip(first.states, again.states, strict=True):  # seeded: reproducible
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    # the run's RNG is torch's, seeded with its seed: the plain loop under that seed agrees
+    for state, config in zip(first.states, runs, strict=True):
+        with torch.random.fork_rng():
+            model_seeded = Factory(Attention)
+            torch.manual_seed(config.seed)
+            expected = plain_loop_seeded(model_seeded, table(), config)
+        for key, value in expected.items():
+            torch.testing.assert_close(state[key], value, atol=ATOL, rtol=0)
+    assert not torch.allclose(first.states[0]["head.weight"], first.states[1]["head.weight"])
+    with pytest.raises(ValueError, match=r"batched=True.*attention\.dropout"):
+        train_custom(Factory(Attention), table(), runs, batched=True)
+
+
+def plain_loop_seeded(source: Factory, data: Dataset, config: RunConfig) -> dict[str, Tensor]:
+    """:func:`plain_loop` with torch's RNG seeded after the module is built (as the trainer)."""
+    model = source.build(config.p, config.seed)
+    torch.manual_seed(config.seed)
+    state = plain_loop(Factory(lambda _p: model), data, config)
+    return state
+
+
+# --- tasks, errors, regularizers ---------------------------------------------------------------
+
+
+def test_regression_trains_on_mse_and_reports_r2_rmse_mae() -> None:
+    data = table("regression")
+    spec = DataSpec("table", task="regression", validation=0.25)
+    runs = configs([{"p": 0.1, "seed": 1}, {"p": 0.3, "seed": 2}], epochs=6, data=spec)
+    result = train_custom(mlp(1), data, runs)
+    assert result.states is not None and result.info is not None
+    assert_same_runs(mlp(1), data, runs)
+    model = mlp(1).build(0.1, 1)
+    model.load_state_dict(result.states[0])
+    model.eval()
+    with torch.no_grad():
+        pred = model(torch.from_numpy(data.x_test)).squeeze(-1).double()
+    y = torch.from_numpy(data.y_test).double()
+    sse = (pred - y).pow(2).sum().item()
+    r2 = 1 - sse / (y - y.mean()).pow(2).sum().item()
+    assert result.curves["test_acc"][0, -1] == pytest.approx(r2, abs=1e-5)
+    assert result.curves["test_loss"][0, -1] == pytest.approx(sse / len(y), rel=1e-5)
+    info = result.info[0]
+    assert info["test_rmse"] == pytest.approx(math.sqrt(sse / len(y)), rel=1e-5)
+    assert info["test_mae"] == pytest.approx((pred - y).abs().mean().item(), rel=1e-5)
+    assert {"train_rmse", "train_mae", "val_rmse", "val_mae", "val_acc", "val_loss"} <= set(info)
+    assert result.curves["train_loss"][0, -1] < result.curves["train_loss"][0, 0]
+
+
+def test_regression_accepts_flat_output() -> None:
+    flat = Factory(
+        lambda p: nn.Sequential(nn.Linear(5, 8), nn.Dropout(p), nn.Linear(8, 1), nn.Flatten(0))
+    )
+    runs = configs([{"p": 0.2, "seed": 1}], epochs=2, data=DataSpec("table", task="regression"))
+    result = train_custom(flat, table("regression"), runs)
+    assert np.isfinite(result.curves["test_loss"]).all()
+
+
+def test_wrong_output_shape_names_expected_and_received() -> None:
+    with pytest.raises(ValueError, match=r"\(N, 3\).*got \(2, 2\)"):
+        train_custom(mlp(2), table(), configs([{"p": 0.1, "seed": 0}]))
+
+
+def test_unsupported_regularizer_is_named() -> None:
+    runs = configs([{"p": 0.1, "seed": 0, "regularizers": (("batchnorm", 1.0),)}])
+    with pytest.raises(ValueError, match="'batchnorm'"):
+        train_custom(mlp(), table(), runs)
+
+
+def test_early_stopping_max_norm_l2_smoothing_schedules_batched_equals_alone() -> None:
+    settings: list[dict[str, object]] = [
+        {"p": 0.3, "seed": 1, "regularizers": (("early_stopping", 2.0),)},
+        {"p": 0.3, "seed": 2, "max_norm": 0.5},
+        {"p": 0.2, "seed": 3, "regularizers": (("l1", 1e-3), ("l2", 1e-2))},
+        {"p": 0.4, "seed": 4, "regularizers": (("label_smoothing", 0.1),)},
+        {"p": 0.4, "seed": 5, "regularizers": (("early_dropout", 0.5), ("augment", 0.1))},
+    ]
+    runs = configs(settings, epochs=8)
+    result = train_custom(mlp(), table(), runs)
+    assert result.info is not None and result.states is not None
+    assert {"stop_epoch", "best_epoch"} <= set(result.info[0])
+    assert "stop_epoch" not in result.info[1]
+    for key in ("0.weight", "3.weight", "6.weight"):
+        norms = result.states[1][key].norm(dim=1)
+        assert (norms <= 0.5 + 1e-5).all(), key
+    assert_same_runs(mlp(), table(), runs)
+
+
+def test_early_stopping_stops_and_restores_the_best_epoch() -> None:
+    spec = DataSpec("table", validation=0.3)
+    train = TrainSpec(epochs=30, batch_size=8, lr=0.03)  # overfits 28 rows within a few epochs
+    runs = [
+        RunConfig(spec, MODEL, train, p=0.0, seed=s, regularizers=(("early_stopping", 2.0),))
+        for s in (1, 2, 3)
+    ]
+    source = Factory(lambda p: nn.Sequential(nn.Linear(5, 64), nn.ReLU(), nn.Linear(64, 3)))
+    result = train_custom(source, table(n=40), runs)
+    assert result.info is not None
+    stops = [int(info["stop_epoch"]) for info in result.info]
+    assert max(stops) < 30 and len(set(stops)) > 1  # runs of one batch stop at different epochs
+    for i, info in enumerate(result.info):
+        best, stop = int(info["best_epoch"]), stops[i]
+        assert stop - best == 2 and "val_loss" in info and "val_acc" in info
+        # after the stop, every epoch records the restored model: the best epoch's metrics
+        curve = result.curves["test_loss"][i]
+        np.testing.assert_allclose(curve[stop:], curve[best - 1], rtol=1e-12)
+    assert_same_runs(source, table(n=40), runs)
+
+
+def test_folds_of_different_sizes_train_and_match_alone() -> None:
+    spec = DataSpec("table", folds=4)  # 90 rows: fit sizes 67 and 68
+    runs = configs([{"p": 0.3, "seed": 1, "fold": f} for f in range(4)], epochs=2, data=spec)
+    lines: list[str] = []
+    result = train_custom(mlp(), table(), runs, log=lines.append)
+    assert result.info is not None
+    assert all("val_acc" in info for info in result.info)
+    assert_same_runs(mlp(), table(), runs)
+
+
+def test_memory_budget_splits_into_groups_with_the_same_results() -> None:
+    runs = configs([{"p": p, "seed": s} for p, s in [(0.1, 0), (0.3, 1), (0.5, 2)]])
+    lines: list[str] = []
+    split = train_custom(mlp(), table(), runs, max_batch_memory=1, log=lines.append)
+    whole = train_custom(mlp(), table(), runs, max_batch_memory=1 << 30)
+    assert any("3 runs in 3 group(s) of at most 1" in line for line in lines), lines
+    assert split.states is not None and whole.states is not None
+    for a, b in zip(split.states, whole.states, strict=True):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=ATOL, rtol=0)
+
+
+def test_on_epoch_hears_every_epoch_once_and_states_keep_the_layout() -> None:
+    heard: list[int] = []
+    runs = configs([{"p": 0.3, "seed": 1}, {"p": 0.0, "seed": 2}], epochs=3)
+    result = train_custom(mlp(), table(), runs, on_epoch=heard.append)
+    assert heard == [1, 2, 3]
+    assert result.states is not None
+    assert list(result.states[0]) == list(mlp().build(0.3, 1).state_dict())
+    assert result.curves["train_acc"].shape == (2, 3)
