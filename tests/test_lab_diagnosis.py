@@ -302,3 +302,43 @@ class TestBnOrder:
             group("d", 0.3, regularizers=(("dropout_bn", 1.0),)),
         ]
         assert check_bn_order(other_rate, T) == []
+
+
+class TestClassificationWording:
+    """Classification messages are pinned word for word: regression support must not change
+    them (the report of a classification store keeps its text)."""
+
+    def test_messages(self) -> None:
+        summaries = [
+            group("none", train=1.0, test=0.8, converge_epoch_mean=10.0),
+            group("dropout p=0.5", 0.5, train=0.7, test=0.75, converge_epoch_mean=95.0),
+            group("dropout p=0.2", 0.2, train=0.95, test=0.85, converge_epoch_mean=40.0),
+        ]
+        messages = {f.rule: f.message for f in diagnose(summaries)}
+        assert messages["no_convergence"] == (
+            "dropout p=0.5: training does not converge: train accuracy 0.700 is 0.300 below the "
+            "baseline's 1.000 (threshold 0.10) and its test accuracy 0.750 is no better than the "
+            "baseline's 0.800: lower the rate"
+        )
+        assert messages["more_epochs"] == (
+            "dropout p=0.2 takes 4.0× the baseline's epochs to converge (40 vs 10 epochs to come "
+            "within 0.01 of the best smoothed test accuracy; reported from 1.5×, dropout "
+            "typically needs 2–3×): budget more epochs"
+        )
+        (capacity,) = diagnose([group("none", train=0.5, test=0.45)])
+        assert capacity.message == (
+            "the baseline (none) fits only 0.500 of its training set (mean final train accuracy "
+            "< 0.90; train loss 0.050): the model cannot fit its data, a capacity (or "
+            "optimization) problem that dropout will not fix: widen or deepen the model, or "
+            "train longer"
+        )
+        single = diagnose([BASE, group("dropout p=0.5", 0.5, train=1.0, test=0.8)])
+        assert [f.message for f in single] == [
+            "the baseline (none) overfits: train–test gap 0.200 (train 1.000, test 0.800; "
+            "threshold 0.10): regularize it, e.g. with dropout",
+            "dropout p=0.5: the gap is still 0.200 at p=0.5, the only rate tried (train 1.000, "
+            "test 0.800; threshold 0.10); one rate cannot show which way to move it (a higher "
+            "rate may close the gap or stop the model fitting, a lower one may test better or "
+            "overfit more): sweep several rates, e.g. 0.1 to 0.7, to see where the test "
+            "accuracy peaks",
+        ]

@@ -319,6 +319,7 @@ def _print_experiment(experiment: Experiment) -> None:
     _print_table(experiment.summaries)
     if experiment.best is not None:
         typer.echo(experiment.best.evidence)
+        typer.echo(experiment.best.choice)
     for finding in experiment.findings:
         typer.echo(f"{finding.severity} [{finding.rule}]: {finding.message}")
 
@@ -330,12 +331,18 @@ def _print_table(summaries: Sequence[ArmSummary]) -> None:
     def fmt(value: float, signed: bool = False) -> str:
         return "n/a" if not math.isfinite(value) else f"{value:{'+' if signed else ''}.3f}"
 
+    regression = bool(summaries) and summaries[0].task == "regression"
+    validation = any(math.isfinite(s.val_acc_mean) for s in summaries)
+    score, short = ("R²", "R²") if regression else ("accuracy", "acc")
     table = Table(
-        title="Final accuracy over seeds (mean, 95% CI)",
+        title=f"Final {score} over seeds (mean, 95% CI)",
         caption="adj. p: Holm-adjusted over all groups; * significant at 0.05",
     )
     baseline = next((s.vs_baseline.baseline for s in summaries if s.vs_baseline), "baseline")
-    columns = ("group", "seeds", "train acc", "test acc", "95% CI", "gap", f"vs {baseline}")
+    columns = ["group", "seeds", f"train {short}", f"test {short}", "95% CI"]
+    columns += [f"val {short}"] if validation else []
+    columns += ["test RMSE"] if regression else []
+    columns += ["gap", f"vs {baseline}"]
     for column in columns:
         table.add_column(column, justify="left" if column == "group" else "right")
     for s in summaries:
@@ -345,16 +352,14 @@ def _print_table(summaries: Sequence[ArmSummary]) -> None:
         if test is not None and math.isfinite(test.p_adjusted):
             versus += f" (adj. p={test.p_adjusted:.2g}{'*' if test.significant else ''})"
         seeds = f"{s.n_seeds}" + (f" ({s.n_nan} NaN)" if s.n_nan else "")
-        table.add_row(
-            s.name,
-            seeds,
-            fmt(s.train_acc_mean),
-            fmt(s.test_acc_mean),
-            f"[{fmt(low)}, {fmt(high)}]",
-            fmt(s.gap_mean),
-            versus,
-        )
-    Console(width=110).print(table)
+        cells = [s.name, seeds, fmt(s.train_acc_mean), fmt(s.test_acc_mean)]
+        cells.append(f"[{fmt(low)}, {fmt(high)}]")
+        cells += [fmt(s.val_acc_mean)] if validation else []
+        if regression:
+            rmse = s.test_rmse_mean
+            cells.append(f"{rmse:.4g}" if math.isfinite(rmse) else "n/a")
+        table.add_row(*cells, fmt(s.gap_mean), versus)
+    Console(width=110 + 12 * (validation + regression)).print(table)
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """One summary path for every command: stored runs → experiments → statistics, best, diagnosis.
 
-An *experiment* is the set of stored runs that share data, model and training settings; its
-runs are grouped (identical configs but for the seed), summarized over seeds, compared with the
-baseline group, and diagnosed (:mod:`dropkit.lab.stats`). The CLI's tables and ``--json``, the
+An *experiment* is the set of stored runs that share data, model and training settings (the
+folds of a cross-validation included); its runs are grouped (identical configs but for the seed
+and fold), summarized over seeds, compared with the baseline group, and diagnosed
+(:mod:`dropkit.lab.stats`). The CLI's tables and ``--json``, the
 HTML report and :class:`dropkit.lab.Experiment` all read this one analysis.
 """
 
@@ -44,8 +45,15 @@ class Analysis:
     best: BestRate | None
     curves: dict[str, dict[str, NDArray[np.float64]]]
 
+    @property
+    def task(self) -> str:
+        """The experiment's task: ``"classification"`` or ``"regression"``."""
+        return self.runs[0].config.data.task if self.runs else "classification"
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary rows, findings and the best group."""
+        """JSON-ready summary rows, findings and the best group (``name``, ``arm``, ``p``,
+        ``evidence``, ``chosen_on``: ``"validation"`` or ``"test"``, ``choice``: the line that
+        names the split that chose)."""
         best = self.best
         return {
             "experiment": self.title,
@@ -59,6 +67,8 @@ class Analysis:
                 "arm": best.summary.arm,
                 "p": best.summary.p,
                 "evidence": best.evidence,
+                "chosen_on": best.chosen_on,
+                "choice": best.choice,
             },
         }
 

@@ -29,6 +29,14 @@ The rules (ids), with the thresholds of :class:`Thresholds`:
 - ``bn_order`` (:func:`check_bn_order`): dropout after batch norm against dropout before it,
   at the same rate, with Welch's t-test of their test accuracies.
 
+Tasks. For regression (``DataSpec.task = "regression"``) the scores are R² instead of accuracy
+and the losses mean squared errors: the same rules and thresholds apply to R² (a baseline with
+train R² below ``fit_train_acc`` cannot fit its data, a train–test R² gap of ``large_gap`` is
+overfitting), and every message names the score it measured
+(:func:`~dropkit.lab.summary.score_name`).
+With a validation split or folds, "the best dropout group" is the one chosen on validation, as
+in :func:`~dropkit.lab.summary.best_rate`.
+
 The gap rules stay silent when the capacity rule fires (a model that cannot fit its data is not
 overfitting, whatever its gap), and a group told to lower its rate (``no_convergence``) is
 never also told to raise it.
@@ -42,7 +50,13 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from dropkit.lab.significance import welch_from_stats
-from dropkit.lab.summary import CONVERGE_TOL, ArmSummary, json_ready
+from dropkit.lab.summary import (
+    CONVERGE_TOL,
+    ArmSummary,
+    chosen_on,
+    json_ready,
+    selection_score,
+)
 
 __all__ = [
     "RULES",
@@ -64,14 +78,15 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Thresholds:
-    """The numbers the diagnosis rules compare against (accuracies are fractions).
+    """The numbers the diagnosis rules compare against, in units of the task's score
+    (accuracies as fractions; R² for regression).
 
     Attributes:
-        fit_train_acc: a baseline whose mean final train accuracy is below this cannot fit its
+        fit_train_acc: a baseline whose mean final train score is below this cannot fit its
             training set (capacity rule).
-        large_gap: a mean train–test accuracy gap at or above this is overfitting (gap rule).
-        underfit_drop: a regularized group whose train accuracy is this much below a fitting
-            baseline's, without a better test accuracy, fails to train (convergence rule).
+        large_gap: a mean train–test score gap at or above this is overfitting (gap rule).
+        underfit_drop: a regularized group whose train score is this much below a fitting
+            baseline's, without a better test score, fails to train (convergence rule).
         slower_ratio: dropout's epochs to converge over the baseline's at or above this is
             reported (more-epochs rule; Srivastava et al. report 2–3×).
         late_fraction: converging after this fraction of the epochs means still improving.
@@ -113,6 +128,15 @@ Rule = Callable[[Sequence[ArmSummary], Thresholds], list[Diagnosis]]
 """A diagnosis rule: the groups (baseline first) and the thresholds in, its findings out."""
 
 
+def _regression(s: ArmSummary) -> bool:
+    return s.task == "regression"
+
+
+def _gap_name(s: ArmSummary) -> str:
+    """``gap`` (classification wording, unchanged) or ``R² gap``."""
+    return "R² gap" if _regression(s) else "gap"
+
+
 def _has_dropout(s: ArmSummary) -> bool:
     return s.p > 0 or s.input_p > 0
 
@@ -146,12 +170,17 @@ def check_diverged(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagn
     for s in summaries:
         if s.n_nan:
             fix = "lower the learning rate" + (" or the rate" if _has_dropout(s) else "")
+            what = (
+                f"{s.n_nan} of {s.n_seeds} seeds have a fold run that ended with NaN/inf "
+                "metrics (diverged)"
+                if s.folds
+                else f"{s.n_nan} of {s.n_seeds} runs ended with NaN/inf metrics (diverged)"
+            )
             findings.append(
                 Diagnosis(
                     "diverged",
                     "warning",
-                    f"{s.name}: {s.n_nan} of {s.n_seeds} runs ended with NaN/inf metrics "
-                    f"(diverged); they are left out of every statistic: {fix}",
+                    f"{s.name}: {what}; they are left out of every statistic: {fix}",
                     {"n_nan": s.n_nan, "n_runs": s.n_seeds},
                     s.name,
                 )
@@ -177,21 +206,29 @@ def check_seeds(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosi
 
 
 def check_capacity(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
-    """``capacity``: the baseline cannot fit its training set (train accuracy too low)."""
+    """``capacity``: the baseline cannot fit its training set (train score too low)."""
     if not summaries:
         return []
     base = summaries[0]
     if not math.isfinite(base.train_acc_mean) or _fits(base, t):
         return []
+    if _regression(base):
+        measured = (
+            f"reaches only a train R² of {base.train_acc_mean:.3f} (mean final train R² < "
+            f"{t.fit_train_acc:.2f}; train MSE {base.train_loss_mean:.3f})"
+        )
+    else:
+        measured = (
+            f"fits only {base.train_acc_mean:.3f} of its training set (mean final train "
+            f"accuracy < {t.fit_train_acc:.2f}; train loss {base.train_loss_mean:.3f})"
+        )
     return [
         Diagnosis(
             "capacity",
             "warning",
-            f"the baseline ({base.name}) fits only {base.train_acc_mean:.3f} of its training "
-            f"set (mean final train accuracy < {t.fit_train_acc:.2f}; train loss "
-            f"{base.train_loss_mean:.3f}): the model cannot fit its data, a capacity (or "
-            "optimization) problem that dropout will not fix: widen or deepen the model, or "
-            "train longer",
+            f"the baseline ({base.name}) {measured}: the model cannot fit its data, a capacity "
+            "(or optimization) problem that dropout will not fix: widen or deepen the model, "
+            "or train longer",
             {
                 "train_acc": base.train_acc_mean,
                 "train_loss": base.train_loss_mean,
@@ -215,7 +252,8 @@ def check_baseline_gap(summaries: Sequence[ArmSummary], t: Thresholds) -> list[D
         Diagnosis(
             "large_gap",
             "warning",
-            f"the baseline ({base.name}) overfits: train–test gap {base.gap_mean:.3f} (train "
+            f"the baseline ({base.name}) overfits: train–test {_gap_name(base)} "
+            f"{base.gap_mean:.3f} (train "
             f"{base.train_acc_mean:.3f}, test {base.test_acc_mean:.3f}; threshold "
             f"{t.large_gap:.2f}): regularize it, e.g. with dropout",
             {
@@ -252,7 +290,7 @@ def _raise_the_rate(s: ArmSummary, t: Thresholds) -> Diagnosis:
     return Diagnosis(
         "large_gap",
         "warning",
-        f"{s.name}: the gap is still {s.gap_mean:.3f} at the highest rate tried "
+        f"{s.name}: the {_gap_name(s)} is still {s.gap_mean:.3f} at the highest rate tried "
         f"(p={s.p:g}; train {s.train_acc_mean:.3f}, test {s.test_acc_mean:.3f}; "
         f"threshold {t.large_gap:.2f}): raise the rate",
         {"gap": s.gap_mean, "p": s.p, "threshold": t.large_gap},
@@ -264,11 +302,12 @@ def _sweep_the_rate(s: ArmSummary, t: Thresholds) -> Diagnosis:
     return Diagnosis(
         "single_rate",
         "info",
-        f"{s.name}: the gap is still {s.gap_mean:.3f} at p={s.p:g}, the only rate tried "
-        f"(train {s.train_acc_mean:.3f}, test {s.test_acc_mean:.3f}; threshold "
+        f"{s.name}: the {_gap_name(s)} is still {s.gap_mean:.3f} at p={s.p:g}, the only rate "
+        f"tried (train {s.train_acc_mean:.3f}, test {s.test_acc_mean:.3f}; threshold "
         f"{t.large_gap:.2f}); one rate cannot show which way to move it (a higher rate may "
         "close the gap or stop the model fitting, a lower one may test better or overfit "
-        "more): sweep several rates, e.g. 0.1 to 0.7, to see where the test accuracy peaks",
+        "more): sweep several rates, e.g. 0.1 to 0.7, to see where the test "
+        f"{s.score_name} peaks",
         {
             "gap": s.gap_mean,
             "p": s.p,
@@ -308,14 +347,15 @@ def check_no_convergence(summaries: Sequence[ArmSummary], t: Thresholds) -> list
         base = summaries[0]  # _underfit is empty without a baseline
         drop = base.train_acc_mean - s.train_acc_mean
         knob = "rate" if _has_dropout(s) else "strength"
+        score = s.score_name
         findings.append(
             Diagnosis(
                 "no_convergence",
                 "warning",
-                f"{s.name}: training does not converge: train accuracy "
+                f"{s.name}: training does not converge: train {score} "
                 f"{s.train_acc_mean:.3f} is {drop:.3f} below the baseline's "
                 f"{base.train_acc_mean:.3f} (threshold {t.underfit_drop:.2f}) and its "
-                f"test accuracy {s.test_acc_mean:.3f} is no better than the baseline's "
+                f"test {score} {s.test_acc_mean:.3f} is no better than the baseline's "
                 f"{base.test_acc_mean:.3f}: lower the {knob}",
                 {
                     "train_acc": s.train_acc_mean,
@@ -331,7 +371,8 @@ def check_no_convergence(summaries: Sequence[ArmSummary], t: Thresholds) -> list
 
 
 def check_more_epochs(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
-    """``more_epochs``: the best dropout group converges much later than the baseline."""
+    """``more_epochs``: the best dropout group (by the score :func:`best_rate` chooses on)
+    converges much later than the baseline."""
     if not summaries:
         return []
     base = summaries[0]
@@ -339,7 +380,8 @@ def check_more_epochs(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Di
     base_epochs = base.converge_epoch_mean
     if not dropout or not (math.isfinite(base_epochs) and base_epochs > 0):
         return []
-    best = max(dropout, key=lambda s: s.test_acc_mean)
+    on = chosen_on(summaries)
+    best = max(dropout, key=lambda s: selection_score(s, on))
     ratio = best.converge_epoch_mean / base.converge_epoch_mean
     if not (math.isfinite(ratio) and ratio >= t.slower_ratio):
         return []
@@ -349,8 +391,8 @@ def check_more_epochs(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Di
             "info",
             f"{best.name} takes {ratio:.1f}× the baseline's epochs to converge "
             f"({best.converge_epoch_mean:.0f} vs {base.converge_epoch_mean:.0f} epochs to "
-            f"come within {CONVERGE_TOL} of the best smoothed test accuracy; reported from "
-            f"{t.slower_ratio:g}×, dropout typically needs 2–3×): budget more epochs",
+            f"come within {CONVERGE_TOL} of the best smoothed test {best.score_name}; reported "
+            f"from {t.slower_ratio:g}×, dropout typically needs 2–3×): budget more epochs",
             {
                 "ratio": ratio,
                 "epochs": best.converge_epoch_mean,

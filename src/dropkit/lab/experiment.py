@@ -6,6 +6,9 @@ one experiment of a store read back with :func:`~dropkit.lab.load`). Its statist
 computed once, when it is made, from the results store alone (:mod:`dropkit.lab.analysis`);
 figures, curves and the HTML report read the store again when asked for, so an experiment
 never holds an open database connection.
+
+Its numbers speak the experiment's task (:attr:`Experiment.task`): accuracy for classification,
+R² (with the test RMSE and MAE) for regression.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dropkit.lab.plots import (
 )
 from dropkit.lab.stats import ArmSummary, BestRate, Diagnosis
 from dropkit.lab.store import StoredRun
+from dropkit.lab.summary import score_name, seed_curves
 
 __all__ = ["Experiment"]
 
@@ -80,6 +84,17 @@ class Experiment:
         return self._analysis
 
     @property
+    def task(self) -> str:
+        """``"classification"`` or ``"regression"``: the ``*_acc`` values hold accuracy or
+        R² (:attr:`score_name`)."""
+        return self._analysis.task
+
+    @property
+    def score_name(self) -> str:
+        """``"accuracy"`` or ``"R²"``."""
+        return score_name(self.task)
+
+    @property
     def summaries(self) -> tuple[ArmSummary, ...]:
         """One :class:`~dropkit.lab.stats.ArmSummary` per group, the baseline first."""
         return self._analysis.summaries
@@ -88,20 +103,26 @@ class Experiment:
     def summary(self) -> list[dict[str, Any]]:
         """One row per group (the baseline first), with the keys of the CLI's ``--json``
         summary: ``name``, ``arm``, ``p``, ``n_seeds``, ``train_acc_mean``, ``test_acc_mean``,
-        ``test_acc_ci95``, ``gap_mean``, ``vs_baseline``, ... (NaN written as None)."""
+        ``test_acc_ci95``, ``gap_mean``, ``vs_baseline``, ``task``, ``score_name``,
+        ``val_acc_mean``, ``test_rmse_mean``, ... (NaN written as None)."""
         return [s.to_dict() for s in self._analysis.summaries]
 
     @property
     def best(self) -> BestRate | None:
-        """The group with the highest mean final test accuracy, with a sentence of evidence
-        (``best.summary``, ``best.evidence``); None when no run finished."""
+        """The best group, with a sentence of evidence; None when no run finished.
+
+        ``best.summary`` is the group, ``best.evidence`` the sentence, ``best.chosen_on`` the
+        split that chose it: ``"validation"`` (the highest mean validation score, when every
+        group has one: data with a validation split or folds) or ``"test"`` (the highest mean
+        final test score; the test set then doubles as validation, as in the published
+        tutorial), and ``best.choice`` a line that says so."""
         return self._analysis.best
 
     @property
     def comparisons(self) -> list[dict[str, Any]]:
         """Each group's test against the baseline: ``group``, ``baseline``, ``difference`` (of
-        mean test accuracy), ``test`` (``paired`` or ``welch``), ``p_value``, ``p_adjusted``
-        (Holm over all groups) and ``significant`` (adjusted p < 0.05)."""
+        mean test score: accuracy or R²), ``test`` (``paired`` or ``welch``), ``p_value``,
+        ``p_adjusted`` (Holm over all groups) and ``significant`` (adjusted p < 0.05)."""
         rows = []
         for s in self._analysis.summaries:
             c = s.vs_baseline
@@ -140,8 +161,9 @@ class Experiment:
     def curves(self, groups: str | Sequence[str] | None = None) -> dict[str, Curves]:
         """Per-epoch curves of each group: ``{label: {metric: array (seeds, epochs)}}``.
 
-        Metrics are ``train_acc``, ``test_acc``, ``train_loss`` and ``test_loss``; rows are the
-        group's seeds in seed order, NaN-padded where a run stopped early.
+        Metrics are ``train_acc``, ``test_acc`` (accuracy, or R² for regression), ``train_loss``
+        and ``test_loss``; rows are the group's seeds in seed order (with folds, a seed's fold
+        runs averaged per epoch), NaN-padded where a run stopped early.
 
         Args:
             groups: a label, several labels, or None for every group.
@@ -153,7 +175,7 @@ class Experiment:
         chosen = self._chosen(groups)
         members = dict(self._analysis.groups)
         return {
-            label: stack_curves([self._analysis.curves[r.key] for r in members[label]])
+            label: stack_curves(seed_curves(members[label], self._analysis.curves))
             for label in chosen
         }
 
@@ -194,8 +216,9 @@ class Experiment:
 
         Args:
             groups: labels to draw (default: the baseline and the best group).
-            metrics: ``"accuracy"`` (train dashed, test solid, one panel) or ``"all"`` (one
-                panel per metric: train/test accuracy and loss).
+            metrics: ``"accuracy"`` (train dashed, test solid, one panel: the task's score, R²
+                for regression; ``"score"`` is the same) or ``"all"`` (one panel per metric:
+                train/test score and loss).
 
         Returns:
             A matplotlib figure.
@@ -205,20 +228,22 @@ class Experiment:
         seeds = max((s.n_seeds for s in self.summaries), default=0)
         title = f"{self.title}: mean and 95% CI over {seeds} seeds"
         pairs = list(curves.items())
-        if metrics == "accuracy":
-            return accuracy_curves_figure(pairs, title=title)
+        if metrics in ("accuracy", "score"):
+            return accuracy_curves_figure(pairs, title=title, task=self.task)
         if metrics == "all":
-            return learning_curves_figure(pairs, title=title)
-        raise ValueError(f"`metrics` must be 'accuracy' or 'all', got {metrics!r}")
+            return learning_curves_figure(pairs, title=title, task=self.task)
+        raise ValueError(f"`metrics` must be 'accuracy', 'score' or 'all', got {metrics!r}")
 
     def plot_rates(self) -> Figure:
-        """Final test (and train) accuracy against the dropout rate, with 95% CI error bars."""
+        """Final test (and train) score against the dropout rate, with 95% CI error bars."""
+        score = self.score_name
         return rate_figure(
-            [("accuracy", list(self.summaries))], title=f"{self.title}: accuracy vs dropout rate"
+            [(score, list(self.summaries))], title=f"{self.title}: {score} vs dropout rate"
         )
 
     def plot_arms(self) -> Figure:
-        """Each group's final test accuracy with its 95% CI, the baseline marked."""
+        """Each group's final test score with its 95% CI, the baseline marked (and, for
+        regression, a panel of the test RMSE)."""
         return arm_figure(list(self.summaries), title=f"{self.title}: arms compared")
 
     # -- output --------------------------------------------------------------------------------
@@ -251,6 +276,8 @@ class Experiment:
 
     def _repr_html_(self) -> str:
         """The summary table and the best group, for a notebook cell that ends with ``e``."""
+        regression = self.task == "regression"
+        validation = any(math.isfinite(s.val_acc_mean) for s in self.summaries)
         rows = []
         for s in self.summaries:
             low, high = s.test_acc_ci95
@@ -266,15 +293,27 @@ class Experiment:
                 _fmt(s.train_acc_mean),
                 _fmt(s.test_acc_mean),
                 f"[{_fmt(low)}, {_fmt(high)}]",
-                _fmt(s.gap_mean),
-                versus,
             ]
+            if validation:
+                cells.append(_fmt(s.val_acc_mean))
+            if regression:
+                cells.append(_fmt(s.test_rmse_mean, ".4g"))
+            cells += [_fmt(s.gap_mean), versus]
             rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-        head = "".join(
-            f"<th>{h}</th>"
-            for h in ("group", "seeds", "train acc", "test acc", "95% CI", "gap", "vs baseline")
+        score = "R²" if regression else "acc"
+        headers = ["group", "seeds", f"train {score}", f"test {score}", "95% CI"]
+        if validation:
+            headers.append(f"validation {score}")
+        if regression:
+            headers.append("test RMSE")
+        headers += ["gap", "vs baseline"]
+        head = "".join(f"<th>{h}</th>" for h in headers)
+        best = (
+            ""
+            if self.best is None
+            else f"<p><b>{html.escape(self.best.evidence)}</b><br>"
+            f"{html.escape(self.best.choice)}</p>"
         )
-        best = "" if self.best is None else f"<p><b>{html.escape(self.best.evidence)}</b></p>"
         findings = "".join(
             f"<li>{html.escape(f.severity)} [{html.escape(f.rule)}]: {html.escape(f.message)}</li>"
             for f in self.findings
@@ -294,5 +333,5 @@ class Experiment:
         )
 
 
-def _fmt(value: float) -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:.3f}"
+def _fmt(value: float, spec: str = ".3f") -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:{spec}}"

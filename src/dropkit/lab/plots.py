@@ -4,6 +4,9 @@ A figure can be rebuilt at any time from the store, without retraining. The ``*_
 functions return a matplotlib figure; :func:`png_bytes` and :func:`save_png` render it
 deterministically (no timestamp or version in the PNG metadata), so the same store gives the
 same bytes.
+
+Figures speak the task's score: accuracy for classification, R² (and the test RMSE, mean
+squared error for the loss) for regression; ``task`` arguments take ``DataSpec.task``.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from numpy.typing import NDArray
 
 from dropkit.lab.stats import ArmSummary
 from dropkit.lab.store import CURVE_METRICS
+from dropkit.lab.summary import loss_name, score_name
 
 __all__ = [
+    "R2_FLOOR",
     "Curves",
     "accuracy_curves_figure",
     "arm_figure",
     "boundary_figure",
     "learning_curves_figure",
+    "metric_title",
     "png_bytes",
     "rate_figure",
     "save_png",
@@ -115,14 +121,36 @@ def _mean_band(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArra
     return mean, half
 
 
+def metric_title(metric: str, task: str = "classification") -> str:
+    """A curve metric's name for a figure: ``train acc``, ``test loss`` (classification) or
+    ``train R²``, ``test MSE`` (regression)."""
+    if task == "classification":
+        return metric.replace("_", " ")
+    split, kind = metric.split("_", 1)
+    return f"{split} {score_name(task) if kind == 'acc' else loss_name(task)}"
+
+
+R2_FLOOR = -1.0
+"""Regression score panels show R² from this floor up: an untrained network's R² can be far
+below 0 (its errors many times the target's variance) and would flatten every later epoch."""
+
+
+def _floor_r2(axis: Any, lowest: float, task: str) -> None:
+    if task == "regression" and lowest < R2_FLOOR:
+        axis.set_ylim(bottom=R2_FLOOR)
+        axis.set_title(f"{axis.get_title()} (from {R2_FLOOR:g})")
+
+
 def learning_curves_figure(
     groups: Sequence[tuple[str, Curves]],
     *,
     title: str,
     metrics: Sequence[str] = CURVE_METRICS,
+    task: str = "classification",
 ) -> Figure:
-    """One panel per metric (train/test accuracy and loss): each group's mean over its seeds
-    per epoch, with a band of the mean's 95% t-interval where the group has two or more seeds."""
+    """One panel per metric (train/test score and loss: accuracy and cross-entropy, or R² and
+    MSE for regression): each group's mean over its seeds per epoch, with a band of the mean's
+    95% t-interval where the group has two or more seeds."""
     columns = 2 if len(metrics) > 1 else 1
     rows = math.ceil(len(metrics) / columns)
     legend_rows = math.ceil(len(groups) / 4)
@@ -139,16 +167,20 @@ def learning_curves_figure(
     )
     colors = _colors(len(groups))
     for axis, metric in zip(axes.flat, metrics, strict=False):
+        lowest = math.inf
         for color, (label, curves) in zip(colors, groups, strict=True):
             values = curves[metric]
             if values.size == 0:
                 continue
             epochs = np.arange(1, values.shape[1] + 1)
             mean, half = _mean_band(values)
+            lowest = min(lowest, float(np.nanmin(mean, initial=math.inf)))
             axis.plot(epochs, mean, color=color, lw=1.2, label=label)
             if np.isfinite(half).any():
                 axis.fill_between(epochs, mean - half, mean + half, color=color, alpha=0.15, lw=0)
-        axis.set_title(metric.replace("_", " "))
+        axis.set_title(metric_title(metric, task))
+        if metric.endswith("_acc"):
+            _floor_r2(axis, lowest, task)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     for axis in list(axes.flat)[len(metrics) :]:
@@ -160,26 +192,32 @@ def learning_curves_figure(
     return figure
 
 
-def accuracy_curves_figure(groups: Sequence[tuple[str, Curves]], *, title: str) -> Figure:
-    """Train (dashed) and test (solid) accuracy per epoch for each group of seeds.
+def accuracy_curves_figure(
+    groups: Sequence[tuple[str, Curves]], *, title: str, task: str = "classification"
+) -> Figure:
+    """Train (dashed) and test (solid) score per epoch for each group of seeds: accuracy, or R²
+    for regression.
 
     Each line is the mean over the group's seeds; the band is the mean's 95% t-interval per
     epoch when the group has two or more seeds.
     """
     figure, axis = _figure(figsize=(9, 5.5), constrained_layout=True)
     present = [(label, curves) for label, curves in groups if curves["test_acc"].size]
+    lowest = math.inf
     for color, (label, curves) in zip(_colors(len(present)), present, strict=True):
         for metric, style in (("train_acc", "--"), ("test_acc", "-")):
             values = curves[metric]
             epochs = np.arange(1, values.shape[1] + 1)
             mean, half = _mean_band(values)
+            lowest = min(lowest, float(np.nanmin(mean, initial=math.inf)))
             name = "train" if metric == "train_acc" else "test"
             axis.plot(epochs, mean, style, color=color, lw=1.4, label=f"{label}: {name}")
             if np.isfinite(half).any():
                 axis.fill_between(epochs, mean - half, mean + half, color=color, alpha=0.15, lw=0)
     axis.set_xlabel("epoch")
-    axis.set_ylabel("accuracy")
+    axis.set_ylabel(score_name(task))
     axis.set_title(title)
+    _floor_r2(axis, lowest, task)
     axis.grid(alpha=0.3)
     axis.legend(loc="lower right", fontsize=9)
     return figure
@@ -190,9 +228,14 @@ def _errors(means: NDArray[np.float64], intervals: NDArray[np.float64]) -> NDArr
     return np.nan_to_num(np.stack([means - intervals[:, 0], intervals[:, 1] - means]), nan=0.0)
 
 
+def _task(summaries: Sequence[ArmSummary]) -> str:
+    return summaries[0].task if summaries else "classification"
+
+
 def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: str) -> Figure:
-    """Mean final test (solid) and train (dashed) accuracy against the drop rate, with 95% CI
-    error bars, one colour per family of groups that differ only in ``p``."""
+    """Mean final test (solid) and train (dashed) score (accuracy, or R² for regression) against
+    the drop rate, with 95% CI error bars, one colour per family of groups that differ only in
+    ``p``."""
     figure, axis = _figure(figsize=(8, 4.8), constrained_layout=True)
     for color, (label, members) in zip(_colors(len(families)), families, strict=True):
         ordered = sorted(members, key=lambda s: s.p)
@@ -211,7 +254,8 @@ def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: 
                 label=f"{label}: {name}",
             )
     axis.set_xlabel("dropout rate p (drop probability)")
-    axis.set_ylabel("final accuracy (mean, 95% CI)")
+    task = _task([s for _, members in families for s in members])
+    axis.set_ylabel(f"final {score_name(task)} (mean, 95% CI)")
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
@@ -219,9 +263,12 @@ def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: 
 
 
 def arm_figure(summaries: Sequence[ArmSummary], *, title: str) -> Figure:
-    """Each group's mean final test accuracy with its 95% CI (dots, bars) and its mean train
-    accuracy (hollow squares); the dashed line is the baseline's test mean."""
+    """Each group's mean final test score with its 95% CI (dots, bars) and its mean train score
+    (hollow squares); the dashed line is the baseline's test mean. The score is accuracy, or R²
+    for regression, which adds a second panel: each group's mean test RMSE with its 95% CI."""
     count = max(len(summaries), 1)
+    if _task(summaries) == "regression":
+        return _regression_arm_figure(summaries, count, title)
     figure, axis = _figure(figsize=(9, 1.2 + 0.38 * count), constrained_layout=True)
     y = np.arange(len(summaries))[::-1]
     test = np.array([s.test_acc_mean for s in summaries])
@@ -238,6 +285,39 @@ def arm_figure(summaries: Sequence[ArmSummary], *, title: str) -> Figure:
     axis.set_title(title)
     axis.grid(alpha=0.3, axis="x")
     axis.legend(fontsize=8, loc="best")
+    return figure
+
+
+def _regression_arm_figure(summaries: Sequence[ArmSummary], count: int, title: str) -> Figure:
+    figure, (left, right) = _figure(
+        1, 2, figsize=(11, 1.2 + 0.38 * count), constrained_layout=True, sharey=True
+    )
+    y = np.arange(len(summaries))[::-1]
+    test = np.array([s.test_acc_mean for s in summaries])
+    intervals = np.array([s.test_acc_ci95 for s in summaries], dtype=float).reshape(-1, 2)
+    left.errorbar(
+        test, y, xerr=_errors(test, intervals), fmt="o", color="tab:blue", capsize=3, label="test"
+    )
+    train = np.array([s.train_acc_mean for s in summaries])
+    left.plot(train, y, "s", mfc="none", color="tab:orange", label="train")
+    rmse = np.array([s.test_rmse_mean for s in summaries])
+    rmse_ci = np.array([s.test_rmse_ci95 for s in summaries], dtype=float).reshape(-1, 2)
+    right.errorbar(
+        rmse, y, xerr=_errors(rmse, rmse_ci), fmt="o", color="tab:blue", capsize=3, label="test"
+    )
+    if summaries:
+        for axis, value in ((left, test[0]), (right, rmse[0])):
+            if math.isfinite(value):
+                axis.axvline(value, color="gray", ls="--", lw=1, label="baseline test")
+    left.set_yticks(y, [s.name or s.arm for s in summaries])
+    left.set_xlabel("final R² (mean, 95% CI)")
+    left.set_title("test and train R²")
+    right.set_xlabel("final test RMSE (mean, 95% CI)")
+    right.set_title("test RMSE (lower is better)")
+    for axis in (left, right):
+        axis.grid(alpha=0.3, axis="x")
+        axis.legend(fontsize=8, loc="best")
+    figure.suptitle(title)
     return figure
 
 

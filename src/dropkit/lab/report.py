@@ -8,8 +8,12 @@ carry no metadata, Monte Carlo samples use a fixed seed, and nothing records the
 
 Runs are split into *experiments* (runs sharing data, model and training settings); each gets
 its summary, tables, diagnosis and figures. Decision boundaries and the MC-dropout uncertainty
-map are drawn for two-feature tabular data from the stored final weights, rebuilt with
-:func:`dropkit.lab.models.build_model`.
+map are drawn for two-feature tabular classification data from the stored final weights,
+rebuilt with :func:`dropkit.lab.models.build_model`.
+
+The page speaks each experiment's task: accuracy and cross-entropy for classification; R², MSE,
+and the test RMSE and MAE for regression. Each experiment's best group names the split that
+chose it (validation when every group has a validation score, else the test set).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from numpy.typing import NDArray
 
 from dropkit.lab import plots
 from dropkit.lab.analysis import Analysis, analyze
-from dropkit.lab.config import RunConfig
+from dropkit.lab.config import DataSpec, RunConfig
 from dropkit.lab.stats import (
     CONVERGE_TOL,
     ArmSummary,
@@ -34,6 +38,7 @@ from dropkit.lab.stats import (
     Thresholds,
 )
 from dropkit.lab.store import ResultsStore, StoredRun
+from dropkit.lab.summary import chosen_on, score_name, seed_curves, selection_score
 
 __all__ = ["render", "write_report"]
 
@@ -102,19 +107,43 @@ def _image(figure: Any, alt: str, caption: str) -> str:
     )
 
 
+def _task(summaries: Sequence[ArmSummary]) -> str:
+    return summaries[0].task if summaries else "classification"
+
+
 def _summary_table(summaries: Sequence[ArmSummary]) -> str:
+    """The per-group table; validation columns when a group has a validation score, RMSE and
+    MAE columns for regression."""
+    regression = _task(summaries) == "regression"
+    validation = any(math.isfinite(s.val_acc_mean) for s in summaries)
+    score, loss = ("R²", "MSE") if regression else ("acc", "loss")
     head = (
-        "<tr><th class=l>group</th><th>seeds</th><th>diverged</th><th>train acc</th>"
-        "<th>test acc</th><th>95% CI</th><th>best test acc</th><th>test loss</th>"
+        f"<tr><th class=l>group</th><th>seeds</th><th>diverged</th><th>train {score}</th>"
+        f"<th>test {score}</th><th>95% CI</th>"
+        + (f"<th>validation {score}</th><th>validation 95% CI</th>" if validation else "")
+        + (
+            "<th>test RMSE</th><th>RMSE 95% CI</th><th>test MAE</th><th>MAE 95% CI</th>"
+            if regression
+            else ""
+        )
+        + f"<th>best test {score}</th><th>test {loss}</th>"
         "<th>gap</th><th>gap 95% CI</th><th>epochs to converge</th><th>stop epoch</th></tr>"
     )
     rows = []
     for s in summaries:
         stop = f"{_num(s.stop_epoch_mean, 0)} ({s.n_stopped})" if s.n_stopped else "–"
+        extra = ""
+        if validation:
+            extra += f"<td>{_num(s.val_acc_mean)}</td><td>{_ci(s.val_acc_ci95)}</td>"
+        if regression:
+            extra += (
+                f"<td>{_num(s.test_rmse_mean, 4)}</td><td>{_ci(s.test_rmse_ci95, 4)}</td>"
+                f"<td>{_num(s.test_mae_mean, 4)}</td><td>{_ci(s.test_mae_ci95, 4)}</td>"
+            )
         rows.append(
             f"<tr><td class=l>{_e(s.name)}</td><td>{s.n_seeds}</td><td>{s.n_nan}</td>"
             f"<td>{_num(s.train_acc_mean)}</td><td>{_num(s.test_acc_mean)}</td>"
-            f"<td>{_ci(s.test_acc_ci95)}</td><td>{_num(s.best_test_acc_mean)}</td>"
+            f"<td>{_ci(s.test_acc_ci95)}</td>{extra}<td>{_num(s.best_test_acc_mean)}</td>"
             f"<td>{_num(s.test_loss_mean)}</td><td>{_num(s.gap_mean)}</td>"
             f"<td>{_ci(s.gap_ci95)}</td><td>{_num(s.converge_epoch_mean, 0)}</td>"
             f"<td>{stop}</td></tr>"
@@ -190,7 +219,8 @@ def _curve_groups(
     groups = list(experiment.groups)
     note = ""
     if len(groups) > _MAX_CURVE_GROUPS:
-        rank = {s.name: s.test_acc_mean for s in experiment.summaries}
+        on = chosen_on(experiment.summaries)
+        rank = {s.name: selection_score(s, on) for s in experiment.summaries}
         keep = {groups[0][0]} | {
             name
             for name, _ in sorted(
@@ -199,13 +229,13 @@ def _curve_groups(
             )[: _MAX_CURVE_GROUPS - 1]
         }
         groups = [g for g in groups if g[0] in keep]
+        split = "validation" if on == "validation" else "test"
         note = (
             f" Showing the baseline and the {_MAX_CURVE_GROUPS - 1} groups with the best mean "
-            f"test accuracy of {len(experiment.groups)}."
+            f"{split} {score_name(_task(experiment.summaries))} of {len(experiment.groups)}."
         )
     result = [
-        (label, plots.stack_curves([experiment.curves[r.key] for r in runs]))
-        for label, runs in groups
+        (label, plots.stack_curves(seed_curves(runs, experiment.curves))) for label, runs in groups
     ]
     return result, note
 
@@ -272,7 +302,7 @@ def _representative(runs: Sequence[StoredRun], seeds: set[int]) -> StoredRun:
 
 def _two_d_section(store: ResultsStore, experiment: Analysis) -> str:
     first = experiment.runs[0].config
-    if first.model.kind != "mlp":
+    if first.model.kind != "mlp" or first.data.task != "classification":
         return ""
     data, why = _load_data(first)
     if data is None:
@@ -287,7 +317,8 @@ def _two_d_section(store: ResultsStore, experiment: Analysis) -> str:
         for s in experiment.summaries[1:]
         if (s.p > 0 or s.input_p > 0) and math.isfinite(s.test_acc_mean)
     ]
-    best_name = max(dropout, key=lambda s: s.test_acc_mean).name if dropout else None
+    on = chosen_on(experiment.summaries)
+    best_name = max(dropout, key=lambda s: selection_score(s, on)).name if dropout else None
     names = [baseline_name] + ([best_name] if best_name else [])
     seed_sets = [{r.config.seed for r in groups[n]} for n in names]
     common = set.intersection(*seed_sets)
@@ -379,19 +410,42 @@ def _uncertainty(entry: tuple[Any, str], data: Any) -> str:
 # -- the page ----------------------------------------------------------------------------------
 
 
+def _split_text(data: DataSpec) -> str:
+    """The task and validation of an experiment's data, for its header (empty for the
+    case study's: classification, no validation)."""
+    parts = []
+    if data.task == "regression":
+        parts.append("regression: scores are R², losses mean squared errors")
+    if data.folds:
+        parts.append(
+            f"{data.folds}-fold cross-validation over the training split, each seed's folds "
+            "averaged into one observation"
+        )
+    elif data.validation > 0:
+        parts.append(f"validation split: {data.validation:.0%} of the training split")
+    return "".join(f"; {_e(p)}" for p in parts)
+
+
 def _experiment_section(store: ResultsStore, experiment: Analysis, index: int) -> str:
     summaries = experiment.summaries
     seeds = sorted({r.config.seed for r in experiment.runs})
     diverged = sum(s.n_nan for s in summaries)
+    regression = _task(summaries) == "regression"
+    score = score_name(_task(summaries))
+    unit = "seeds" if experiment.runs[0].config.data.folds else "runs"
     parts = [
         f"<h2 id=e{index}>{_e(experiment.title)}</h2>",
         f"<p class=meta>{len(experiment.runs)} runs in {len(summaries)} groups; seeds "
         f"{_e(_seed_text(seeds))}; baseline: {_e(summaries[0].name)}"
-        + (f"; {diverged} diverged runs left out of the statistics" if diverged else "")
+        + _split_text(experiment.runs[0].config.data)
+        + (f"; {diverged} diverged {unit} left out of the statistics" if diverged else "")
         + "</p>",
     ]
     if experiment.best is not None:
-        parts.append(f"<div class='card best'>{_e(experiment.best.evidence)}</div>")
+        parts.append(
+            f"<div class='card best'>{_e(experiment.best.evidence)}"
+            f"<br><span class=meta>{_e(experiment.best.choice)}</span></div>"
+        )
     if all(s.n_valid < 2 for s in summaries):
         parts.append(
             "<p class=note>Every group has fewer than two usable seeds: no confidence interval "
@@ -406,31 +460,39 @@ def _experiment_section(store: ResultsStore, experiment: Analysis, index: int) -
         _comparison_table(summaries),
     ]
     if len(summaries) > 1:
+        caption = (
+            f"Mean final test {score} with its 95% CI (dots and bars) and mean final train "
+            f"{score} (squares); the dashed line is the baseline's test {score}."
+        )
+        if regression:
+            caption += " Right: the mean final test RMSE with its 95% CI (lower is better)."
         parts.append(
             _image(
-                plots.arm_figure(summaries, title="final accuracy by group"),
+                plots.arm_figure(summaries, title=f"final {score} by group"),
                 "arm comparison chart",
-                "Mean final test accuracy with its 95% CI (dots and bars) and mean final train "
-                "accuracy (squares); the dashed line is the baseline's test accuracy.",
+                caption,
             )
         )
     families = _rate_families(summaries)
     if families:
         parts.append(
             _image(
-                plots.rate_figure(families, title="accuracy vs dropout rate"),
-                "rate vs accuracy",
-                "Mean final accuracy against the drop rate p, with 95% CI error bars.",
+                plots.rate_figure(families, title=f"{score} vs dropout rate"),
+                f"rate vs {score}",
+                f"Mean final {score} against the drop rate p, with 95% CI error bars.",
             )
         )
     curve_groups, note = _curve_groups(experiment)
+    measures = "R² and mean squared error" if regression else "accuracy and loss"
     parts.append(
         _image(
             plots.learning_curves_figure(
-                curve_groups, title="learning curves: mean over seeds, 95% CI band"
+                curve_groups,
+                title="learning curves: mean over seeds, 95% CI band",
+                task=_task(summaries),
             ),
             "learning curves",
-            "Per-epoch train and test accuracy and loss of each group: the mean over its seeds "
+            f"Per-epoch train and test {measures} of each group: the mean over its seeds "
             "and the 95% t-interval of that mean (shaded, with two or more seeds)." + note,
         )
     )
@@ -444,26 +506,60 @@ def _seed_text(seeds: Sequence[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
-def _methods(thresholds: Thresholds) -> str:
+def _methods(
+    thresholds: Thresholds, tasks: Sequence[str] = ("classification",), folds: bool = False
+) -> str:
+    """The page's methods section; ``tasks`` are the experiments' tasks (the wording of a page
+    of classification experiments alone speaks of accuracy only), ``folds`` whether one of
+    them cross-validates."""
     t = thresholds
+    kinds = set(tasks) or {"classification"}
+    group = "A <b>group</b> is a set of runs identical except for their seed" + (
+        " and fold. " if folds else ". "
+    )
+    if kinds == {"classification"}:
+        scores = "Accuracies are fractions at the last epoch"
+        score = "accuracy"
+    else:
+        scores = (
+            (
+                "Scores are R² = 1 − SSE/SST of each split"
+                if kinds == {"regression"}
+                else "Scores are accuracies (fractions; classification) or R² = 1 − SSE/SST of "
+                "each split (regression)"
+            )
+            + " at the last epoch (R² is 1 for a perfect fit, 0 for predicting the split's "
+            "mean), losses are mean squared errors and RMSE and MAE are in the target's units"
+        )
+        score = "R²" if kinds == {"regression"} else "score"
     return (
         "<h2>How to read this report</h2><div class=card><ul>"
-        "<li>A <b>group</b> is a set of runs identical except for their seed. Accuracies are "
-        "fractions at the last epoch, as mean over seeds with the 95% t-interval "
-        "(mean ± t<sub>n−1</sub>·s/√n).</li>"
+        f"<li>{group}{scores}, as mean over seeds with the 95% t-interval "
+        "(mean ± t<sub>n−1</sub>·s/√n)."
+        + (
+            " With k-fold cross-validation a seed's k fold runs are averaged first: one "
+            "observation per seed, and intervals and tests are over seeds."
+            if folds
+            else ""
+        )
+        + "</li>"
+        "<li>The <b>best group</b> is chosen on the validation score when every group has one "
+        "(a validation split or folds of the training split), else on the test score: the test "
+        "set then doubles as validation, as in the published tutorial, and the best group's "
+        "test score is optimistic. Each experiment names the split that chose.</li>"
         "<li>Each group is compared with the <b>baseline</b> (the group without regularization, "
         "else the lowest rate): a paired t-test when both ran the same seeds with the same data, "
         "model and training (a seed fixes initial weights and data order, so runs pair by "
         "seed), Welch's t-test otherwise. p-values are Holm-adjusted over all comparisons; "
         "significant means adjusted p &lt; 0.05.</li>"
         f"<li><b>Epochs to converge</b>: the first epoch at which the moving average of the test "
-        f"accuracy (window 2% of the epochs) comes within {CONVERGE_TOL} of its maximum.</li>"
+        f"{score} (window 2% of the epochs) comes within {CONVERGE_TOL} of its maximum.</li>"
         "<li>Runs whose final metrics are NaN or infinite (diverged) are counted and left out "
         "of every statistic.</li>"
-        f"<li>Diagnosis thresholds: the baseline fits its data at train accuracy ≥ "
+        f"<li>Diagnosis thresholds: the baseline fits its data at train {score} ≥ "
         f"{t.fit_train_acc:g}; a train–test gap ≥ {t.large_gap:g} is overfitting; a group "
-        f"{t.underfit_drop:g} below a fitting baseline's train accuracy without a better test "
-        f"accuracy fails to train; dropout's convergence is reported from {t.slower_ratio:g}× "
+        f"{t.underfit_drop:g} below a fitting baseline's train {score} without a better test "
+        f"{score} fails to train; dropout's convergence is reported from {t.slower_ratio:g}× "
         f"the baseline's epochs; converging in the last {1 - t.late_fraction:.0%} of the epochs "
         "means still improving.</li></ul></div>"
     )
@@ -511,7 +607,9 @@ def render(
             )
             body.append(f"<div class=card>Experiments in this store:<ul>{links}</ul></div>")
         body += [_experiment_section(store, e, i) for i, e in enumerate(experiments)]
-        body.append(_methods(thresholds or Thresholds()))
+        tasks = sorted({e.runs[0].config.data.task for e in experiments})
+        folds = any(e.runs[0].config.data.folds for e in experiments)
+        body.append(_methods(thresholds or Thresholds(), tasks, folds))
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
@@ -535,11 +633,12 @@ def write_report(
     has it already (an :class:`~dropkit.lab.Experiment` does), so the store's runs and curves
     are not read and summarized a second time.
 
-    Sections per experiment: the best group with its evidence, the diagnosis, the per-group
-    table (mean ± 95% CI of final and best test accuracy, loss, train–test gap, epochs to
+    Sections per experiment: the best group with its evidence and the split that chose it, the
+    diagnosis, the per-group table (mean ± 95% CI of final and best test score, validation
+    score when there is one, test RMSE and MAE for regression, loss, train–test gap, epochs to
     converge, stop epoch), comparisons with the baseline (raw and Holm-adjusted p), the arm
-    comparison chart, rate vs accuracy with error bars (when several rates), learning curves
-    and, for two-feature data, decision boundaries and an MC-dropout uncertainty map.
+    comparison chart, rate vs score with error bars (when several rates), learning curves and,
+    for two-feature classification data, decision boundaries and an MC-dropout uncertainty map.
 
     Returns:
         ``out_path`` (its folder is created).

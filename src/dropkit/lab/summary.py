@@ -1,14 +1,27 @@
 """Groups of runs and their summaries over seeds: labels, means, intervals, the best group.
 
-Groups. Runs whose configs are identical except for the seed form one *group* (an arm at
-given rates and strengths); its seeds are a sample of independent observations. A group's
-label (:func:`group_label`) names its arm with the arm's strengths attached (``l2=0.0001``,
-``max_norm=3``), then its dropout rates (``p=0.4``, ``input_p=0.2``).
+Groups. Runs whose configs are identical except for the seed (and the fold) form one *group*
+(an arm at given rates and strengths); its seeds are a sample of independent observations. A
+group's label (:func:`group_label`) names its arm with the arm's strengths attached
+(``l2=0.0001``, ``max_norm=3``), then its dropout rates (``p=0.4``, ``input_p=0.2``).
+
+Folds. With k-fold cross-validation (``DataSpec.folds = k``) a seed has k runs, one per fold.
+They are averaged first, metric by metric (final scores, losses, ``info`` values, epochs to
+converge): one observation per seed (:func:`seed_runs`). Means, intervals and the paired tests
+are over seeds, and ``n_seeds`` counts seeds; a seed with a diverged fold is a diverged seed.
+
+Tasks. For classification the scores are accuracies; for regression (``DataSpec.task =
+"regression"``) the ``*_acc`` values are R² = 1 − SSE/SST of the split and the losses mean
+squared errors, and the summaries add the test RMSE and MAE over seeds (:func:`score_name`).
+
+Choosing the best group. :func:`best_rate` chooses on the validation score (``info["val_acc"]``
+of runs with a validation split or folds) when every candidate group has one, else on the
+test score: the test set then doubles as validation, as in the published case study.
 
 Intervals. ``mean ± t_{n-1, 0.975} · s / sqrt(n)`` (Student's t, ``n - 1`` degrees of freedom;
 see :mod:`dropkit.lab.significance`).
 
-Diverged runs. A run whose final train/test accuracy or loss is NaN or infinite is counted in
+Diverged runs. A run whose final train/test score or loss is NaN or infinite is counted in
 ``n_nan`` and left out of every statistic of its group (means, intervals, tests).
 
 Comparisons. Every group is compared with the baseline: the ``none`` group or, when there is
@@ -23,7 +36,7 @@ is used instead; when both samples are constant no test is made (p is NaN). The 
 comparisons against the baseline are adjusted together with Holm's step-down method (Holm 1979);
 ``significant`` means adjusted ``p < 0.05``.
 
-Epochs to converge. The first epoch at which the trailing moving average of the test accuracy
+Epochs to converge. The first epoch at which the trailing moving average of the test score
 (window: 2% of the epochs, at least 1) comes within ``0.01`` of that average's maximum. A run
 that overfits converges at its peak; a run still improving converges near its last epoch.
 """
@@ -33,7 +46,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,19 +67,42 @@ from dropkit.lab.store import StoredRun
 __all__ = [
     "CONVERGE_TOL",
     "CONVERGE_WINDOW",
+    "SCORE_NAMES",
     "ArmSummary",
     "BestRate",
     "best_rate",
+    "chosen_on",
     "compare",
     "epochs_to_converge",
     "group_label",
     "group_runs",
     "json_ready",
+    "loss_name",
+    "score_name",
+    "seed_curves",
+    "seed_runs",
+    "selection_score",
     "summarize",
 ]
 
 CONVERGE_TOL = 0.01
 CONVERGE_WINDOW = 0.02
+
+SCORE_NAMES = {"classification": "accuracy", "regression": "R²"}
+"""The score of each task, as the ``*_acc`` metrics hold it."""
+
+
+def score_name(task: str) -> str:
+    """``"accuracy"`` for classification, ``"R²"`` for regression (the ``*_acc`` metrics)."""
+    try:
+        return SCORE_NAMES[task]
+    except KeyError:
+        raise ValueError(f"`task` must be one of {', '.join(SCORE_NAMES)}, got {task!r}") from None
+
+
+def loss_name(task: str) -> str:
+    """The data loss of the ``*_loss`` metrics: ``"cross-entropy"`` or ``"MSE"``."""
+    return "MSE" if score_name(task) == "R²" else "cross-entropy"
 
 
 def json_ready(value: Any) -> Any:
@@ -121,6 +157,7 @@ def _info(run: StoredRun) -> dict[str, float]:
 def _group_key(config: RunConfig) -> str:
     data = config.to_dict()
     del data["seed"]
+    data.pop("fold", None)
     return json.dumps(data, sort_keys=True)
 
 
@@ -156,8 +193,13 @@ def _is_baseline_like(config: RunConfig) -> tuple[bool, float, float, float]:
     return (config.arm != "none", config.p, config.input_p, config.max_norm or 0.0)
 
 
+def _fold(run: StoredRun) -> int:
+    return -1 if run.config.fold is None else run.config.fold
+
+
 def group_runs(runs: Sequence[StoredRun]) -> list[tuple[str, list[StoredRun]]]:
-    """Runs grouped by config-without-seed, baseline first, as ``[(label, runs by seed)]``.
+    """Runs grouped by config-without-seed-and-fold, baseline first, as ``[(label, runs)]``,
+    each group's runs ordered by seed, then fold.
 
     Order: the ``none`` group, then by rates (``p``, ``input_p``, ``max_norm``), arm label and
     the full config. Labels are unique (a short hash of the config is appended on a clash).
@@ -178,7 +220,81 @@ def group_runs(runs: Sequence[StoredRun]) -> list[tuple[str, list[StoredRun]]]:
     for key, label in zip(order, labels, strict=True):
         if labels.count(label) > 1:
             label = f"{label} [{groups[key][0].config.key()[:6]}]"
-        result.append((label, sorted(groups[key], key=lambda r: r.config.seed)))
+        result.append((label, sorted(groups[key], key=lambda r: (r.config.seed, _fold(r)))))
+    return result
+
+
+def _by_seed(runs: Sequence[StoredRun]) -> list[list[StoredRun]]:
+    """The runs of each seed (its folds, in fold order), seeds ascending."""
+    seeds: dict[int, list[StoredRun]] = {}
+    for run in runs:
+        seeds.setdefault(run.config.seed, []).append(run)
+    return [sorted(seeds[seed], key=_fold) for seed in sorted(seeds)]
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(np.asarray(values, dtype=np.float64)))
+
+
+def _seed_mean(runs: Sequence[StoredRun]) -> StoredRun:
+    if len(runs) == 1:
+        return runs[0]
+    infos = [_info(r) for r in runs]
+    shared = [k for k in infos[0] if all(k in info for info in infos[1:])]
+    best_epoch = _mean([r.best_epoch for r in runs])
+    return replace(
+        runs[0],
+        train_acc=_mean([r.train_acc for r in runs]),
+        test_acc=_mean([r.test_acc for r in runs]),
+        train_loss=_mean([r.train_loss for r in runs]),
+        test_loss=_mean([r.test_loss for r in runs]),
+        best_test_acc=_mean([r.best_test_acc for r in runs]),
+        best_epoch=round(best_epoch) if math.isfinite(best_epoch) else runs[0].best_epoch,
+        seconds=float(sum(r.seconds for r in runs)),
+        info={k: _mean([info[k] for info in infos]) for k in shared},
+    )
+
+
+def seed_runs(runs: Sequence[StoredRun]) -> list[StoredRun]:
+    """One observation per seed, seeds ascending: the fold runs of a seed averaged.
+
+    A seed with a single run (no folds) gives that run unchanged. A seed with several fold runs
+    (k-fold cross-validation) gives one run with the means over its folds of the final metrics
+    (``train_acc``, ``test_acc``, ``train_loss``, ``test_loss``, ``best_test_acc``: NaN or inf
+    when a fold's is, so a diverged fold makes a diverged seed) and of the ``info`` values every
+    fold recorded (``val_acc``, ``test_rmse`` ...), the rounded mean best epoch, the summed
+    seconds, and the config and key of its lowest fold. A seed whose folds did not all finish
+    is the mean of those that did.
+    """
+    return [_seed_mean(members) for members in _by_seed(runs)]
+
+
+def seed_curves(
+    runs: Sequence[StoredRun], curves: Mapping[str, Mapping[str, NDArray[np.float64]]]
+) -> list[dict[str, NDArray[np.float64]]]:
+    """Per-epoch curves, one per seed (seeds ascending): a seed's fold runs averaged per epoch.
+
+    A seed with one run gives its curves; with several fold runs, each metric's mean over the
+    folds that have a finite value at that epoch (NaN where none has), over the longest fold.
+    """
+    result: list[dict[str, NDArray[np.float64]]] = []
+    for members in _by_seed(runs):
+        if len(members) == 1:
+            result.append(dict(curves[members[0].key]))
+            continue
+        folds = [curves[r.key] for r in members]
+        merged = {}
+        for metric in folds[0]:
+            length = max(len(c[metric]) for c in folds)
+            values = np.full((len(folds), length), math.nan)
+            for i, c in enumerate(folds):
+                values[i, : len(c[metric])] = c[metric]
+            finite = np.isfinite(values)
+            count = finite.sum(axis=0)
+            mean = np.full(length, math.nan)
+            np.divide(np.where(finite, values, 0.0).sum(axis=0), count, out=mean, where=count > 0)
+            merged[metric] = mean
+        result.append(merged)
     return result
 
 
@@ -186,7 +302,11 @@ def group_runs(runs: Sequence[StoredRun]) -> list[tuple[str, list[StoredRun]]]:
 class ArmSummary:
     """One group (an arm at given rates) over its seeds. ``*_ci95`` are ``(low, high)``.
 
-    Statistics leave out the group's diverged runs (``n_nan``); ``n_seeds`` counts all runs.
+    The ``*_acc`` values are the task's score (:attr:`score_name`): accuracy for
+    classification, R² for regression. Statistics leave out the group's diverged seeds
+    (``n_nan``); ``n_seeds`` counts all seeds (with folds, a seed's fold runs are one
+    observation, their mean). ``val_*`` come from the runs' validation split or folds (NaN
+    without one); ``test_rmse_*`` and ``test_mae_*`` from regression runs (NaN otherwise).
     """
 
     arm: str
@@ -216,24 +336,41 @@ class ArmSummary:
     converge_epoch_ci95: tuple[float, float] = (math.nan, math.nan)
     stop_epoch_mean: float = math.nan
     n_stopped: int = 0
+    task: str = "classification"
+    validation: float = 0.0
+    folds: int = 0
+    val_acc_mean: float = math.nan
+    val_acc_ci95: tuple[float, float] = (math.nan, math.nan)
+    val_loss_mean: float = math.nan
+    test_rmse_mean: float = math.nan
+    test_rmse_ci95: tuple[float, float] = (math.nan, math.nan)
+    test_mae_mean: float = math.nan
+    test_mae_ci95: tuple[float, float] = (math.nan, math.nan)
     keys: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def n_valid(self) -> int:
-        """Runs that entered the statistics (not diverged)."""
+        """Seeds that entered the statistics (not diverged)."""
         return self.n_seeds - self.n_nan
 
     @property
     def is_baseline(self) -> bool:
         return self.vs_baseline is None
 
+    @property
+    def score_name(self) -> str:
+        """The score the ``*_acc`` values hold: ``"accuracy"`` or ``"R²"``."""
+        return score_name(self.task)
+
     def strength(self, name: str) -> float | None:
         return dict(self.regularizers).get(name)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: NaN becomes None; ``vs_baseline`` gains ``significant``."""
+        """JSON-ready: NaN becomes None; ``vs_baseline`` gains ``significant``; ``score_name``
+        is added."""
         data = asdict(self)
         del data["keys"]
+        data["score_name"] = self.score_name
         result: dict[str, Any] = json_ready(data)
         if self.vs_baseline is not None:
             result["vs_baseline"]["significant"] = self.vs_baseline.significant
@@ -245,6 +382,10 @@ def _interval(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
     return mean, (low, high)
 
 
+def _info_values(infos: Sequence[Mapping[str, float]], name: str) -> list[float]:
+    return [info[name] for info in infos if name in info]
+
+
 def _summary(
     label: str,
     members: Sequence[StoredRun],
@@ -252,7 +393,10 @@ def _summary(
     vs_baseline: Comparison | None,
 ) -> ArmSummary:
     first = members[0].config
-    valid = [r for r in members if not _diverged(r)]
+    per_seed = _by_seed(members)
+    observations = [_seed_mean(runs) for runs in per_seed]
+    kept = [i for i, o in enumerate(observations) if not _diverged(o)]
+    valid = [observations[i] for i in kept]
     test = [r.test_acc for r in valid]
     train_mean, train_ci = _interval([r.train_acc for r in valid])
     test_mean, test_ci = _interval(test)
@@ -260,19 +404,23 @@ def _summary(
     loss_mean, loss_ci = _interval([r.test_loss for r in valid])
     gap_mean, gap_ci = _interval([r.gap for r in valid])
     converge = [
-        epochs_to_converge(curves[r.key]["test_acc"])
-        for r in valid
-        if curves is not None and r.key in curves
+        _mean([epochs_to_converge(curves[r.key]["test_acc"]) for r in per_seed[i]])
+        for i in kept
+        if curves is not None and all(r.key in curves for r in per_seed[i])
     ]
     converge_mean, converge_ci = _interval(converge)
-    stops = [info["stop_epoch"] for info in map(_info, valid) if "stop_epoch" in info]
+    infos = [_info(r) for r in valid]
+    stops = _info_values(infos, "stop_epoch")
+    val_mean, val_ci = _interval(_info_values(infos, "val_acc"))
+    rmse_mean, rmse_ci = _interval(_info_values(infos, "test_rmse"))
+    mae_mean, mae_ci = _interval(_info_values(infos, "test_mae"))
     finite_test = finite_values(test)
     return ArmSummary(
         arm=first.arm,
         p=first.p,
         input_p=first.input_p,
         max_norm=first.max_norm,
-        n_seeds=len(members),
+        n_seeds=len(observations),
         train_acc_mean=train_mean,
         train_acc_ci95=train_ci,
         test_acc_mean=test_mean,
@@ -283,8 +431,8 @@ def _summary(
         vs_baseline=vs_baseline,
         name=label,
         regularizers=first.regularizers,
-        seeds=tuple(r.config.seed for r in members),
-        n_nan=len(members) - len(valid),
+        seeds=tuple(r.config.seed for r in observations),
+        n_nan=len(observations) - len(valid),
         epochs=first.train.epochs,
         best_test_acc_ci95=best_ci,
         train_loss_mean=mean_ci([r.train_loss for r in valid])[0],
@@ -295,6 +443,16 @@ def _summary(
         converge_epoch_ci95=converge_ci,
         stop_epoch_mean=mean_ci(stops)[0],
         n_stopped=len(stops),
+        task=first.data.task,
+        validation=first.data.validation,
+        folds=first.data.folds,
+        val_acc_mean=val_mean,
+        val_acc_ci95=val_ci,
+        val_loss_mean=mean_ci(_info_values(infos, "val_loss"))[0],
+        test_rmse_mean=rmse_mean,
+        test_rmse_ci95=rmse_ci,
+        test_mae_mean=mae_mean,
+        test_mae_ci95=mae_ci,
         keys=tuple(r.key for r in members),
     )
 
@@ -302,16 +460,18 @@ def _summary(
 def compare(
     group: Sequence[StoredRun], baseline: Sequence[StoredRun], baseline_name: str
 ) -> Comparison:
-    """Final test accuracy of ``group`` against ``baseline``: paired t-test when seeds pair.
+    """Final test score of ``group`` against ``baseline``: paired t-test when seeds pair.
 
+    The fold runs of a seed are averaged first (:func:`seed_runs`): one observation per seed.
     Seeds pair when both groups share data, architecture and training settings and hold the
-    same set of seeds (each seed once); diverged runs are left out (with their partners).
-    Otherwise Welch's t-test. The returned ``p_adjusted`` is this test alone's p-value.
+    same set of seeds; diverged seeds are left out (with their partners). Otherwise Welch's
+    t-test. The returned ``p_adjusted`` is this test alone's p-value.
     """
 
-    def accuracy(run: StoredRun) -> float:
+    def score(run: StoredRun) -> float:
         return math.nan if _diverged(run) else run.test_acc
 
+    group, baseline = seed_runs(group), seed_runs(baseline)
     seeds_a = [r.config.seed for r in group]
     seeds_b = [r.config.seed for r in baseline]
     same_shape = {r.config.shape_key() for r in group} == {r.config.shape_key() for r in baseline}
@@ -324,18 +484,18 @@ def compare(
         by_seed = {r.config.seed: r for r in baseline}
         ordered = sorted(group, key=lambda r: r.config.seed)
         return paired(
-            [accuracy(r) for r in ordered],
-            [accuracy(by_seed[r.config.seed]) for r in ordered],
+            [score(r) for r in ordered],
+            [score(by_seed[r.config.seed]) for r in ordered],
             baseline_name,
         )
-    return welch([accuracy(r) for r in group], [accuracy(r) for r in baseline], baseline_name)
+    return welch([score(r) for r in group], [score(r) for r in baseline], baseline_name)
 
 
 def summarize(
     runs: Sequence[StoredRun],
     curves: Mapping[str, Mapping[str, NDArray[np.float64]]] | None = None,
 ) -> list[ArmSummary]:
-    """Group runs (identical but for the seed) and summarize each group over its seeds.
+    """Group runs (identical but for the seed and fold) and summarize each group over its seeds.
 
     Args:
         runs: stored runs, of one data set and model (the caller's experiment).
@@ -358,35 +518,103 @@ def summarize(
     ]
 
 
+def chosen_on(summaries: Sequence[ArmSummary]) -> str:
+    """The split that chooses the best group: ``"validation"`` when every group with a finite
+    mean test score has a finite mean validation score, else ``"test"``."""
+    candidates = [s for s in summaries if math.isfinite(s.test_acc_mean)]
+    if candidates and all(math.isfinite(s.val_acc_mean) for s in candidates):
+        return "validation"
+    return "test"
+
+
+def selection_score(summary: ArmSummary, on: str) -> float:
+    """The mean score a group is ranked by when the best group is chosen ``on`` a split."""
+    return summary.val_acc_mean if on == "validation" else summary.test_acc_mean
+
+
 @dataclass(frozen=True)
 class BestRate:
-    """The group with the highest mean test accuracy, and whether it beats the baseline."""
+    """The best group, its evidence, and the split that chose it.
+
+    Attributes:
+        summary: the chosen group.
+        evidence: one sentence: the group, its score on the split that chose it, its test
+            score once (with the RMSE for regression), and its test against the baseline.
+        chosen_on: ``"validation"`` (the highest mean validation score over seeds: a held-out
+            part of the training split, or the folds' validation parts) or ``"test"`` (the
+            highest mean test score: without a validation split the test set doubles as
+            validation, as in the published case study).
+        choice: one line naming the split that chose, for the report and the CLI.
+    """
 
     summary: ArmSummary
     evidence: str
+    chosen_on: str = "test"
+    choice: str = ""
 
 
 def _ci_text(interval: tuple[float, float], n_valid: int) -> str:
     low, high = interval
     if math.isfinite(low):
         return f"95% CI [{low:.3f}, {high:.3f}]"
+    if n_valid == 1:
+        return "(one seed: no interval)"
     return f"({n_valid} usable seed{'s' if n_valid != 1 else ''}: no interval)"
 
 
+def _choice(best: ArmSummary, on: str) -> str:
+    score = best.score_name
+    if on == "validation":
+        if best.folds:
+            where = f"each seed's {best.folds} cross-validation folds averaged"
+        else:
+            where = f"{best.validation:.0%} of the training split held out"
+        return (
+            f"chosen on validation: the highest mean validation {score} over seeds ({where}); "
+            "the test set took no part in the choice"
+        )
+    if best.folds or best.validation > 0:
+        reason = f"not every group has a validation {score}"
+    else:
+        reason = "there is no validation split"
+    return (
+        f"chosen on the test set: {reason}, so the test set doubles as validation (as in the "
+        f"published tutorial) and the best group's test {score} is optimistic"
+    )
+
+
 def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
-    """The best group by mean final test accuracy, with a sentence of evidence."""
+    """The best group, with a sentence of evidence.
+
+    Chosen by the highest mean validation score when every candidate group has one
+    (:func:`chosen_on`), else by the highest mean final test score. The comparison with the
+    baseline is always on the test set.
+    """
     finite = [s for s in summaries if math.isfinite(s.test_acc_mean)]
     if not finite:
         return None
-    best = max(finite, key=lambda s: s.test_acc_mean)
+    on = chosen_on(finite)
+    best = max(finite, key=lambda s: selection_score(s, on))
     name = best.name or (best.arm if best.arm == "none" else f"{best.arm} p={best.p:g}")
-    interval = _ci_text(best.test_acc_ci95, best.n_valid)
-    if "no interval" in interval:
-        interval = "(one seed: no interval)" if best.n_valid == 1 else interval
-    text = f"best: {name}, test accuracy {best.test_acc_mean:.3f} {interval}"
+    score = best.score_name
+    test_text = (
+        f"test {score} {best.test_acc_mean:.3f} {_ci_text(best.test_acc_ci95, best.n_valid)}"
+    )
+    if best.task == "regression" and math.isfinite(best.test_rmse_mean):
+        test_text += f", RMSE {best.test_rmse_mean:.4g}"
+    if on == "validation":
+        validation = _ci_text(best.val_acc_ci95, best.n_valid)
+        text = (
+            f"best: {name}, chosen on validation {score} {best.val_acc_mean:.3f} {validation}; "
+            f"{test_text}"
+        )
+    else:
+        text = f"best: {name}, {test_text}"
+    chosen = "" if on == "validation" else "; chosen on the test set, which doubles as validation"
     comparison = best.vs_baseline
     if comparison is None:
-        return BestRate(best, f"{text}; it is the baseline: no other setting beat it")
+        evidence = f"{text}; it is the baseline: no other setting beat it{chosen}"
+        return BestRate(best, evidence, on, _choice(best, on))
     if not math.isfinite(comparison.p_value):
         evidence = f"{text}; not enough seeds (or spread) to test it against {comparison.baseline}"
     else:
@@ -403,4 +631,4 @@ def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
                 f"{text}; {comparison.difference:+.3f} against {comparison.baseline} is NOT "
                 f"significant ({p_text}): more seeds or a larger effect needed"
             )
-    return BestRate(best, evidence)
+    return BestRate(best, evidence + chosen, on, _choice(best, on))
