@@ -15,11 +15,13 @@ device.
 
 The hash: the 32-bit mixer ``x ^= x >> 16; x *= 0x21F0AAAD; x ^= x >> 15; x *= 0x735A2D97;
 x ^= x >> 15`` (C. Wellons' "lowbias32", a bias of 0.11 against 0.17 for MurmurHash3's
-finalizer), chained over the seed's two 32-bit halves, the step and the layer to a key
-``(k₁, k₂)``, then ``u = mix(mix(i ⊕ k₁) ⊕ k₂)`` per element (two keyed rounds: one XOR'd key
-would make two keys' masks shifted copies of each other). Everything is int64 tensor
-arithmetic on values below ``2³²``; both multipliers are below ``2³¹``, so no product
-overflows, and vmap batches every op.
+finalizer; the stacked MLP trainer's masks use it too). The step and the layer are mixed in
+Python integers, then with the seed's two 32-bit halves into a key: an odd multiplier ``a`` and
+an offset ``b``; element ``i`` gets ``u = mix(a·i + b mod 2³²)``. (A key that only offset the
+index, ``mix(i + b)``, would make two keys' masks shifted copies of each other; the per-key
+multiplier makes them unrelated permutations.) Everything is int64 tensor arithmetic on values
+below ``2³²`` with multipliers below ``2³¹``, so no product overflows, and vmap batches every
+op; one mask costs about 15 element-wise integer ops.
 
 :class:`CounterDropout` is the module that replaces a dropout module (:func:`counter_module`):
 its ``seed`` and ``p`` are (non-persistent) buffers, so ``torch.func.stack_module_state``
@@ -60,10 +62,12 @@ MASK_BITS = 24
 """Bits of the uniform compared with ``p``: rates are resolved to ``2**-24``."""
 
 _M32 = 0xFFFFFFFF
+_M31 = 0x7FFFFFFF
 _MUL1 = 0x21F0AAAD
 _MUL2 = 0x735A2D97
-# Domain constants so that the chain's stages differ even for equal inputs.
-_SALT_KEY2 = 0x5BD1E995 & 0x7FFFFFFF
+# Salts so that the chain's stages differ even for equal inputs.
+_SALT_STEP = 0x2545F491
+_SALT_OFFSET = 0x5BD1E995
 
 
 def _mix(h: Tensor) -> Tensor:
@@ -75,16 +79,29 @@ def _mix(h: Tensor) -> Tensor:
     return h ^ (h >> 15)
 
 
+def _mix_int(h: int) -> int:
+    """:func:`_mix` on a Python int in ``[0, 2³²)``."""
+    h ^= h >> 16
+    h = (h * _MUL1) & _M32
+    h ^= h >> 15
+    h = (h * _MUL2) & _M32
+    return h ^ (h >> 15)
+
+
 def _keys(seed: Tensor, step: int, layer: int) -> tuple[Tensor, Tensor]:
-    """The per-(seed, step, layer) keys ``(k₁, k₂)``, int64 scalars (or ``seed``'s shape)."""
+    """The key of (seed, step, layer): an odd multiplier in ``(0, 2³¹)`` and an offset in
+    ``[0, 2³²)``, int64 tensors of ``seed``'s shape."""
+    counter = _mix_int(_mix_int((step & _M32) ^ _SALT_STEP) ^ ((step >> 32) & _M32))
+    counter = _mix_int(counter ^ (layer & _M32))
     seed = seed.to(torch.int64)
-    h = _mix(seed & _M32)
-    h = _mix(h ^ ((seed >> 32) & _M32))
-    h = _mix(h ^ (step & _M32))
-    h = _mix(h ^ ((step >> 32) & _M32))
-    k1 = _mix(h ^ (layer & _M32))
-    k2 = _mix(k1 ^ _SALT_KEY2)
-    return k1, k2
+    h = _mix(_mix((seed & _M32) ^ counter) ^ ((seed >> 32) & _M32))
+    return (h & _M31) | 1, _mix(h ^ _SALT_OFFSET)
+
+
+def _element_bits(multiplier: Tensor, offset: Tensor, index: Tensor) -> Tensor:
+    """``mix(a·i + b mod 2³²)`` for indices ``i`` in ``[0, 2³²)``: ``a·i < 2⁶³ − 2³²``, so the
+    sum does not overflow int64."""
+    return _mix((index * multiplier + offset) & _M32)
 
 
 def counter_bits(seed: Tensor, step: int, layer: int, index: Tensor) -> Tensor:
@@ -94,24 +111,30 @@ def counter_bits(seed: Tensor, step: int, layer: int, index: Tensor) -> Tensor:
         seed: the run's seed, an int64 scalar tensor (any int64 value).
         step: the optimizer step (``>= 0``).
         layer: the dropout layer's index in the model (``>= 0``).
-        index: int64 element indices ``>= 0``, any shape; the result has its shape.
+        index: int64 element indices ``>= 0``, any shape; the result has its shape. Indices
+            of ``2³²`` and more also mix in their high word.
     """
-    k1, k2 = _keys(seed, step, layer)
-    low = index & _M32
-    high = (index >> 32) & _M32
-    return _mix(_mix(low ^ k1) ^ (k2 ^ high))
+    multiplier, offset = _keys(seed, step, layer)
+    high = index >> 32
+    return _element_bits(multiplier, offset ^ _mix(high & _M32), index & _M32)
+
+
+def _index(shape: tuple[int, ...], device: torch.device | None) -> Tensor:
+    numel = 1
+    for size in shape:
+        numel *= int(size)
+    if numel > 1 << 32:
+        raise ValueError(f"a counter-based mask holds at most 2**32 units, got shape {shape}")
+    return torch.arange(numel, dtype=torch.int64, device=device).view(shape)
 
 
 def counter_uniform(
     seed: Tensor, step: int, layer: int, shape: tuple[int, ...], device: torch.device | None = None
 ) -> Tensor:
-    """Uniforms in ``[0, 1)`` of ``shape`` (float32, multiples of ``2**-24``), element ``i`` (in
-    C order) from :func:`counter_bits` at index ``i``."""
-    numel = 1
-    for size in shape:
-        numel *= int(size)
-    index = torch.arange(numel, dtype=torch.int64, device=device).view(shape)
-    bits = counter_bits(seed, step, layer, index)
+    """Uniforms in ``[0, 1)`` of ``shape`` (float32, multiples of ``2**-24``): the top 24 of
+    :func:`counter_bits` at index ``i`` for element ``i`` (in C order)."""
+    multiplier, offset = _keys(seed, step, layer)
+    bits = _element_bits(multiplier, offset, _index(shape, device))
     return (bits >> (32 - MASK_BITS)).to(torch.float32) * (1.0 / (1 << MASK_BITS))
 
 
@@ -123,8 +146,12 @@ def keep_mask(
     shape: tuple[int, ...],
     device: torch.device | None = None,
 ) -> Tensor:
-    """The keep mask ``U >= p`` of ``shape`` as bool (``p = 0``: all kept; ``p = 1``: none)."""
-    return counter_uniform(seed, step, layer, shape, device) >= p
+    """The keep mask ``U >= p`` of ``shape`` as bool, ``U`` of :func:`counter_uniform`
+    (``p = 0``: all kept; ``p = 1``: none). Compared as ``top24 >= p·2**24``: the same
+    decisions, exactly (scaling by a power of two), one op fewer."""
+    multiplier, offset = _keys(seed, step, layer)
+    bits = _element_bits(multiplier, offset, _index(shape, device))
+    return (bits >> (32 - MASK_BITS)).to(torch.float32) >= p.to(torch.float32) * (1 << MASK_BITS)
 
 
 def mask_shape(
@@ -223,19 +250,21 @@ class CounterDropout(nn.Module):
         if not self.training:
             return x * (1.0 - p) if self.scaling == "classic" else x
         keep = keep_mask(self.seed, self.p, self.step, self.layer, self._shape(x), x.device)
-        m = keep.to(x.dtype)
+        zero = x.new_zeros(())
         if self.scaling in ("classic", "unscaled"):
-            return x * m
+            return torch.where(keep, x, zero)
         if self.scaling == "alpha":
+            m = keep.to(x.dtype)
             alpha = SELU_ALPHA_PRIME
             kept = p < 1.0
             q = torch.where(kept, 1.0 - p, 1.0)  # p = 1: no division by 0, zeros below
             a = (q * (1.0 + p * alpha * alpha)).rsqrt()
             b = -a * alpha * p
             out = a * (x * m + alpha * (1.0 - m)) + b
-            return torch.where(kept, out, torch.zeros_like(out))
+            return torch.where(kept, out, zero)
+        # 1 / (1 - p), and 0 at p = 1 (every unit dropped: no division by zero)
         scale = torch.where(p < 1.0, 1.0 / torch.where(p < 1.0, 1.0 - p, 1.0), 0.0)
-        return x * (m * scale)
+        return torch.where(keep, x * scale, zero)
 
     def extra_repr(self) -> str:
         return f"layer={self.layer}, kind={self.kind}, scaling={self.scaling}, name={self.name}"
