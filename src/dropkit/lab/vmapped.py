@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import math
 import os
 import time
@@ -65,13 +64,15 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from dropkit.lab.arms import entry_regularizer, target_transforms
-from dropkit.lab.config import DataSpec, RunConfig
+from dropkit.lab.config import RunConfig
 from dropkit.lab.counter_masks import CounterDropout, counter_module
 from dropkit.lab.data import Dataset
 from dropkit.lab.loop import augment_batch
+from dropkit.lab.splits import holdout_rows, validation_rows
 from dropkit.lab.store import MAX_STATE_PARAMETERS
 from dropkit.lab.training import (
     METRICS,
+    VALIDATION_FRACTION,
     BatchResult,
     EarlyStopping,
     EpochTicker,
@@ -81,7 +82,6 @@ from dropkit.lab.training import (
     feature_scale,
     make_adam,
     sample_scores,
-    validation_split,
 )
 from dropkit.surgery import find_dropout_sites
 
@@ -162,60 +162,11 @@ class _Output:
 # --- validation rows ---------------------------------------------------------------------------
 
 
-def _fallback_rows(
-    y: NDArray[Any], spec: DataSpec, fold: int | None
-) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """``(fit, val)`` rows of ``spec``'s validation split or k-fold fold, sorted (stratified for
-    classification); used until :mod:`dropkit.lab.splits` exists."""
-    n = len(y)
-    every = np.arange(n, dtype=np.intp)
-    rng = np.random.default_rng(spec.split_seed)
-    if spec.folds:
-        assert fold is not None
-        assign = np.empty(n, dtype=np.intp)
-        groups = (
-            [np.flatnonzero(y == c) for c in np.unique(y)]
-            if spec.task == "classification"
-            else [every]
-        )
-        offset = 0
-        for members in groups:
-            shuffled = rng.permutation(members)
-            assign[shuffled] = (np.arange(len(shuffled)) + offset) % spec.folds
-            offset += len(shuffled)
-        val = np.flatnonzero(assign == fold).astype(np.intp)
-    elif spec.validation > 0:
-        if spec.task == "classification":
-            return validation_split(y, spec.validation, seed=spec.split_seed)
-        take = min(n - 1, max(1, round(spec.validation * n)))
-        val = np.sort(rng.choice(n, size=take, replace=False)).astype(np.intp)
-    else:
-        return every, np.zeros(0, dtype=np.intp)
-    return np.setdiff1d(every, val).astype(np.intp), val
-
-
-def _split_rows(
-    y: NDArray[Any], spec: DataSpec, fold: int | None
-) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """``dropkit.lab.splits.validation_rows`` where it exists, else :func:`_fallback_rows`."""
-    try:
-        splits = importlib.import_module("dropkit.lab.splits")
-    except ImportError:
-        return _fallback_rows(y, spec, fold)
-    fit, val = splits.validation_rows(y, spec, fold)
-    return np.asarray(fit, dtype=np.intp), np.asarray(val, dtype=np.intp)
-
-
 def _stopping_rows(y: NDArray[Any], task: str) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
     """Early stopping's hold-out when the data has no validation split: the generic loop's
-    (:func:`~dropkit.lab.training.validation_split`, 20%, stratified), a seeded random 20%
-    for regression."""
-    if task == "classification":
-        return validation_split(y)
-    n = len(y)
-    take = min(n - 1, max(1, round(0.2 * n)))
-    val = np.sort(np.random.default_rng(0).choice(n, size=take, replace=False)).astype(np.intp)
-    return np.setdiff1d(np.arange(n, dtype=np.intp), val).astype(np.intp), val
+    (:data:`~dropkit.lab.training.VALIDATION_FRACTION` of the rows, seed 0, stratified for
+    classification: the rows of :func:`~dropkit.lab.training.validation_split`)."""
+    return holdout_rows(y, VALIDATION_FRACTION, 0, stratify=task == "classification")
 
 
 # --- preparing runs ----------------------------------------------------------------------------
@@ -314,7 +265,7 @@ def _prepare(
         reasons, sites = _swap_dropout(wrapped, config.seed)
         wrapped.to(device)
         if config.fold not in split_cache:
-            split_cache[config.fold] = _split_rows(data.y_train, config.data, config.fold)
+            split_cache[config.fold] = validation_rows(data.y_train, config.data, config.fold)
         fit, val = split_cache[config.fold]
         if config.strength("early_stopping") is not None and not len(val):
             fit, val = _stopping_rows(data.y_train, data.task)
