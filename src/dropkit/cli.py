@@ -73,7 +73,38 @@ AddressOpt = Annotated[
     ),
 ]
 ENGINES = ("in-process", "ray")
-DataOpt = Annotated[str, typer.Option(help=f"{', '.join(BUILTIN_DATASETS)}, or PATH.csv.")]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        help=f"{', '.join(BUILTIN_DATASETS)}, PATH.csv, or MODULE:FUNCTION returning your data: "
+        "(X, y), ((X_train, y_train), (X_test, y_test)) or torch Datasets (docs/your-model.md)."
+    ),
+]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(help="classification or regression (default: inferred from the target)."),
+]
+ValidationOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Fraction of the training split that chooses the best rate or arm (default: 0.2 "
+        "for your own model or data, 0 for built-in data and CSV files)."
+    ),
+]
+FoldsOpt = Annotated[
+    int, typer.Option(help="k >= 2: k-fold cross-validation instead of one validation split.")
+]
+LrOpt = Annotated[float, typer.Option(help="Adam's learning rate.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")]
+BatchedOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--batched/--no-batched",
+        help="Your own model: --batched refuses to fall back to one run after another; "
+        "--no-batched always trains one run after another (default: batched where the model "
+        "allows it).",
+    ),
+]
 TargetOpt = Annotated[str | None, typer.Option(help="Target column of a CSV file.")]
 ImputeOpt = Annotated[
     str | None,
@@ -197,6 +228,8 @@ def _execute(
     runs_per_batch: int,
     engine: str,
     address: str | None,
+    device: str = "auto",
+    batched: bool | None = None,
 ) -> tuple[Experiment, Path]:
     """Train what the store lacks (:func:`dropkit.lab.run`) and return the experiment.
 
@@ -222,6 +255,9 @@ def _execute(
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
     with _usage():
         check_positive_int(runs_per_batch, "runs_per_batch")
+        from dropkit.lab.train import parse_device
+
+        parse_device(device)
     try:
         # Arguments and data passed the plan: an error from here on is a failure (exit 1).
         experiment = run(
@@ -233,6 +269,8 @@ def _execute(
             progress=RichProgress() if show_progress else None,
             runs_per_batch=runs_per_batch,
             log=None if as_json else typer.echo,
+            device=device,
+            batched=batched,
         )
     except (StoreError, EngineError) as error:
         _fail(str(error))
@@ -408,8 +446,19 @@ def demo(
 @app.command()
 def sweep(
     data: DataOpt = "circles",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="MODULE:FACTORY: your model, a function f(p) -> nn.Module (default: the "
+            "built-in MLP of --hidden)."
+        ),
+    ] = None,
     target: TargetOpt = None,
     impute: ImputeOpt = None,
+    task: TaskOpt = None,
+    validation: ValidationOpt = None,
+    folds: FoldsOpt = 0,
+    lr: LrOpt = 1e-3,
     rates: Annotated[
         str, typer.Option(help="Drop rates: '0,0.2,0.4' or an inclusive range '0:0.8:0.1'.")
     ] = "0:0.8:0.1",
@@ -431,30 +480,39 @@ def sweep(
     runs_per_batch: RunsPerBatchOpt = 128,
     engine: EngineOpt = "in-process",
     address: AddressOpt = None,
+    device: DeviceOpt = "auto",
+    batched: BatchedOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Grid-search the dropout rate: rates x seeds, with 95% CIs and the best rate's evidence.
 
-    Python: dropkit.lab.sweep(data, rates=..., seeds=...).
+    Python: dropkit.lab.sweep(data, rates=..., seeds=...). Your own model and data:
+    --model MODULE:FACTORY --data MODULE:FUNCTION (docs/your-model.md).
     """
     from dropkit.lab import plan_sweep
 
     grid = _parse_rates(rates)
     widths = _parse_hidden(hidden)
+    source = None if model is None else _load_factory(model)
     with _usage({"input_p": "--input-dropout"}):
         plan = plan_sweep(
-            data,
+            _user_data(data),
+            model=source,
             rates=grid,
             seeds=seeds,
             epochs=epochs,
             batch_size=batch_size,
+            lr=lr,
             hidden=widths,
             input_p=input_dropout,
             max_norm=max_norm,
             target=target,
             impute=impute,
+            task=task,
+            validation=validation,
+            folds=folds,
         )
-    _print_notes(plan.dataset.notes)
+    _print_notes(plan.notes)
     folder = out or Path("dropkit-sweep")
     _train_and_emit(
         plan,
@@ -468,6 +526,8 @@ def sweep(
         runs_per_batch=runs_per_batch,
         engine=engine,
         address=address,
+        device=device,
+        batched=batched,
     )
 
 
@@ -547,6 +607,12 @@ def _compare(
     engine: str,
     address: str | None,
     debug: bool,
+    task: str | None = None,
+    validation: float | None = None,
+    folds: int = 0,
+    lr: float = 1e-3,
+    device: str = "auto",
+    batched: bool | None = None,
     **strengths: Any,
 ) -> None:
     """Compare regularizers: every arm trained with the same seeds, tested against 'none'.
@@ -558,20 +624,25 @@ def _compare(
     from dropkit.lab import plan_compare
 
     widths = None if hidden is None else _parse_hidden(hidden)
+    source = _load_factory(model) if ":" in model else model
     with _usage():
         plan = plan_compare(
-            data,
+            _user_data(data),
             arms=arms,
-            model=model,
+            model=source,
             hidden=widths,
             seeds=seeds,
             epochs=epochs,
             batch_size=batch_size,
+            lr=lr,
             target=target,
             impute=impute,
+            task=task,
+            validation=validation,
+            folds=folds,
             **strengths,
         )
-    _print_notes(plan.dataset.notes)
+    _print_notes(plan.notes)
     folder = out or Path("dropkit-compare")
     _train_and_emit(
         plan,
@@ -584,6 +655,8 @@ def _compare(
         runs_per_batch=runs_per_batch,
         engine=engine,
         address=address,
+        device=device,
+        batched=batched,
     )
 
 
@@ -637,9 +710,19 @@ def _compare_command() -> Callable[..., None]:
         ("batch_size", Annotated[int, typer.Option(help="Mini-batch size.")], 32),
         (
             "model",
-            Annotated[str, typer.Option(help="mlp, cnn (image data) or rnn (sequences).")],
+            Annotated[
+                str,
+                typer.Option(
+                    help="mlp, cnn (image data), rnn (sequences), or MODULE:FACTORY: your "
+                    "model, a function f(p) -> nn.Module."
+                ),
+            ],
             "mlp",
         ),
+        ("task", TaskOpt, None),
+        ("validation", ValidationOpt, None),
+        ("folds", FoldsOpt, 0),
+        ("lr", LrOpt, 1e-3),
         (
             "hidden",
             Annotated[
@@ -661,6 +744,8 @@ def _compare_command() -> Callable[..., None]:
         ("runs_per_batch", RunsPerBatchOpt, 256),
         ("engine", EngineOpt, "in-process"),
         ("address", AddressOpt, None),
+        ("device", DeviceOpt, "auto"),
+        ("batched", BatchedOpt, None),
         ("debug", DebugOpt, False),
     ]
     parameters = [
@@ -710,6 +795,17 @@ def _load_factory(target: str) -> Any:
     if not callable(factory):
         _fail(f"{module_name!r} has no callable {factory_name!r}")
     return factory
+
+
+def _user_data(data: str) -> Any:
+    """``--data``: a built-in name or CSV path as it is, or what ``MODULE:FUNCTION()`` returns."""
+    if data in BUILTIN_DATASETS or ":" not in data or Path(data).exists():
+        return data
+    load = _load_factory(data)
+    try:
+        return load()
+    except Exception as error:  # the user's loader, any failure
+        _fail(f"--data {data}: {load.__name__}() raised {type(error).__name__}: {error}")
 
 
 @app.command()

@@ -22,6 +22,7 @@ when training fails or is interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import numbers
 from collections.abc import Callable, Iterable, Sequence
@@ -38,15 +39,31 @@ from dropkit._validation import (
     check_probability,
 )
 from dropkit.lab.analysis import Analysis, analyze
-from dropkit.lab.arms import MODEL_KINDS, REGULARIZERS, STRENGTHS, Strengths
-from dropkit.lab.config import DEMO_SEEDS, DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
-from dropkit.lab.data import BUILTIN_DATASETS, IMPUTE_METHODS, Dataset, load_dataset
+from dropkit.lab.arms import CUSTOM_KIND, MODEL_KINDS, REGULARIZERS, STRENGTHS, Strengths
+from dropkit.lab.config import (
+    DEMO_SEEDS,
+    TASKS,
+    DataSpec,
+    ModelSpec,
+    RunConfig,
+    SweepSpec,
+    TrainSpec,
+)
+from dropkit.lab.data import (
+    BUILTIN_DATASETS,
+    IMPUTE_METHODS,
+    Dataset,
+    infer_csv_task,
+    load_dataset,
+)
 from dropkit.lab.engines import Engine, InProcessEngine, RayEngine
 from dropkit.lab.experiment import Experiment
 from dropkit.lab.progress import progress_sink
 from dropkit.lab.regularizers import Arm, ArmError, build_configs, default_epochs, parse_arms
 from dropkit.lab.runner import run_configs
 from dropkit.lab.store import ResultsStore
+from dropkit.lab.user_data import from_user_data, is_user_data
+from dropkit.lab.user_model import ModelSource, model_source
 
 __all__ = [
     "DEFAULT_HIDDEN",
@@ -69,6 +86,9 @@ DEFAULT_RATES: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(9))
 DEFAULT_HIDDEN: dict[str, tuple[int, ...]] = {"mlp": (500,), "cnn": (16, 32), "rnn": (32,)}
 """Layer widths of each model kind when ``hidden`` is not given to :func:`compare`."""
 ENGINES = ("in-process", "ray")
+USER_VALIDATION = 0.2
+"""Validation fraction by default for a user's own data or model: the best rate or arm is
+chosen on it, and the test set measures the winner once."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +100,18 @@ class Plan:
         configs: one per run (rates or arms × seeds), all sharing data, model and training.
         dataset: the loaded data the runs train on.
         settings: what was asked for, for the experiment's ``to_dict`` (plain data).
+        model: the user's model (:class:`~dropkit.lab.user_model.ModelSource`) for runs of
+            kind ``custom``; None for the built-in models.
+        notes: what planning found that the user should know (how the data was read, the task
+            inferred, dropout a factory leaves at its own rate), one sentence each.
     """
 
     command: str
     configs: tuple[RunConfig, ...]
     dataset: Dataset
     settings: dict[str, Any] = field(default_factory=dict)
+    model: ModelSource | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def keys(self) -> list[str]:
@@ -147,19 +173,74 @@ def _max_norm(value: object) -> float | None:
     return None if value is None else check_positive(value, "max_norm")
 
 
-def _training(epochs: object, batch_size: object) -> TrainSpec:
+def _training(epochs: object, batch_size: object, lr: object = 1e-3) -> TrainSpec:
     return TrainSpec(
         epochs=check_positive_int(epochs, "epochs"),
         batch_size=check_positive_int(batch_size, "batch_size"),
+        lr=check_positive(lr, "lr"),
     )
 
 
-def _data(data: str | Path, target: str | None, impute: str | None) -> tuple[DataSpec, Dataset]:
-    """The data's spec and the data, loaded now so that bad data is refused before training."""
+def _validation(validation: object, folds: object, own: bool) -> tuple[float, int]:
+    """``validation`` (None: :data:`USER_VALIDATION` for a user's own data or model, else 0)
+    and ``folds`` (0 or >= 2; folds replace the single validation split)."""
+    if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds < 0:
+        raise ValueError(f"`folds` must be 0 (none) or an int >= 2, got {folds!r}")
+    if folds == 1:
+        raise ValueError("`folds` must be 0 (none) or an int >= 2, got 1")
+    if folds and validation is not None and validation != 0:
+        raise ValueError(
+            f"`folds` ({folds}) and `validation` ({validation}) both hold out validation "
+            "rows: give one (folds=k runs k-fold cross-validation over the training split)"
+        )
+    if folds:
+        return 0.0, int(folds)
+    if validation is None:
+        return (USER_VALIDATION if own else 0.0), 0
+    if isinstance(validation, bool) or not isinstance(validation, numbers.Real):
+        raise TypeError(f"`validation` must be a fraction in [0, 1), got {validation!r}")
+    if not 0.0 <= float(validation) < 1.0:
+        raise ValueError(f"`validation` must be a fraction in [0, 1), got {validation!r}")
+    return float(validation), 0
+
+
+def _task(task: object) -> str | None:
+    if task is None:
+        return None
+    return check_one_of(task, "task", TASKS)
+
+
+def _data(
+    data: object,
+    target: str | None,
+    impute: str | None,
+    *,
+    task: str | None = None,
+    validation: object = None,
+    folds: object = 0,
+    own_model: bool = False,
+    data_id: str | None = None,
+) -> tuple[DataSpec, Dataset]:
+    """The data's spec and the data, loaded now so that bad data is refused before training.
+
+    ``data`` is a built-in name, a CSV path, or a user's arrays, tensors or Datasets
+    (:func:`dropkit.lab.user_data.from_user_data`).
+    """
+    task = _task(task)
+    if is_user_data(data):
+        if target is not None or impute is not None:
+            raise ValueError(
+                "`target` and `impute` apply to CSV files; with arrays, tensors or Datasets "
+                "pass the target as y"
+            )
+        fraction, k = _validation(validation, folds, own=True)
+        return from_user_data(data, task=task, validation=fraction, folds=k, data_id=data_id)
+    if data_id is not None:
+        raise ValueError("`data_id` names in-memory data (arrays, tensors, Datasets)")
     if not isinstance(data, (str, Path)):
         raise TypeError(
-            f"`data` must be a built-in data set's name or the path of a CSV file, got "
-            f"{type(data).__name__}"
+            f"`data` must be a built-in data set's name, the path of a CSV file, (X, y) arrays "
+            f"or tensors, or torch Datasets, got {type(data).__name__}"
         )
     if target is not None and not isinstance(target, str):
         raise TypeError(f"`target` must be a CSV column name (a str), got {target!r}")
@@ -170,25 +251,107 @@ def _data(data: str | Path, target: str | None, impute: str | None) -> tuple[Dat
         )
     if impute is not None:
         check_one_of(impute, "impute", IMPUTE_METHODS)
-    spec = DataSpec.resolve(str(data), target, impute)
+    if str(data) in BUILTIN_DATASETS and task == "regression":
+        raise ValueError(
+            f"`task`: the built-in data set {str(data)!r} is a classification task, got "
+            "task='regression'"
+        )
+    fraction, k = _validation(validation, folds, own=own_model)
+    if task is None:
+        csv = str(data).lower().endswith(".csv") and Path(data).is_file()
+        task = infer_csv_task(data, target) if csv and target is not None else "classification"
+    spec = DataSpec.resolve(str(data), target, impute, task=task)
+    spec = dataclasses.replace(spec, validation=fraction, folds=k)
     return spec, load_dataset(spec, impute=impute)
+
+
+def _model(
+    model: object, model_id: str | None, rates: Sequence[float], dataset: Dataset
+) -> ModelSource:
+    """A user's model, checked, and checked once against the data: one eval-mode forward
+    pass on two training rows must give ``(2, n_outputs)`` (or ``(2,)`` for one output)."""
+    import torch
+
+    source = model_source(model, model_id=model_id, rates=rates)  # type: ignore[arg-type]
+    module = source.build(max(rates, default=0.0), 0).eval()
+    rows = torch.from_numpy(dataset.x_train[:2]).reshape(-1, *dataset.sample_shape)
+    try:
+        with torch.no_grad():
+            output = module(rows)
+    except Exception as error:
+        raise ValueError(
+            f"`model` {source.name} fails on the data: a batch of shape "
+            f"{tuple(rows.shape)} raised {type(error).__name__}: {error}"
+        ) from None
+    wanted = dataset.n_outputs
+    shape = tuple(getattr(output, "shape", ()))
+    if not isinstance(output, torch.Tensor) or shape not in {(2, wanted)} | (
+        {(2,)} if wanted == 1 else set()
+    ):
+        task = (
+            "a regression target"
+            if dataset.task == "regression"
+            else f"{dataset.n_classes} classes"
+        )
+        raise ValueError(
+            f"`model` {source.name} must return ({wanted} output{'s' if wanted > 1 else ''} "
+            f"per sample for {task}) a tensor of shape (N, {wanted}); for a batch of shape "
+            f"{tuple(rows.shape)} it returned "
+            f"{shape if isinstance(output, torch.Tensor) else type(output).__name__}"
+        )
+    return source
 
 
 # -- plans -------------------------------------------------------------------------------------
 
 
+def _without_folds(spec: DataSpec) -> DataSpec:
+    return dataclasses.replace(spec, folds=0)
+
+
+def _with_folds(configs: Sequence[RunConfig], spec: DataSpec) -> list[RunConfig]:
+    """Configs built on :func:`_without_folds` of ``spec``, on ``spec`` itself: each once per
+    fold (the folds of a config next to each other), or unchanged without folds."""
+    if not spec.folds:
+        return list(configs)
+    return [dataclasses.replace(c, data=spec, fold=f) for c in configs for f in range(spec.folds)]
+
+
+def _own_settings(spec: DataSpec, source: ModelSource | None, train: TrainSpec) -> dict[str, Any]:
+    """Settings that only a user's model or data, or a validation split, add."""
+    settings: dict[str, Any] = {}
+    if source is not None:
+        settings["model_name"] = source.name
+    if spec.task != "classification":
+        settings["task"] = spec.task
+    if spec.validation:
+        settings["validation"] = spec.validation
+    if spec.folds:
+        settings["folds"] = spec.folds
+    if train.lr != TrainSpec().lr:
+        settings["lr"] = train.lr
+    return settings
+
+
 def plan_sweep(
-    data: str | Path = "circles",
+    data: object = "circles",
     *,
+    model: object = None,
     rates: Sequence[float] | float = DEFAULT_RATES,
     seeds: int | Sequence[int] = 10,
     epochs: int = 4000,
     batch_size: int = 32,
+    lr: float = 1e-3,
     hidden: int | Sequence[int] = (500,),
     input_p: float = 0.0,
     max_norm: float | None = None,
     target: str | None = None,
     impute: str | None = None,
+    task: str | None = None,
+    validation: float | None = None,
+    folds: int = 0,
+    model_id: str | None = None,
+    data_id: str | None = None,
 ) -> Plan:
     """Validate a rate sweep and expand it into runs: every rate × every seed (see :func:`sweep`).
 
@@ -198,37 +361,59 @@ def plan_sweep(
     """
     grid = _rates(rates)
     seed_list = _seeds(seeds)
-    train = _training(epochs, batch_size)
+    train = _training(epochs, batch_size, lr)
+    own_model = model is not None
     widths = _hidden(hidden)
+    if own_model and hidden != (500,):
+        raise ValueError("`hidden` sets the built-in MLP's widths; your `model` has its own")
+    if model_id is not None and not own_model:
+        raise ValueError("`model_id` names your own `model`; none was given")
     input_p = check_probability(input_p, "input_p")
     bound = _max_norm(max_norm)
-    spec, dataset = _data(data, target, impute)
+    spec, dataset = _data(
+        data,
+        target,
+        impute,
+        task=task,
+        validation=validation,
+        folds=folds,
+        own_model=own_model,
+        data_id=data_id,
+    )
+    source = _model(model, model_id, grid, dataset) if own_model else None
+    model_spec = source.spec if source is not None else ModelSpec(hidden=widths)
     sweep_spec = SweepSpec(
         data=spec,
-        model=ModelSpec(hidden=widths),
+        model=model_spec,
         train=train,
         rates=grid,
         seeds=len(seed_list),
         input_p=input_p,
         max_norm=bound,
     )
-    configs = [
-        RunConfig(spec, sweep_spec.model, train, p=p, input_p=input_p, max_norm=bound, seed=s)
-        for p in sweep_spec.rates
-        for s in seed_list
-    ]
+    base = _without_folds(spec)
+    configs = _with_folds(
+        [
+            RunConfig(base, model_spec, train, p=p, input_p=input_p, max_norm=bound, seed=s)
+            for p in sweep_spec.rates
+            for s in seed_list
+        ],
+        spec,
+    )
     settings = {
         "dataset": dataset.name,
-        "model": "mlp",
-        "hidden": list(widths),
+        "model": model_spec.kind,
+        "hidden": list(model_spec.hidden),
         "epochs": train.epochs,
         "batch_size": train.batch_size,
         "seeds": len(seed_list),
         "rates": list(sweep_spec.rates),
         "input_p": input_p,
         "max_norm": bound,
+        **_own_settings(spec, source, train),
     }
-    return Plan("sweep", tuple(configs), dataset, settings)
+    notes = (*dataset.notes, *(source.notes if source is not None else ()))
+    return Plan("sweep", tuple(configs), dataset, settings, model=source, notes=notes)
 
 
 def plan_demo(
@@ -267,8 +452,17 @@ _COMPARE_ARGUMENTS = (
     "seeds",
     "epochs",
     "batch_size",
+    "lr",
     "target",
     "impute",
+    "task",
+    "validation",
+    "folds",
+    "model_id",
+    "data_id",
+    "device",
+    "batched",
+    "max_batch_memory",
     "store",
     "engine",
     "address",
@@ -291,16 +485,22 @@ def _check_strength_names(strengths: dict[str, Any]) -> None:
 
 
 def plan_compare(
-    data: str | Path = "circles",
+    data: object = "circles",
     *,
     arms: str | Sequence[str] | None = None,
-    model: str = "mlp",
+    model: object = "mlp",
     hidden: int | Sequence[int] | None = None,
     seeds: int | Sequence[int] = 10,
     epochs: int | None = None,
     batch_size: int = 32,
+    lr: float = 1e-3,
     target: str | None = None,
     impute: str | None = None,
+    task: str | None = None,
+    validation: float | None = None,
+    folds: int = 0,
+    model_id: str | None = None,
+    data_id: str | None = None,
     **strengths: Any,
 ) -> Plan:
     """Validate a comparison of arms and expand it into runs: every arm × every seed.
@@ -312,36 +512,64 @@ def plan_compare(
         dropkit.lab.regularizers.ArmError: an unknown or inapplicable arm (a ``ValueError``).
         dropkit.lab.data.DataError: data that cannot be used (a ``ValueError``).
     """
-    kind = check_one_of(model, "model", MODEL_KINDS)
+    own_model = not isinstance(model, str)
+    kind = CUSTOM_KIND if own_model else check_one_of(model, "model", MODEL_KINDS)
+    if own_model and hidden is not None:
+        raise ValueError("`hidden` sets a built-in model's widths; your `model` has its own")
+    if model_id is not None and not own_model:
+        raise ValueError("`model_id` names your own `model`; none was given")
     _check_strength_names(strengths)
     resolved_strengths = Strengths(**strengths)
     seed_list = _seeds(seeds)
     if epochs is not None:
         check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
-    widths = DEFAULT_HIDDEN[kind] if hidden is None else _hidden(hidden)
+    lr = check_positive(lr, "lr")
+    widths = () if own_model else DEFAULT_HIDDEN[kind] if hidden is None else _hidden(hidden)
     chosen = _arms(arms, kind)
-    spec, dataset = _data(data, target, impute)
+    spec, dataset = _data(
+        data,
+        target,
+        impute,
+        task=task,
+        validation=validation,
+        folds=folds,
+        own_model=own_model,
+        data_id=data_id,
+    )
+    if dataset.task == "regression":
+        for arm in chosen:
+            if any(r.targets is not None for r in arm.parts):
+                raise ArmError(
+                    f"`arms`: arm {arm.name!r} changes class targets and does not apply to a "
+                    "regression task"
+                )
     train = TrainSpec(
         epochs=epochs if epochs is not None else default_epochs(dataset.name, kind),
         batch_size=batch_size,
+        lr=lr,
     )
+    rates = [resolved_strengths.value("p")] if any(a.options for a in chosen) else []
+    source = _model(model, model_id, rates, dataset) if own_model else None
+    model_spec = source.spec if source is not None else ModelSpec(hidden=widths, kind=kind)
     configs = build_configs(
         chosen,
         resolved_strengths,
         seed_list,
-        spec,
-        ModelSpec(hidden=widths, kind=kind),
+        _without_folds(spec),
+        model_spec,
         train,
         n_train=len(dataset.y_train),
     )
-    from dropkit.lab.models import build_model
+    if source is None:
+        from dropkit.lab.models import build_model
 
-    for config in configs[:: len(seed_list)]:  # each arm's network must build for this data
-        try:
-            build_model(config, dataset)
-        except ValueError as error:
-            raise ValueError(f"`model` {kind!r} on {dataset.name}: {error}") from None
+        for config in configs[:: len(seed_list)]:  # each arm's network must build for this data
+            try:
+                build_model(config, dataset)
+            except ValueError as error:
+                raise ValueError(f"`model` {kind!r} on {dataset.name}: {error}") from None
+    configs = _with_folds(configs, spec)
     settings = {
         "dataset": dataset.name,
         "model": kind,
@@ -354,14 +582,21 @@ def plan_compare(
             name: resolved_strengths[name]
             for name in dict.fromkeys(o for a in chosen for o in a.options)
         },
+        **_own_settings(spec, source, train),
     }
-    return Plan("compare", tuple(configs), dataset, settings)
+    notes = (*dataset.notes, *(source.notes if source is not None else ()))
+    return Plan("compare", tuple(configs), dataset, settings, model=source, notes=notes)
 
 
 # -- running -----------------------------------------------------------------------------------
 
 
-def _engine(engine: str | Engine | None, address: str | None, compile: bool | None) -> Engine:
+def _engine(
+    engine: str | Engine | None,
+    address: str | None,
+    compile: bool | None,
+    training: dict[str, Any],
+) -> Engine:
     if compile is not None and not isinstance(compile, bool):
         raise TypeError(f"`compile` must be True, False or None, got {compile!r}")
     if address is not None and not isinstance(address, str):
@@ -369,9 +604,9 @@ def _engine(engine: str | Engine | None, address: str | None, compile: bool | No
     if engine is None or engine == "in-process":
         if address is not None:
             raise ValueError("`address` names a Ray cluster; use it with engine='ray'")
-        return InProcessEngine(compile=compile)
+        return InProcessEngine(compile=compile, **training)
     if engine == "ray":
-        return RayEngine(address=address, compile=compile)
+        return RayEngine(address=address, compile=compile, **training)
     if isinstance(engine, str):
         check_one_of(engine, "engine", ENGINES)
     if not callable(getattr(engine, "run_batches", None)):
@@ -381,6 +616,18 @@ def _engine(engine: str | Engine | None, address: str | None, compile: bool | No
     if address is not None:
         raise ValueError("`address` is for engine='ray'; an engine object carries its own")
     return engine  # type: ignore[return-value]
+
+
+def _training_options(device: object, batched: object, max_batch_memory: object) -> dict[str, Any]:
+    """The engine's training options, checked: ``device``, ``batched``, ``max_batch_memory``."""
+    from dropkit.lab.train import parse_device
+
+    parse_device(device)  # type: ignore[arg-type]  # the engine resolves it (a Ray driver needs no GPU)
+    if batched is not None and not isinstance(batched, bool):
+        raise TypeError(f"`batched` must be True, False or None, got {batched!r}")
+    if max_batch_memory is not None:
+        max_batch_memory = check_positive_int(max_batch_memory, "max_batch_memory")
+    return {"device": device, "batched": batched, "max_batch_memory": max_batch_memory}
 
 
 def run(
@@ -393,6 +640,9 @@ def run(
     progress: object = None,
     runs_per_batch: int = 128,
     log: Callable[[str], None] | None = None,
+    device: str = "auto",
+    batched: bool | None = None,
+    max_batch_memory: int | None = None,
 ) -> Experiment:
     """Train the plan's runs that ``store`` does not hold yet; return the experiment.
 
@@ -413,6 +663,14 @@ def run(
             sweep loses at most the batch in flight).
         log: called with one-line messages (how many runs the store already holds); None:
             silent.
+        device: ``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:N"``: where every trainer runs, the built-in models' included.
+        batched: for a user's model: None trains runs that differ in rate, seed or fold as one
+            vmapped computation where the model allows it and one run after another (with a
+            one-line reason) where it does not; True refuses that fallback; False always
+            trains one run after another.
+        max_batch_memory: bytes a batched group of a user's model may take at its peak
+            (None: a safe fraction of the device's free memory); larger groups are split.
 
     Raises:
         dropkit.lab.store.StoreError: the store cannot be opened or written.
@@ -425,7 +683,7 @@ def run(
     if not isinstance(store, (str, Path)):
         raise TypeError(f"`store` must be the path of a SQLite file, got {store!r}")
     sink = progress_sink(progress)
-    chosen = _engine(engine, address, compile)
+    chosen = _engine(engine, address, compile, _training_options(device, batched, max_batch_memory))
     owned = isinstance(engine, str) and engine == "ray"
     start = getattr(chosen, "start", None)
     if owned and start is not None:
@@ -449,6 +707,7 @@ def run(
                 progress=sink,
                 max_batch=runs_per_batch,
                 datasets={plan.configs[0].data: plan.dataset},
+                model=plan.model,
             )
             analyses = analyze(results, list(outcome.keys))
     finally:
@@ -462,7 +721,7 @@ def run(
         analyses[0],
         command=plan.command,
         settings=plan.settings,
-        notes=plan.dataset.notes,
+        notes=plan.notes or plan.dataset.notes,
         trained=outcome.trained,
         already_done=outcome.already_done,
     )
@@ -472,41 +731,71 @@ def run(
 
 
 def sweep(
-    data: str | Path = "circles",
+    data: object = "circles",
     *,
+    model: object = None,
     rates: Sequence[float] | float = DEFAULT_RATES,
     seeds: int | Sequence[int] = 10,
     epochs: int = 4000,
     batch_size: int = 32,
+    lr: float = 1e-3,
     hidden: int | Sequence[int] = (500,),
     input_p: float = 0.0,
     max_norm: float | None = None,
     target: str | None = None,
     impute: str | None = None,
+    task: str | None = None,
+    validation: float | None = None,
+    folds: int = 0,
+    model_id: str | None = None,
+    data_id: str | None = None,
     store: str | Path = "runs.sqlite",
     engine: str | Engine | None = None,
     address: str | None = None,
     progress: object = None,
     runs_per_batch: int = 128,
     compile: bool | None = None,
+    device: str = "auto",
+    batched: bool | None = None,
+    max_batch_memory: int | None = None,
 ) -> Experiment:
-    """Grid-search the dropout rate of an MLP: every rate × every seed, batched, stored.
+    """Grid-search the dropout rate of a model: every rate × every seed, batched, stored.
 
     CLI: ``dropkit sweep --data DATA --rates 0:0.8:0.1 --seeds 10 ...``.
 
     Args:
         data: a built-in data set (``circles``, ``moons``, ``digits``, ``breast_cancer``,
-            ``wine``, ``mnist``, ``sequence``) or the path of a CSV file (with ``target``).
+            ``wine``, ``mnist``, ``sequence``), the path of a CSV file (with ``target``), or
+            your own data: ``(X, y)`` arrays or tensors (split with a stratified 30% test
+            part), ``((X_train, y_train), (X_test, y_test))``, or torch Datasets
+            ``{"train": ds, "test": ds}`` (see :func:`dropkit.lab.user_data.from_user_data`).
+            A content hash of the data is part of every run's key: changed data trains again.
+        model: your own model: a factory ``f(p) -> nn.Module`` (called once per run under
+            the run's seed) or an ``nn.Module`` (deep-copied, re-rated with
+            :func:`dropkit.set_dropout` and re-initialized per seed); None: the built-in MLP
+            of widths ``hidden``.
         rates: the hidden drop probabilities to try (default 0, 0.1, ..., 0.8).
         seeds: a count ``n`` (seeds 0 .. n-1) or a sequence of seeds; every rate uses the same
             seeds, so rates pair by seed.
-        epochs, batch_size: training length and mini-batch size (Adam with Keras' defaults).
-        hidden: hidden layer widths of the MLP (``500`` or ``(256, 128)``).
+        epochs, batch_size, lr: training length, mini-batch size and Adam's learning rate
+            (Adam with Keras' defaults otherwise).
+        hidden: hidden layer widths of the built-in MLP (``500`` or ``(256, 128)``).
         input_p: drop probability on the inputs (0: none).
         max_norm: max-norm bound ``c`` on each hidden unit's incoming weights (None: none).
         target, impute: the CSV column to predict; ``"mean"``/``"median"`` to fill missing
             CSV feature values from the training split.
-        store, engine, address, progress, runs_per_batch, compile: see :func:`run`.
+        task: ``"classification"`` or ``"regression"`` (None: inferred from the target, and
+            the inference stated in the experiment's notes). Regression trains with mean
+            squared error and reports R², RMSE and MAE.
+        validation: fraction of the training split held out to choose the best rate (None:
+            0.2 for your own data or model, 0 for the built-in data and CSV files, whose
+            test set doubles as validation as in the case study).
+        folds: ``k >= 2``: k-fold cross-validation over the training split instead of one
+            validation split (every run trained once per fold).
+        model_id, data_id: your own identity for the model or the data in run keys instead
+            of the computed fingerprint and content hash (change it when they change).
+        store, engine, address, progress, runs_per_batch, compile, device, batched,
+            max_batch_memory: see :func:`run`.
 
     Returns:
         The :class:`~dropkit.lab.experiment.Experiment`: ``.summary``, ``.best``,
@@ -520,15 +809,22 @@ def sweep(
     """
     plan = plan_sweep(
         data,
+        model=model,
         rates=rates,
         seeds=seeds,
         epochs=epochs,
         batch_size=batch_size,
+        lr=lr,
         hidden=hidden,
         input_p=input_p,
         max_norm=max_norm,
         target=target,
         impute=impute,
+        task=task,
+        validation=validation,
+        folds=folds,
+        model_id=model_id,
+        data_id=data_id,
     )
     return run(
         plan,
@@ -538,26 +834,38 @@ def sweep(
         compile=compile,
         progress=progress,
         runs_per_batch=runs_per_batch,
+        device=device,
+        batched=batched,
+        max_batch_memory=max_batch_memory,
     )
 
 
 def compare(
-    data: str | Path = "circles",
+    data: object = "circles",
     *,
     arms: str | Sequence[str] | None = None,
-    model: str = "mlp",
+    model: object = "mlp",
     hidden: int | Sequence[int] | None = None,
     seeds: int | Sequence[int] = 10,
     epochs: int | None = None,
     batch_size: int = 32,
+    lr: float = 1e-3,
     target: str | None = None,
     impute: str | None = None,
+    task: str | None = None,
+    validation: float | None = None,
+    folds: int = 0,
+    model_id: str | None = None,
+    data_id: str | None = None,
     store: str | Path = "runs.sqlite",
     engine: str | Engine | None = None,
     address: str | None = None,
     progress: object = None,
     runs_per_batch: int = 256,
     compile: bool | None = None,
+    device: str = "auto",
+    batched: bool | None = None,
+    max_batch_memory: int | None = None,
     **strengths: Any,
 ) -> Experiment:
     """Compare regularizers: every arm trained with the same seeds, tested against ``none``.
@@ -569,13 +877,18 @@ def compare(
         arms: arm names (``["none", "dropout", "dropout+l2"]`` or ``"none,dropout"``); one
             regularizer of :data:`dropkit.lab.arms.REGULARIZERS` or several joined by ``+``.
             None: every arm that applies to ``model``.
-        model: ``"mlp"``, ``"cnn"`` (image data) or ``"rnn"`` (sequences).
+        model: ``"mlp"``, ``"cnn"`` (image data) or ``"rnn"`` (sequences), or your own
+            model as in :func:`sweep` (a factory ``f(p)`` or an ``nn.Module``): then the arms
+            that act on the loss, the optimizer step, the loop or the data apply, and the rate
+            ``p`` of its dropout; arms that change a built-in model's structure are refused.
         hidden: layer widths: MLP hidden units, CNN channels or LSTM sizes (None: mlp 500,
             cnn 16,32, rnn 32).
         seeds: as in :func:`sweep`.
         epochs: training epochs (None: chosen per data set and model kind).
-        batch_size, target, impute: as in :func:`sweep`.
-        store, engine, address, progress, runs_per_batch, compile: see :func:`run`.
+        batch_size, lr, target, impute, task, validation, folds, model_id, data_id: as in
+            :func:`sweep`.
+        store, engine, address, progress, runs_per_batch, compile, device, batched,
+            max_batch_memory: see :func:`run`.
         **strengths: the arms' strengths by name, e.g. ``p=0.4``, ``l2=1e-3``,
             ``max_norm=3``, ``patience=50`` (every name of
             :data:`dropkit.lab.arms.STRENGTHS`, with its default and range).
@@ -598,8 +911,14 @@ def compare(
         seeds=seeds,
         epochs=epochs,
         batch_size=batch_size,
+        lr=lr,
         target=target,
         impute=impute,
+        task=task,
+        validation=validation,
+        folds=folds,
+        model_id=model_id,
+        data_id=data_id,
         **strengths,
     )
     return run(
@@ -610,6 +929,9 @@ def compare(
         compile=compile,
         progress=progress,
         runs_per_batch=runs_per_batch,
+        device=device,
+        batched=batched,
+        max_batch_memory=max_batch_memory,
     )
 
 
@@ -624,6 +946,7 @@ def demo(
     progress: object = None,
     runs_per_batch: int = 128,
     compile: bool | None = None,
+    device: str = "auto",
 ) -> Experiment:
     """The reference case study: does ``Dropout(p)`` help a 500-unit MLP on 30 points?
 
@@ -631,7 +954,7 @@ def demo(
     samples train, the other 70 test (and serve as the validation set, as in the published
     tutorial). ``Dense(500, ReLU) → [Dropout(p)] → Dense(1, sigmoid)``, binary cross-entropy,
     Adam, batch 32, 4000 epochs, with and without dropout over ``seeds`` seeds (30 by
-    default: the case study's repeated evaluation).
+    default: the case study's repeated evaluation). ``device``: see :func:`run`.
     """
     return run(
         plan_demo(seeds=seeds, epochs=epochs, p=p),
@@ -641,6 +964,7 @@ def demo(
         compile=compile,
         progress=progress,
         runs_per_batch=runs_per_batch,
+        device=device,
     )
 
 

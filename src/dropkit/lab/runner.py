@@ -107,13 +107,16 @@ def run_configs(
     progress: Progress | None = None,
     max_batch: int = 128,
     datasets: dict[DataSpec, Dataset] | None = None,
+    model: object = None,
 ) -> SweepOutcome:
     """Train every config not yet in ``store`` and store the results batch by batch.
 
     Batches go to ``engine`` (:class:`InProcessEngine` by default); each result is stored
     here, in one transaction, as soon as it comes back, so an interrupted sweep keeps every
     finished batch. ``datasets`` may hold data sets already loaded (the CLI loads them first
-    to refuse bad data before anything is written); the others are loaded once each.
+    to refuse bad data before anything is written); the others are loaded once each. ``model``
+    is the user's model (:class:`~dropkit.lab.user_model.ModelSource`) of ``custom`` runs; it
+    travels with every batch to the engine.
 
     Returns:
         The keys of all ``configs`` (finished now or before) and what was done.
@@ -135,7 +138,7 @@ def run_configs(
             if config.data not in datasets:
                 datasets[config.data] = load_dataset(config.data)
         jobs = [
-            BatchJob(datasets[batch[0].data], tuple(batch))
+            BatchJob(datasets[batch[0].data], tuple(batch), model=model)
             for batch in plan_batches(pending, max_batch, engine.slots)
         ]
         shown = progress or NullProgress()

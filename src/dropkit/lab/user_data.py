@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,9 +35,9 @@ _SHOWN = 5  # labels listed in a message or note before "and N more"
 
 
 def is_user_data(data: object) -> bool:
-    """Whether ``data`` is in-memory data for :func:`from_user_data`: anything but a name or
-    path (``str`` / ``os.PathLike``)."""
-    return not isinstance(data, (str, os.PathLike))
+    """Whether ``data`` is in-memory data for :func:`from_user_data`: a tuple or list (of
+    arrays, tensors or datasets) or a dict of datasets; not a name or path."""
+    return isinstance(data, (tuple, list, dict))
 
 
 def _describe(value: object) -> str:

@@ -1,0 +1,177 @@
+"""Your own model and data through the lab's API, end to end: sweep, compare, resume, report."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dropkit import lab
+from dropkit.lab.data import DataError
+
+
+def mlp(p: float) -> nn.Module:
+    return nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Dropout(p), nn.Linear(32, 1))
+
+
+def regressor(p: float) -> nn.Module:
+    return nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Dropout(p), nn.Linear(32, 1))
+
+
+def _moons(n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=n, noise=0.25, random_state=0)
+    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
+
+
+def _runs(store: Path) -> int:
+    if not store.exists():
+        return 0
+    with sqlite3.connect(store) as connection:
+        try:
+            return int(connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0
+
+
+class TestNotebookFlow:
+    def test_sweep_resume_and_changed_data(self, tmp_path: Path) -> None:
+        store = tmp_path / "runs.sqlite"
+        x, y = _moons()
+        e = lab.sweep(data=(x, y), model=mlp, rates=[0.0, 0.3], seeds=2, epochs=4, store=store)
+        assert e.trained == 4 and [row["p"] for row in e.summary] == [0.0, 0.3]
+        row = e.summary[1]
+        assert row["n_seeds"] == 2 and math.isfinite(row["test_acc_mean"])
+        low, high = row["test_acc_ci95"]
+        assert low <= row["test_acc_mean"] <= high
+        assert e.settings["validation"] == 0.2 and e.settings["model"] == "custom"
+        assert e.best is not None and e.best.chosen_on == "validation"
+        e.report(tmp_path / "report.html")
+        assert (tmp_path / "report.html").stat().st_size > 0
+
+        again = lab.sweep(data=(x, y), model=mlp, rates=[0.0, 0.3], seeds=2, epochs=4, store=store)
+        assert again.trained == 0 and again.already_done == 4
+
+        changed = x.clone()
+        changed[5, 1] += 0.5  # one value of X
+        third = lab.sweep(
+            data=(changed, y), model=mlp, rates=[0.0, 0.3], seeds=2, epochs=4, store=store
+        )
+        assert third.trained == 4 and _runs(store) == 8
+
+    def test_an_instance_and_numpy_arrays(self, tmp_path: Path) -> None:
+        x, y = _moons()
+        e = lab.sweep(
+            data=(x.numpy(), y.numpy()),
+            model=mlp(0.1),
+            rates=[0.0, 0.5],
+            seeds=2,
+            epochs=2,
+            store=tmp_path / "runs.sqlite",
+        )
+        assert e.trained == 4
+
+    def test_folds(self, tmp_path: Path) -> None:
+        x, y = _moons()
+        e = lab.sweep(
+            data=(x, y), model=mlp, rates=[0.0, 0.3], seeds=2, folds=3, epochs=2,
+            store=tmp_path / "runs.sqlite",
+        )
+        assert e.trained == 2 * 2 * 3 and e.settings["folds"] == 3
+        assert [row["n_seeds"] for row in e.summary] == [2, 2]
+
+
+class TestRegression:
+    def test_diabetes_tensors(self, tmp_path: Path) -> None:
+        from sklearn.datasets import load_diabetes
+
+        x, y = load_diabetes(return_X_y=True)
+        y = (y - y.mean()) / y.std()
+        e = lab.sweep(
+            data=(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)),
+            model=regressor,
+            rates=[0.0, 0.3],
+            seeds=2,
+            epochs=5,
+            store=tmp_path / "runs.sqlite",
+        )
+        assert e.settings["task"] == "regression"
+        assert any("regression" in note for note in e.notes)
+        row = e.summary[0]
+        assert row["test_rmse_mean"] > 0 and row["test_mae_mean"] > 0
+        path = e.report(tmp_path / "report.html")
+        html = Path(path if path is not None else tmp_path / "report.html").read_text()
+        assert "R²" in html and "RMSE" in html
+
+    def test_csv_numeric_target(self, tmp_path: Path) -> None:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(80, 10))
+        target = x @ rng.normal(size=10) + 0.1 * rng.normal(size=80)
+        lines = [",".join([*(f"f{i}" for i in range(10)), "y"])]
+        lines += [",".join(f"{v:.6f}" for v in [*row, t]) for row, t in zip(x, target, strict=True)]
+        csv = tmp_path / "data.csv"
+        csv.write_text("\n".join(lines) + "\n")
+        e = lab.sweep(
+            data=str(csv), target="y", model=regressor, rates=[0.0, 0.2], seeds=2, epochs=3,
+            store=tmp_path / "runs.sqlite",
+        )
+        assert e.settings["task"] == "regression" and e.trained == 4
+
+
+class TestCompare:
+    def test_arms_on_a_user_model(self, tmp_path: Path) -> None:
+        x, y = _moons()
+        e = lab.compare(
+            data=(x, y), model=mlp, arms=["none", "dropout", "l2", "max_norm"], seeds=2, epochs=3,
+            store=tmp_path / "runs.sqlite",
+        )
+        assert {row["arm"] for row in e.summary} == {"none", "dropout", "l2", "max_norm"}
+
+    def test_structural_arms_are_refused(self, tmp_path: Path) -> None:
+        x, y = _moons()
+        with pytest.raises(ValueError, match="batchnorm.*does not apply to model 'custom'"):
+            lab.compare(data=(x, y), model=mlp, arms=["none", "batchnorm"], seeds=2, epochs=2,
+                        store=tmp_path / "runs.sqlite")
+        assert _runs(tmp_path / "runs.sqlite") == 0
+
+
+class TestBadInput:
+    """Every refusal happens before training: nothing is written to the store."""
+
+    @pytest.mark.parametrize(
+        ("data", "model", "match"),
+        [
+            ((torch.zeros(10, 2), torch.zeros(9)), mlp, "length|samples|rows"),
+            ((torch.full((20, 2), math.nan), torch.arange(20) % 2), mlp, "NaN"),
+            ((torch.zeros(20, 2), torch.zeros(20)), mlp, "single class|one class"),
+            ((torch.randn(40, 3), torch.arange(40) % 2), mlp, "fails on the data"),
+            ((torch.randn(40, 2), torch.arange(40) % 3), mlp, r"shape \(N, 3\)"),
+            ((torch.randn(40, 2), torch.arange(40) % 2), lambda p: 3, "must return an nn.Module"),
+        ],
+    )
+    def test_refused_before_training(
+        self, tmp_path: Path, data: object, model: object, match: str
+    ) -> None:
+        store = tmp_path / "runs.sqlite"
+        with pytest.raises((ValueError, TypeError, DataError), match=match):
+            lab.sweep(data=data, model=model, rates=[0.0, 0.2], seeds=2, epochs=2, store=store)
+        assert _runs(store) == 0
+
+    def test_arguments_of_your_own_data_and_model(self, tmp_path: Path) -> None:
+        x, y = _moons()
+        with pytest.raises(ValueError, match="`hidden`"):
+            lab.plan_sweep(data=(x, y), model=mlp, hidden=(8,))
+        with pytest.raises(ValueError, match="`folds`.*`validation`|`validation`.*`folds`"):
+            lab.plan_sweep(data=(x, y), model=mlp, folds=3, validation=0.2)
+        with pytest.raises(ValueError, match="`target`"):
+            lab.plan_sweep(data=(x, y), model=mlp, target="y")
+        with pytest.raises(ValueError, match="`task`"):
+            lab.plan_sweep(data=(x, y), model=mlp, task="ranking")
+        with pytest.raises(ValueError, match="`lr`"):
+            lab.plan_sweep(data=(x, y), model=mlp, lr=0)
