@@ -15,6 +15,12 @@ Each returns an :class:`Experiment` (``.summary``, ``.best``, ``.comparisons``, 
 ``.runs``, ``.curves()``, ``.plot_curves()``, ``.plot_rates()``, ``.plot_arms()``,
 ``.report(path)``, ``.to_dict()``; a notebook shows its table). The arms a comparison can use
 are :data:`REGULARIZERS` (:mod:`dropkit.lab.arms`). See ``docs/lab.md``.
+
+Your own model and data: ``lab.sweep(data=(X, y), model=make_model)`` with a factory
+``make_model(p) -> nn.Module`` (or an ``nn.Module``), arrays, tensors or torch Datasets, for
+classification or regression; runs of one model train batched (``torch.func.vmap``) with
+counter-based dropout masks, and the best rate is chosen on a validation split. See
+``docs/your-model.md``.
 """
 
 from __future__ import annotations

@@ -285,18 +285,19 @@ def _model(
         ) from None
     wanted = dataset.n_outputs
     shape = tuple(getattr(output, "shape", ()))
-    if not isinstance(output, torch.Tensor) or shape not in {(2, wanted)} | (
-        {(2,)} if wanted == 1 else set()
-    ):
+    allowed = {(2, wanted)} | ({(2,)} if wanted == 1 else set())
+    if dataset.task == "classification" and dataset.n_classes == 2:
+        allowed.add((2, 2))  # two logits and cross-entropy, as num_labels=2 models give
+    if not isinstance(output, torch.Tensor) or shape not in allowed:
         task = (
             "a regression target"
             if dataset.task == "regression"
             else f"{dataset.n_classes} classes"
         )
+        widths = "(N, 1) or (N, 2)" if (2, 2) in allowed else f"(N, {wanted})"
         raise ValueError(
-            f"`model` {source.name} must return ({wanted} output{'s' if wanted > 1 else ''} "
-            f"per sample for {task}) a tensor of shape (N, {wanted}); for a batch of shape "
-            f"{tuple(rows.shape)} it returned "
+            f"`model` {source.name} must return a tensor of shape {widths} for {task}; for a "
+            f"batch of shape {tuple(rows.shape)} it returned "
             f"{shape if isinstance(output, torch.Tensor) else type(output).__name__}"
         )
     return source
