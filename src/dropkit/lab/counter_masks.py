@@ -5,23 +5,24 @@ depend on everything drawn before them, and under ``torch.vmap`` its ``randomnes
 draws one tensor for the whole batch of runs: a run's masks then depend on its batch. Here a
 unit's keep decision is a hash of four integers instead:
 
-``u = H(seed, step, layer, i) ∈ [0, 2³²)``, kept when ``u / 2³² >= p`` (compared at 24 bits),
+``u = H(seed, step, layer, i) ∈ [0, 2¹⁶)``, kept when ``u / 2¹⁶ >= p``,
 
 ``seed`` the run's seed, ``step`` the optimizer step (shared by all runs of a batch), ``layer``
-the dropout module's index in the model, ``i`` the unit's index in the mask tensor
-(``arange(numel).view(shape)`` of one run's tensor, so under ``vmap`` it is the same for every
-run). The same run therefore draws the same masks alone or inside a batch of any size, on any
+the dropout module's index in the model, ``i`` the unit's index in the mask tensor (its
+position in C order in one run's tensor, so under ``vmap`` it is the same for every run).
+The same run therefore draws the same masks alone or inside a batch of any size, on any
 device.
 
 The hash: the 32-bit mixer ``x ^= x >> 16; x *= 0x21F0AAAD; x ^= x >> 15; x *= 0x735A2D97;
 x ^= x >> 15`` (C. Wellons' "lowbias32", a bias of 0.11 against 0.17 for MurmurHash3's
 finalizer; the stacked MLP trainer's masks use it too). The step and the layer are mixed in
 Python integers, then with the seed's two 32-bit halves into a key: an odd multiplier ``a`` and
-an offset ``b``; element ``i`` gets ``u = mix(a·i + b mod 2³²)``. (A key that only offset the
-index, ``mix(i + b)``, would make two keys' masks shifted copies of each other; the per-key
-multiplier makes them unrelated permutations.) Everything is int64 tensor arithmetic on values
-below ``2³²`` with multipliers below ``2³¹``, so no product overflows, and vmap batches every
-op; one mask costs about 15 element-wise integer ops.
+an offset ``b``; word ``j`` is ``w = mix(a·j + b mod 2³²)`` and units ``2j`` and ``2j + 1``
+read its low and high 16 bits (so ``p`` is resolved to ``2**-16``, as dropkit's CPU masks).
+(A key that only offset the index, ``mix(i + b)``, would make two keys' masks shifted copies
+of each other; the per-key multiplier makes them unrelated permutations.) Everything is int64
+tensor arithmetic on values below ``2³²`` with multipliers below ``2³¹``, so no product
+overflows, and vmap batches every op; one mask costs about 8 integer ops per unit.
 
 :class:`CounterDropout` is the module that replaces a dropout module (:func:`counter_module`):
 its ``seed`` and ``p`` are (non-persistent) buffers, so ``torch.func.stack_module_state``
@@ -52,17 +53,20 @@ __all__ = [
     "MASK_BITS",
     "CounterDropout",
     "counter_bits",
+    "counter_fields",
     "counter_module",
     "counter_uniform",
     "keep_mask",
     "mask_shape",
 ]
 
-MASK_BITS = 24
-"""Bits of the uniform compared with ``p``: rates are resolved to ``2**-24``."""
+MASK_BITS = 16
+"""Bits of the uniform compared with ``p``: rates are resolved to ``2**-16`` (as dropkit's
+CPU masks and the stacked MLP trainer's)."""
 
 _M32 = 0xFFFFFFFF
 _M31 = 0x7FFFFFFF
+_M16 = 0xFFFF
 _MUL1 = 0x21F0AAAD
 _MUL2 = 0x735A2D97
 # Salts so that the chain's stages differ even for equal inputs.
@@ -77,6 +81,16 @@ def _mix(h: Tensor) -> Tensor:
     h = h ^ (h >> 15)
     h = (h * _MUL2) & _M32
     return h ^ (h >> 15)
+
+
+def _mix_(h: Tensor) -> Tensor:
+    """:func:`_mix` in place (``h`` is a fresh tensor): half the memory traffic on big masks."""
+    h ^= h >> 16
+    h.mul_(_MUL1).bitwise_and_(_M32)
+    h ^= h >> 15
+    h.mul_(_MUL2).bitwise_and_(_M32)
+    h ^= h >> 15
+    return h
 
 
 def _mix_int(h: int) -> int:
@@ -98,44 +112,70 @@ def _keys(seed: Tensor, step: int, layer: int) -> tuple[Tensor, Tensor]:
     return (h & _M31) | 1, _mix(h ^ _SALT_OFFSET)
 
 
-def _element_bits(multiplier: Tensor, offset: Tensor, index: Tensor) -> Tensor:
-    """``mix(a·i + b mod 2³²)`` for indices ``i`` in ``[0, 2³²)``: ``a·i < 2⁶³ − 2³²``, so the
-    sum does not overflow int64."""
-    return _mix((index * multiplier + offset) & _M32)
+def _word_bits(multiplier: Tensor, offset: Tensor, index: Tensor) -> Tensor:
+    """``mix(a·j + b mod 2³²)`` for word indices ``j`` in ``[0, 2³²)``: ``a·j < 2⁶³ − 2³²``, so
+    the sum does not overflow int64."""
+    return _mix_((index * multiplier).add_(offset).bitwise_and_(_M32))
 
 
 def counter_bits(seed: Tensor, step: int, layer: int, index: Tensor) -> Tensor:
-    """32 random bits per element: ``H(seed, step, layer, index)``, int64 in ``[0, 2³²)``.
+    """32 random bits per word: ``H(seed, step, layer, j)``, int64 in ``[0, 2³²)``.
+
+    Element ``i`` of a mask reads the 16-bit field ``i mod 2`` (low, then high half) of word
+    ``j = i // 2`` (see :func:`counter_fields`).
 
     Args:
         seed: the run's seed, an int64 scalar tensor (any int64 value).
         step: the optimizer step (``>= 0``).
         layer: the dropout layer's index in the model (``>= 0``).
-        index: int64 element indices ``>= 0``, any shape; the result has its shape. Indices
-            of ``2³²`` and more also mix in their high word.
+        index: int64 word indices ``>= 0``, any shape; the result has its shape. Indices of
+            ``2³²`` and more also mix in their high word.
     """
     multiplier, offset = _keys(seed, step, layer)
-    high = index >> 32
-    return _element_bits(multiplier, offset ^ _mix(high & _M32), index & _M32)
+    return _word_bits(multiplier, offset ^ _mix(index >> 32 & _M32), index & _M32)
 
 
-def _index(shape: tuple[int, ...], device: torch.device | None) -> Tensor:
+def _numel(shape: tuple[int, ...]) -> int:
     numel = 1
     for size in shape:
         numel *= int(size)
-    if numel > 1 << 32:
-        raise ValueError(f"a counter-based mask holds at most 2**32 units, got shape {shape}")
-    return torch.arange(numel, dtype=torch.int64, device=device).view(shape)
+    if numel > 1 << 33:
+        raise ValueError(f"a counter-based mask holds at most 2**33 units, got shape {shape}")
+    return numel
+
+
+def _halves(
+    seed: Tensor, step: int, layer: int, numel: int, device: torch.device | None
+) -> tuple[Tensor, Tensor]:
+    """The low and high 16-bit fields ``(⌈numel/2⌉,)`` of the words of a mask of ``numel``
+    units: units ``2j`` and ``2j + 1``."""
+    multiplier, offset = _keys(seed, step, layer)
+    words = torch.arange((numel + 1) // 2, dtype=torch.int64, device=device)
+    bits = _word_bits(multiplier, offset, words)
+    return bits & _M16, bits >> 16
+
+
+def _interleave(low: Tensor, high: Tensor, numel: int, shape: tuple[int, ...]) -> Tensor:
+    return torch.stack((low, high), -1).flatten(-2)[..., :numel].reshape(shape)
+
+
+def counter_fields(
+    seed: Tensor, step: int, layer: int, shape: tuple[int, ...], device: torch.device | None = None
+) -> Tensor:
+    """The 16-bit field of every unit of a mask of ``shape`` (int64 in ``[0, 2¹⁶)``): unit
+    ``i`` (in C order) is half ``i mod 2`` of :func:`counter_bits` at word ``i // 2``."""
+    numel = _numel(shape)
+    low, high = _halves(seed, step, layer, numel, device)
+    return _interleave(low, high, numel, shape)
 
 
 def counter_uniform(
     seed: Tensor, step: int, layer: int, shape: tuple[int, ...], device: torch.device | None = None
 ) -> Tensor:
-    """Uniforms in ``[0, 1)`` of ``shape`` (float32, multiples of ``2**-24``): the top 24 of
-    :func:`counter_bits` at index ``i`` for element ``i`` (in C order)."""
-    multiplier, offset = _keys(seed, step, layer)
-    bits = _element_bits(multiplier, offset, _index(shape, device))
-    return (bits >> (32 - MASK_BITS)).to(torch.float32) * (1.0 / (1 << MASK_BITS))
+    """Uniforms in ``[0, 1)`` of ``shape`` (float32, multiples of ``2**-16``):
+    :func:`counter_fields` ``· 2**-16``."""
+    fields = counter_fields(seed, step, layer, shape, device)
+    return fields.to(torch.float32) * (1.0 / (1 << MASK_BITS))
 
 
 def keep_mask(
@@ -147,11 +187,12 @@ def keep_mask(
     device: torch.device | None = None,
 ) -> Tensor:
     """The keep mask ``U >= p`` of ``shape`` as bool, ``U`` of :func:`counter_uniform`
-    (``p = 0``: all kept; ``p = 1``: none). Compared as ``top24 >= p·2**24``: the same
-    decisions, exactly (scaling by a power of two), one op fewer."""
-    multiplier, offset = _keys(seed, step, layer)
-    bits = _element_bits(multiplier, offset, _index(shape, device))
-    return (bits >> (32 - MASK_BITS)).to(torch.float32) >= p.to(torch.float32) * (1 << MASK_BITS)
+    (``p = 0``: all kept; ``p = 1``: none). Compared as ``field >= ⌈p·2**16⌉`` on each half
+    word before interleaving: the same decisions, in fewer passes over the mask."""
+    numel = _numel(shape)
+    low, high = _halves(seed, step, layer, numel, device)
+    threshold = torch.ceil(p.to(torch.float64) * (1 << MASK_BITS)).to(torch.int64)
+    return _interleave(low >= threshold, high >= threshold, numel, shape)
 
 
 def mask_shape(
