@@ -272,6 +272,31 @@ def test_cnn_batched_equals_alone() -> None:
     assert_same_runs(Factory(cnn), images(), runs)
 
 
+class Residual(nn.Module):
+    """SELU with alpha dropout, channel dropout and a DropPath branch: every mask shape."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.spatial = dropkit.SpatialDropout2d(p)
+        self.branch = nn.Conv2d(4, 4, 3, padding=1)
+        self.path = dropkit.DropPath(p)
+        self.hidden = nn.Linear(4 * 36, 16)
+        self.alpha = nn.AlphaDropout(p)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.spatial(torch.relu(self.conv(x)))
+        h = h + self.path(torch.relu(self.branch(h)))
+        out: Tensor = self.head(self.alpha(F.selu(self.hidden(h.flatten(1)))))
+        return out
+
+
+def test_alpha_channel_and_path_dropout_batched_equals_alone() -> None:
+    runs = configs([{"p": p, "seed": s} for p, s in [(0.1, 0), (0.3, 1)]], epochs=2)
+    assert_same_runs(Factory(Residual), images(), runs)
+
+
 def plain_loop(source: Factory, data: Dataset, config: RunConfig) -> dict[str, Tensor]:
     """The textbook autograd loop: one module, one Adam, the run's generator for the order."""
     model = source.build(config.p, config.seed)
@@ -415,6 +440,24 @@ def test_float_rate_attention_dropout_trains_run_by_run_on_seeded_torch_rng() ->
     assert not torch.allclose(first.states[0]["head.weight"], first.states[1]["head.weight"])
     with pytest.raises(ValueError, match=r"batched=True.*attention\.dropout"):
         train_custom(Factory(Attention), table(), runs, batched=True)
+
+
+def test_dropout_without_counter_equivalent_trains_run_by_run() -> None:
+    lines: list[str] = []
+    noisy = Factory(
+        lambda p: nn.Sequential(
+            nn.Linear(5, 16), nn.ReLU(), dropkit.GaussianDropout(p), nn.Linear(16, 3)
+        )
+    )
+    runs = configs([{"p": 0.3, "seed": 1}, {"p": 0.0, "seed": 2}], epochs=2)
+    first = train_custom(noisy, table(), runs, log=lines.append)
+    again = train_custom(noisy, table(), runs)
+    reasons = [line for line in lines if "run by run" in line]
+    assert len(reasons) == 1 and "GaussianDropout" in reasons[0], lines  # p = 0 draws nothing
+    assert first.states is not None and again.states is not None
+    for a, b in zip(first.states, again.states, strict=True):
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
 
 
 def plain_loop_seeded(source: Factory, data: Dataset, config: RunConfig) -> dict[str, Tensor]:
