@@ -888,8 +888,11 @@ def train_custom(
         device: where to train; the results come back on the CPU.
         batched: None: vmap where the model allows, run by run elsewhere; True: raise instead
             of falling back; False: every run alone (no vmap).
-        max_batch_memory: bytes a group of runs may use (estimated per run, see
-            :meth:`_Group.peak_bytes`); None: :data:`MEMORY_FRACTION` of the free memory.
+        max_batch_memory: bytes a group of runs may use, against a rough per-run estimate
+            (weights, gradients and Adam's moments, buffers, the tensors one training batch
+            saves for the backward, one evaluation chunk); None: :data:`MEMORY_FRACTION` of
+            the free memory. The runs are cut into consecutive groups that fit (``log`` says
+            how many).
         on_epoch: called with the number of finished epochs, once per epoch of the batch.
         log: receives one line per decision (fallbacks and their reasons, groups).
 
