@@ -246,6 +246,11 @@ def _curve_groups(
 def _load_data(config: RunConfig) -> tuple[Any, str]:
     from dropkit.lab.data import DataError, load_dataset
 
+    if config.model.kind == "custom":
+        return None, (
+            "the pictures are drawn for the lab's built-in models; your model's final weights "
+            "are in the store (ResultsStore.state_dict) for your own plots"
+        )
     try:
         return load_dataset(config.data), ""
     except (DataError, OSError) as error:
