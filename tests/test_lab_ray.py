@@ -2,16 +2,22 @@
 
 One Ray instance serves the whole module (starting one takes seconds). Faults are real: a
 worker process is found by the title Ray gives a process while it runs a task and killed
-with SIGKILL; a driver is a ``dropkit sweep`` subprocess killed the same way.
+with SIGKILL; a driver is a ``dropkit sweep`` subprocess killed the same way. A user's model
+source travels to the workers, batches are placed by device, and a cluster started with
+``ray start`` under token authentication is joined by a driver that presents its token.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +26,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.engines import InProcessEngine, RayEngine
+from dropkit.lab.data import load_dataset
+from dropkit.lab.engines import BatchJob, EngineError, InProcessEngine, RayEngine
 from dropkit.lab.runner import IncompleteSweep, plan_batches, run_configs
 from dropkit.lab.store import ResultsStore
+from dropkit.lab.train import train_configs
+from dropkit.lab.training import BatchResult
+from dropkit.lab.user_model import model_source
 from helpers import Spawn
 
 ray = pytest.importorskip("ray")
@@ -235,3 +246,166 @@ def test_killed_driver_resumes_from_the_store(
         outcome = run_configs(configs, store, engine=InProcessEngine(compile=False))
         assert (outcome.already_done, outcome.trained) == (stored, 6 - stored)
         assert store.count() == 6
+
+
+# --- a user's model, devices ------------------------------------------------------------------
+
+
+def test_a_model_source_built_from_a_closure_trains_on_the_workers(engine: RayEngine) -> None:
+    width = 6  # captured: the factory is a closure, pickled by value for the workers
+
+    def factory(p: float) -> nn.Module:
+        return nn.Sequential(nn.Linear(2, width), nn.ReLU(), nn.Dropout(p), nn.Linear(width, 1))
+
+    source = model_source(factory)
+    spec = DataSpec("circles")
+    data = load_dataset(spec)
+    configs = tuple(
+        RunConfig(spec, source.spec, TrainSpec(epochs=5), p=p, seed=seed)
+        for p in (0.0, 0.5)
+        for seed in range(2)
+    )
+    jobs = [BatchJob(data, configs[:2], model=source), BatchJob(data, configs[2:], model=source)]
+    results = {job.configs: result for job, result in engine.run_batches(jobs)}
+    for job in jobs:
+        result = results[job.configs]
+        assert isinstance(result, BatchResult), result
+        # The same batch in this process: the same computation, bit for bit.
+        here = train_configs(data, job.configs, model=source)
+        for name, values in here.curves.items():
+            assert np.array_equal(values, result.curves[name]), name
+
+
+def test_batches_ask_for_gpus_only_on_a_cuda_device(engine: RayEngine) -> None:
+    # These engines join the module's instance (2 CPUs, no GPU) and leave it running.
+    assert RayEngine(device="auto")._placement() == ("cpu", 0.0)
+    assert RayEngine()._placement() == ("cpu", 0.0)
+    cuda = RayEngine(device="cuda", compile=False)
+    with pytest.raises(EngineError, match=r"asks Ray for 1 GPU .* but the cluster has 0"):
+        list(cuda.run_batches([BatchJob(load_dataset(DataSpec("circles")), tuple(_configs(2)))]))
+    with pytest.raises(EngineError, match="the cluster has 0"):
+        assert RayEngine(device="cuda", gpus_per_batch=0.5).slots
+    assert ray.is_initialized()
+
+
+# --- token authentication ---------------------------------------------------------------------
+
+_RAY_CLI = "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray'; sys.exit(main())"
+
+# A driver in a fresh process: joins the cluster, trains one small batch, prints its final test
+# accuracies as JSON (exit 0), or prints the engine's error (exit 3).
+_DRIVER = """
+import json, sys
+from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.data import load_dataset
+from dropkit.lab.engines import BatchJob, EngineError, RayEngine
+spec = DataSpec("circles")
+configs = tuple(
+    RunConfig(spec, ModelSpec((8,)), TrainSpec(epochs=5), p=p, seed=0) for p in (0.0, 0.5)
+)
+try:
+    with RayEngine(address=sys.argv[1], compile=False) as engine:
+        (result,) = [r for _, r in engine.run_batches([BatchJob(load_dataset(spec), configs)])]
+except EngineError as error:
+    print(error)
+    sys.exit(3)
+print(json.dumps(result.curves["test_acc"][:, -1].tolist()))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _clean_env(home: Path) -> dict[str, str]:
+    """This process's environment without any Ray authentication or address setting (the
+    module's local instance put RAY_AUTH_MODE here), with ``home`` as the home directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0", OMP_NUM_THREADS="1")
+    return env
+
+
+@pytest.fixture
+def token_cluster(tmp_path: Path) -> Iterator[str]:
+    """A one-CPU Ray head started by ``ray start --head`` in a home directory with a Ray token,
+    so the cluster requires that token. ``--block`` keeps the command in the foreground:
+    terminating it stops every process of this cluster and no other (``ray stop`` would stop
+    every Ray instance of the machine)."""
+    home = tmp_path / "head-home"
+    home.mkdir()
+    env = _clean_env(home)
+    subprocess.run(
+        [sys.executable, "-c", _RAY_CLI, "get-auth-token", "--generate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert (home / ".ray" / "auth_token").is_file()
+    port = _free_port()
+    # A short temporary directory of its own: Ray's socket paths must stay short, and its
+    # session files stay apart from other Ray instances on the machine.
+    temp = tempfile.mkdtemp(prefix="ray")
+    command = [sys.executable, "-c", _RAY_CLI, "start", "--head", f"--port={port}", "--block"]
+    command += ["--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"]
+    command += [f"--temp-dir={temp}"]
+    head = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.monotonic() < deadline, "the Ray head did not listen within 120 s"
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_driver_presents_its_ray_token(token_cluster: str, tmp_path: Path) -> None:
+    """``ray start`` under token authentication, then a driver in a new process: with the
+    cluster's token in its home directory it joins and trains (no RAY_AUTH_MODE set); without
+    one it fails, and the message says what to do."""
+    env = _clean_env(tmp_path / "head-home")  # the driver shares the head's home: its token
+    joined = subprocess.run(
+        [sys.executable, "-c", _DRIVER, token_cluster],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert joined.returncode == 0, joined.stdout + joined.stderr[-3000:]
+    accuracies = json.loads(joined.stdout.strip().splitlines()[-1])
+    spec = DataSpec("circles")
+    configs = [
+        RunConfig(spec, ModelSpec((8,)), TrainSpec(epochs=5), p=p, seed=0) for p in (0.0, 0.5)
+    ]
+    here = train_configs(load_dataset(spec), configs, compile=False)
+    assert accuracies == here.curves["test_acc"][:, -1].tolist()
+
+    stranger = tmp_path / "stranger-home"  # a machine without the token
+    stranger.mkdir()
+    env = _clean_env(stranger)
+    env["RAY_gcs_server_port_wait_time_s"] = "2"  # Ray's connect window: 20 s by default
+    refused = subprocess.run(
+        [sys.executable, "-c", _DRIVER, token_cluster],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 3, refused.stdout + refused.stderr[-3000:]
+    message = refused.stdout.strip().splitlines()[-1]
+    assert message.startswith(f"cannot reach Ray at {token_cluster}: ")
+    assert "this machine has no Ray token to present" in message
+    assert "copy the head node's ~/.ray/auth_token to ~/.ray/auth_token on this machine" in message

@@ -30,6 +30,13 @@ hidden noise) comes from the same hash: two streams per site give two 24-bit uni
 Box–Muller turns them into ``N(0, 1)`` (:func:`normal_noise`). Early and late dropout change
 a run's threshold per epoch (0 keeps every unit, with scale 1: exactly no dropout).
 
+Devices. ``device`` puts the data, the stacked weights, Adam's state and every per-run knob on
+a CPU or CUDA device. Initial weights and data orders are still drawn from the runs' CPU
+generators (then copied over), and the masks and noise are the counter-based hash, which
+computes the same integers on any device, so a run on CUDA sees the numbers it sees on the CPU;
+its curves differ only by float rounding (kernels that sum in another order). On the CPU
+nothing changes: the same tensors, the same ops.
+
 The steps this trainer shares with the generic loop (:mod:`dropkit.lab.loop`) are defined once
 in :mod:`dropkit.lab.training`: the metrics and the per-sample scores of evaluation, Adam's
 settings, the max-norm rule, the validation split and early stopping's state machine, the
@@ -38,11 +45,12 @@ early/late dropout window and the jitter's feature scales.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +108,8 @@ class RunSettings:
         patience: early stopping: stop after this many epochs without a lower validation loss
             and restore the best weights (None: no early stopping; see :func:`train_batch` and
             :class:`dropkit.lab.training.EarlyStopping`).
+        fold: the run's fold: with ``train_batch(validation=...)`` it picks the run's
+            ``(fit, validation)`` rows (None: the data has no folds).
     """
 
     seed: int
@@ -112,6 +122,7 @@ class RunSettings:
     noise: float = 0.0
     dropout_epochs: tuple[int, int] | None = None
     patience: int | None = None
+    fold: int | None = None
 
 
 def _mix32(x: Tensor) -> Tensor:
@@ -140,26 +151,33 @@ def _signed32(x: int) -> int:
 _GOLDEN = _signed32(0x9E3779B9)
 
 
-def mask_keys(seeds: Sequence[int], epoch: int, site: int) -> Tensor:
-    """Per-run 32-bit keys ``(R, 1, 1)`` (int32) of the masks of one (epoch, dropout site)."""
+def mask_keys(
+    seeds: Sequence[int], epoch: int, site: int, *, device: torch.device | None = None
+) -> Tensor:
+    """Per-run 32-bit keys ``(R, 1, 1)`` (int32) of the masks of one (epoch, dropout site),
+    on ``device`` (None: the CPU)."""
     stream = _mix32_int(_mix32_int(epoch) ^ (site * 0x632BE5AB + 0x5BD1E995))
     return torch.tensor(
-        [_signed32(_mix32_int(_mix32_int(seed) ^ stream)) for seed in seeds], dtype=torch.int32
+        [_signed32(_mix32_int(_mix32_int(seed) ^ stream)) for seed in seeds],
+        dtype=torch.int32,
+        device=device,
     ).view(-1, 1, 1)
 
 
-def unit_index(rows: int, width: int) -> Tensor:
+def unit_index(rows: int, width: int, *, device: torch.device | None = None) -> Tensor:
     """Counters ``(1, rows, width)`` (int32) of a dropout site's units over one epoch."""
-    return torch.arange(rows * width, dtype=torch.int32).view(1, rows, width)
+    return torch.arange(rows * width, dtype=torch.int32, device=device).view(1, rows, width)
 
 
-def rate_tensors(rates: Sequence[float]) -> tuple[Tensor, Tensor]:
+def rate_tensors(
+    rates: Sequence[float], *, device: torch.device | None = None
+) -> tuple[Tensor, Tensor]:
     """Per-run thresholds ``round(p · 65536)`` (int32) and scales ``1 / (1 - p)``, ``(R, 1, 1)``."""
     thresholds = [round(p * _RESOLUTION) for p in rates]
     scales = [0.0 if p >= 1.0 else 1.0 / (1.0 - p) for p in rates]
     return (
-        torch.tensor(thresholds, dtype=torch.int32).view(-1, 1, 1),
-        torch.tensor(scales, dtype=torch.float32).view(-1, 1, 1),
+        torch.tensor(thresholds, dtype=torch.int32, device=device).view(-1, 1, 1),
+        torch.tensor(scales, dtype=torch.float32, device=device).view(-1, 1, 1),
     )
 
 
@@ -306,26 +324,29 @@ def _evaluate(
     n_val: int = 0,
 ) -> Tensor:
     """Inference pass over ``x`` ``(n, d)``: train rows, then ``n_val`` validation rows, then
-    test rows. Returns ``(4, R)`` metrics (see METRICS) and, when ``n_val > 0``, a fifth row:
-    the validation loss. Scores and means: :func:`~dropkit.lab.training.sample_scores`,
-    :func:`~dropkit.lab.training.part_means`."""
+    test rows. Returns ``(4, R)`` metrics (see METRICS) and, when ``n_val > 0``, two more rows:
+    the validation loss and accuracy. Scores and means:
+    :func:`~dropkit.lab.training.sample_scores`, :func:`~dropkit.lab.training.part_means`."""
     a = x
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
         a = (_mm(a, weight, fused) + bias).relu()
     correct, loss = sample_scores(_mm(a, weights[-1], fused) + biases[-1], y)
     sizes = (n_train, n_val, y.shape[-1] - n_train - n_val)
-    (train_acc, _, test_acc), (train_loss, val_loss, test_loss) = (
+    (train_acc, val_acc, test_acc), (train_loss, val_loss, test_loss) = (
         part_means(correct, sizes),
         part_means(loss, sizes),
     )
     rows = [train_acc, test_acc, train_loss, test_loss]
     if n_val:
-        rows.append(val_loss)
+        rows += [val_loss, val_acc]
     return torch.stack(rows)
 
 
-def compiler_available() -> bool:
-    """Whether ``torch.compile``'s CPU backend can build kernels here (it needs a C++ compiler)."""
+def compiler_available(device: torch.device | str | None = None) -> bool:
+    """Whether ``torch.compile`` can build kernels here for ``device`` (None: the CPU): its CPU
+    backend needs a C++ compiler, its CUDA backend the ``triton`` package."""
+    if device is not None and torch.device(device).type == "cuda":
+        return importlib.util.find_spec("triton") is not None
     return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
 
@@ -341,6 +362,8 @@ def train_batch(
     compile: bool | None = None,
     on_epoch: Callable[[int], None] | None = None,
     keep_weights: bool = False,
+    device: torch.device | str = "cpu",
+    validation: Mapping[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] | None = None,
 ) -> BatchResult:
     """Train ``len(runs)`` MLPs on ``data`` as one stacked computation.
 
@@ -364,6 +387,13 @@ def train_batch(
     trained on. ``info`` holds ``stop_epoch`` (the last epoch trained, 1-based; ``epochs``
     when it never stopped) and ``best_epoch`` (the epoch whose weights were restored).
 
+    A validation split (``validation``: the ``(fit, validation)`` row indices of the training
+    set per fold, from :func:`dropkit.lab.splits.validation_rows`). Every run trains on its
+    fold's ``fit`` rows (its ``train_*`` curves measure those), early stopping watches its
+    ``validation`` rows instead of its own hold-out, and ``info`` gets ``val_acc`` and
+    ``val_loss`` of the final epoch. Runs of different folds train as separate stacked
+    computations.
+
     Args:
         data: the data set (shared by all runs).
         model: hidden layer widths.
@@ -373,18 +403,41 @@ def train_batch(
             Several times faster for small models; costs seconds of compilation up front.
         on_epoch: called with the number of finished epochs after each epoch.
         keep_weights: return every run's final weights in ``pairs``.
+        device: where to train: a ``torch.device`` or its name (``"cpu"``, ``"cuda"``,
+            ``"cuda:N"``; see the module docstring). Curves and weights come back on the CPU.
+        validation: per fold (the runs' :attr:`RunSettings.fold`; None without folds), the
+            ``(fit, validation)`` rows of the training set; None: no validation split.
 
     Returns:
         The per-epoch curves of every run, in the order of ``runs``.
+
+    Raises:
+        ValueError: no runs, or a run's fold missing from ``validation``.
     """
     start = time.perf_counter()
-    fused = compiler_available() if compile is None else compile
+    where = torch.device(device)
+    fused = compiler_available(where) if compile is None else compile
     n_runs = len(runs)
     if not n_runs:
         raise ValueError("`runs` must hold at least one run")
-    plain = [i for i, r in enumerate(runs) if r.patience is None]
-    stopping = [i for i, r in enumerate(runs) if r.patience is not None]
-    groups = [group for group in (plain, stopping) if group]
+    folds = list(dict.fromkeys(r.fold for r in runs)) if validation is not None else [None]
+    if validation is not None:
+        missing = [fold for fold in folds if fold not in validation]
+        if missing:
+            raise ValueError(
+                f"`validation` must hold the rows of every run's fold, missing fold {missing[0]!r}"
+            )
+    groups = []
+    for fold in folds:
+        mine = [i for i, r in enumerate(runs) if validation is None or r.fold == fold]
+        groups += [
+            group
+            for group in (
+                [i for i in mine if runs[i].patience is None],
+                [i for i in mine if runs[i].patience is not None],
+            )
+            if group
+        ]
     ticker = EpochTicker(n_runs, train.epochs, on_epoch) if len(groups) > 1 else None
     values = np.empty((len(METRICS), n_runs, train.epochs))
     info: list[dict[str, float]] = [{} for _ in runs]
@@ -394,7 +447,8 @@ def train_batch(
             tick = ticker.part(len(group))
         else:  # one part: the batch's own callback, nothing to count
             tick = on_epoch if on_epoch is not None else _no_epoch_callback
-        part = _train_group(data, model, train, [runs[i] for i in group], fused, tick)
+        rows = None if validation is None else validation[runs[group[0]].fold]
+        part = _train_group(data, model, train, [runs[i] for i in group], fused, tick, where, rows)
         values[:, group] = part.history
         for position, index in enumerate(group):
             info[index] = part.info[position]
@@ -428,13 +482,20 @@ def _train_group(
     runs: Sequence[RunSettings],
     fused: bool,
     on_epoch: Callable[[int], None],
+    device: torch.device,
+    split: tuple[NDArray[np.intp], NDArray[np.intp]] | None = None,
 ) -> _GroupResult:
-    """:func:`train_batch` for runs that all stop early or all do not (one training set)."""
+    """:func:`train_batch` for runs that all stop early or all do not (one training set).
+
+    ``split``: the ``(fit, validation)`` rows of a validation split (None: none, and early
+    stopping holds out its own)."""
     n_runs = len(runs)
     epochs = train.epochs
     generators = [torch.Generator().manual_seed(r.seed) for r in runs]
-    widths = [data.n_features, *model.hidden, 1 if data.n_classes == 2 else data.n_classes]
+    widths = [data.n_features, *model.hidden, data.n_outputs]
     weights, biases = _init_weights(widths, generators)
+    weights = [w.to(device) for w in weights]
+    biases = [b.to(device) for b in biases]
     params = [t for pair in zip(weights, biases, strict=True) for t in pair]
     optimizer = make_adam(params, train)
     train_step, evaluate = _train_step, _evaluate
@@ -446,11 +507,12 @@ def _train_group(
     x_train = torch.from_numpy(data.x_train)
     y_train = torch.from_numpy(data.y_train)
     x_val, y_val = x_train[:0], y_train[:0]
-    if stopping:
-        fit, held = validation_split(data.y_train)
+    if split is not None or stopping:
+        fit, held = split if split is not None else validation_split(data.y_train)
         x_train, y_train, x_val, y_val = x_train[fit], y_train[fit], x_train[held], y_train[held]
-    x_eval = torch.cat([x_train, x_val, torch.from_numpy(data.x_test)])
-    y_eval = torch.cat([y_train, y_val, torch.from_numpy(data.y_test)])
+    x_eval = torch.cat([x_train, x_val, torch.from_numpy(data.x_test)]).to(device)
+    y_eval = torch.cat([y_train, y_val, torch.from_numpy(data.y_test)]).to(device)
+    x_train, y_train = x_train.to(device), y_train.to(device)
     n_train, n_val = x_train.shape[0], x_val.shape[0]
     batch_size = min(train.batch_size, n_train)
     shuffle = batch_size < n_train
@@ -460,42 +522,52 @@ def _train_group(
 
     # Per site (inputs, then each hidden layer): dropout rates, or None when no run drops there.
     site_rates = [[r.input_p for r in runs]] + [[r.p for r in runs]] * len(model.hidden)
-    rates = [rate_tensors(r) if any(r) else None for r in site_rates]
+    rates = [rate_tensors(r, device=device) if any(r) else None for r in site_rates]
     # Per site: noise σ, (R, 1, d) for the input jitter and (R, 1, 1) for hidden noise.
     sigmas: list[Tensor | None] = [None] * n_sites
     if any(r.augment for r in runs):
-        std = feature_scale(data.x_train)
-        sigmas[0] = torch.tensor([r.augment for r in runs]).view(-1, 1, 1) * std.view(1, 1, -1)
+        std = feature_scale(data.x_train).to(device)
+        augment = torch.tensor([r.augment for r in runs], device=device)
+        sigmas[0] = augment.view(-1, 1, 1) * std.view(1, 1, -1)
     if any(r.noise for r in runs):
-        hidden_sigma = torch.tensor([r.noise for r in runs]).view(-1, 1, 1)
+        hidden_sigma = torch.tensor([r.noise for r in runs], device=device).view(-1, 1, 1)
         sigmas[1:] = [hidden_sigma] * len(model.hidden)
     noisy = any(sigma is not None for sigma in sigmas)
     index = [
-        unit_index(n_train, width) if rates[s] is not None or sigmas[s] is not None else None
+        unit_index(n_train, width, device=device)
+        if rates[s] is not None or sigmas[s] is not None
+        else None
         for s, width in enumerate(site_widths)
     ]
     # Early/late dropout: per epoch and run, whether the hidden dropout acts.
     active: Tensor | None = None
     if any(r.dropout_epochs is not None for r in runs):
         active = torch.tensor(
-            [dropout_on(r.dropout_epochs, e) for e in range(epochs) for r in runs]
+            [dropout_on(r.dropout_epochs, e) for e in range(epochs) for r in runs], device=device
         ).view(epochs, n_runs, 1, 1)
     penalties = None
     if any(r.l1 for r in runs) or any(r.l2 for r in runs):
         penalties = (
-            torch.tensor([r.l1 for r in runs]).view(-1, 1, 1),
-            torch.tensor([r.l2 for r in runs]).view(-1, 1, 1),
+            torch.tensor([r.l1 for r in runs], device=device).view(-1, 1, 1),
+            torch.tensor([r.l2 for r in runs], device=device).view(-1, 1, 1),
         )
     bounds = [math.inf if r.max_norm is None else r.max_norm for r in runs]
-    max_norm = torch.tensor(bounds).view(-1, 1, 1) if any(map(math.isfinite, bounds)) else None
-    history = torch.empty(epochs, len(METRICS), n_runs)
+    max_norm = (
+        torch.tensor(bounds, device=device).view(-1, 1, 1)
+        if any(map(math.isfinite, bounds))
+        else None
+    )
+    n_metrics = len(METRICS)
+    history = torch.empty(epochs, n_metrics, n_runs, device=device)
+    final_val: Tensor | None = None  # (2, R) validation loss and accuracy of the last measure
 
     stopper = EarlyStopping([r.patience or 0 for r in runs], epochs) if stopping else None
     best = [param.clone() for param in params] if stopping else []
 
     def restore(which: Tensor) -> None:
+        which = which.to(device).view(-1, 1, 1)
         for param, kept in zip(params, best, strict=True):
-            param.copy_(torch.where(which.view(-1, 1, 1), kept, param))
+            param.copy_(torch.where(which, kept, param))
 
     def measure() -> Tensor:
         return evaluate(weights, biases, x_eval, y_eval, n_train, data.n_classes, fused, n_val)
@@ -504,6 +576,7 @@ def _train_group(
         for epoch in range(epochs):
             if shuffle:
                 order = torch.stack([torch.randperm(n_train, generator=g) for g in generators])
+                order = order.to(device)
                 x_epoch, y_epoch = x_train[order], y_train[order]
             else:
                 x_epoch, y_epoch = x_train.expand(n_runs, -1, -1), y_train.expand(n_runs, -1)
@@ -518,15 +591,15 @@ def _train_group(
                 )
                 epoch_rates[1:] = [scheduled] * len(model.hidden)
             keys = [
-                None if r is None else mask_keys(seeds, epoch, site)
+                None if r is None else mask_keys(seeds, epoch, site, device=device)
                 for site, r in enumerate(epoch_rates)
             ]
             noise_keys = [
                 None
                 if sigma is None
                 else (
-                    mask_keys(seeds, epoch, _NOISE_SITES + 2 * site),
-                    mask_keys(seeds, epoch, _NOISE_SITES + 2 * site + 1),
+                    mask_keys(seeds, epoch, _NOISE_SITES + 2 * site, device=device),
+                    mask_keys(seeds, epoch, _NOISE_SITES + 2 * site + 1, device=device),
                 )
                 for site, sigma in enumerate(sigmas)
             ]
@@ -562,29 +635,41 @@ def _train_group(
                     for weight in weights[:-1]:  # (R, in, out): a unit's weights span axis 1
                         bound_unit_norms_(weight, max_norm, (1,))
             if stopper is None:
-                history[epoch] = measure()
+                metrics = measure()
+                history[epoch] = metrics[:n_metrics]
+                final_val = metrics[n_metrics:]
                 on_epoch(epoch + 1)
                 continue
             restore(stopper.stopped)  # a stopped run keeps (and is measured with) its best
             metrics = measure()
-            history[epoch] = metrics[: len(METRICS)]
-            improved, _ = stopper.update(epoch + 1, metrics[-1])
+            history[epoch] = metrics[:n_metrics]
+            improved, _ = stopper.update(epoch + 1, metrics[n_metrics].cpu())
+            keep = improved.to(device).view(-1, 1, 1)
             for param, kept in zip(params, best, strict=True):
-                kept.copy_(torch.where(improved.view(-1, 1, 1), param, kept))
+                kept.copy_(torch.where(keep, param, kept))
             on_epoch(epoch + 1)
             if epoch + 1 < epochs and bool(stopper.stopped.all()):
                 restore(stopper.stopped)
-                history[epoch + 1 :] = measure()[: len(METRICS)]
+                history[epoch + 1 :] = measure()[:n_metrics]
                 for later in range(epoch + 2, epochs + 1):  # the epochs it had no need of
                     on_epoch(later)
                 break
         if stopper is not None:
             restore(torch.ones(n_runs, dtype=torch.bool))
-            history[-1] = measure()[: len(METRICS)]
+            metrics = measure()
+            history[-1] = metrics[:n_metrics]
+            final_val = metrics[n_metrics:]
 
     info: list[dict[str, float]] = [{} for _ in runs] if stopper is None else stopper.info()
+    if split is not None and final_val is not None and n_val:
+        val_loss, val_acc = final_val.double().cpu().tolist()
+        for run_info, loss, accuracy in zip(info, val_loss, val_acc, strict=True):
+            run_info.update(val_acc=accuracy, val_loss=loss)
     pairs = [
-        [(w[run].T.contiguous(), b[run, 0].clone()) for w, b in zip(weights, biases, strict=True)]
+        [
+            (w[run].T.contiguous().cpu(), b[run, 0].cpu().clone())
+            for w, b in zip(weights, biases, strict=True)
+        ]
         for run in range(n_runs)
     ]
-    return _GroupResult(history.permute(1, 2, 0).double().numpy(), info, pairs)
+    return _GroupResult(history.permute(1, 2, 0).double().cpu().numpy(), info, pairs)

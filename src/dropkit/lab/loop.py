@@ -22,9 +22,24 @@ cannot express (BatchNorm, concrete dropout). Per epoch and run:
    cross-entropy (:func:`dropkit.lab.training.sample_scores`, averaged in float64) on the
    training rows and the test set (:data:`dropkit.lab.training.METRICS`).
 
+Regression (``data.task == "regression"``: float targets ``y``, one output). The loss is the
+mean squared error of the single output; the curves hold the score ``R² = 1 − SSE/SST``
+(``SST`` the sum of squares of that split's targets around their own mean; NaN when the
+targets of the split are constant) in ``train_acc`` / ``test_acc`` and the mean squared error
+in ``train_loss`` / ``test_loss``, and ``info`` gets ``train_rmse``, ``train_mae``,
+``test_rmse`` and ``test_mae`` of the final epoch (means in float64). Arms that change class
+targets (label smoothing and the like) do not apply and are refused.
+
+A validation split (``data.validation > 0`` or ``data.folds >= 2``): every run fits on the
+``fit_idx`` rows of :func:`dropkit.lab.splits.validation_rows` for its fold (its ``train_*``
+curves measure them), is evaluated on the ``val_idx`` rows after every epoch, and reports
+``val_acc`` and ``val_loss`` (regression: also ``val_rmse`` and ``val_mae``) of the final
+epoch in ``info``; early stopping then watches these rows instead of its own hold-out.
+
 Early stopping (``early_stopping``, patience ``k`` epochs), as in the stacked trainer:
-:func:`~dropkit.lab.training.validation_split` holds out 20% of the training set
-(stratified, at least one sample per class, the same rows for every run); the run trains on
+without a validation split, :func:`~dropkit.lab.training.validation_split` holds out 20% of
+the training set (stratified, at least one sample per class, the same rows for every run;
+regression: a plain seeded 20%, :func:`dropkit.lab.splits.holdout_rows`); the run trains on
 the rest, which is also what its ``train_*`` curves measure. After each epoch the validation
 loss goes to :class:`~dropkit.lab.training.EarlyStopping`; when it has not fallen below its
 best for ``k`` epochs the run stops, the weights of the best epoch are restored, and its
@@ -38,6 +53,13 @@ weights, then each epoch's order, the masks of every dropout layer, the noise an
 augmentation, so a run's curves are a function of its config. Runs advance epoch by epoch in
 lockstep (``on_epoch`` hears each epoch once for the whole batch); run by run they compute what
 they would compute alone.
+
+Devices (``device``): the data and each run's module live on the device. On CUDA the run's CPU
+generator still draws the initial weights (the CPU's weights, copied over) and each epoch's
+order, while the masks, noise and augmentation come from a second generator on the device,
+seeded with the run's seed (dropkit's layers draw from a generator on their input's device).
+A CUDA run is therefore as reproducible as a CPU run but not the same numbers once it drops
+units; without any random regularizer it computes what the CPU computes up to float rounding.
 
 Why one run at a time: ``torch.func`` (``stack_module_state`` + ``vmap(grad(...))``) trained
 10 MLPs without dropout on ``moons`` about 3.5 times faster per run-epoch than this loop
@@ -53,7 +75,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,8 +93,10 @@ from dropkit.lab.models import (
     hidden_dropout,
     penalized_weights,
 )
+from dropkit.lab.train import has_validation
 from dropkit.lab.training import (
     METRICS,
+    VALIDATION_FRACTION,
     BatchResult,
     EarlyStopping,
     bound_unit_norms_,
@@ -96,6 +120,8 @@ __all__ = [
 EVAL_CHUNK = 2048
 """Rows per forward pass when evaluating, so large test sets fit in memory."""
 
+_CPU = torch.device("cpu")
+
 
 def augment_batch(
     x: Tensor,
@@ -111,21 +137,25 @@ def augment_batch(
     with 0 (the training mean, for standardized pixels). No flips: the built-in images are
     digits, and a mirrored digit is another symbol (or none). Tables and sequences: Gaussian
     jitter ``x + strength · s_j · ε``, ``s_j`` the training-set standard deviation ``scale``
-    ``(d,)`` of feature ``j``, ``ε ~ N(0, 1)``.
+    ``(d,)`` of feature ``j``, ``ε ~ N(0, 1)``. ``generator`` must be on ``x``'s device.
     """
+    where = x.device
     if input_shape is not None and len(input_shape) == 3:
         channels, height, width = input_shape
         k = max(1, round(strength))
         n = x.shape[0]
-        shifts = torch.randint(-k, k + 1, (2, n), generator=generator)
+        shifts = torch.randint(-k, k + 1, (2, n), generator=generator, device=where)
         padded = F.pad(x.view(n, channels, height, width), (k, k, k, k))
-        rows = (torch.arange(height) + k).view(1, height) + shifts[0].view(n, 1)
-        cols = (torch.arange(width) + k).view(1, width) + shifts[1].view(n, 1)
+        rows = (torch.arange(height, device=where) + k).view(1, height) + shifts[0].view(n, 1)
+        cols = (torch.arange(width, device=where) + k).view(1, width) + shifts[1].view(n, 1)
         picked = padded[
-            torch.arange(n).view(n, 1, 1), :, rows.view(n, height, 1), cols.view(n, 1, width)
+            torch.arange(n, device=where).view(n, 1, 1),
+            :,
+            rows.view(n, height, 1),
+            cols.view(n, 1, width),
         ]  # (N, H, W, C): the advanced indices come first
         return picked.permute(0, 3, 1, 2).reshape(n, -1)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=where)
     return x + strength * scale * noise
 
 
@@ -134,13 +164,17 @@ def _loss(
     y: Tensor,
     reduction: str = "mean",
     targets: Sequence[tuple[Callable[[Tensor, float, int], Tensor], float]] = (),
+    regression: bool = False,
 ) -> Tensor:
-    """Binary cross-entropy of one logit, or cross-entropy over the classes.
+    """Binary cross-entropy of one logit, or cross-entropy over the classes; with
+    ``regression``, the squared error ``(ŷ − y)²`` of the single output ``(N, 1)``.
 
     ``targets``: the run's target transforms (:func:`dropkit.lab.arms.target_transforms`),
     applied in order to the targets as probabilities (``(N,)`` for one logit, one-hot
     ``(N, K)`` otherwise) before the loss; none: the labels themselves.
     """
+    if regression:
+        return F.mse_loss(logits.squeeze(1), y.to(logits.dtype), reduction=reduction)
     binary = logits.shape[1] == 1
     if not targets:
         if binary:
@@ -176,6 +210,39 @@ def _evaluate(
     return [(float(a), float(m)) for a, m in zip(accuracy, loss_means, strict=True)]
 
 
+def _evaluate_regression(
+    model: nn.Module, x: Tensor, y: Tensor, sizes: Sequence[int]
+) -> list[dict[str, float]]:
+    """``r2``, ``mse``, ``rmse`` and ``mae`` of ``model`` in eval mode on consecutive segments
+    of ``(x, y)`` of the given ``sizes`` (float64 sums; ``R² = 1 − SSE/SST`` with the segment's
+    own target mean, NaN for an empty or constant segment)."""
+    predictions = []
+    with torch.no_grad():
+        for begin in range(0, len(y), EVAL_CHUNK):
+            predictions.append(model(x[begin : begin + EVAL_CHUNK]).squeeze(1))
+    error = torch.cat(predictions).double() - y.double()
+    parts, start = [], 0
+    for size in sizes:
+        if not size:
+            nan = math.nan
+            parts.append({"r2": nan, "mse": nan, "rmse": nan, "mae": nan})
+            continue
+        e, t = error[start : start + size], y[start : start + size].double()
+        start += size
+        sse = float(e.square().sum())
+        sst = float((t - t.mean()).square().sum())
+        mse = sse / size
+        parts.append(
+            {
+                "r2": 1.0 - sse / sst if sst > 0 else math.nan,
+                "mse": mse,
+                "rmse": math.sqrt(mse),
+                "mae": float(e.abs().sum()) / size,
+            }
+        )
+    return parts
+
+
 @dataclass
 class _Run:
     """The state of one run while the batch trains."""
@@ -184,6 +251,7 @@ class _Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    noise_generator: torch.Generator
     fit: tuple[Tensor, Tensor]
     scale: Tensor
     evaluation: tuple[Tensor, Tensor, tuple[int, ...]]
@@ -192,9 +260,12 @@ class _Run:
     patience: int | None
     window: tuple[int, int] | None
     history: np.ndarray
+    regression: bool = False
+    reports_validation: bool = False
     dropout_on: bool = True
     best_state: dict[str, Tensor] | None = None
     stopped: bool = False
+    final: dict[str, float] | None = None
 
 
 def _set_dropout(run: _Run, on: bool) -> None:
@@ -216,10 +287,15 @@ class _Rows:
     evaluation: tuple[Tensor, Tensor, tuple[int, ...]]
 
 
-def _rows(data: Dataset, split: tuple[np.ndarray, np.ndarray] | None) -> _Rows:
+def _rows(
+    data: Dataset,
+    split: tuple[np.ndarray, np.ndarray] | None,
+    device: torch.device = _CPU,
+) -> _Rows:
     """Fit rows, the training set's feature standard deviations
     (:func:`~dropkit.lab.training.feature_scale`), and the evaluation rows: the fit rows,
-    the test set, then (with ``split``, for early stopping) the validation rows."""
+    the test set, then (with ``split``: a validation split) the validation rows; on
+    ``device``."""
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     x_parts, y_parts = [x, x_test], [y, y_test]
@@ -228,15 +304,55 @@ def _rows(data: Dataset, split: tuple[np.ndarray, np.ndarray] | None) -> _Rows:
         x_parts = [x[fit_rows], x_test, x[validation_rows]]
         y_parts = [y[fit_rows], y_test, y[validation_rows]]
     return _Rows(
-        fit=(x_parts[0], y_parts[0]),
-        scale=feature_scale(data.x_train),
-        evaluation=(torch.cat(x_parts), torch.cat(y_parts), tuple(len(p) for p in y_parts)),
+        fit=(x_parts[0].to(device), y_parts[0].to(device)),
+        scale=feature_scale(data.x_train).to(device),
+        evaluation=(
+            torch.cat(x_parts).to(device),
+            torch.cat(y_parts).to(device),
+            tuple(len(p) for p in y_parts),
+        ),
     )
 
 
-def _start(config: RunConfig, data: Dataset, rows: _Rows) -> _Run:
+def _split_of(
+    config: RunConfig, data: Dataset
+) -> tuple[Hashable, Callable[[], tuple[np.ndarray, np.ndarray]] | None]:
+    """Which rows a run fits and validates on: a key shared by runs alike, and the function
+    that computes its ``(fit, validation)`` rows (None: all training rows, no validation)."""
+    spec = config.data
+    if has_validation(spec):
+        from dropkit.lab.splits import validation_rows
+
+        return ("validation", config.fold), lambda: validation_rows(data.y_train, spec, config.fold)
+    if config.strength("early_stopping") is None:
+        return None, None
+    if data.task == "regression":
+        from dropkit.lab.splits import holdout_rows
+
+        return "early_stopping", lambda: holdout_rows(
+            data.y_train, VALIDATION_FRACTION, 0, stratify=False
+        )
+    return "early_stopping", lambda: validation_split(data.y_train)
+
+
+def _mask_generator(
+    model: nn.Module, generator: torch.Generator, seed: int, device: torch.device
+) -> torch.Generator:
+    """The generator of a run's masks, noise and augmentation: its own ``generator`` on the
+    CPU; on another device a generator there, seeded with ``seed``, handed to every module of
+    ``model`` that holds a generator (dropkit's layers draw on their input's device)."""
+    if device.type == "cpu":
+        return generator
+    on_device = torch.Generator(device=device).manual_seed(seed)
+    for module in model.modules():
+        if isinstance(getattr(module, "generator", None), torch.Generator):
+            setattr(module, "generator", on_device)  # noqa: B010 - any module type
+    return on_device
+
+
+def _start(config: RunConfig, data: Dataset, rows: _Rows, device: torch.device = _CPU) -> _Run:
     generator = torch.Generator().manual_seed(config.seed)
-    model = build_model(config, data, generator=generator)
+    model = build_model(config, data, generator=generator).to(device)
     model.train()
     patience = config.strength("early_stopping")
     recurrent = [m for m in model.modules() if isinstance(m, LSTM) and m.recurrent_dropout > 0]
@@ -245,6 +361,7 @@ def _start(config: RunConfig, data: Dataset, rows: _Rows) -> _Run:
         model=model,
         optimizer=make_adam(list(model.parameters()), config.train),
         generator=generator,
+        noise_generator=_mask_generator(model, generator, config.seed, device),
         fit=rows.fit,
         scale=rows.scale,
         evaluation=rows.evaluation,
@@ -253,6 +370,8 @@ def _start(config: RunConfig, data: Dataset, rows: _Rows) -> _Run:
         patience=None if patience is None else max(1, round(patience)),
         window=dropout_window(config),
         history=np.full((len(METRICS), config.train.epochs), np.nan),
+        regression=data.task == "regression",
+        reports_validation=has_validation(config.data),
         # early stopping's epoch 0: the initial weights, restored if no epoch improves on them
         best_state=None if patience is None else copy.deepcopy(model.state_dict()),
     )
@@ -271,21 +390,22 @@ def _train_epoch(run: _Run, data: Dataset) -> None:
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     constrained = constrained_layers(model) if config.max_norm is not None else []
     model.train()
-    order = torch.randperm(n, generator=generator)
+    order = torch.randperm(n, generator=generator).to(x.device)
     for begin in range(0, n, batch_size):
         rows = order[begin : begin + batch_size]
         if has_bn and len(rows) == 1 and begin > 0:
             continue  # BatchNorm cannot normalize a batch of one sample: skip that remainder
         xb, yb = x[rows], y[rows]
         if augment is not None:
-            xb = augment_batch(xb, augment, run.scale, data.input_shape, generator)
-        loss = _loss(model(xb), yb, targets=targets)
+            xb = augment_batch(xb, augment, run.scale, data.input_shape, run.noise_generator)
+        loss = _loss(model(xb), yb, targets=targets, regression=run.regression)
         if l1 or l2:
             weights = penalized_weights(model)
+            zero = torch.zeros((), device=x.device)
             if l1:
-                loss = loss + l1 * sum((w.abs().sum() for w in weights), torch.zeros(()))
+                loss = loss + l1 * sum((w.abs().sum() for w in weights), zero)
             if l2:
-                loss = loss + l2 * sum((w.pow(2).sum() for w in weights), torch.zeros(()))
+                loss = loss + l2 * sum((w.pow(2).sum() for w in weights), zero)
         if concrete:
             loss = loss + concrete_regularization(model)
         run.optimizer.zero_grad(set_to_none=True)
@@ -298,10 +418,26 @@ def _train_epoch(run: _Run, data: Dataset) -> None:
 
 
 def _record(run: _Run, epoch: int) -> float:
-    """Evaluate into the history at ``epoch``; return the validation loss (NaN without)."""
+    """Evaluate into the history at ``epoch`` (and the final-epoch facts into ``run.final``);
+    return the validation loss (NaN without)."""
     run.model.eval()
+    final: dict[str, float] = {}
+    if run.regression:
+        train_r, test_r, *validation_r = _evaluate_regression(run.model, *run.evaluation)
+        run.history[:, epoch] = (train_r["r2"], test_r["r2"], train_r["mse"], test_r["mse"])
+        parts = [("train", train_r), ("test", test_r)]
+        if run.reports_validation and validation_r:
+            parts.append(("val", validation_r[0]))
+            final.update(val_acc=validation_r[0]["r2"], val_loss=validation_r[0]["mse"])
+        for prefix, scores in parts:
+            final.update({f"{prefix}_rmse": scores["rmse"], f"{prefix}_mae": scores["mae"]})
+        run.final = final
+        return validation_r[0]["mse"] if validation_r else math.nan
     train, test, *validation = _evaluate(run.model, *run.evaluation)
     run.history[:, epoch] = (train[0], test[0], train[1], test[1])
+    if run.reports_validation and validation:
+        final.update(val_acc=validation[0][0], val_loss=validation[0][1])
+    run.final = final
     return validation[0][1] if validation else math.nan
 
 
@@ -318,6 +454,7 @@ def train_modules(
     configs: Sequence[RunConfig],
     *,
     on_epoch: Callable[[int], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> BatchResult:
     """Train each config's :func:`~dropkit.lab.models.build_model` network on ``data``.
 
@@ -329,24 +466,42 @@ def train_modules(
         data: the loaded data set of every config.
         configs: the runs; they must share the number of epochs (the curves are one array).
         on_epoch: called with the number of finished epochs after each epoch of the batch.
+        device: where to train (a ``torch.device`` or its name, e.g. ``"cuda"``); see the
+            module docstring for what holds on CUDA. Results come back on the CPU.
 
     Returns:
         Per-epoch curves ``(R, epochs)`` in the order of ``configs``, the final weights of each
         run (``state_dict`` of CPU tensors) and per-run ``info``: ``stop_epoch`` and
         ``best_epoch`` under early stopping, ``concrete_p{i}`` (learned rate of the i-th
-        concrete layer) under concrete dropout.
+        concrete layer) under concrete dropout, the validation and regression scores of the
+        module docstring.
+
+    Raises:
+        ValueError: no configs, different numbers of epochs, or a regression run with an arm
+            that changes class targets.
     """
     if not configs:
         raise ValueError("`configs` must hold at least one run")
     epochs = configs[0].train.epochs
     if any(c.train.epochs != epochs for c in configs):
         raise ValueError("every config of a batch must train for the same number of epochs")
+    if data.task == "regression":
+        for config in configs:
+            changed = [name for name, _ in config.regularizers if target_transforms([(name, 0)])]
+            if changed:
+                raise ValueError(
+                    f"regularizer {changed[0]!r} changes class targets and does not apply to "
+                    "regression"
+                )
+    where = torch.device(device)
     start = time.perf_counter()
-    stopping = any(c.strength("early_stopping") is not None for c in configs)
-    rows = {False: _rows(data, None)}
-    if stopping:
-        rows[True] = _rows(data, validation_split(data.y_train))
-    runs = [_start(c, data, rows[c.strength("early_stopping") is not None]) for c in configs]
+    rows: dict[Hashable, _Rows] = {}
+    runs = []
+    for config in configs:
+        key, split = _split_of(config, data)
+        if key not in rows:
+            rows[key] = _rows(data, None if split is None else split(), where)
+        runs.append(_start(config, data, rows[key], where))
     watched = [run for run in runs if run.patience is not None]
     stopper = EarlyStopping([run.patience or 0 for run in watched], epochs) if watched else None
     for epoch in range(epochs):
@@ -381,6 +536,7 @@ def train_modules(
         run.model.eval()
         states.append({k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()})
         info: dict[str, float] = dict(stop_info.get(id(run), {}))
+        info.update(run.final or {})
         concrete = [m for m in run.model.modules() if isinstance(m, ConcreteDropout)]
         for index, module in enumerate(concrete):
             info[f"concrete_p{index}"] = module.p

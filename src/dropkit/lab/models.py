@@ -4,7 +4,8 @@
 input is a batch of rows ``(N, n_features)`` float32 as a :class:`~dropkit.lab.data.Dataset`
 stores them (the module reshapes them to images or sequences itself, from
 ``data.input_shape``) and whose output is logits: ``(N, 1)`` for two classes (sigmoid /
-binary cross-entropy), ``(N, n_classes)`` otherwise. Every dropout layer is a dropkit layer, so
+binary cross-entropy), ``(N, n_classes)`` otherwise; for regression data one value
+``(N, 1)``. Every dropout layer is a dropkit layer, so
 :func:`dropkit.mc_predict` samples it and :func:`dropkit.set_dropout` re-rates it.
 
 Kinds (``config.model.kind``) and the arms that change the module
@@ -215,7 +216,9 @@ def _arms(config: RunConfig) -> dict[str, float]:
 
 
 def _outputs(data: Dataset) -> int:
-    return 1 if data.n_classes == 2 else data.n_classes
+    """Output width: one logit for two classes, one value for regression, else a logit per
+    class (:attr:`Dataset.n_outputs`)."""
+    return data.n_outputs
 
 
 def _input_layers(

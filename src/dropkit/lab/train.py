@@ -9,6 +9,21 @@ two: it is split, and the results come back in the order of the configs. ``train
 trains every config in the generic loop (the stacked trainer's arms included: the two
 trainers keep one contract, :mod:`dropkit.lab.training`, and are tested against each other).
 
+Regression runs (``data.task == "regression"``) train in the generic loop (mean squared error;
+the stacked trainer's hand-written backward is cross-entropy only). Runs of a user's own model
+(``ModelSpec.kind == "custom"``) train in :func:`dropkit.lab.vmapped.train_custom`, which builds
+them from the model source passed as ``model``.
+
+Devices: ``device`` is ``"cpu"`` (the default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA
+when :func:`torch.cuda.is_available`, else the CPU; :func:`resolve_device`). Data and weights
+live on the device; curves come back as CPU NumPy arrays and final weights as CPU tensors. On
+the CPU the results are those of the trainers before devices existed, bit for bit. On CUDA the
+stacked trainer draws the same initial weights and data orders (from CPU generators) and the
+same masks and noise (its counter-based hash, computed on the device), so it computes the same
+numbers up to float rounding; the generic loop draws its initial weights and data order on the
+CPU as well, but its masks, noise and augmentation from a CUDA generator seeded with the run's
+seed, so its curves are statistically, not numerically, those of the CPU.
+
 Final weights are kept for small models only (at most
 :data:`dropkit.lab.store.MAX_STATE_PARAMETERS` values), as the ``state_dict`` of the module
 :func:`dropkit.lab.models.build_model` builds.
@@ -19,27 +34,103 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import torch
+from numpy.typing import NDArray
 from torch import Tensor
 
 from dropkit.lab.batched import RunSettings, train_batch
-from dropkit.lab.config import RunConfig
+from dropkit.lab.config import CUSTOM_MODEL, DataSpec, RunConfig
 from dropkit.lab.data import Dataset
 from dropkit.lab.regularizers import BATCHED_REGULARIZERS
 from dropkit.lab.store import MAX_STATE_PARAMETERS, RunRecord
 from dropkit.lab.training import METRICS, BatchResult, EpochTicker, dropout_window
 
-__all__ = ["TRAINERS", "batched_settings", "is_batched", "to_records", "train_configs"]
+__all__ = [
+    "DEVICES",
+    "TRAINERS",
+    "batched_settings",
+    "has_validation",
+    "is_batched",
+    "parse_device",
+    "resolve_device",
+    "to_records",
+    "train_configs",
+]
 
 TRAINERS = ("auto", "stacked", "loop")
 """Choices of :func:`train_configs`' ``trainer``."""
 
+DEVICES = ("cpu", "cuda", "cuda:N", "auto")
+"""The forms of a lab trainer's ``device`` (see :func:`resolve_device`)."""
+
+
+def parse_device(device: str | torch.device) -> torch.device | None:
+    """``device`` parsed (None for ``"auto"``) without asking whether this machine has it: a
+    Ray driver checks the name and leaves the device to the workers.
+
+    Raises:
+        ValueError: not ``"auto"`` nor a CPU or CUDA device name.
+        TypeError: neither a str nor a ``torch.device``.
+    """
+    if isinstance(device, torch.device):
+        parsed = device
+    elif isinstance(device, str):
+        if device.strip().lower() == "auto":
+            return None
+        try:
+            parsed = torch.device(device.strip())
+        except (RuntimeError, ValueError):
+            parsed = None
+    else:
+        raise TypeError(
+            f"`device` must be a str or torch.device, got {type(device).__name__}: {device!r}"
+        )
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"`device` must be one of {', '.join(DEVICES)}, got {device!r}")
+    return parsed
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The ``torch.device`` a lab trainer trains on.
+
+    ``"auto"``: ``cuda`` when :func:`torch.cuda.is_available`, else ``cpu``. ``"cpu"``,
+    ``"cuda"`` and ``"cuda:N"`` (or a ``torch.device`` of those types) as given, once checked
+    against this machine.
+
+    Raises:
+        ValueError: an unknown device string; a CUDA device when CUDA is not available, or an
+            index past the last CUDA device.
+        TypeError: neither a str nor a ``torch.device``.
+    """
+    parsed = parse_device(device)
+    if parsed is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if parsed.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"`device` {str(device)!r}: no CUDA device is available "
+            "(torch.cuda.is_available() is False); use 'cpu' or 'auto'"
+        )
+    count = torch.cuda.device_count()
+    if parsed.index is not None and not 0 <= parsed.index < count:
+        raise ValueError(
+            f"`device` {str(device)!r}: the CUDA device index must be in [0, {count}) on "
+            f"this machine ({count} CUDA device{'s' if count != 1 else ''}), got {parsed.index}"
+        )
+    return parsed
+
 
 def is_batched(config: RunConfig) -> bool:
-    """Whether the stacked MLP trainer can train ``config``."""
-    return config.model.kind == "mlp" and all(
-        name in BATCHED_REGULARIZERS for name, _ in config.regularizers
+    """Whether the stacked MLP trainer can train ``config`` (MLP classification runs whose
+    regularizers it expresses)."""
+    return (
+        config.model.kind == "mlp"
+        and config.data.task == "classification"
+        and all(name in BATCHED_REGULARIZERS for name, _ in config.regularizers)
     )
 
 
@@ -61,7 +152,27 @@ def batched_settings(config: RunConfig) -> RunSettings:
         noise=config.strength("gaussian_noise", 0.0) or 0.0,
         dropout_epochs=dropout_window(config),
         patience=None if patience is None else max(1, round(patience)),
+        fold=config.fold,
     )
+
+
+def has_validation(spec: DataSpec) -> bool:
+    """Whether runs of ``spec`` hold out validation rows of the training split
+    (``validation > 0`` or ``folds >= 2``; see :func:`dropkit.lab.splits.validation_rows`)."""
+    return spec.validation > 0 or spec.folds >= 2
+
+
+def _validation_rows(
+    data: Dataset, configs: Sequence[RunConfig]
+) -> dict[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] | None:
+    """The ``(fit_idx, val_idx)`` rows of every fold among ``configs`` (None: no validation)."""
+    spec = configs[0].data
+    if not has_validation(spec):
+        return None
+    from dropkit.lab.splits import validation_rows
+
+    folds = dict.fromkeys(c.fold for c in configs)
+    return {fold: validation_rows(data.y_train, spec, fold) for fold in folds}
 
 
 def _parameter_count(widths: Sequence[int]) -> int:
@@ -88,6 +199,11 @@ def train_configs(
     compile: bool | None = None,
     on_epoch: Callable[[int], None] | None = None,
     trainer: str = "auto",
+    device: str | torch.device = "cpu",
+    model: Any = None,
+    batched: bool | None = None,
+    max_batch_memory: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> BatchResult:
     """Train ``configs`` (one shape key) on ``data``; results come back in the order of ``configs``.
 
@@ -101,15 +217,32 @@ def train_configs(
         trainer: ``"auto"``: the stacked trainer for the configs it can train
             (:func:`is_batched`), the generic loop for the others; ``"loop"``: the generic
             loop for every config (slower; to check one trainer against the other);
-            ``"stacked"``: the stacked trainer for every config.
+            ``"stacked"``: the stacked trainer for every config. Custom-model runs have
+            one trainer (``"stacked"`` is refused for them).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (:func:`resolve_device`); see
+            the module docstring for what results hold on CUDA.
+        model: the model source of custom-model configs (``ModelSpec.kind == "custom"``): an
+            object with ``build(p, seed) -> nn.Module``
+            (:class:`dropkit.lab.user_model.ModelSource`); must be None for built-in models.
+        batched, max_batch_memory, log: passed to :func:`dropkit.lab.vmapped.train_custom`
+            for custom-model configs (whether to train the runs as one vmapped computation,
+            its memory bound, a callback for notes); unused by the built-in trainers.
+
+    With a validation split (``data.validation > 0`` or ``data.folds >= 2``) every run fits
+    on the ``fit_idx`` rows of :func:`dropkit.lab.splits.validation_rows` (of its ``fold``),
+    its ``train_*`` curves measure those rows, early stopping watches the ``val_idx`` rows,
+    and ``info`` gets ``val_acc`` and ``val_loss`` of the final epoch (regression: also
+    ``val_rmse`` and ``val_mae``).
 
     Returns:
         Curves, seconds, ``info`` per run, and ``states`` per run when the model has at most
         :data:`MAX_STATE_PARAMETERS` parameters (None otherwise).
 
     Raises:
-        ValueError: no configs, configs of different shape keys, an unknown ``trainer``, or
-            ``trainer="stacked"`` with a config the stacked trainer cannot train.
+        ValueError: no configs, configs of different shape keys, an unknown ``trainer`` or
+            ``device``, a CUDA ``device`` without CUDA, ``trainer="stacked"`` with a config
+            the stacked trainer cannot train, custom-model configs without ``model``, or a
+            ``model`` for built-in configs.
     """
     if not configs:
         raise ValueError("`configs` must hold at least one run")
@@ -118,16 +251,49 @@ def train_configs(
     first = configs[0]
     if any(c.shape_key() != first.shape_key() for c in configs):
         raise ValueError("every config of a batch must share data, model and training settings")
+    where = resolve_device(device)
+    if first.model.kind == CUSTOM_MODEL:
+        if model is None:
+            raise ValueError(
+                f"configs of the custom model {first.model.name!r} need `model`: the model "
+                "source to build their networks from (dropkit.lab.user_model.model_source)"
+            )
+        if trainer == "stacked":
+            raise ValueError(
+                "`trainer` is 'stacked' but the stacked trainer trains built-in MLPs only, "
+                f"not the custom model {first.model.name!r}"
+            )
+        from dropkit.lab.vmapped import train_custom
+
+        return train_custom(
+            model,
+            data,
+            configs,
+            device=where,
+            batched=batched,
+            max_batch_memory=max_batch_memory,
+            on_epoch=on_epoch,
+            log=log,
+        )
+    if model is not None:
+        raise ValueError(
+            f"`model` is for custom-model configs; these configs build the built-in "
+            f"{first.model.kind!r} model, so leave it None"
+        )
     start = time.perf_counter()
-    widths = [data.n_features, *first.model.hidden, 1 if data.n_classes == 2 else data.n_classes]
+    widths = [data.n_features, *first.model.hidden, data.n_outputs]
     small = _parameter_count(widths) <= MAX_STATE_PARAMETERS
-    stacked = [i for i, c in enumerate(configs) if trainer != "loop" and is_batched(c)]
+    classes = data.task == "classification"  # the data decides, whatever a config says
+    stacked = [i for i, c in enumerate(configs) if trainer != "loop" and classes and is_batched(c)]
     looped = sorted(set(range(len(configs))) - set(stacked))
     if trainer == "stacked" and looped:
-        raise ValueError(
-            f"`trainer` is 'stacked' but the stacked trainer cannot train arm "
-            f"{configs[looped[0]].arm!r} of model kind {configs[looped[0]].model.kind!r}"
+        refused = configs[looped[0]]
+        what = (
+            "regression (its backward pass is cross-entropy only)"
+            if not classes or refused.data.task == "regression"
+            else f"arm {refused.arm!r} of model kind {refused.model.kind!r}"
         )
+        raise ValueError(f"`trainer` is 'stacked' but the stacked trainer cannot train {what}")
     epochs = first.train.epochs
     ticker = EpochTicker(len(configs), epochs, on_epoch)
     values = np.empty((len(METRICS), len(configs), epochs))
@@ -142,6 +308,8 @@ def train_configs(
             compile=compile,
             on_epoch=ticker.part(len(stacked)),
             keep_weights=small,
+            device=where,
+            validation=_validation_rows(data, [configs[i] for i in stacked]),
         )
         if part.pairs is not None:
             for i, state in zip(
@@ -154,7 +322,9 @@ def train_configs(
     if looped:
         from dropkit.lab.loop import train_modules
 
-        part = train_modules(data, [configs[i] for i in looped], on_epoch=ticker.part(len(looped)))
+        part = train_modules(
+            data, [configs[i] for i in looped], on_epoch=ticker.part(len(looped)), device=where
+        )
         for i, state in zip(looped, part.states or [], strict=False):
             if sum(v.numel() for v in state.values()) <= MAX_STATE_PARAMETERS:
                 states[i] = state
