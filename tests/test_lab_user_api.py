@@ -80,7 +80,12 @@ class TestNotebookFlow:
     def test_folds(self, tmp_path: Path) -> None:
         x, y = _moons()
         e = lab.sweep(
-            data=(x, y), model=mlp, rates=[0.0, 0.3], seeds=2, folds=3, epochs=2,
+            data=(x, y),
+            model=mlp,
+            rates=[0.0, 0.3],
+            seeds=2,
+            folds=3,
+            epochs=2,
             store=tmp_path / "runs.sqlite",
         )
         assert e.trained == 2 * 2 * 3 and e.settings["folds"] == 3
@@ -118,7 +123,12 @@ class TestRegression:
         csv = tmp_path / "data.csv"
         csv.write_text("\n".join(lines) + "\n")
         e = lab.sweep(
-            data=str(csv), target="y", model=regressor, rates=[0.0, 0.2], seeds=2, epochs=3,
+            data=str(csv),
+            target="y",
+            model=regressor,
+            rates=[0.0, 0.2],
+            seeds=2,
+            epochs=3,
             store=tmp_path / "runs.sqlite",
         )
         assert e.settings["task"] == "regression" and e.trained == 4
@@ -128,7 +138,11 @@ class TestCompare:
     def test_arms_on_a_user_model(self, tmp_path: Path) -> None:
         x, y = _moons()
         e = lab.compare(
-            data=(x, y), model=mlp, arms=["none", "dropout", "l2", "max_norm"], seeds=2, epochs=3,
+            data=(x, y),
+            model=mlp,
+            arms=["none", "dropout", "l2", "max_norm"],
+            seeds=2,
+            epochs=3,
             store=tmp_path / "runs.sqlite",
         )
         assert {row["arm"] for row in e.summary} == {"none", "dropout", "l2", "max_norm"}
@@ -136,8 +150,14 @@ class TestCompare:
     def test_structural_arms_are_refused(self, tmp_path: Path) -> None:
         x, y = _moons()
         with pytest.raises(ValueError, match="batchnorm.*does not apply to model 'custom'"):
-            lab.compare(data=(x, y), model=mlp, arms=["none", "batchnorm"], seeds=2, epochs=2,
-                        store=tmp_path / "runs.sqlite")
+            lab.compare(
+                data=(x, y),
+                model=mlp,
+                arms=["none", "batchnorm"],
+                seeds=2,
+                epochs=2,
+                store=tmp_path / "runs.sqlite",
+            )
         assert _runs(tmp_path / "runs.sqlite") == 0
 
 
@@ -175,3 +195,30 @@ class TestBadInput:
             lab.plan_sweep(data=(x, y), model=mlp, task="ranking")
         with pytest.raises(ValueError, match="`lr`"):
             lab.plan_sweep(data=(x, y), model=mlp, lr=0)
+
+
+class Attention(nn.Module):
+    """Self-attention over the two features as two tokens: its dropout is a float rate."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.embed = nn.Linear(1, 8)
+        self.attention = nn.MultiheadAttention(8, 2, dropout=p, batch_first=True)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x.unsqueeze(-1))
+        mixed, _ = self.attention(tokens, tokens, tokens)
+        return self.head(mixed.flatten(1))
+
+
+def test_a_fallback_is_said_in_the_notes(tmp_path: Path) -> None:
+    x, y = _moons()
+    heard: list[str] = []
+    plan = lab.plan_sweep(data=(x, y), model=Attention, rates=[0.0, 0.2], seeds=2, epochs=2)
+    e = lab.run(plan, store=tmp_path / "runs.sqlite", log=heard.append)
+    assert e.trained == 4
+    said = [note for note in e.notes if "run by run" in note]
+    assert said and said == [line for line in heard if "run by run" in line]
+    again = lab.run(plan, store=tmp_path / "runs.sqlite")
+    assert again.trained == 0

@@ -684,7 +684,18 @@ def run(
     if not isinstance(store, (str, Path)):
         raise TypeError(f"`store` must be the path of a SQLite file, got {store!r}")
     sink = progress_sink(progress)
-    chosen = _engine(engine, address, compile, _training_options(device, batched, max_batch_memory))
+    options = _training_options(device, batched, max_batch_memory)
+    messages: list[str] = []  # what training says (fallbacks, splits): kept as notes
+
+    def heard(message: str) -> None:
+        if message not in messages:
+            messages.append(message)
+            if log is not None:
+                log(message)
+
+    if engine is None or engine == "in-process":
+        options["log"] = heard
+    chosen = _engine(engine, address, compile, options)
     owned = isinstance(engine, str) and engine == "ray"
     start = getattr(chosen, "start", None)
     if owned and start is not None:
@@ -722,7 +733,7 @@ def run(
         analyses[0],
         command=plan.command,
         settings=plan.settings,
-        notes=plan.notes or plan.dataset.notes,
+        notes=(*(plan.notes or plan.dataset.notes), *messages),
         trained=outcome.trained,
         already_done=outcome.already_done,
     )

@@ -115,6 +115,8 @@ class InProcessEngine:
             (:func:`dropkit.lab.train.resolve_device`).
         batched, max_batch_memory: passed to :func:`dropkit.lab.train.train_configs` for
             batches of a user's own model.
+        log: called with one-line messages of training (why a user's model trains one run
+            after another, how a batch was split to fit its memory budget).
 
     Raises:
         ValueError: an unknown ``device``, or a CUDA one on a machine without CUDA.
@@ -130,12 +132,14 @@ class InProcessEngine:
         device: str | torch.device = "cpu",
         batched: bool | None = None,
         max_batch_memory: int | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.compile = compile
         self.threads = None if threads is None else check_positive_int(threads, "threads")
         self.device = resolve_device(device)
         self.batched = batched
         self.max_batch_memory = max_batch_memory
+        self.log = log
 
     def run_batch(
         self,
@@ -155,6 +159,7 @@ class InProcessEngine:
                 model=model,
                 batched=self.batched,
                 max_batch_memory=self.max_batch_memory,
+                log=self.log,
             )
 
     def run_batches(
