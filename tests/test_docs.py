@@ -32,7 +32,7 @@ def test_lab_from_python_runs_cell_by_cell(tmp_path: Path, monkeypatch: pytest.M
 
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(batched, "compiler_available", lambda: False)  # seconds, not a minute
+    monkeypatch.setattr(batched, "compiler_available", lambda *_: False)  # seconds, not a minute
     blocks = _python_blocks(_section(DOCS / "lab.md", "## From Python"))
     assert len(blocks) >= 5
     namespace: dict[str, object] = {}
