@@ -22,7 +22,12 @@ from dropkit import lab
 
 def make_mlp(p: float) -> nn.Module:
     return nn.Sequential(
-        nn.Linear(10, 64), nn.ReLU(), nn.Dropout(p), nn.Linear(64, 64), nn.ReLU(), nn.Dropout(p),
+        nn.Linear(10, 64),
+        nn.ReLU(),
+        nn.Dropout(p),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Dropout(p),
         nn.Linear(64, 1),
     )
 
