@@ -18,15 +18,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import dropkit
+import dropkit.lab.counter_masks as counter_masks
+import dropkit.lab.vmapped as vmapped
+from dropkit.lab.batched import compiler_available
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.counter_masks import (
     CounterDropout,
     counter_bits,
+    counter_fields,
     counter_module,
     counter_uniform,
     keep_mask,
+    key_keep_mask,
+    mask_key,
 )
 from dropkit.lab.data import Dataset
+from dropkit.lab.splits import validation_rows
 from dropkit.lab.training import make_adam
 from dropkit.lab.vmapped import train_custom
 
@@ -104,9 +111,17 @@ def mlp(width: int = 3) -> Factory:
     )  # fmt: skip
 
 
+needs_compiler = pytest.mark.skipif(
+    not compiler_available(), reason="torch.compile needs a C++ compiler on the CPU"
+)
+
+
 def assert_same_runs(source: Factory, data: Dataset, runs: list[RunConfig], **kw: object) -> None:
-    """Trained together == each trained alone: final weights, curves and info."""
-    together = train_custom(source, data, runs, **kw)  # type: ignore[arg-type]
+    """Trained together (as one vmapped group) == each trained alone: final weights, curves
+    and info."""
+    lines: list[str] = []
+    together = train_custom(source, data, runs, log=lines.append, **kw)  # type: ignore[arg-type]
+    assert not any("run by run" in line for line in lines), lines
     assert together.states is not None and together.info is not None
     for i, config in enumerate(runs):
         alone = train_custom(source, data, [config], **kw)  # type: ignore[arg-type]
@@ -164,6 +179,54 @@ def test_counter_bits_are_32_bit_and_index_dependent() -> None:
     assert len(torch.unique(bits)) == 1000  # a bijection of the index for fixed keys
     shifted = counter_bits(torch.tensor(3), 0, 0, index + 2**32)
     assert not torch.equal(bits, shifted)
+
+
+def reference_fields(seed: int, step: int, layer: int, numel: int) -> Tensor:
+    """Unit ``i``'s 16-bit field from the int64 reference :func:`counter_bits`."""
+    bits = counter_bits(torch.tensor(seed), step, layer, torch.arange((numel + 1) // 2))
+    return torch.stack((bits & 0xFFFF, bits >> 16), -1).flatten()[:numel]
+
+
+@pytest.mark.parametrize("int32_words", [1 << 31, 3])  # 3: masks of > 6 units hash in int64
+def test_int32_words_equal_the_int64_reference(
+    int32_words: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(counter_masks, "_INT32_WORDS", int32_words)
+    for seed, step, layer, numel in [(0, 0, 0, 1), (7, 3, 1, 7), (-5, 2**33 + 1, 4, 1000)]:
+        fields = counter_fields(torch.tensor(seed), step, layer, (numel,))
+        assert torch.equal(fields, reference_fields(seed, step, layer, numel))
+
+
+def test_mask_keys_of_many_steps_and_runs_at_once() -> None:
+    seeds = torch.tensor([0, 9, -3, 2**40 + 1])
+    steps = [0, 1, 2**33 + 5]
+    keys = mask_key(seeds, torch.tensor(steps).view(-1, 1), 2)
+    assert keys.shape == (3, 4, 2) and keys.dtype == torch.int32
+    for i, step in enumerate(steps):
+        for r, seed in enumerate(seeds.tolist()):
+            assert torch.equal(keys[i, r], mask_key(torch.tensor(seed), step, 2))
+
+
+def test_setting_the_step_sets_the_key_of_its_masks() -> None:
+    layer = CounterDropout(0.5, seed=4, layer=3)
+    layer.step = 11
+    assert layer.step == 11 and torch.equal(layer.key, mask_key(torch.tensor(4), 11, 3))
+    out = layer(torch.ones(6, 7))
+    keep = keep_mask(torch.tensor(4), torch.tensor(0.5), 11, 3, (6, 7))
+    assert torch.equal(out != 0, keep)
+
+
+@needs_compiler
+def test_compiled_masks_and_dropout_equal_eager() -> None:
+    key, p = mask_key(torch.tensor(5), 9, 1), torch.tensor(0.3)
+    compiled = torch.compile(lambda k, q: key_keep_mask(k, q, (3, 5, 7)), dynamic=False)
+    assert torch.equal(compiled(key, p), key_keep_mask(key, p, (3, 5, 7)))  # odd unit count
+    x = torch.randn(4, 6, 5)
+    for module in (nn.Dropout(0.3), nn.AlphaDropout(0.3), nn.Dropout1d(0.3)):
+        counter = counter_module(module, seed=2, layer=1)
+        assert counter is not None
+        counter.step = 5
+        torch.testing.assert_close(torch.compile(counter, dynamic=False)(x), counter(x))
 
 
 def test_counter_dropout_rates_zero_and_one_and_eval() -> None:
@@ -258,6 +321,14 @@ def test_binary_mlp_with_input_dropout_batched_equals_alone() -> None:
         {"p": 0.4, "seed": 2},
     ]
     assert_same_runs(mlp(1), table(n_classes=2), configs(settings))
+
+
+def test_two_logits_for_two_classes_with_label_smoothing_batched_equals_alone() -> None:
+    settings: list[dict[str, object]] = [
+        {"p": 0.2, "seed": 1, "regularizers": (("label_smoothing", 0.1),)},
+        {"p": 0.4, "seed": 2},
+    ]
+    assert_same_runs(mlp(2), table(n_classes=2), configs(settings))
 
 
 def cnn(p: float) -> nn.Module:
@@ -585,3 +656,125 @@ def test_on_epoch_hears_every_epoch_once_and_states_keep_the_layout() -> None:
     assert result.states is not None
     assert list(result.states[0]) == list(mlp().build(0.3, 1).state_dict())
     assert result.curves["train_acc"].shape == (2, 3)
+
+
+def test_one_batch_epochs_share_their_rows_and_equal_alone() -> None:
+    runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}], batch_size=128)
+    assert_same_runs(mlp(), table(), runs)
+
+
+def test_evaluation_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}], epochs=2)
+    whole = train_custom(mlp(), table(), runs)
+    monkeypatch.setattr(vmapped, "EVAL_CHUNK", 7)  # 90 + 40 rows: 19 chunks of 7 and one of 4
+    chunked = train_custom(mlp(), table(), runs)
+    for name, curve in whole.curves.items():
+        np.testing.assert_allclose(chunked.curves[name], curve, atol=1e-6, rtol=0)
+
+
+def test_validation_metrics_are_those_of_the_final_weights() -> None:
+    spec = DataSpec("table", validation=0.25)
+    data = table()
+    runs = configs([{"p": 0.3, "seed": 1}, {"p": 0.1, "seed": 2}], epochs=3, data=spec)
+    result = train_custom(mlp(), data, runs)
+    assert result.states is not None and result.info is not None
+    _, val = validation_rows(data.y_train, spec, None)
+    x, y = torch.from_numpy(data.x_train[val]), torch.from_numpy(data.y_train[val])
+    for config, state, info in zip(runs, result.states, result.info, strict=True):
+        model = mlp().build(config.p, config.seed)
+        model.load_state_dict(state)
+        model.eval()
+        with torch.no_grad():
+            logits = model(x)
+        accuracy = (logits.argmax(1) == y).double().mean().item()
+        assert info["val_acc"] == pytest.approx(accuracy, abs=1e-12)
+        assert info["val_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_gradients_reach_the_fused_adam_laid_out_as_the_parameters() -> None:
+    torch.manual_seed(0)
+    grad = torch.randn(3, 4)
+    transposed = grad.t().contiguous().t()  # the same values, column-major
+    for given in (grad, transposed):
+        param = torch.zeros(3, 4, requires_grad=True)
+        param.grad = vmapped._laid_out_as(given, param)
+        assert param.grad.stride() == param.stride() and torch.equal(param.grad, grad)
+        make_adam([param], TrainSpec()).step()
+        # Adam's first step moves every weight by lr against the sign of its gradient
+        torch.testing.assert_close(param.detach(), -1e-3 * grad.sign(), atol=1e-6, rtol=0)
+
+
+def failing_compile(function: Callable[..., object], **_options: object) -> Callable[..., object]:
+    def fails(*_args: object, **_kwargs: object) -> object:
+        raise RuntimeError("no kernels here")
+
+    return fails
+
+
+def test_a_step_that_fails_to_compile_trains_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}], epochs=2)
+    eager = train_custom(mlp(), table(), runs, compile=False)
+    monkeypatch.setattr(vmapped.torch, "compile", failing_compile)
+    lines: list[str] = []
+    fallen = train_custom(mlp(), table(), runs, compile=True, log=lines.append)
+    assert sum("torch.compile failed (RuntimeError: no kernels here)" in x for x in lines) == 1
+    assert eager.states is not None and fallen.states is not None
+    for a, b in zip(eager.states, fallen.states, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+
+
+def small_cnn(p: float) -> nn.Module:
+    # convolutions with few weights per output (unrolled when evaluating compiled), with and
+    # without bias; BatchNorm (its running statistics updated inside the compiled step; no
+    # bias before it, see bn_net); two dropout shapes
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.Dropout2d(p), nn.MaxPool2d(2), nn.Conv2d(4, 4, 1), nn.ReLU(), nn.Flatten(),
+        nn.Dropout(p), nn.Linear(36, 3),
+    )  # fmt: skip
+
+
+def assert_compiled_equals_eager(
+    source: Factory, data: Dataset, runs: list[RunConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    eager = train_custom(source, data, runs, compile=False)
+    monkeypatch.setattr(vmapped, "EVAL_CHUNK", 25)  # several chunks, the last one padded
+    lines: list[str] = []
+    compiled = train_custom(source, data, runs, compile=True, log=lines.append)
+    assert any("compiling" in line for line in lines), lines
+    assert not any("failed" in line or "run by run" in line for line in lines), lines
+    assert eager.states is not None and compiled.states is not None
+    assert eager.info is not None and compiled.info is not None
+    for a, b in zip(eager.states, compiled.states, strict=True):
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=ATOL, rtol=0)
+    for name, curve in eager.curves.items():
+        np.testing.assert_allclose(compiled.curves[name], curve, atol=1e-5, rtol=0)
+    for a_info, b_info in zip(eager.info, compiled.info, strict=True):
+        assert b_info.keys() == a_info.keys()
+        for key, number in a_info.items():
+            assert b_info[key] == pytest.approx(number, abs=1e-5)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_cnn_equals_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64 rows in batches of 24: two full batches and a smaller one (eager: few epochs)
+    runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}], epochs=3, batch_size=24)
+    assert_compiled_equals_eager(Factory(small_cnn), images(), runs, monkeypatch)
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_compiled_regression_with_validation_and_penalties_equals_eager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # one batch per epoch (rows shared by the runs), L1/L2 in the compiled loss, max-norm after
+    spec = DataSpec("table", task="regression", validation=0.25)
+    settings: list[dict[str, object]] = [
+        {"p": 0.2, "seed": 1, "regularizers": (("l1", 1e-3), ("l2", 1e-2))},
+        {"p": 0.1, "seed": 2, "max_norm": 0.5, "input_p": 0.1},
+    ]
+    runs = configs(settings, epochs=4, batch_size=128, data=spec)
+    assert_compiled_equals_eager(mlp(1), table("regression"), runs, monkeypatch)

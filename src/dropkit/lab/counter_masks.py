@@ -15,18 +15,27 @@ device.
 
 The hash: the 32-bit mixer ``x ^= x >> 16; x *= 0x21F0AAAD; x ^= x >> 15; x *= 0x735A2D97;
 x ^= x >> 15`` (C. Wellons' "lowbias32", a bias of 0.11 against 0.17 for MurmurHash3's
-finalizer; the stacked MLP trainer's masks use it too). The step and the layer are mixed in
-Python integers, then with the seed's two 32-bit halves into a key: an odd multiplier ``a`` and
+finalizer; the stacked MLP trainer's masks use it too). The step and the layer are mixed, then
+with the seed's two 32-bit halves, into a *key* (:func:`mask_key`): an odd multiplier ``a`` and
 an offset ``b``; word ``j`` is ``w = mix(a·j + b mod 2³²)`` and units ``2j`` and ``2j + 1``
 read its low and high 16 bits (so ``p`` is resolved to ``2**-16``, as dropkit's CPU masks).
 (A key that only offset the index, ``mix(i + b)``, would make two keys' masks shifted copies
-of each other; the per-key multiplier makes them unrelated permutations.) Everything is int64
-tensor arithmetic on values below ``2³²`` with multipliers below ``2³¹``, so no product
-overflows, and vmap batches every op; one mask costs about 8 integer ops per unit.
+of each other; the per-key multiplier makes them unrelated permutations.)
+
+Arithmetic. The keys are int64 arithmetic on values below ``2³²`` (no product overflows). The
+words are int32 arithmetic with wrapping multiplies and masked (logical) shifts: the same 32
+bits at half the memory traffic of int64, and the multiply vectorizes where int64's does not
+(AVX2). A mask of more than ``2³²`` units hashes its words in int64 (:func:`counter_bits`, the
+reference every path agrees with). Two layouts give the same masks: eagerly, each word is
+hashed once and its two halves interleaved (:func:`keep_mask`); inside ``torch.compile``, each
+unit hashes its own word (twice the integer work, but one fused pass and no interleaving,
+which the compiler turns into slow gathers).
 
 :class:`CounterDropout` is the module that replaces a dropout module (:func:`counter_module`):
-its ``seed`` and ``p`` are (non-persistent) buffers, so ``torch.func.stack_module_state``
-stacks them per run like any buffer; ``layer`` and ``step`` are plain integers.
+its ``seed``, ``p`` and current ``key`` are (non-persistent) buffers, so
+``torch.func.stack_module_state`` stacks them per run like any buffer, and a trainer sets the
+keys of all runs for a step at once (no Python value that would make ``torch.compile``
+specialize on the step); ``layer`` is a plain integer.
 """
 
 from __future__ import annotations
@@ -57,6 +66,8 @@ __all__ = [
     "counter_module",
     "counter_uniform",
     "keep_mask",
+    "key_keep_mask",
+    "mask_key",
     "mask_shape",
 ]
 
@@ -72,6 +83,7 @@ _MUL2 = 0x735A2D97
 # Salts so that the chain's stages differ even for equal inputs.
 _SALT_STEP = 0x2545F491
 _SALT_OFFSET = 0x5BD1E995
+_INT32_WORDS = 1 << 31  # word indices below this fit int32
 
 
 def _mix(h: Tensor) -> Tensor:
@@ -93,6 +105,26 @@ def _mix_(h: Tensor) -> Tensor:
     return h
 
 
+def _mix32(h: Tensor) -> Tensor:
+    """:func:`_mix` on int32 words (two's complement): wrapping multiplies, and shifts masked
+    to their logical result; the same 32 bits."""
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _MUL1
+    h = h ^ ((h >> 15) & 0x1FFFF)
+    h = h * _MUL2
+    return h ^ ((h >> 15) & 0x1FFFF)
+
+
+def _mix32_(h: Tensor) -> Tensor:
+    """:func:`_mix32` in place (``h`` is a fresh tensor)."""
+    h ^= (h >> 16).bitwise_and_(0xFFFF)
+    h.mul_(_MUL1)
+    h ^= (h >> 15).bitwise_and_(0x1FFFF)
+    h.mul_(_MUL2)
+    h ^= (h >> 15).bitwise_and_(0x1FFFF)
+    return h
+
+
 def _mix_int(h: int) -> int:
     """:func:`_mix` on a Python int in ``[0, 2³²)``."""
     h ^= h >> 16
@@ -102,14 +134,39 @@ def _mix_int(h: int) -> int:
     return h ^ (h >> 15)
 
 
-def _keys(seed: Tensor, step: int, layer: int) -> tuple[Tensor, Tensor]:
-    """The key of (seed, step, layer): an odd multiplier in ``(0, 2³¹)`` and an offset in
-    ``[0, 2³²)``, int64 tensors of ``seed``'s shape."""
+def _counter(step: Tensor | int, layer: int) -> Tensor | int:
+    """The step and the layer mixed into one 32-bit word (a Python int for an int step, an
+    int64 tensor of ``step``'s shape otherwise: the same values)."""
+    if isinstance(step, Tensor):
+        step = step.to(torch.int64)
+        mixed = _mix(_mix((step & _M32) ^ _SALT_STEP) ^ ((step >> 32) & _M32))
+        return _mix(mixed ^ (layer & _M32))
     counter = _mix_int(_mix_int((step & _M32) ^ _SALT_STEP) ^ ((step >> 32) & _M32))
-    counter = _mix_int(counter ^ (layer & _M32))
+    return _mix_int(counter ^ (layer & _M32))
+
+
+def _keys(seed: Tensor, step: Tensor | int, layer: int) -> tuple[Tensor, Tensor]:
+    """The key of (seed, step, layer): an odd multiplier in ``(0, 2³¹)`` and an offset in
+    ``[0, 2³²)``, int64 tensors of the broadcast shape of ``seed`` and ``step``."""
     seed = seed.to(torch.int64)
-    h = _mix(_mix((seed & _M32) ^ counter) ^ ((seed >> 32) & _M32))
+    h = _mix(_mix((seed & _M32) ^ _counter(step, layer)) ^ ((seed >> 32) & _M32))
     return (h & _M31) | 1, _mix(h ^ _SALT_OFFSET)
+
+
+def mask_key(seed: Tensor, step: Tensor | int, layer: int) -> Tensor:
+    """The key of the masks of (seed, step, layer): int32 ``(..., 2)``, the multiplier ``a``
+    and the offset ``b`` as signed 32-bit words, ``...`` the broadcast shape of ``seed`` and
+    ``step`` (e.g. seeds ``(R,)`` and steps ``(S, 1)`` give the keys ``(S, R, 2)`` of S steps of
+    R runs in one call).
+
+    Args:
+        seed: the runs' seeds, int64 (any values).
+        step: optimizer steps ``>= 0``, an int or an int64 tensor.
+        layer: the dropout layer's index in the model (``>= 0``).
+    """
+    multiplier, offset = _keys(seed, step, layer)
+    offset = offset - ((offset >> 31) << 32)  # [2³¹, 2³²) → negative: the same 32 bits
+    return torch.stack((multiplier, offset), -1).to(torch.int32)
 
 
 def _word_bits(multiplier: Tensor, offset: Tensor, index: Tensor) -> Tensor:
@@ -122,7 +179,7 @@ def counter_bits(seed: Tensor, step: int, layer: int, index: Tensor) -> Tensor:
     """32 random bits per word: ``H(seed, step, layer, j)``, int64 in ``[0, 2³²)``.
 
     Element ``i`` of a mask reads the 16-bit field ``i mod 2`` (low, then high half) of word
-    ``j = i // 2`` (see :func:`counter_fields`).
+    ``j = i // 2`` (see :func:`counter_fields`). The int64 reference of every mask path.
 
     Args:
         seed: the run's seed, an int64 scalar tensor (any int64 value).
@@ -144,19 +201,36 @@ def _numel(shape: tuple[int, ...]) -> int:
     return numel
 
 
-def _halves(
-    seed: Tensor, step: int, layer: int, numel: int, device: torch.device | None
-) -> tuple[Tensor, Tensor]:
+def _halves(key: Tensor, numel: int, device: torch.device | None) -> tuple[Tensor, Tensor]:
     """The low and high 16-bit fields ``(⌈numel/2⌉,)`` of the words of a mask of ``numel``
-    units: units ``2j`` and ``2j + 1``."""
-    multiplier, offset = _keys(seed, step, layer)
-    words = torch.arange((numel + 1) // 2, dtype=torch.int64, device=device)
-    bits = _word_bits(multiplier, offset, words)
-    return bits & _M16, bits >> 16
+    units under ``key`` (:func:`mask_key`, ``(2,)``): units ``2j`` and ``2j + 1``."""
+    words = (numel + 1) // 2
+    if words > _INT32_WORDS:  # int64 words, from the key's 32-bit halves
+        multiplier = key[0].to(torch.int64) & _M32
+        offset = key[1].to(torch.int64) & _M32
+        index = torch.arange(words, dtype=torch.int64, device=device)
+        bits = _word_bits(multiplier, offset ^ _mix(index >> 32 & _M32), index & _M32)
+        return bits & _M16, bits >> 16
+    index = torch.arange(words, dtype=torch.int32, device=device)
+    bits = _mix32_((index * key[0]).add_(key[1]))
+    return bits & _M16, (bits >> 16).bitwise_and_(_M16)
 
 
 def _interleave(low: Tensor, high: Tensor, numel: int, shape: tuple[int, ...]) -> Tensor:
     return torch.stack((low, high), -1).flatten(-2)[..., :numel].reshape(shape)
+
+
+def _unit_fields(key: Tensor, numel: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    """The 16-bit fields of :func:`_halves`, computed per unit (int32 ``shape``): unit ``i``
+    hashes word ``i >> 1`` and shifts by ``16·(i & 1)``. One pass, for the compiler."""
+    index = torch.arange(numel, dtype=torch.int32, device=device)
+    bits = _mix32((index >> 1) * key[0] + key[1])
+    return ((bits >> ((index & 1) << 4)) & _M16).view(shape)
+
+
+def _threshold(p: Tensor) -> Tensor:
+    """``⌈p·2¹⁶⌉`` (int32): a unit is kept when its field is at least this."""
+    return torch.ceil(p.to(torch.float64) * (1 << MASK_BITS)).to(torch.int32)
 
 
 def counter_fields(
@@ -165,8 +239,8 @@ def counter_fields(
     """The 16-bit field of every unit of a mask of ``shape`` (int64 in ``[0, 2¹⁶)``): unit
     ``i`` (in C order) is half ``i mod 2`` of :func:`counter_bits` at word ``i // 2``."""
     numel = _numel(shape)
-    low, high = _halves(seed, step, layer, numel, device)
-    return _interleave(low, high, numel, shape)
+    low, high = _halves(mask_key(seed, step, layer), numel, device)
+    return _interleave(low, high, numel, shape).to(torch.int64)
 
 
 def counter_uniform(
@@ -178,6 +252,22 @@ def counter_uniform(
     return fields.to(torch.float32) * (1.0 / (1 << MASK_BITS))
 
 
+def key_keep_mask(
+    key: Tensor, p: Tensor, shape: tuple[int, ...], device: torch.device | None = None
+) -> Tensor:
+    """The keep mask ``field >= ⌈p·2**16⌉`` (bool, ``shape``) of the unit fields under ``key``
+    (:func:`mask_key`, ``(2,)``; vmap batches it). Inside ``torch.compile`` each unit hashes its
+    own word; eagerly each word is hashed once and compared on both halves before
+    interleaving. The same decisions either way."""
+    numel = _numel(shape)
+    threshold = _threshold(p)
+    if torch.compiler.is_compiling() and numel <= _INT32_WORDS:
+        where = device if device is not None else key.device
+        return _unit_fields(key, numel, shape, where) >= threshold
+    low, high = _halves(key, numel, device)
+    return _interleave(low >= threshold, high >= threshold, numel, shape)
+
+
 def keep_mask(
     seed: Tensor,
     p: Tensor,
@@ -187,12 +277,9 @@ def keep_mask(
     device: torch.device | None = None,
 ) -> Tensor:
     """The keep mask ``U >= p`` of ``shape`` as bool, ``U`` of :func:`counter_uniform`
-    (``p = 0``: all kept; ``p = 1``: none). Compared as ``field >= ⌈p·2**16⌉`` on each half
-    word before interleaving: the same decisions, in fewer passes over the mask."""
-    numel = _numel(shape)
-    low, high = _halves(seed, step, layer, numel, device)
-    threshold = torch.ceil(p.to(torch.float64) * (1 << MASK_BITS)).to(torch.int64)
-    return _interleave(low >= threshold, high >= threshold, numel, shape)
+    (``p = 0``: all kept; ``p = 1``: none): :func:`key_keep_mask` under
+    :func:`mask_key` ``(seed, step, layer)``."""
+    return key_keep_mask(mask_key(seed, step, layer), p, shape, device)
 
 
 def mask_shape(
@@ -218,17 +305,20 @@ def mask_shape(
 
 
 class CounterDropout(nn.Module):
-    """A dropout module whose masks come from :func:`keep_mask`, with its rate as a buffer.
+    """A dropout module whose masks come from :func:`key_keep_mask`, its rate a buffer.
 
     Training: inverted dropout ``y = x·m / (1 − p)`` (``scaling="inverted"``; ``p = 1`` gives
     zeros), ``y = x·m`` (``"classic"`` and ``"unscaled"``), or alpha dropout (``"alpha"``:
     ``a·(x·m + α'·(1 − m)) + b``, ``a = ((1 − p)(1 + p·α'²))^(-1/2)``, ``b = −a·α'·p``,
     Klambauer et al. 2017); ``m`` of :func:`mask_shape` ``(kind, x.shape)``. Inference: ``x``
-    (``"classic"``: ``(1 − p)·x``).
+    (``"classic"``: ``(1 − p)·x``). Eagerly a dropped unit is ``where(m, ·, 0)``, exactly 0;
+    inside ``torch.compile`` it is ``x·0`` (so the backward saves a float factor, not a bool
+    mask, which the compiler stores slowly): the same for finite ``x``.
 
     Buffers (non-persistent, so a state dict keeps the original layout): ``seed`` (int64
-    scalar) and ``p`` (float32 scalar). ``layer`` and ``step`` are plain ints; ``step`` is set
-    by the trainer before each forward pass.
+    scalar), ``p`` (float32 scalar) and ``key`` (int32 ``(2,)``, :func:`mask_key` of the
+    current step). ``layer`` is a plain int; setting ``step`` (an int) recomputes ``key``. A
+    trainer that stacks these buffers sets the stacked keys of every run itself.
 
     Args:
         p: drop probability in [0, 1].
@@ -247,6 +337,7 @@ class CounterDropout(nn.Module):
 
     seed: Tensor
     p: Tensor
+    key: Tensor
 
     def __init__(
         self,
@@ -265,14 +356,27 @@ class CounterDropout(nn.Module):
                 f"`scaling` must be one of {', '.join(self.SCALINGS)}, got {scaling!r}"
             )
         mask_shape(kind, (1,))  # validates kind
-        self.register_buffer("seed", torch.tensor(int(seed), dtype=torch.int64), persistent=False)
+        seed_tensor = torch.tensor(int(seed), dtype=torch.int64)
+        self.register_buffer("seed", seed_tensor, persistent=False)
         self.register_buffer("p", torch.tensor(float(p), dtype=torch.float32), persistent=False)
         self.layer = int(layer)
-        self.step = 0
+        self.register_buffer("key", mask_key(seed_tensor, 0, self.layer), persistent=False)
+        self._step = 0
         self.kind = kind
         self.scaling = scaling
         self.channel_axes = dict(channel_axes or {})
         self.name = name
+
+    @property
+    def step(self) -> int:
+        """The optimizer step whose masks the module draws (setting it recomputes ``key``)."""
+        return self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = int(value)
+        with torch.no_grad():
+            self.key.copy_(mask_key(self.seed, self._step, self.layer))
 
     def _shape(self, x: Tensor) -> tuple[int, ...]:
         shape = tuple(x.shape)
@@ -290,10 +394,11 @@ class CounterDropout(nn.Module):
         p = self.p.to(x.dtype)
         if not self.training:
             return x * (1.0 - p) if self.scaling == "classic" else x
-        keep = keep_mask(self.seed, self.p, self.step, self.layer, self._shape(x), x.device)
+        keep = key_keep_mask(self.key, self.p, self._shape(x), x.device)
         zero = x.new_zeros(())
+        compiling = torch.compiler.is_compiling()
         if self.scaling in ("classic", "unscaled"):
-            return torch.where(keep, x, zero)
+            return x * keep.to(x.dtype) if compiling else torch.where(keep, x, zero)
         if self.scaling == "alpha":
             m = keep.to(x.dtype)
             alpha = SELU_ALPHA_PRIME
@@ -305,6 +410,8 @@ class CounterDropout(nn.Module):
             return torch.where(kept, out, zero)
         # 1 / (1 - p), and 0 at p = 1 (every unit dropped: no division by zero)
         scale = torch.where(p < 1.0, 1.0 / torch.where(p < 1.0, 1.0 - p, 1.0), 0.0)
+        if compiling:
+            return x * torch.where(keep, scale, zero)
         return torch.where(keep, x * scale, zero)
 
     def extra_repr(self) -> str:

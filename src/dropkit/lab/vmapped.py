@@ -4,9 +4,9 @@
 or regularization strengths together: the R modules' parameters and buffers are stacked with
 ``torch.func.stack_module_state``; one forward ``torch.vmap``-s
 ``torch.func.functional_call`` over the runs (in_dims 0 for parameters, buffers and each run's
-own mini-batch); the loss is the sum over runs of each run's mean loss, with one
-``.backward()`` and ONE Adam (:func:`dropkit.lab.training.make_adam`) over the stacked
-tensors. Adam is element-wise, so per run it is the same optimizer as one Adam per run.
+own mini-batch); the loss is the sum over runs of each run's mean loss, with one backward
+pass and ONE Adam (:func:`dropkit.lab.training.make_adam`) over the stacked tensors. Adam is
+element-wise, so per run it is the same optimizer as one Adam per run.
 
 Why counter-based masks. The property this trainer keeps is: *a run trained in a batch gives
 the result it gives alone* (final weights equal to float rounding). PyTorch's randomness
@@ -14,9 +14,9 @@ cannot give that under ``vmap``: ``randomness="same"`` gives every run the same 
 ``"different"`` draws one tensor for the whole batch, so a run's masks depend on its position
 and on the batch's size. So each dropout module is replaced (:func:`~dropkit.lab.
 counter_masks.counter_module`) by a :class:`~dropkit.lab.counter_masks.CounterDropout` whose
-keep decisions are a hash of (run seed, optimizer step, layer index, element index); its seed
-and rate are buffers, stacked and vmapped like any buffer, so per-run rates are tensors (and
-early/late dropout is a per-run rate of 0 outside the window). Inverted dropout
+keep decisions are a hash of (run seed, optimizer step, layer index, element index); its seed,
+rate and current key are buffers, stacked and vmapped like any buffer, so per-run rates are
+tensors (and early/late dropout is a per-run rate of 0 outside the window). Inverted dropout
 ``x·m / (1 − p)``: ``p = 0`` gives ``x`` exactly, ``p = 1`` zeros. Covered: ``nn.Dropout``,
 ``nn.Dropout1d/2d/3d`` (one draw per (sample, channel)), ``nn.AlphaDropout``,
 ``nn.FeatureAlphaDropout``, dropkit's ``Dropout``, ``SpatialDropout1d/2d/3d``,
@@ -24,6 +24,29 @@ early/late dropout is a per-run rate of 0 outside the window). Inverted dropout
 
 Each run's epoch order comes from ``torch.Generator().manual_seed(seed)`` (drawn outside vmap),
 as do its input jitter (``augment``), so its data and its masks are functions of its config.
+When one batch holds every fit row no order is drawn (it would only move rows between mask
+elements), and runs that share their rows get them once (vmap's ``in_dims`` None).
+
+Per step, the work outside the model is a few tensor ops whatever R is: the mask keys of all
+runs and layers for 256 steps come from one call of :func:`~dropkit.lab.counter_masks.mask_key`
+and are copied into the stacked ``key`` buffers; an epoch's evaluation is one forward pass per
+chunk of :data:`EVAL_CHUNK` rows over the fit and test rows of every run, gathered once (the
+validation rows are measured after the last epoch, or every epoch under early stopping), and
+its metrics stay tensors until the epoch is recorded.
+
+Compiling (``compile``, by default for runs with enough work, :data:`COMPILE_MIN_WORK`). The
+training step is ``torch.func.grad_and_value`` of the summed loss, so forward and backward are
+one graph; ``torch.compile`` fuses the mask hashing, the activations and their gradients into
+a few loops around the BLAS and convolution calls. (A compiled forward with autograd's
+backward would hand the backward the ReLU's and the masks' bool tensors, which torch's CPU
+code generation stores very slowly.) The evaluation step is compiled with a graph pass that
+writes products with an inner size of at most 8 or one output column, and convolutions with at
+most 9 weights per output, as sums of broadcast products, which the compiler fuses with the
+ops around them instead of storing their outputs. Each group compiles into a cache of its
+own; the evaluation chunks are padded to one size, so each step is one graph (and the smaller
+last batch of an epoch runs eagerly in short trainings, :data:`COMPILE_PARTIAL_EPOCHS`). The
+masks are the same as eagerly; the numbers agree to float rounding. A step that fails to
+compile is logged and the group trains eagerly.
 
 Fallbacks, all training the same functions run by run (R = 1 per computation, no vmap, the same
 counter masks, hence the same results), each with a one-line reason passed to ``log``:
@@ -48,13 +71,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
 import os
 import time
+import types
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -64,8 +89,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from dropkit.lab.arms import entry_regularizer, target_transforms
+from dropkit.lab.batched import compiler_available
 from dropkit.lab.config import RunConfig
-from dropkit.lab.counter_masks import CounterDropout, counter_module
+from dropkit.lab.counter_masks import CounterDropout, counter_module, mask_key
 from dropkit.lab.data import Dataset
 from dropkit.lab.loop import augment_batch
 from dropkit.lab.splits import holdout_rows, validation_rows
@@ -86,6 +112,8 @@ from dropkit.lab.training import (
 from dropkit.surgery import find_dropout_sites
 
 __all__ = [
+    "COMPILE_MIN_WORK",
+    "COMPILE_PARTIAL_EPOCHS",
     "EVAL_CHUNK",
     "MEMORY_FRACTION",
     "SUPPORTED_REGULARIZERS",
@@ -93,8 +121,22 @@ __all__ = [
     "train_custom",
 ]
 
-EVAL_CHUNK = 2048
-"""Rows per run of one evaluation forward pass."""
+EVAL_CHUNK = 512
+"""Rows per run of one evaluation forward pass (at most: the rows are cut into equal chunks).
+Small enough that a CNN's activations for tens of runs stay in reused heap memory (the
+allocator maps and faults in fresh pages for every buffer over 32 MiB, which costs more than
+the convolution)."""
+
+COMPILE_MIN_WORK = 2**30
+"""Work per run (:meth:`_Group.work_bytes`, bytes) from which a group's steps are compiled by
+default (``compile=None``): compiling costs seconds (tracing, and on the first use of a
+structure, building its kernels), repaid by runs with about this much memory traffic or more.
+It does not depend on the number of runs, so a run is compiled alone as in a batch."""
+
+COMPILE_PARTIAL_EPOCHS = 50
+"""In a compiled group, the smaller last batch of each epoch runs through its own compiled
+graph from this many epochs on; with fewer it runs eagerly (tracing a second graph costs
+about as much as that many eager steps)."""
 
 MEMORY_FRACTION = 0.5
 """Share of the free memory (RAM, or the CUDA device's) a batch may use by default."""
@@ -148,6 +190,7 @@ class _Run:
     signature: tuple[Any, ...] = ()
     state_keys: list[str] = field(default_factory=list)  # the user module's state_dict keys
     canonical: dict[str, str] = field(default_factory=dict)  # see _canonical_names
+    width: int = 0  # outputs per sample, once a forward pass has shown them (0: not yet)
 
 
 @dataclass
@@ -324,18 +367,29 @@ class _Shared:
     batch_size: int
 
 
-def _per_run_shape(out: Tensor, data: Dataset) -> Tensor:
-    """``out`` ``(R, N, k)`` checked against ``(N, data.n_outputs)`` (``(N,)`` allowed for one
-    output)."""
-    width = data.n_outputs
+@dataclass(frozen=True)
+class _Head:
+    """What the model's output must be: ``width`` values per sample (``what`` names them) for
+    a ``task``, or two logits for two classes (``two_logits``). Plain values, so a compiled
+    step specializes on them."""
+
+    task: str
+    width: int
+    what: str
+    two_logits: bool = False
+
+
+def _per_run_shape(out: Tensor, head: _Head) -> Tensor:
+    """``out`` ``(R, N, k)`` checked against ``(N, head.width)`` (``(N,)`` allowed for one
+    output, ``(N, 2)`` for two classes: two logits and cross-entropy)."""
     shape = tuple(out.shape[1:])
-    if len(shape) == 2 and shape[1] == width:
+    if len(shape) == 2 and (shape[1] == head.width or (head.two_logits and shape[1] == 2)):
         return out
-    if len(shape) == 1 and width == 1:
+    if len(shape) == 1 and head.width == 1:
         return out.unsqueeze(-1)
-    what = "regression target" if data.task == "regression" else f"{data.n_classes} classes"
+    widths = f"(N, {head.width}) or (N, 2)" if head.two_logits else f"(N, {head.width})"
     raise ValueError(
-        f"the model's output must have shape (N, {width}) for N samples ({what}), "
+        f"the model's output must have shape {widths} for N samples ({head.what}), "
         f"got {shape}" + (f" for N = {shape[0]}" if shape else "")
     )
 
@@ -364,36 +418,326 @@ def _data_loss(
     return torch.where(use_soft, smooth.mean(-1), loss)
 
 
+# --- the steps (pure functions of their arguments, so torch.compile can take them) -------------
+
+
+def _apply(
+    template: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    shared_rows: bool,
+    vmapped: bool,
+) -> Tensor:
+    """The model's outputs ``(R, N, …)`` for inputs ``(R, N, *sample)`` (``shared_rows``:
+    ``(N, *sample)`` for every run): ``vmap`` of ``functional_call`` over the stacked tensors,
+    or (not ``vmapped``, R = 1) one ``functional_call`` on run 0's."""
+
+    def call(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor) -> Tensor:
+        out = functional_call(template, (p, b), (inputs,))
+        if not isinstance(out, Tensor):
+            raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
+        return out
+
+    if vmapped:
+        fn = torch.vmap(call, in_dims=(0, 0, None if shared_rows else 0), randomness="error")
+        out: Tensor = fn(params, buffers, x)
+        return out
+    one = call(
+        {k: v[0] for k, v in params.items()},
+        {k: v[0] for k, v in buffers.items()},
+        x if shared_rows else x[0],
+    )
+    return one.unsqueeze(0)
+
+
+def _train_loss(
+    template: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    soft: Tensor | None,
+    use_soft: Tensor | None,
+    l1: Tensor | None,
+    l2: Tensor | None,
+    penalized: tuple[str, ...],
+    head: _Head,
+    shared_rows: bool,
+    vmapped: bool,
+) -> Tensor:
+    """The summed loss of one mini-batch: per run the mean data loss of its rows ``x``
+    (``(R, b, *sample)``, or ``(b, *sample)`` with ``shared_rows``) against ``y`` (``(R, b)``
+    or ``(b,)``), plus ``l1·Σ|w|`` / ``l2·Σw²`` (``(R,)`` strengths, None when no run has
+    one) over the weights ``penalized``."""
+    out = _per_run_shape(_apply(template, params, buffers, x, shared_rows, vmapped), head)
+    if shared_rows:
+        y = y.expand(out.shape[0], *y.shape)
+    if head.task == "regression":
+        y = y.to(out.dtype)
+    loss = _data_loss(out, y, head.task, soft, use_soft).sum()
+    for name in penalized:
+        w = params[name].flatten(1)
+        if l1 is not None:
+            loss = loss + (l1 * w.abs().sum(1)).sum()
+        if l2 is not None:
+            loss = loss + (l2 * w.pow(2).sum(1)).sum()
+    return loss
+
+
+def _sample_stats(
+    template: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    head: _Head,
+    shared_rows: bool,
+    vmapped: bool,
+) -> tuple[Tensor, Tensor]:
+    """Per-sample ``(squared error, absolute error)`` or ``(correct, cross-entropy)``,
+    ``(R, n)`` float64, of the rows ``x`` (as :func:`_train_loss`)."""
+    out = _per_run_shape(_apply(template, params, buffers, x, shared_rows, vmapped), head)
+    if shared_rows:
+        y = y.expand(out.shape[0], *y.shape)
+    if head.task == "regression":
+        error = out[..., 0].double() - y.double()
+        return error.pow(2), error.abs()
+    correct, loss = sample_scores(out, y)
+    return correct.double(), loss.double()
+
+
+def _train_grads(
+    template: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    soft: Tensor | None,
+    use_soft: Tensor | None,
+    l1: Tensor | None,
+    l2: Tensor | None,
+    penalized: tuple[str, ...],
+    head: _Head,
+    shared_rows: bool,
+    vmapped: bool,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """The gradients of :func:`_train_loss` with respect to ``params``, and the loss, by
+    ``torch.func.grad_and_value``: the forward and backward passes as one function, which a
+    compiler fuses into one graph (no activations handed to a separate backward graph)."""
+
+    def loss(stacked: dict[str, Tensor], state: dict[str, Tensor]) -> Tensor:
+        return _train_loss(
+            template, stacked, state, x, y, soft, use_soft, l1, l2, penalized, head,
+            shared_rows, vmapped,
+        )  # fmt: skip
+
+    # The buffers are an argument (not captured): BatchNorm updates them in place.
+    grads, value = torch.func.grad_and_value(loss)(params, buffers)
+    return grads, value
+
+
+def _narrow_product(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for a small inner size, as broadcast and sum."""
+    return (a.unsqueeze(-1) * b.unsqueeze(1)).sum(-2)
+
+
+def _column_product(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for one output column, as broadcast and sum."""
+    return (a * b.transpose(1, 2)).sum(-1, keepdim=True)
+
+
+_KEY_BLOCK = 256
+"""Optimizer steps whose mask keys :meth:`_Group._set_keys` computes at once."""
+
+_SMALL_KERNEL = 9
+"""Weights per output (``C/groups·kh·kw``) up to which the evaluation step unrolls a 2-d
+convolution (one input channel, 3×3)."""
+
+
+def _unrolled_convolution(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None,
+    shape: tuple[int, ...],
+    stride: list[int],
+    padding: list[int],
+    groups: int,
+) -> Tensor:
+    """A 2-d convolution with few weights per output (``C/groups·kh·kw``) as a sum of
+    shifted, scaled copies of its input."""
+    n, _, height, width = x.shape
+    out_channels, per_group, kh, kw = shape
+    per_out = out_channels // groups
+    out_h = (height + 2 * padding[0] - kh) // stride[0] + 1
+    out_w = (width + 2 * padding[1] - kw) // stride[1] + 1
+    padded = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
+    padded = padded.view(n, groups, per_group, *padded.shape[2:])
+    w = w.view(groups, per_out, per_group, kh, kw)
+    total: Tensor | None = None
+    for c in range(per_group):
+        for i in range(kh):
+            for j in range(kw):
+                patch = padded[
+                    :,
+                    :,
+                    c,
+                    i : i + stride[0] * (out_h - 1) + 1 : stride[0],
+                    j : j + stride[1] * (out_w - 1) + 1 : stride[1],
+                ]
+                term = patch.unsqueeze(2) * w[:, :, c, i, j].view(1, groups, per_out, 1, 1)
+                total = term if total is None else total + term
+    assert total is not None
+    out = total.reshape(n, out_channels, out_h, out_w)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+@functools.cache
+def _evaluation_options() -> dict[str, Any]:
+    """Inductor options of the compiled evaluation step: a graph pass that writes each batched
+    product with an inner size of at most 8 or one output column (``(R, N, 2) @ (R, 2, 500)``,
+    ``(R, N, 500) @ (R, 500, 1)``) as broadcast and sum, which the compiler fuses with the ops
+    around it into one loop instead of storing a BLAS call's ``(R, N, 500)`` output (the
+    built-in trainer's ``_mm`` does the same by hand). In the training step, whose backward
+    reuses those outputs, the BLAS calls are faster, so it keeps them."""
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.pattern_matcher import (
+        Arg,
+        CallFunction,
+        Match,
+        PatternMatcherPass,
+        register_graph_pattern,
+    )
+
+    patterns = PatternMatcherPass()
+
+    def small_product(match: Match, a: torch.fx.Node, b: torch.fx.Node) -> None:
+        left, right = a.meta.get("val"), b.meta.get("val")
+        if not isinstance(left, Tensor) or not isinstance(right, Tensor):
+            return
+        if not left.is_floating_point() or left.ndim != 3 or right.ndim != 3:
+            return
+        if left.shape[2] <= 8:
+            match.replace_by_example(_narrow_product, [a, b])
+        elif right.shape[2] == 1:
+            match.replace_by_example(_column_product, [a, b])
+
+    register_graph_pattern(
+        CallFunction(torch.ops.aten.bmm.default, Arg(), Arg()), pass_dict=patterns
+    )(small_product)
+
+    def small_convolution(
+        match: Match,
+        x: torch.fx.Node,
+        w: torch.fx.Node,
+        bias: torch.fx.Node | None,
+        stride: list[int],
+        padding: list[int],
+        dilation: list[int],
+        transposed: bool,
+        output_padding: list[int],
+        groups: int,
+    ) -> None:
+        weight = w.meta.get("val")
+        if not isinstance(weight, Tensor) or not weight.is_floating_point():
+            return
+        if transposed or weight.ndim != 4 or any(d != 1 for d in dilation):
+            return
+        if weight.shape[1] * weight.shape[2] * weight.shape[3] > _SMALL_KERNEL:
+            return
+        shape = tuple(weight.shape)
+
+        def unrolled(x: Tensor, w: Tensor, *rest: Tensor) -> Tensor:
+            return _unrolled_convolution(
+                x, w, rest[0] if rest else None, shape, stride, padding, groups
+            )
+
+        inputs = [x, w] if bias is None else [x, w, bias]
+        match.replace_by_example(unrolled, inputs)
+
+    register_graph_pattern(
+        CallFunction(
+            torch.ops.aten.convolution.default,
+            Arg(),
+            Arg(),
+            Arg(),
+            Arg(),
+            Arg(),
+            Arg(),
+            Arg(),
+            Arg(),
+            Arg(),
+        ),
+        pass_dict=patterns,
+    )(small_convolution)
+
+    class SmallProducts(CustomGraphPass):
+        def __call__(self, graph: torch.fx.Graph) -> None:
+            patterns.apply(graph)
+
+        def uuid(self) -> str:
+            return f"dropkit.lab.vmapped.small-products-2-{_SMALL_KERNEL}"
+
+    return {"post_grad_custom_post_pass": SmallProducts()}
+
+
+_Step = TypeVar("_Step", bound=Callable[..., Any])
+
+
+def _own_code(function: _Step) -> _Step:
+    """``function`` with a code object of its own: ``torch.compile`` keeps its compiled graphs
+    per code object, at most ``recompile_limit`` of them, so each group of runs compiles into
+    its own cache instead of evicting another's (and falling back to eager)."""
+    copy = types.FunctionType(
+        function.__code__.replace(),
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    return cast(_Step, copy)
+
+
 class _Group:
     """R runs of one structure trained as one computation (``vmapped``) or, with R = 1, on
-    the same functions without vmap."""
+    the same functions without vmap; ``compiled``: the training and evaluation steps run
+    through ``torch.compile`` (a failure to compile is logged and the steps run eagerly)."""
 
     def __init__(
-        self, runs: list[_Run], shared: _Shared, vmapped: bool, release: bool = True
+        self,
+        runs: list[_Run],
+        shared: _Shared,
+        vmapped: bool,
+        release: bool = True,
+        compiled: bool = False,
+        log: Callable[[str], None] | None = None,
     ) -> None:
         self.runs, self.shared, self.vmapped = runs, shared, vmapped
         self.size = len(runs)
+        self.say = log if log is not None else (lambda _line: None)
         device = shared.device
+        data = shared.data
+        self.head = _Head(
+            data.task,
+            data.n_outputs,
+            "regression target" if data.task == "regression" else f"{data.n_classes} classes",
+            two_logits=data.task == "classification" and data.n_classes == 2,
+        )
+        self.out_width = runs[0].width or data.n_outputs
         self.params, self.buffers = stack_module_state([run.module for run in runs])
         self.template: nn.Module = copy.deepcopy(runs[0].module).to("meta")
         if release:  # the stacked tensors are the runs' weights from now on
             for run in runs:
                 run.module.to("meta")
-        self.counters = [m for m in self.template.modules() if isinstance(m, CounterDropout)]
-        self.rate_names = [
-            f"{name}.p"
-            for name, m in self.template.named_modules()
-            if isinstance(m, CounterDropout) and name != _INPUT
+        counters = [
+            (name, m) for name, m in self.template.named_modules() if isinstance(m, CounterDropout)
         ]
+        self.key_layers = [(f"{name}.key", f"{name}.seed", m.layer) for name, m in counters]
+        self.rate_names = [f"{name}.p" for name, _ in counters if name != _INPUT]
         self.base_rates = {name: self.buffers[name].clone() for name in self.rate_names}
         modules = dict(self.template.named_modules())
         self.sites = [(modules[name], attr, rate) for name, attr, rate in runs[0].sites]
-        counter_buffers = {
-            f"{n}.{b}"
-            for n, m in self.template.named_modules()
-            if isinstance(m, CounterDropout)
-            for b in ("seed", "p")
-        }
+        counter_buffers = {f"{n}.{b}" for n, _ in counters for b in ("seed", "p", "key")}
         self.state_names = [n for n in (*self.params, *self.buffers) if n not in counter_buffers]
         self.bn = any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.template.modules()
@@ -404,16 +748,27 @@ class _Group:
         self.fit = torch.stack([run.fit for run in runs])  # (R, n_fit)
         self.val = torch.stack([run.val for run in runs])  # (R, n_val)
         self.n_fit, self.n_val = self.fit.shape[1], self.val.shape[1]
+        self.n_test = len(shared.y_test)
+        # Every run trains and is measured on the same rows: one copy of them, vmap's
+        # in_dims None (the usual case; k-fold groups mix folds).
+        self.same_rows = bool((self.fit == self.fit[:1]).all() and (self.val == self.val[:1]).all())
 
         def vector(values: list[float]) -> Tensor:
             return torch.tensor(values, dtype=shared.dtype, device=device)
 
-        self.l1 = vector([c.strength("l1", 0.0) or 0.0 for c in configs])
-        self.l2 = vector([c.strength("l2", 0.0) or 0.0 for c in configs])
-        self.bound = vector([math.inf if c.max_norm is None else c.max_norm for c in configs])
+        l1 = [c.strength("l1", 0.0) or 0.0 for c in configs]
+        l2 = [c.strength("l2", 0.0) or 0.0 for c in configs]
+        self.l1 = vector(l1) if any(l1) else None
+        self.l2 = vector(l2) if any(l2) else None
+        bounds = [math.inf if c.max_norm is None else c.max_norm for c in configs]
+        self.bound = vector(bounds) if any(map(math.isfinite, bounds)) else None
         self.augment = [c.strength("augment") for c in configs]
         self.targets = [target_transforms(c.regularizers) for c in configs]
-        self.use_soft = torch.tensor([bool(t) for t in self.targets], device=device)
+        self.use_soft = (
+            torch.tensor([bool(t) for t in self.targets], device=device)
+            if any(self.targets)
+            else None
+        )
         patience = [c.strength("early_stopping") for c in configs]
         self.watched = torch.tensor([p is not None for p in patience])
         waits = [max(1, round(p)) for p in patience if p is not None]
@@ -425,42 +780,52 @@ class _Group:
             if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
             and f"{name}.weight" in self.params
         ]
+        self.penalized = tuple(self.layers) if self.l1 is not None or self.l2 is not None else ()
         self.optimizer = make_adam(list(self.params.values()), configs[0].train)
         self.step = 0
+        self.key_table: tuple[int, list[Tensor]] = (0, [torch.zeros(0)])
         self.sst = self._sums_of_squares()
+        self.grads_fn: Callable[..., tuple[dict[str, Tensor], Tensor]] | None = None
+        self.stats_fn: Callable[..., tuple[Tensor, Tensor]] | None = None
+        self.compile_partial = shared.epochs >= COMPILE_PARTIAL_EPOCHS
+        self.fit_rows: tuple[Tensor, Tensor] | None = None
+        if compiled:
+            self.grads_fn = torch.compile(_own_code(_train_grads), dynamic=False)
+            self.stats_fn = torch.compile(
+                _own_code(_sample_stats), dynamic=False, options=_evaluation_options()
+            )
+        self._eval_rows()
 
     # -- forward ------------------------------------------------------------------------------
-
-    def _call(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
-        out = functional_call(self.template, (params, buffers), (x,))
-        if not isinstance(out, Tensor):
-            raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
-        return out
 
     def forward(
         self, x: Tensor, shared_rows: bool = False, buffers: dict[str, Tensor] | None = None
     ) -> Tensor:
         """Outputs ``(R, N, k)`` for inputs ``(R, N, *sample)`` (``shared_rows``: ``(N, …)``
-        for every run)."""
+        for every run), eagerly."""
         buffers = self.buffers if buffers is None else buffers
-        for counter in self.counters:
-            counter.step = self.step
-        if self.vmapped:
-            fn = torch.vmap(
-                self._call, in_dims=(0, 0, None if shared_rows else 0), randomness="error"
+        out = _apply(self.template, self.params, buffers, x, shared_rows, self.vmapped)
+        return _per_run_shape(out, self.head)
+
+    def _compiled(self, fn: Callable[..., Any] | None, *args: Any) -> Any:
+        """``fn(*args)`` for a compiled step ``fn``; None when there is none, or when it fails
+        (logged once: the group's steps run eagerly from then on)."""
+        if fn is None:
+            return None
+        try:
+            with torch.no_grad():  # grad_and_value's gradients need no graph around them
+                return fn(*args)
+        except Exception as error:  # the compiler's failures come in many types
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self.say(
+                f"torch.compile failed ({type(error).__name__}: {message[:160]}); training eagerly"
             )
-            out = fn(self.params, buffers, x)
-        else:
-            one = self._call(
-                {k: v[0] for k, v in self.params.items()},
-                {k: v[0] for k, v in buffers.items()},
-                x if shared_rows else x[0],
-            )
-            out = one.unsqueeze(0)
-        return _per_run_shape(out, self.shared.data)
+            self.grads_fn = self.stats_fn = None
+            return None
 
     def _inputs(self, rows: Tensor) -> Tensor:
-        """Model inputs ``(R, b, *sample)`` of training rows ``(R, b)``."""
+        """Model inputs ``(R, b, *sample)`` of training rows ``(R, b)`` (``(b, *sample)`` for
+        rows ``(b,)``)."""
         x = self.shared.x_train[rows.to(self.shared.device)]
         return x.view(*rows.shape, *self.shared.data.sample_shape)
 
@@ -479,7 +844,10 @@ class _Group:
         vmapped, self.vmapped = self.vmapped, False
         try:
             with torch.no_grad():
-                self.forward(x[:1], buffers={k: v[:1] for k, v in scratch.items()})
+                out = self.forward(x[:1], buffers={k: v[:1] for k, v in scratch.items()})
+            self.out_width = int(out.shape[-1])
+            for run in self.runs:
+                run.width = self.out_width
         finally:
             self.vmapped = vmapped
         if not vmapped:
@@ -498,11 +866,9 @@ class _Group:
             self.template.train()
         return None
 
-    def peak_bytes(self) -> int:
-        """A rough upper estimate of one run's memory while training: parameters ×5 (weights,
-        gradients, Adam's two moments, early stopping's copy), buffers ×2, the tensors one
-        training batch saves for the backward ×2 (the mask hashing's temporaries), and one
-        evaluation chunk's activations (at the training batch's bytes per row)."""
+    def _saved_per_row(self) -> float:
+        """Bytes one run's training batch saves for the backward pass, per row (measured on
+        a forward pass of run 0, eagerly)."""
         rows = self.fit[:1, : min(self.shared.batch_size, self.n_fit)]
         x = self._inputs(rows)
         saved = 0
@@ -523,13 +889,57 @@ class _Group:
                 self.forward(x, buffers=scratch).sum()
         finally:
             self.vmapped = vmapped
-        per_row = saved / max(1, rows.shape[1])
-        eval_rows = min(EVAL_CHUNK, max(self.n_fit + self.n_val, len(self.shared.y_test)))
+        return saved / max(1, rows.shape[1])
+
+    def peak_bytes(self) -> int:
+        """A rough upper estimate of one run's memory while training: parameters ×5 (weights,
+        gradients, Adam's two moments, early stopping's copy), buffers ×2, the tensors one
+        training batch saves for the backward ×2 (the mask hashing's temporaries), and one
+        evaluation chunk's activations (at the training batch's bytes per row)."""
+        per_row = self._saved_per_row()
+        saved = per_row * min(self.shared.batch_size, self.n_fit)
+        eval_rows = min(EVAL_CHUNK, self.n_fit + self.n_val + self.n_test)
         params = _tensor_bytes(iter(self.params.values())) // self.size
         buffers = _tensor_bytes(iter(self.buffers.values())) // self.size
         return int(5 * params + 2 * buffers + 2 * saved + per_row * eval_rows)
 
+    def work_bytes(self) -> float:
+        """A rough measure of one run's work: the bytes its training batches save for the
+        backward over all epochs, ×3 (forward, backward, masks), plus its evaluations'
+        activations at the same bytes per row."""
+        rows = 3 * self.n_fit + self.n_fit + self.n_test
+        return self._saved_per_row() * rows * self.shared.epochs
+
     # -- evaluation ---------------------------------------------------------------------------
+
+    def _gather(self, rows: Tensor, test: bool) -> tuple[Tensor, Tensor]:
+        """Inputs and targets of each run's training-split ``rows`` ``(R, n)`` followed (with
+        ``test``) by the test rows: ``(N, *sample)`` and ``(N,)`` when the runs share their
+        rows, else ``(R, N, *sample)`` and ``(R, N)``."""
+        shared = self.shared
+        shape = shared.data.sample_shape
+        rows = rows.to(shared.device)
+        if self.same_rows:
+            xs, ys = [shared.x_train[rows[0]]], [shared.y_train[rows[0]]]
+            if test:
+                xs.append(shared.x_test)
+                ys.append(shared.y_test)
+            return torch.cat(xs).view(-1, *shape), torch.cat(ys)
+        xs, ys = [shared.x_train[rows]], [shared.y_train[rows]]
+        if test:
+            xs.append(shared.x_test.expand(self.size, *shared.x_test.shape))
+            ys.append(shared.y_test.expand(self.size, -1))
+        return torch.cat(xs, 1).view(self.size, -1, *shape), torch.cat(ys, 1)
+
+    def _eval_rows(self) -> None:
+        """The rows every epoch's evaluation measures, gathered once: each run's fit rows,
+        its validation rows when early stopping reads them every epoch, and the test rows.
+        Otherwise the validation rows are measured once, after the last epoch."""
+        self.val_every_epoch = self.stopper is not None and self.n_val > 0
+        parts = [self.fit, self.val] if self.val_every_epoch else [self.fit]
+        pad = self.stats_fn is not None
+        self.eval_chunks = self._chunks(*self._gather(torch.cat(parts, 1), test=True), pad)
+        self.val_chunks = self._chunks(*self._gather(self.val, test=False), pad=False)
 
     def _sums_of_squares(self) -> dict[str, Tensor]:
         """``Σ (y − ȳ)²`` per run of each split (float64, for R²; regression only)."""
@@ -541,78 +951,90 @@ class _Group:
         def sst(values: Tensor) -> Tensor:
             return (values - values.mean(-1, keepdim=True)).pow(2).sum(-1)
 
-        return {
+        sums = {
             "train": sst(y[self.fit]),
             "val": sst(y[self.val]) if self.n_val else torch.full((self.size,), math.nan),
             "test": sst(y_test).expand(self.size),
         }
+        return {split: value.to(self.shared.device) for split, value in sums.items()}
+
+    def _chunks(self, x: Tensor, y: Tensor, pad: bool) -> list[tuple[Tensor, Tensor, int]]:
+        """Rows ``x``, ``y`` (as :meth:`_gather` gives them) cut into equal chunks of at most
+        :data:`EVAL_CHUNK` rows per run: ``(x, y, real rows)`` (views but the last); ``pad``:
+        the last chunk padded to the others' size with copies of its first row (whose results
+        are dropped), so one compiled graph serves every chunk."""
+        axis = 0 if self.same_rows else 1
+        n = x.shape[axis]
+        size = max(1, math.ceil(n / max(1, math.ceil(n / EVAL_CHUNK))))
+        chunks = []
+        for begin in range(0, n, size):
+            part_x, part_y = (
+                x.narrow(axis, begin, min(size, n - begin)),
+                y.narrow(axis, begin, min(size, n - begin)),
+            )
+            real = part_x.shape[axis]
+            if pad and real < size:
+                rows = torch.zeros(size, dtype=torch.int64, device=x.device)
+                rows[:real] = torch.arange(real, device=x.device)
+                part_x, part_y = part_x.index_select(axis, rows), part_y.index_select(axis, rows)
+            chunks.append((part_x, part_y, real))
+        return chunks
+
+    def _stats(
+        self, chunks: list[tuple[Tensor, Tensor, int]], compiled: bool
+    ) -> tuple[Tensor, Tensor]:
+        """:func:`_sample_stats` ``(R, n)`` of the rows of :meth:`_chunks` (through the
+        compiled step when ``compiled`` and there is one)."""
+        first: list[Tensor] = []
+        second: list[Tensor] = []
+        for x, y, real in chunks:
+            args = (self.template, self.params, self.buffers, x, y, self.head)
+            stats = None
+            if compiled:
+                stats = self._compiled(self.stats_fn, *args, self.same_rows, self.vmapped)
+            if stats is None:
+                stats = _sample_stats(*args, self.same_rows, self.vmapped)
+            first.append(stats[0][:, :real])
+            second.append(stats[1][:, :real])
+        return torch.cat(first, 1), torch.cat(second, 1)
+
+    def _metrics(self, a: Tensor, b: Tensor, split: str) -> dict[str, Tensor]:
+        """A split's metrics from its per-sample statistics ``(R, n)`` (see
+        :meth:`evaluate`)."""
+        count = a.shape[1]
+        if not count:
+            nan = torch.full((self.size,), math.nan, dtype=torch.float64, device=a.device)
+            return {"score": nan, "loss": nan, "rmse": nan, "mae": nan}
+        first_sum = a.sum(1)
+        second_mean = b.sum(1) / count
+        if self.head.task == "regression":  # a: squared errors, b: absolute errors
+            mse = first_sum / count
+            return {
+                "score": 1.0 - first_sum / self.sst[split],
+                "loss": mse,
+                "rmse": mse.sqrt(),
+                "mae": second_mean,
+            }
+        return {"score": first_sum / count, "loss": second_mean}  # a: correct, b: CE
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, Tensor]]:
         """Eval-mode metrics per split (``train``: the fit rows, ``test``, ``val``): ``score``
         (accuracy or R²), ``loss`` (cross-entropy or MSE) and, for regression, ``rmse`` and
-        ``mae``; each ``(R,)`` float64 on the CPU (NaN for an empty split)."""
+        ``mae``; each ``(R,)`` float64 on the device (NaN for an empty split). One pass over
+        the epoch's rows (:meth:`_eval_rows`); the validation metrics are NaN unless early
+        stopping reads them every epoch (:meth:`train` measures them after the last)."""
         self.template.eval()
-        shared = self.shared
-        regression = shared.data.task == "regression"
-        own = torch.cat([self.fit, self.val], 1)  # (R, n_fit + n_val)
-        first: list[Tensor] = []
-        second: list[Tensor] = []
-        for begin in range(0, own.shape[1], EVAL_CHUNK):
-            rows = own[:, begin : begin + EVAL_CHUNK]
-            out = self.forward(self._inputs(rows))
-            a, b = self._sample_stats(out, shared.y_train[rows.to(shared.device)], regression)
-            first.append(a)
-            second.append(b)
-        test_a: list[Tensor] = []
-        test_b: list[Tensor] = []
-        n_test = len(shared.y_test)
-        for begin in range(0, n_test, EVAL_CHUNK):
-            x = shared.x_test[begin : begin + EVAL_CHUNK]
-            out = self.forward(x.view(len(x), *shared.data.sample_shape), shared_rows=True)
-            y = shared.y_test[begin : begin + EVAL_CHUNK].expand(self.size, -1)
-            a, b = self._sample_stats(out, y, regression)
-            test_a.append(a)
-            test_b.append(b)
+        a, b = self._stats(self.eval_chunks, compiled=True)
         self.template.train()
-        own_a, own_b = torch.cat(first, 1), torch.cat(second, 1)
+        val_end = self.n_fit + (self.n_val if self.val_every_epoch else 0)
+        val = (a[:, self.n_fit : val_end], b[:, self.n_fit : val_end])
         parts = {
-            "train": (own_a[:, : self.n_fit], own_b[:, : self.n_fit]),
-            "val": (own_a[:, self.n_fit :], own_b[:, self.n_fit :]),
-            "test": (
-                torch.cat(test_a, 1) if test_a else torch.zeros(self.size, 0, dtype=torch.float64),
-                torch.cat(test_b, 1) if test_b else torch.zeros(self.size, 0, dtype=torch.float64),
-            ),
+            "train": (a[:, : self.n_fit], b[:, : self.n_fit]),
+            "val": val,
+            "test": (a[:, val_end:], b[:, val_end:]),
         }
-        result = {}
-        for split, (a, b) in parts.items():
-            n = a.shape[1]
-            if not n:
-                nan = torch.full((self.size,), math.nan, dtype=torch.float64)
-                result[split] = {"score": nan, "loss": nan, "rmse": nan, "mae": nan}
-                continue
-            if regression:  # a: squared errors, b: absolute errors
-                sse = a.sum(1)
-                mse = sse / n
-                result[split] = {
-                    "score": 1.0 - sse / self.sst[split],
-                    "loss": mse,
-                    "rmse": mse.sqrt(),
-                    "mae": b.mean(1),
-                }
-            else:  # a: correct, b: cross-entropy
-                result[split] = {"score": a.mean(1), "loss": b.mean(1)}
-        return result
-
-    @staticmethod
-    def _sample_stats(out: Tensor, y: Tensor, regression: bool) -> tuple[Tensor, Tensor]:
-        """Per-sample ``(squared error, absolute error)`` or ``(correct, cross-entropy)``,
-        ``(R, n)`` float64 on the CPU."""
-        if regression:
-            error = out[..., 0].double() - y.double()
-            return error.pow(2).cpu(), error.abs().cpu()
-        correct, loss = sample_scores(out, y)
-        return correct.double().cpu(), loss.double().cpu()
+        return {split: self._metrics(*pair, split) for split, pair in parts.items()}
 
     # -- training -----------------------------------------------------------------------------
 
@@ -627,8 +1049,25 @@ class _Group:
         for module, attribute, rate in self.sites:  # R = 1 here
             setattr(module, attribute, rate if on[0] else 0.0)
 
+    def _set_keys(self) -> None:
+        """Set every dropout layer's stacked ``key`` buffer ``(R, 2)`` to the keys of the
+        current step, computed for blocks of :data:`_KEY_BLOCK` steps at once."""
+        if not self.key_layers:
+            return
+        start, table = self.key_table
+        if not start <= self.step < start + len(table[0]):
+            device = self.shared.device
+            numbers = torch.arange(self.step, self.step + _KEY_BLOCK, device=device).view(-1, 1)
+            table = [
+                mask_key(self.buffers[seed], numbers, layer) for _, seed, layer in self.key_layers
+            ]
+            start = self.step
+            self.key_table = (start, table)
+        for (key, _, _), keys in zip(self.key_layers, table, strict=True):
+            self.buffers[key].copy_(keys[self.step - start])
+
     def _soft_targets(self, y: Tensor, width: int) -> Tensor | None:
-        if not bool(self.use_soft.any()):
+        if self.use_soft is None:
             return None
         classes = 2 if width == 1 else width
         rows = []
@@ -664,42 +1103,69 @@ class _Group:
         return torch.stack(parts)
 
     def train_epoch(self, epoch: int, stopped: Tensor) -> None:
+        """One epoch of mini-batches. A run draws its epoch order from its generator; when
+        one batch holds every fit row the order changes nothing but the row a mask element
+        falls on, so it is not drawn (the rows are then shared by the runs that share them)."""
         shared = self.shared
         self._set_rates(epoch)
         self.template.train()
-        order = torch.stack(
-            [
-                self.fit[r][torch.randperm(self.n_fit, generator=g)]
-                for r, g in enumerate(self.generators)
-            ]
-        )
         batch = min(shared.batch_size, self.n_fit)
-        penalize_l1, penalize_l2 = bool(self.l1.any()), bool(self.l2.any())
-        bounded = bool(torch.isfinite(self.bound).any())
-        frozen = bool(stopped.any())
-        for begin in range(0, self.n_fit, batch):
-            rows = order[:, begin : begin + batch]
-            if self.bn and rows.shape[1] == 1 and begin > 0:
-                continue  # BatchNorm cannot normalize a batch of one sample (as the loop)
-            x = self._batch(rows)
-            y = shared.y_train[rows.to(shared.device)]
-            out = self.forward(x)
-            soft = (
-                self._soft_targets(y, out.shape[-1]) if shared.data.task != "regression" else None
+        starts = [
+            begin
+            for begin in range(0, self.n_fit, batch)
+            # BatchNorm cannot normalize a batch of one sample (as the loop)
+            if not (self.bn and min(batch, self.n_fit - begin) == 1 and begin > 0)
+        ]
+        shuffle = batch < self.n_fit
+        if shuffle:
+            order = torch.stack(
+                [
+                    self.fit[r][torch.randperm(self.n_fit, generator=g)]
+                    for r, g in enumerate(self.generators)
+                ]
             )
-            y = y.to(out.dtype) if shared.data.task == "regression" else y
-            loss = _data_loss(out, y, shared.data.task, soft, self.use_soft).sum()
-            if penalize_l1 or penalize_l2:
-                for name in self.layers:
-                    w = self.params[name].flatten(1)
-                    if penalize_l1:
-                        loss = loss + (self.l1 * w.abs().sum(1)).sum()
-                    if penalize_l2:
-                        loss = loss + (self.l2 * w.pow(2).sum(1)).sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+        else:
+            order = self.fit
+        plain = all(s is None for s in self.augment) and self.use_soft is None
+        shared_rows = not shuffle and self.same_rows and plain
+        frozen = bool(stopped.any())
+        for begin in starts:
+            self._set_keys()
+            rows = order[0] if shared_rows else order[:, begin : begin + batch]
+            if shared_rows:
+                if self.fit_rows is None:  # the same every epoch
+                    self.fit_rows = (self._inputs(rows), shared.y_train[rows.to(shared.device)])
+                x, y = self.fit_rows
+            else:
+                x, y = self._batch(rows), shared.y_train[rows.to(shared.device)]
+            soft = None
+            if self.use_soft is not None:
+                soft = self._soft_targets(y, self.out_width)
+            args = (
+                self.template,
+                self.params,
+                self.buffers,
+                x,
+                y,
+                soft,
+                self.use_soft,
+                self.l1,
+                self.l2,
+                self.penalized,
+                self.head,
+                shared_rows,
+                self.vmapped,
+            )
+            full = rows.shape[-1] == batch
+            grads = self._compiled(self.grads_fn, *args) if full or self.compile_partial else None
+            if grads is None:
+                self.optimizer.zero_grad(set_to_none=True)
+                _train_loss(*args).backward()  # type: ignore[no-untyped-call]
+            else:
+                for name, param in self.params.items():
+                    param.grad = _laid_out_as(grads[0][name], param)
             self.optimizer.step()
-            if bounded:
+            if self.bound is not None:
                 for name in self.layers:
                     w = self.params[name]
                     bound_unit_norms_(
@@ -747,18 +1213,21 @@ class _Group:
         if self.stopper is not None:
             self.best = {n: t.detach().clone() for n, t in self._state().items()}
         tick = ticker.part(self.size)
+        names = {
+            "train_acc": ("train", "score"),
+            "test_acc": ("test", "score"),
+            "train_loss": ("train", "loss"),
+            "test_loss": ("test", "loss"),
+        }
 
         def record(metrics: dict[str, dict[str, Tensor]], which: Tensor, slots: slice) -> None:
-            rows = which.nonzero().flatten().tolist()
-            values = {
-                "train_acc": metrics["train"]["score"],
-                "test_acc": metrics["test"]["score"],
-                "train_loss": metrics["train"]["loss"],
-                "test_loss": metrics["test"]["loss"],
-            }
-            for i, name in enumerate(METRICS):
-                for r in rows:
-                    histories[r, i, slots] = float(values[name][r])
+            values = torch.stack([metrics[s][k] for s, k in (names[m] for m in METRICS)])
+            table = values.cpu().numpy().T  # (R, metrics)
+            if bool(which.all()):
+                histories[:, :, slots] = table[:, :, None]
+                return
+            rows = which.nonzero().flatten().numpy()
+            histories[rows, :, slots] = table[rows][:, :, None]
 
         finished = epochs
         for epoch in range(epochs):
@@ -767,7 +1236,8 @@ class _Group:
             running = ~stopped
             record(metrics, running, slice(epoch, epoch + 1))
             if self.stopper is not None:
-                reported = torch.where(running & self.watched, metrics["val"]["loss"], math.nan)
+                val_loss = metrics["val"]["loss"].cpu()
+                reported = torch.where(running & self.watched, val_loss, math.nan)
                 improved, newly = self.stopper.update(epoch + 1, reported[self.watched])
                 self.keep(self.best, _scatter(improved, self.watched))
                 newly_all = _scatter(newly, self.watched)
@@ -788,6 +1258,12 @@ class _Group:
             record(final, self.watched, slice(epochs - 1, epochs))
         else:
             final = metrics
+            if self.n_val:  # measured once, after the last epoch
+                with torch.no_grad():
+                    self.template.eval()
+                    val = self._stats(self.val_chunks, compiled=False)
+                    self.template.train()
+                final = {**metrics, "val": self._metrics(*val, "val")}
         return self._outputs(histories, final)
 
     def _outputs(
@@ -797,6 +1273,10 @@ class _Group:
         stop_info = self.stopper.info() if self.stopper is not None else []
         watched = self.watched.nonzero().flatten().tolist()
         keep_states = sum(t[0].numel() for t in self._state().values()) <= MAX_STATE_PARAMETERS
+        numbers = {
+            split: {key: value.cpu().tolist() for key, value in values.items()}
+            for split, values in final.items()
+        }
         outputs = []
         for r, run in enumerate(self.runs):
             info: dict[str, float] = {}
@@ -804,13 +1284,13 @@ class _Group:
                 info.update(stop_info[watched.index(r)])
             has_validation = run.config.data.validation > 0 or run.config.data.folds > 0
             if has_validation:
-                info["val_acc"] = float(final["val"]["score"][r])
-                info["val_loss"] = float(final["val"]["loss"][r])
+                info["val_acc"] = float(numbers["val"]["score"][r])
+                info["val_loss"] = float(numbers["val"]["loss"][r])
             if shared.data.task == "regression":
                 splits = ("test", "train", "val") if has_validation else ("test", "train")
                 for split in splits:
-                    info[f"{split}_rmse"] = float(final[split]["rmse"][r])
-                    info[f"{split}_mae"] = float(final[split]["mae"][r])
+                    info[f"{split}_rmse"] = float(numbers[split]["rmse"][r])
+                    info[f"{split}_mae"] = float(numbers[split]["mae"][r])
             state = self.export(r) if keep_states else None
             outputs.append(_Output(histories[r], info, state))
         return outputs
@@ -828,6 +1308,15 @@ def _canonical_names(module: nn.Module) -> dict[str, str]:
         for name, t in every:
             names[name] = first[id(t)]
     return names
+
+
+def _laid_out_as(grad: Tensor, param: Tensor) -> Tensor:
+    """``grad`` with ``param``'s strides. torch's fused CPU Adam pairs a parameter's elements
+    with its gradient's in memory order, so a gradient laid out otherwise (a compiled graph
+    may return a transposed one) would update the wrong elements."""
+    if grad.stride() == param.stride():
+        return grad
+    return torch.empty_like(param).copy_(grad)
 
 
 def _scatter(values: Tensor, where: Tensor) -> Tensor:
@@ -865,6 +1354,7 @@ def train_custom(
     max_batch_memory: int | None = None,
     on_epoch: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
+    compile: bool | None = None,
 ) -> BatchResult:
     """Train the runs ``configs`` of a user's model on ``data``, batched where possible.
 
@@ -894,7 +1384,13 @@ def train_custom(
             the free memory. The runs are cut into consecutive groups that fit (``log`` says
             how many).
         on_epoch: called with the number of finished epochs, once per epoch of the batch.
-        log: receives one line per decision (fallbacks and their reasons, groups).
+        log: receives one line per decision (fallbacks and their reasons, groups, compiling).
+        compile: run each vmapped group's training and evaluation steps through
+            ``torch.compile`` (its masks are the same; the numbers agree with the eager steps
+            to float rounding); None: when a compiler is found
+            (:func:`~dropkit.lab.batched.compiler_available`) and a run's work is at least
+            :data:`COMPILE_MIN_WORK`, enough to repay compiling. Runs trained run by run
+            (fallbacks, ``batched=False``) always run eagerly.
 
     Returns:
         Curves ``(R, epochs)`` per :data:`~dropkit.lab.training.METRICS` name (for regression
@@ -960,9 +1456,12 @@ def train_custom(
 
     ticker = EpochTicker(len(runs), shared.epochs, on_epoch)
     outputs: dict[int, _Output] = {}
+
     for members in together.values():
         probe = _Group(members[:2], shared, vmapped=True, release=False)
         failure = probe.check()
+        for run in members:
+            run.width = probe.out_width
         if failure is not None:
             if batched:
                 raise ValueError(f"`batched=True` but it cannot be batched: {failure}")
@@ -981,9 +1480,16 @@ def train_custom(
                 f"{len(members)} runs in {len(chunks)} group(s) of at most {size} "
                 f"(about {per_run / 2**20:.2f} MiB per run, budget {budget / 2**20:.2f} MiB)"
             )
+        if compile is None:
+            work = probe.work_bytes()
+            compiled = work >= COMPILE_MIN_WORK and compiler_available(device)
+        else:
+            compiled = compile
+        if compiled:
+            say(f"{len(members)} runs: compiling the training and evaluation steps")
         del probe
         for chunk in chunks:
-            group = _Group(chunk, shared, vmapped=True)
+            group = _Group(chunk, shared, vmapped=True, compiled=compiled, log=say)
             for run, output in zip(chunk, group.train(ticker), strict=True):
                 outputs[run.index] = output
     for run in sorted(alone, key=lambda r: r.index):
