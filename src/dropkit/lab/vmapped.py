@@ -1445,7 +1445,7 @@ def train_custom(
             reason = f"run with seed {run.config.seed}: {run.reasons[0]}"
             if batched:
                 raise ValueError(f"`batched=True` but it cannot be batched: {reason}")
-            say(f"training run by run: {reason}")
+            say(f"training run by run: {run.reasons[0]}")  # one line per reason, not per run
             alone.append(run)
         elif batched is False:
             alone.append(run)
