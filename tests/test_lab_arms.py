@@ -38,9 +38,14 @@ class TestInvariants:
         assert r.kinds and set(r.kinds) <= set(ARM_KINDS)
         assert set(r.kinds) & set(MODEL_KINDS), "every arm applies to a built-in model"
         # a user's model keeps its structure: arms that build one (but dropout) never apply
-        assert CUSTOM_KIND not in r.kinds or "model" not in r.acts_on or r.name in (
-            "dropout",
-            "input_dropout",
+        assert (
+            CUSTOM_KIND not in r.kinds
+            or "model" not in r.acts_on
+            or r.name
+            in (
+                "dropout",
+                "input_dropout",
+            )
         )
         assert set(r.acts_on) <= set(ACTS_ON) and (name == "none" or r.acts_on)
         for option in r.options:
