@@ -451,6 +451,22 @@ def _apply(
     return one.unsqueeze(0)
 
 
+def _outputs(
+    template: nn.Module,
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor],
+    x: Tensor,
+    y: Tensor,
+    head: _Head,
+    shared_rows: bool,
+    vmapped: bool,
+) -> tuple[Tensor, Tensor]:
+    """The runs' outputs ``(R, b, k)`` on the rows ``x``, checked against the head, and the
+    targets ``y`` as ``(R, b)`` (broadcast over the runs with ``shared_rows``)."""
+    out = _per_run_shape(_apply(template, params, buffers, x, shared_rows, vmapped), head)
+    return out, (y.expand(out.shape[0], *y.shape) if shared_rows else y)
+
+
 def _train_loss(
     template: nn.Module,
     params: dict[str, Tensor],
@@ -470,9 +486,7 @@ def _train_loss(
     (``(R, b, *sample)``, or ``(b, *sample)`` with ``shared_rows``) against ``y`` (``(R, b)``
     or ``(b,)``), plus ``l1·Σ|w|`` / ``l2·Σw²`` (``(R,)`` strengths, None when no run has
     one) over the weights ``penalized``."""
-    out = _per_run_shape(_apply(template, params, buffers, x, shared_rows, vmapped), head)
-    if shared_rows:
-        y = y.expand(out.shape[0], *y.shape)
+    out, y = _outputs(template, params, buffers, x, y, head, shared_rows, vmapped)
     if head.task == "regression":
         y = y.to(out.dtype)
     loss = _data_loss(out, y, head.task, soft, use_soft).sum()
@@ -497,9 +511,7 @@ def _sample_stats(
 ) -> tuple[Tensor, Tensor]:
     """Per-sample ``(squared error, absolute error)`` or ``(correct, cross-entropy)``,
     ``(R, n)`` float64, of the rows ``x`` (as :func:`_train_loss`)."""
-    out = _per_run_shape(_apply(template, params, buffers, x, shared_rows, vmapped), head)
-    if shared_rows:
-        y = y.expand(out.shape[0], *y.shape)
+    out, y = _outputs(template, params, buffers, x, y, head, shared_rows, vmapped)
     if head.task == "regression":
         error = out[..., 0].double() - y.double()
         return error.pow(2), error.abs()
