@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sqlite3
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,3 +73,14 @@ def check_dropout_layer(
     with pytest.raises(ValueError, match="percentage"):
         layer.p = 30
     assert layer.p == 0.25
+
+
+def stored_runs(store: Path) -> int:
+    """How many runs the results store at ``store`` holds (0: no file, or no runs table)."""
+    if not store.exists():
+        return 0
+    with sqlite3.connect(store) as connection:
+        try:
+            return int(connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+        except sqlite3.OperationalError:
+            return 0

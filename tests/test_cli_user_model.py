@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dropkit.cli import app
+from helpers import stored_runs
 
 runner = CliRunner()
 
@@ -54,16 +54,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / name
 
 
-def _runs(store: Path) -> int:
-    if not store.exists():
-        return 0
-    with sqlite3.connect(store) as connection:
-        try:
-            return int(connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
-
-
 def test_sweep_your_model_and_data(project: Path) -> None:
     module = project.name
     args = [
@@ -92,7 +82,7 @@ def test_sweep_your_model_and_data(project: Path) -> None:
     assert payload["best"]["chosen_on"] == "validation"
     again = json.loads(runner.invoke(app, args).stdout)
     assert again["summary"] == payload["summary"]
-    assert _runs(project.parent / "out" / "runs.sqlite") == 4
+    assert stored_runs(project.parent / "out" / "runs.sqlite") == 4
 
 
 def test_regression_and_folds(project: Path) -> None:
@@ -122,7 +112,7 @@ def test_regression_and_folds(project: Path) -> None:
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert payload["summary"][0]["score_name"] == "R²"
-    assert _runs(project.parent / "out" / "runs.sqlite") == 2 * 2 * 2
+    assert stored_runs(project.parent / "out" / "runs.sqlite") == 2 * 2 * 2
 
 
 def test_compare_arms_on_your_model(project: Path) -> None:
@@ -176,4 +166,4 @@ def test_bad_input_exits_2_and_writes_nothing(
     result = runner.invoke(app, args)
     assert result.exit_code == 2, result.output
     assert message in result.output
-    assert _runs(project.parent / "out" / "runs.sqlite") == 0
+    assert stored_runs(project.parent / "out" / "runs.sqlite") == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from torch import nn
 
 from dropkit import lab
 from dropkit.lab.data import DataError
+from helpers import stored_runs
 
 
 def mlp(p: float) -> nn.Module:
@@ -28,16 +28,6 @@ def _moons(n: int = 120) -> tuple[torch.Tensor, torch.Tensor]:
 
     x, y = make_moons(n_samples=n, noise=0.25, random_state=0)
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
-
-
-def _runs(store: Path) -> int:
-    if not store.exists():
-        return 0
-    with sqlite3.connect(store) as connection:
-        try:
-            return int(connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
-        except sqlite3.OperationalError:
-            return 0
 
 
 class TestNotebookFlow:
@@ -63,7 +53,7 @@ class TestNotebookFlow:
         third = lab.sweep(
             data=(changed, y), model=mlp, rates=[0.0, 0.3], seeds=2, epochs=4, store=store
         )
-        assert third.trained == 4 and _runs(store) == 8
+        assert third.trained == 4 and stored_runs(store) == 8
 
     def test_an_instance_and_numpy_arrays(self, tmp_path: Path) -> None:
         x, y = _moons()
@@ -158,7 +148,7 @@ class TestCompare:
                 epochs=2,
                 store=tmp_path / "runs.sqlite",
             )
-        assert _runs(tmp_path / "runs.sqlite") == 0
+        assert stored_runs(tmp_path / "runs.sqlite") == 0
 
 
 class TestBadInput:
@@ -181,7 +171,7 @@ class TestBadInput:
         store = tmp_path / "runs.sqlite"
         with pytest.raises((ValueError, TypeError, DataError), match=match):
             lab.sweep(data=data, model=model, rates=[0.0, 0.2], seeds=2, epochs=2, store=store)
-        assert _runs(store) == 0
+        assert stored_runs(store) == 0
 
     def test_arguments_of_your_own_data_and_model(self, tmp_path: Path) -> None:
         x, y = _moons()
