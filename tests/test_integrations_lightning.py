@@ -28,10 +28,16 @@ from dropkit.integrations.lightning import (  # noqa: E402
     MCDropoutPredictor,
 )
 
-pytestmark = pytest.mark.filterwarnings(
+pytestmark = [
     # Lightning 2.6 builds torch pytree LeafSpecs, deprecated in torch 2.13.
-    r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
-)
+    pytest.mark.filterwarnings(
+        r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
+    ),
+    # Lightning's advice about the machine (a GPU left idle, CPU cores left to data loading),
+    # given on machines with a GPU or many cores; the tests train on one CPU device on purpose.
+    pytest.mark.filterwarnings("ignore:GPU available but not used:UserWarning"),
+    pytest.mark.filterwarnings(r"ignore:The '\w+' does not have many workers:UserWarning"),
+]
 
 EVAL_AT_START = "ignore:Found .* module.s. in eval mode at the start of training"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 
 import pytest
 import torch
@@ -230,3 +232,19 @@ def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="list of 1"):
         LSTM(5, 7, recurrent_dropout=0.2)(torch.randn(2, 3, 5), masks=[])
     assert "recurrent_dropout=0.0" in repr(model)
+
+
+@pytest.mark.parametrize("cls", [LSTM, GRU])
+def test_flatten_parameters_off_cuda_changes_nothing(cls) -> None:  # type: ignore[no-untyped-def]
+    """cuDNN's one-buffer layout is a CUDA matter (tests/test_cuda.py); on a CPU
+    ``flatten_parameters``, ``.to()`` and copies leave the weights and outputs as they were."""
+    torch.manual_seed(0)
+    rnn = cls(3, 4, 2, dropout=0.2, bidirectional=True)
+    before = {name: (w.data_ptr(), w.detach().clone()) for name, w in rnn.named_parameters()}
+    rnn.flatten_parameters()
+    for name, w in rnn.named_parameters():
+        assert w.data_ptr() == before[name][0] and torch.equal(w, before[name][1])
+    x = torch.randn(2, 5, 3)
+    expected = rnn.eval()(x)[0]
+    for other in (copy.deepcopy(rnn), pickle.loads(pickle.dumps(rnn)), rnn.double().float()):
+        torch.testing.assert_close(other.eval()(x)[0], expected)

@@ -21,7 +21,10 @@ time steps is one matrix product, then one fused ``addmm`` per step for ``h_{t-1
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +102,22 @@ def _gru_loop(
         h = n + rz[:, hidden:] * (h - n)
         outputs.append(h)
     return torch.stack(outputs), h
+
+
+@contextlib.contextmanager
+def _one_layer_of_the_buffer(x: Tensor) -> Iterator[None]:
+    """Silence cuDNN's warning about weights outside one buffer, for one layer's call.
+
+    One layer's weights are a slice of the whole stack's cuDNN buffer (see
+    ``VariationalRNN.flatten_parameters``), so cuDNN copies them into a buffer of their own at
+    each call, and says so; that copy is the price of masks between layers.
+    """
+    if not x.is_cuda:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "RNN module weights are not part of single")
+        yield
 
 
 class VariationalRNN(nn.Module):
@@ -180,6 +199,48 @@ class VariationalRNN(nn.Module):
         bound = 1.0 / self.hidden_size**0.5
         for weight in self.parameters():
             nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """Lay the weights out as one cuDNN buffer, as ``torch.nn.LSTM.flatten_parameters`` does.
+
+        cuDNN's fused RNN wants every weight of the stack as a view into one buffer; otherwise
+        it copies them into one at every call (and warns). Called after ``.to()`` / ``.cuda()``
+        and after copying or unpickling; a no-op off CUDA or where cuDNN cannot take them.
+        """
+        weights = [getattr(self, name) for name in self._flat_names]
+        first = weights[0]
+        if not all(
+            w.is_cuda and w.dtype == first.dtype and torch.backends.cudnn.is_acceptable(w)  # type: ignore[no-untyped-call]
+            for w in weights
+        ):
+            return
+        if len({w.data_ptr() for w in weights}) != len(weights):  # shared weights: leave them
+            return
+        if not torch._use_cudnn_rnn_flatten_weight():
+            return
+        from torch.backends.cudnn import rnn
+
+        with torch.cuda.device(first.device), torch.no_grad():
+            torch._cudnn_rnn_flatten_weight(
+                weights,
+                4 if self.bias else 2,
+                self.input_size,
+                rnn.get_cudnn_mode(self._mode),  # type: ignore[no-untyped-call]
+                self.hidden_size,
+                0,  # no projection
+                self.num_layers,
+                False,  # the buffer's layout does not depend on batch_first
+                self.bidirectional,
+            )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Any:
+        result = super()._apply(fn, recurse)  # type: ignore[no-untyped-call]
+        self.flatten_parameters()
+        return result
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)  # type: ignore[no-untyped-call]
+        self.flatten_parameters()
 
     def _weights(self, index: int) -> list[Tensor]:
         per = 4 if self.bias else 2
@@ -270,11 +331,12 @@ class VariationalRNN(nn.Module):
         if m_h is None:  # PyTorch's fused kernel
             states = [s.unsqueeze(0) for s in init]
             args = (self.bias, 1, 0.0, self.training, False, False)
-            if lstm:
-                out, h_n, c_n = torch.lstm(x, states, weights, *args)
-                return out, [h_n[0], c_n[0]]
-            out, h_n = torch.gru(x, states[0], weights, *args)
-            return out, [h_n[0]]
+            with _one_layer_of_the_buffer(x):
+                if lstm:
+                    out, h_n, c_n = torch.lstm(x, states, weights, *args)
+                    return out, [h_n[0], c_n[0]]
+                out, h_n = torch.gru(x, states[0], weights, *args)
+                return out, [h_n[0]]
         w_ih, w_hh = weights[0], weights[1]
         b_ih = weights[2] if self.bias else None
         b_hh = weights[3] if self.bias else None
