@@ -17,9 +17,12 @@ The switch is a plain dict so that tests (and benchmarks) can force a source per
 **Under torch.compile** the element-wise op on a ``"dropkit"`` device is the custom op
 ``dropkit::element_dropout`` (``torch.library.custom_op``, with its own autograd and fake
 implementation), so the compiler calls dropkit's kernel instead of tracing it into its own
-per-element random numbers (which were 3-6x slower on a CPU); on a ``"torch"`` device the op is
-traced as ``torch.native_dropout``, exactly what a compiled ``torch.nn.functional.dropout``
-traces there, and inductor fuses it into one kernel.
+per-element random numbers (which were 3-6x slower on a CPU). Its backward is the custom op
+``dropkit::element_dropout_backward`` (the eager two-pass kernel into a fresh buffer, on huge
+pages when large: a pointwise ``where`` that inductor fused into one loop took about twice as
+long, its output on PyTorch's allocator). On a ``"torch"`` device the op is traced as
+``torch.native_dropout``, exactly what a compiled ``torch.nn.functional.dropout`` traces there,
+and inductor fuses it into one kernel.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dropkit._memory import fresh_like, fresh_strided
 from dropkit._validation import check_one_of
 
 __all__ = [
@@ -177,16 +181,16 @@ def _forward(
     ``bool`` and back to 0/1 in ``y``'s dtype, then ``y = x · y · scale``: two fresh tensors
     (``y`` and the 1-byte mask) instead of three, which matters where fresh pages are costly.
     """
-    y = torch.empty_like(x)
+    y = fresh_like(x)
     n = y.numel()
-    keep = torch.empty_like(x, dtype=torch.bool) if with_keep else None
+    keep = fresh_like(x, dtype=torch.bool) if with_keep else None
     if n <= FEW_DRAWS or mask_source(x.device) != "dropkit":
         fill_mask(y, p, generator, keep)
         return scale_by_factor(x, y, scale), keep
     bits, threshold = field_threshold(p)
     fields = random_fields(x.device, n, bits, generator, into=y)
     torch.ge(fields, threshold, out=fields)
-    keep = torch.empty_like(x, dtype=torch.bool) if keep is None else keep
+    keep = fresh_like(x, dtype=torch.bool) if keep is None else keep
     flat_view(keep).copy_(fields)
     flat_view(y).copy_(flat_view(keep).view(torch.uint8))  # uint8 -> float is vectorized
     return scale_by_factor(x, y, scale), keep if with_keep else None
@@ -195,7 +199,7 @@ def _forward(
 def _backward(grad: Tensor, keep: Tensor, scale: float) -> Tensor:
     """``grad · m · scale`` from the saved ``bool`` mask: two passes (copy, ``addcmul``)."""
     # bool -> float copies run element by element on a CPU; uint8 -> float is vectorized
-    factor = torch.empty_like(keep, dtype=grad.dtype)
+    factor = fresh_like(keep, dtype=grad.dtype)
     flat_view(factor).copy_(flat_view(keep).view(torch.uint8))
     if grad.requires_grad:  # create_graph=True (e.g. a gradient penalty): stay differentiable
         return grad * factor.mul_(scale)
@@ -206,7 +210,7 @@ def _replay(
     grad: Tensor, generator: torch.Generator, strides: tuple[int, ...], p: float, scale: float
 ) -> Tensor:
     """``grad · m · scale`` with ``m`` re-drawn from ``generator`` in the forward's layout."""
-    factor = torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device)
+    factor = fresh_strided(grad.shape, strides, grad.dtype, grad.device)
     fill_mask(factor, p, generator)
     if grad.requires_grad:
         return grad * factor.mul_(scale)
@@ -311,6 +315,18 @@ def _element_dropout_replay_fake(
     return torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device)
 
 
+@torch.library.custom_op("dropkit::element_dropout_backward", mutates_args=())
+def _element_dropout_backward_op(grad: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """The backward of ``element_dropout`` with the saved mask: ``grad · m · scale``, by the
+    eager kernel (two passes into a fresh buffer, on huge pages when large; see _memory)."""
+    return _backward(grad, keep, scale)
+
+
+@_element_dropout_backward_op.register_fake
+def _element_dropout_backward_fake(grad: Tensor, keep: Tensor, scale: float) -> Tensor:
+    return torch.empty_like(keep, dtype=grad.dtype)
+
+
 def _op_setup(ctx: Any, inputs: tuple[Any, ...], output: list[Tensor]) -> None:
     _, p, scale, save_mask = inputs
     ctx.p, ctx.scale, ctx.save_mask = p, scale, save_mask
@@ -323,8 +339,8 @@ def _op_backward(ctx: Any, grads: list[Tensor | None]) -> tuple[Tensor | None, .
     if grad is None:
         return None, None, None, None
     (saved,) = ctx.saved_tensors
-    if ctx.save_mask:  # pointwise: the compiler fuses it into one pass
-        dx = torch.where(saved, grad * ctx.scale, torch.zeros((), dtype=grad.dtype))
+    if ctx.save_mask:
+        dx = torch.ops.dropkit.element_dropout_backward(grad, saved, ctx.scale)
     else:
         dx = torch.ops.dropkit.element_dropout_replay(grad, saved, ctx.strides, ctx.p, ctx.scale)
     return dx, None, None, None
