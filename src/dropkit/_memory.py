@@ -15,6 +15,9 @@ made with ``torch.from_numpy``); everything else behaves as for ``torch.empty_li
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -36,22 +39,28 @@ def huge_pages_available() -> bool:
 _HUGE_PAGES = huge_pages_available()
 
 
+def _on_huge_pages(device: torch.device, nbytes: int) -> bool:
+    """Whether a fresh buffer of ``nbytes`` on ``device`` is taken from NumPy."""
+    return _HUGE_PAGES and device.type == "cpu" and nbytes >= HUGE_PAGE_BYTES
+
+
+def _numpy_strided(
+    shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype, nbytes: int
+) -> Tensor:
+    """A CPU tensor (not a view) of a dense layout over ``nbytes`` of NumPy's memory."""
+    storage = torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).untyped_storage()
+    return torch.empty((0,), dtype=dtype).set_(storage, 0, shape, strides)
+
+
 def fresh_strided(
-    shape: tuple[int, ...] | torch.Size,
-    strides: tuple[int, ...],
-    dtype: torch.dtype,
-    device: torch.device,
+    shape: Sequence[int], strides: Sequence[int], dtype: torch.dtype, device: torch.device
 ) -> Tensor:
     """``torch.empty_strided(shape, strides)`` for a dense layout (``strides`` a permutation of
     contiguous strides), on huge pages where :func:`fresh_like` would take them."""
-    numel = 1
-    for size in shape:
-        numel *= size
-    nbytes = numel * dtype.itemsize
-    if not _HUGE_PAGES or device.type != "cpu" or nbytes < HUGE_PAGE_BYTES:
+    nbytes = math.prod(shape) * dtype.itemsize
+    if not _on_huge_pages(device, nbytes):
         return torch.empty_strided(shape, strides, dtype=dtype, device=device)
-    storage = torch.from_numpy(np.empty(nbytes, dtype=np.uint8)).untyped_storage()
-    return torch.empty((0,), dtype=dtype).set_(storage, 0, shape, strides)
+    return _numpy_strided(shape, strides, dtype, nbytes)
 
 
 def fresh_like(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -61,13 +70,12 @@ def fresh_like(t: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     transforms, where NumPy asks for huge pages) get NumPy's memory; all others PyTorch's.
     """
     kind = t.dtype if dtype is None else dtype
+    nbytes = t.numel() * kind.itemsize
     if (
-        not _HUGE_PAGES
-        or t.device.type != "cpu"
-        or t.numel() * kind.itemsize < HUGE_PAGE_BYTES
+        not _on_huge_pages(t.device, nbytes)
         or type(t) not in (Tensor, torch.nn.Parameter)
         or torch._C._functorch.is_functorch_wrapped_tensor(t)
     ):
         return torch.empty_like(t, dtype=kind)
     layout = torch.empty_like(t, dtype=kind, device="meta")  # dense: t's strides or contiguous
-    return fresh_strided(layout.shape, layout.stride(), kind, t.device)
+    return _numpy_strided(layout.shape, layout.stride(), kind, nbytes)
