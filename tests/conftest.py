@@ -1,4 +1,5 @@
-"""Shared fixtures: every test starts from the same seeds, on the CPU, with one thread."""
+"""Shared fixtures: every test starts from the same seeds; lab modules share one-thread and
+dataset fixtures."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from dropkit.lab.config import DataSpec
+from dropkit.lab.data import Dataset, load_dataset
 from helpers import Spawn
 
 
@@ -19,6 +22,26 @@ def _seeds_fixed() -> None:
     random.seed(0)
     np.random.seed(0)  # noqa: NPY002  (code under test may use the legacy global RNG)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module of small lab models (``pytest.mark.usefixtures``): they
+    train several times faster on one thread than on two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def circles() -> Dataset:
+    return load_dataset(DataSpec("circles"))
+
+
+@pytest.fixture(scope="module")
+def moons() -> Dataset:
+    return load_dataset(DataSpec("moons"))
 
 
 @pytest.fixture

@@ -17,11 +17,6 @@ Z = 5.0  # tolerances in standard errors, see test_statistics.py
 
 
 @pytest.fixture(scope="module")
-def circles() -> Dataset:
-    return load_dataset(DataSpec("circles"))
-
-
-@pytest.fixture(scope="module")
 def wine() -> Dataset:
     return load_dataset(DataSpec("wine"))
 

@@ -8,7 +8,6 @@ authentication) in ``tests/test_lab_ray.py``.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
@@ -19,7 +18,7 @@ from torch import nn
 
 from dropkit.lab import engines
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import Dataset, load_dataset
+from dropkit.lab.data import Dataset
 from dropkit.lab.engines import BatchJob, InProcessEngine, RayEngine
 from dropkit.lab.models import build_model
 from dropkit.lab.splits import holdout_rows, validation_rows
@@ -42,22 +41,7 @@ NO_CUDA = (
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def circles() -> Dataset:
-    return load_dataset(DataSpec("circles"))
-
-
-@pytest.fixture(scope="module")
-def moons() -> Dataset:
-    return load_dataset(DataSpec("moons"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _configs(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -20,24 +19,7 @@ from dropkit.lab.loop import augment_batch, train_modules
 from dropkit.lab.models import build_model
 from dropkit.lab.training import dropout_on, dropout_window, validation_split
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small models: one torch thread is several times faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def circles() -> Dataset:
-    return load_dataset(DataSpec("circles"))
-
-
-@pytest.fixture(scope="module")
-def moons() -> Dataset:
-    return load_dataset(DataSpec("moons"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(

@@ -28,11 +28,6 @@ BATCHED_ARMS = (
 )
 
 
-@pytest.fixture(scope="module")
-def circles() -> Dataset:
-    return load_dataset(CIRCLES)
-
-
 def _configs(arms: str, epochs: int, seeds: tuple[int, ...] = (3,), **strengths: float) -> list:  # type: ignore[type-arg]
     return build_configs(
         parse_arms(arms),

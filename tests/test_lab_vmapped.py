@@ -9,7 +9,7 @@ machinery itself (stacking, ``functional_call``, ``vmap``, one Adam).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -44,12 +44,7 @@ ATOL = 1e-5
 MODEL = ModelSpec(hidden=(), kind="custom", name="test", fingerprint="0123456789abcdef")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Factory:
