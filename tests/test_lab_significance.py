@@ -58,11 +58,17 @@ def test_welch_from_stats_without_a_test(std: float, n: int, baseline_std: float
     assert result.difference == pytest.approx(0.1)
 
 
-def test_paired_falls_back_to_welch_on_constant_differences() -> None:
+def test_paired_falls_back_to_the_sign_test_on_constant_differences() -> None:
     shifted = [b + 0.03 for b in B]  # every seed gains the same: no spread of differences
     result = paired(shifted, B, "base")
-    assert result.test == "welch"
-    assert result.p_value == pytest.approx(sps.ttest_ind(shifted, B, equal_var=False).pvalue)
+    assert (result.test, result.test_name) == ("sign", "exact sign test")
+    assert result.p_value == pytest.approx(sps.binomtest(5, 5).pvalue) == 2 * 0.5**5
+    assert "the paired t statistic is undefined" in result.note and "+0.03" in result.note
+    assert result.difference == pytest.approx(0.03) and not result.significant
+    same = paired(B, B, "base")
+    assert (same.test, same.p_value, same.difference) == ("sign", 1.0, 0.0)
+    assert "scored exactly the same" in same.note
+    assert paired(A[:1], B[:1], "base").test == "none"
 
 
 def test_paired_needs_pairs() -> None:

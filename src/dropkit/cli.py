@@ -27,7 +27,7 @@ from dropkit.lab.data import BUILTIN_DATASETS
 if TYPE_CHECKING:  # the rest of the lab is imported when a command runs, not at start-up
     from dropkit.lab.api import Plan
     from dropkit.lab.experiment import Experiment
-    from dropkit.lab.stats import ArmSummary
+    from dropkit.lab.tables import Table
 
 __all__ = ["app", "main"]
 
@@ -354,50 +354,29 @@ def _train_and_emit(
 
 
 def _print_experiment(experiment: Experiment) -> None:
-    _print_table(experiment.summaries)
+    from dropkit.lab.tables import after_choice_table, choice_table
+
+    _print_table(choice_table(experiment.summaries))
     if experiment.best is not None:
         typer.echo(experiment.best.evidence)
         typer.echo(experiment.best.choice)
+    after = after_choice_table(experiment.summaries, experiment.best)
+    if after is not None:
+        _print_table(after)
     for finding in experiment.findings:
         typer.echo(f"{finding.severity} [{finding.rule}]: {finding.message}")
 
 
-def _print_table(summaries: Sequence[ArmSummary]) -> None:
+def _print_table(table: Table) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Table as RichTable
 
-    def fmt(value: float, signed: bool = False) -> str:
-        return "n/a" if not math.isfinite(value) else f"{value:{'+' if signed else ''}.3f}"
-
-    regression = bool(summaries) and summaries[0].task == "regression"
-    validation = any(math.isfinite(s.val_acc_mean) for s in summaries)
-    score, short = ("R²", "R²") if regression else ("accuracy", "acc")
-    table = Table(
-        title=f"Final {score} over seeds (mean, 95% CI)",
-        caption="adj. p: Holm-adjusted over all groups; * significant at 0.05",
-    )
-    baseline = next((s.vs_baseline.baseline for s in summaries if s.vs_baseline), "baseline")
-    columns = ["group", "seeds", f"train {short}", f"test {short}", "95% CI"]
-    columns += [f"val {short}"] if validation else []
-    columns += ["test RMSE"] if regression else []
-    columns += ["gap", f"vs {baseline}"]
-    for column in columns:
-        table.add_column(column, justify="left" if column == "group" else "right")
-    for s in summaries:
-        low, high = s.test_acc_ci95
-        test = s.vs_baseline
-        versus = "baseline" if test is None else fmt(test.difference, signed=True)
-        if test is not None and math.isfinite(test.p_adjusted):
-            versus += f" (adj. p={test.p_adjusted:.2g}{'*' if test.significant else ''})"
-        seeds = f"{s.n_seeds}" + (f" ({s.n_nan} NaN)" if s.n_nan else "")
-        cells = [s.name, seeds, fmt(s.train_acc_mean), fmt(s.test_acc_mean)]
-        cells.append(f"[{fmt(low)}, {fmt(high)}]")
-        cells += [fmt(s.val_acc_mean)] if validation else []
-        if regression:
-            rmse = s.test_rmse_mean
-            cells.append(f"{rmse:.4g}" if math.isfinite(rmse) else "n/a")
-        table.add_row(*cells, fmt(s.gap_mean), versus)
-    Console(width=110 + 12 * (validation + regression)).print(table)
+    shown = RichTable(title=table.title, caption=table.caption)
+    for column in table.headers:
+        shown.add_column(column, justify="left" if column in ("group", "read as") else "right")
+    for row in table.rows:
+        shown.add_row(*row)
+    Console(width=max(110, 14 * len(table.headers))).print(shown)
 
 
 @app.command()
@@ -542,7 +521,8 @@ def report(
     """Write ONE self-contained HTML report of a results store: tables, diagnosis, figures.
 
     Figures are inline, nothing is fetched from the network; the same store gives the same
-    file. Python: dropkit.lab.load(store).report(path) (or lab.load_all for every experiment).
+    file. A read-only store (file or folder) is read without a change. Python:
+    dropkit.lab.load(store).report(path) (or lab.load_all for every experiment).
     """
     from dropkit.lab import load_all
     from dropkit.lab.report import write_report
@@ -581,6 +561,7 @@ def report(
         typer.echo(f"no finished runs in {store}")
     for experiment in experiments:
         typer.echo(experiment.title)
+        _print_notes(experiment.notes)
         _print_experiment(experiment)
     typer.echo(f"report: {path}")
 

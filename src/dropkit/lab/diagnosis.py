@@ -5,41 +5,45 @@ of :func:`dropkit.lab.summary.summarize` (the baseline first) and returns its fi
 with the numbers it measured and the threshold it compared them with. :func:`diagnose` runs the
 rules of :data:`RULES` in order and concatenates what they find.
 
-The rules (ids), with the thresholds of :class:`Thresholds`:
+Which score. Every rule reads the task's own score (accuracy for classification; R² for
+regression, with the RMSE beside it in the message) on the split that chooses the best group
+(:func:`~dropkit.lab.summary.chosen_on`): the validation split when there is one, else the
+test set. So the "gap" is train − validation when validation chooses, train − test otherwise.
+Thresholds are per task (:class:`Thresholds`).
+
+The rules (ids), in the order they run:
 
 - ``diverged`` (:func:`check_diverged`): a group has runs with NaN/inf final metrics; they are
   left out of its statistics: lower the learning rate (or the rate).
-- ``one_seed`` (:func:`check_seeds`): fewer than two usable seeds: no interval and no test.
-- ``capacity`` (:func:`check_capacity`): the baseline's mean final train accuracy is below
-  ``fit_train_acc``: the model cannot fit its data, and dropout will not fix that.
-- ``large_gap`` (:func:`check_baseline_gap`): the baseline's train–test gap is at least
-  ``large_gap``: regularize it.
-- ``large_gap`` / ``single_rate`` (:func:`check_rate_gap`): the highest rate tried of a dropout
-  family (same arm and settings, other rates) still has a gap of at least ``large_gap``: raise
-  the rate. When the family was tried at a single rate, ``single_rate`` instead: one rate
-  cannot show in which direction the rate should move (a higher rate may close the gap or stop
-  the model fitting; a lower one may fit better or overfit more), so sweep the rate.
-- ``no_convergence`` (:func:`check_no_convergence`): a group's train accuracy is more than
-  ``underfit_drop`` below a fitting baseline's and its test accuracy is no better: lower the
-  rate (or the strength).
+- ``one_seed`` / ``few_seeds`` (:func:`check_seeds`): fewer than two usable seeds (no interval,
+  no test), or fewer than :data:`~dropkit.lab.significance.MIN_SEEDS_FOR_CLAIM`: a claim from
+  these groups is provisional.
+- ``large_gap`` (:func:`check_baseline_gap`): the baseline's mean train − validation (or test)
+  gap is at least ``large_gap``: it overfits, *whatever its train score* (a model that reaches
+  train R² 0.81 and test R² 0.27 is overfitting, not short of capacity): regularize it.
+- ``capacity`` (:func:`check_capacity`): the baseline's gap is below ``large_gap`` AND its mean
+  train score is below the task's fitting threshold (``fit_train_acc`` for accuracy,
+  ``fit_train_r2`` for R²) AND no regularized group scores significantly better: the model
+  cannot fit its own training rows, so it has nothing to overfit, and dropout (which makes
+  fitting harder) will not help. It runs after the gap rule and only when the gap is small:
+  a large gap is evidence of fitting that a low train score cannot outweigh, and a significant
+  gain from a regularizer is evidence against "dropout will not help".
+- ``rate_curve`` / ``single_rate`` (:func:`check_rate_curve`): for each dropout family (groups
+  that differ only in the hidden rate ``p``, the rate-0 group included), the shape of the
+  score over the rates tried: the highest mean at the largest rate → extend the grid upward;
+  at the smallest (rate 0: dropout does not help at these rates) → extend it downward or drop
+  dropout; inside → the grid has found its optimum; a single positive rate → sweep. Advice comes
+  from the curve, never from one group's gap, and no rate at or above the best is told to go
+  higher.
+- ``no_convergence`` (:func:`check_no_convergence`): a group's train score is more than
+  ``underfit_drop`` below a fitting baseline's and its validation (or test) score is no better:
+  lower the rate (or the strength).
 - ``more_epochs`` (:func:`check_more_epochs`): the best dropout group takes at least
   ``slower_ratio`` times the baseline's epochs to converge: budget more epochs.
 - ``not_converged`` (:func:`check_not_converged`): groups still improving in the last
   ``1 - late_fraction`` of their epochs: train longer.
 - ``bn_order`` (:func:`check_bn_order`): dropout after batch norm against dropout before it,
-  at the same rate, with Welch's t-test of their test accuracies.
-
-Tasks. For regression (``DataSpec.task = "regression"``) the scores are R² instead of accuracy
-and the losses mean squared errors: the same rules and thresholds apply to R² (a baseline with
-train R² below ``fit_train_acc`` cannot fit its data, a train–test R² gap of ``large_gap`` is
-overfitting), and every message names the score it measured
-(:func:`~dropkit.lab.summary.score_name`).
-With a validation split or folds, "the best dropout group" is the one chosen on validation, as
-in :func:`~dropkit.lab.summary.best_rate`.
-
-The gap rules stay silent when the capacity rule fires (a model that cannot fit its data is not
-overfitting, whatever its gap), and a group told to lower its rate (``no_convergence``) is
-never also told to raise it.
+  at the same rate, paired by seed on the choosing split.
 """
 
 from __future__ import annotations
@@ -49,13 +53,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dropkit.lab.significance import welch_from_stats
+from dropkit.lab.significance import ALPHA, MIN_SEEDS_FOR_CLAIM
 from dropkit.lab.summary import (
     CONVERGE_TOL,
     ArmSummary,
     chosen_on,
+    compare_scores,
     json_ready,
     selection_score,
+    tied_with,
 )
 
 __all__ = [
@@ -70,7 +76,7 @@ __all__ = [
     "check_more_epochs",
     "check_no_convergence",
     "check_not_converged",
-    "check_rate_gap",
+    "check_rate_curve",
     "check_seeds",
     "diagnose",
 ]
@@ -82,11 +88,14 @@ class Thresholds:
     (accuracies as fractions; R² for regression).
 
     Attributes:
-        fit_train_acc: a baseline whose mean final train score is below this cannot fit its
-            training set (capacity rule).
-        large_gap: a mean train–test score gap at or above this is overfitting (gap rule).
+        fit_train_acc: classification: a baseline whose mean final train accuracy is below
+            this (with a small gap) cannot fit its training set (capacity rule).
+        fit_train_r2: regression: the same for the train R² (below 0.5 the model explains
+            less than half the variance of its own training targets).
+        large_gap: a mean train − validation (or test) gap at or above this is overfitting,
+            whatever the train score (gap rule); the same number of accuracy or R² points.
         underfit_drop: a regularized group whose train score is this much below a fitting
-            baseline's, without a better test score, fails to train (convergence rule).
+            baseline's, without a better validation (or test) score, fails to train.
         slower_ratio: dropout's epochs to converge over the baseline's at or above this is
             reported (more-epochs rule; Srivastava et al. report 2–3×).
         late_fraction: converging after this fraction of the epochs means still improving.
@@ -97,6 +106,11 @@ class Thresholds:
     underfit_drop: float = 0.10
     slower_ratio: float = 1.5
     late_fraction: float = 0.9
+    fit_train_r2: float = 0.50
+
+    def fit_threshold(self, task: str) -> float:
+        """The train score below which a baseline does not fit: per task."""
+        return self.fit_train_r2 if task == "regression" else self.fit_train_acc
 
 
 @dataclass(frozen=True)
@@ -132,9 +146,25 @@ def _regression(s: ArmSummary) -> bool:
     return s.task == "regression"
 
 
-def _gap_name(s: ArmSummary) -> str:
-    """``gap`` (classification wording, unchanged) or ``R² gap``."""
-    return "R² gap" if _regression(s) else "gap"
+def _split(summaries: Sequence[ArmSummary]) -> tuple[str, str]:
+    """``(on, word)``: the split that chooses (``"validation"``/``"test"``) and its word."""
+    on = chosen_on(summaries)
+    return on, on
+
+
+def _gap_name(s: ArmSummary, on: str) -> str:
+    """``train–validation gap``, ``train–test R² gap`` ..."""
+    return f"train–{on} {'R² gap' if _regression(s) else 'gap'}"
+
+
+def _rmse_text(s: ArmSummary, on: str) -> str:
+    """``"; RMSE train 0.52, validation 0.91"`` for regression, ``""`` otherwise."""
+    if not _regression(s):
+        return ""
+    other = s.val_rmse_mean if on == "validation" else s.test_rmse_mean
+    if not (math.isfinite(s.train_rmse_mean) or math.isfinite(other)):
+        return ""
+    return f"; RMSE train {s.train_rmse_mean:.4g}, {on} {other:.4g}"
 
 
 def _has_dropout(s: ArmSummary) -> bool:
@@ -143,16 +173,16 @@ def _has_dropout(s: ArmSummary) -> bool:
 
 def _fits(base: ArmSummary, t: Thresholds) -> bool:
     """The baseline fits its training set (so it can overfit and be regularized)."""
-    return math.isfinite(base.train_acc_mean) and base.train_acc_mean >= t.fit_train_acc
+    return math.isfinite(base.train_acc_mean) and base.train_acc_mean >= t.fit_threshold(base.task)
 
 
-def _gap_rules_apply(base: ArmSummary, t: Thresholds) -> bool:
-    """The capacity rule is silent (the baseline fits, or its train accuracy is unknown)."""
-    return _fits(base, t) or not math.isfinite(base.train_acc_mean)
+def _overfits(base: ArmSummary, t: Thresholds, on: str) -> bool:
+    gap = base.gap(on)
+    return math.isfinite(gap) and gap >= t.large_gap
 
 
-def _underfit(summaries: Sequence[ArmSummary], t: Thresholds) -> list[ArmSummary]:
-    """Groups that train well below a fitting baseline and test no better than it."""
+def _underfit(summaries: Sequence[ArmSummary], t: Thresholds, on: str) -> list[ArmSummary]:
+    """Groups that train well below a fitting baseline and score no better than it on ``on``."""
     if not summaries or not _fits(summaries[0], t):
         return []
     base = summaries[0]
@@ -160,7 +190,7 @@ def _underfit(summaries: Sequence[ArmSummary], t: Thresholds) -> list[ArmSummary
         s
         for s in summaries[1:]
         if base.train_acc_mean - s.train_acc_mean > t.underfit_drop
-        and not s.test_acc_mean > base.test_acc_mean
+        and not selection_score(s, on) > selection_score(base, on)
     ]
 
 
@@ -189,77 +219,62 @@ def check_diverged(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagn
 
 
 def check_seeds(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
-    """``one_seed``: one note naming every group with fewer than two usable seeds."""
-    few = [s for s in summaries if s.n_valid < 2]
-    if not few:
-        return []
-    names = ", ".join(f"{s.name} ({s.n_valid})" for s in few)
-    return [
-        Diagnosis(
-            "one_seed",
-            "info",
-            f"fewer than 2 usable seeds in {names}: no confidence interval and no test is "
-            "possible there; 10 seeds are the minimum for a claim",
-            {"groups": len(few)},
+    """``one_seed``: groups with fewer than two usable seeds (no interval, no test);
+    ``few_seeds``: groups below :data:`~dropkit.lab.significance.MIN_SEEDS_FOR_CLAIM`."""
+    findings = []
+    one = [s for s in summaries if s.n_valid < 2]
+    if one:
+        names = ", ".join(f"{s.name} ({s.n_valid})" for s in one)
+        findings.append(
+            Diagnosis(
+                "one_seed",
+                "info",
+                f"fewer than 2 usable seeds in {names}: no confidence interval and no test is "
+                f"possible there; {MIN_SEEDS_FOR_CLAIM} seeds are the minimum for a claim",
+                {"groups": len(one), "minimum": MIN_SEEDS_FOR_CLAIM},
+            )
         )
-    ]
-
-
-def check_capacity(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
-    """``capacity``: the baseline cannot fit its training set (train score too low)."""
-    if not summaries:
-        return []
-    base = summaries[0]
-    if not math.isfinite(base.train_acc_mean) or _fits(base, t):
-        return []
-    if _regression(base):
-        measured = (
-            f"reaches only a train R² of {base.train_acc_mean:.3f} (mean final train R² < "
-            f"{t.fit_train_acc:.2f}; train MSE {base.train_loss_mean:.3f})"
+    few = [s for s in summaries if 2 <= s.n_valid < MIN_SEEDS_FOR_CLAIM]
+    if few:
+        fewest = min(s.n_valid for s in few)
+        findings.append(
+            Diagnosis(
+                "few_seeds",
+                "warning",
+                f"{len(few)} group{'s' if len(few) != 1 else ''} ran on only {fewest}"
+                f"{'' if all(s.n_valid == fewest for s in few) else ' or more'} usable seeds, "
+                f"below the {MIN_SEEDS_FOR_CLAIM} a claim needs: the intervals and tests are "
+                "valid but wide, and the best group is provisional; each comparison states "
+                "the smallest difference these seeds can detect and the seeds a difference "
+                "would need (lab.seeds_needed answers it before running)",
+                {"groups": len(few), "fewest_seeds": fewest, "minimum": MIN_SEEDS_FOR_CLAIM},
+            )
         )
-    else:
-        measured = (
-            f"fits only {base.train_acc_mean:.3f} of its training set (mean final train "
-            f"accuracy < {t.fit_train_acc:.2f}; train loss {base.train_loss_mean:.3f})"
-        )
-    return [
-        Diagnosis(
-            "capacity",
-            "warning",
-            f"the baseline ({base.name}) {measured}: the model cannot fit its data, a capacity "
-            "(or optimization) problem that dropout will not fix: widen or deepen the model, "
-            "or train longer",
-            {
-                "train_acc": base.train_acc_mean,
-                "train_loss": base.train_loss_mean,
-                "threshold": t.fit_train_acc,
-            },
-            base.name,
-        )
-    ]
+    return findings
 
 
 def check_baseline_gap(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
-    """``large_gap``: the baseline overfits (silent when the capacity rule fires)."""
+    """``large_gap``: the baseline overfits: its train − validation (or test) gap is at least
+    ``large_gap``, whatever its train score."""
     if not summaries:
         return []
     base = summaries[0]
-    if not (_gap_rules_apply(base, t) and math.isfinite(base.gap_mean)):
+    on, word = _split(summaries)
+    if not _overfits(base, t, on):
         return []
-    if base.gap_mean < t.large_gap:
-        return []
+    gap = base.gap(on)
     return [
         Diagnosis(
             "large_gap",
             "warning",
-            f"the baseline ({base.name}) overfits: train–test {_gap_name(base)} "
-            f"{base.gap_mean:.3f} (train "
-            f"{base.train_acc_mean:.3f}, test {base.test_acc_mean:.3f}; threshold "
-            f"{t.large_gap:.2f}): regularize it, e.g. with dropout",
+            f"the baseline ({base.name}) overfits: {_gap_name(base, on)} {gap:.3f} (train "
+            f"{base.train_acc_mean:.3f}, {word} {selection_score(base, on):.3f}"
+            f"{_rmse_text(base, on)}; threshold {t.large_gap:.2f}): regularize it, e.g. "
+            "with dropout",
             {
-                "gap": base.gap_mean,
+                "gap": gap,
                 "train_acc": base.train_acc_mean,
-                "test_acc": base.test_acc_mean,
+                f"{on}_acc": selection_score(base, on),
                 "threshold": t.large_gap,
             },
             base.name,
@@ -267,83 +282,165 @@ def check_baseline_gap(summaries: Sequence[ArmSummary], t: Thresholds) -> list[D
     ]
 
 
-def _families(others: Sequence[ArmSummary]) -> list[list[ArmSummary]]:
-    """The dropout groups by family (same arm and settings but ``p``), in order of appearance."""
-    families: dict[tuple[Any, ...], list[ArmSummary]] = {}
-    for s in others:
-        if s.p > 0:
-            family = (s.arm, s.input_p, s.max_norm, s.regularizers, s.epochs)
-            families.setdefault(family, []).append(s)
-    return list(families.values())
-
-
-def _highest_rate(family: Sequence[ArmSummary]) -> ArmSummary:
-    """The family's group at the highest ``p`` (the first of them on a tie)."""
-    highest = family[0]
-    for s in family[1:]:
-        if s.p > highest.p:
-            highest = s
-    return highest
-
-
-def _raise_the_rate(s: ArmSummary, t: Thresholds) -> Diagnosis:
-    return Diagnosis(
-        "large_gap",
-        "warning",
-        f"{s.name}: the {_gap_name(s)} is still {s.gap_mean:.3f} at the highest rate tried "
-        f"(p={s.p:g}; train {s.train_acc_mean:.3f}, test {s.test_acc_mean:.3f}; "
-        f"threshold {t.large_gap:.2f}): raise the rate",
-        {"gap": s.gap_mean, "p": s.p, "threshold": t.large_gap},
-        s.name,
-    )
-
-
-def _sweep_the_rate(s: ArmSummary, t: Thresholds) -> Diagnosis:
-    return Diagnosis(
-        "single_rate",
-        "info",
-        f"{s.name}: the {_gap_name(s)} is still {s.gap_mean:.3f} at p={s.p:g}, the only rate "
-        f"tried (train {s.train_acc_mean:.3f}, test {s.test_acc_mean:.3f}; threshold "
-        f"{t.large_gap:.2f}); one rate cannot show which way to move it (a higher rate may "
-        "close the gap or stop the model fitting, a lower one may test better or overfit "
-        "more): sweep several rates, e.g. 0.1 to 0.7, to see where the test "
-        f"{s.score_name} peaks",
-        {
-            "gap": s.gap_mean,
-            "p": s.p,
-            "train_acc": s.train_acc_mean,
-            "test_acc": s.test_acc_mean,
-            "threshold": t.large_gap,
-        },
-        s.name,
-    )
-
-
-def check_rate_gap(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
-    """``large_gap`` (raise the rate) or ``single_rate`` (sweep it) per dropout family.
-
-    A family's highest rate still overfits: with several rates tried, raise it; with a single
-    rate, the gap alone cannot say which way to go: sweep. Silent for a family whose highest
-    rate fails to train (:func:`check_no_convergence` tells it to lower the rate) and when the
-    capacity rule fires.
-    """
-    if not summaries or not _gap_rules_apply(summaries[0], t):
+def check_capacity(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
+    """``capacity``: the baseline cannot fit its training set: a small gap, a train score
+    below the task's threshold, and no regularized group significantly better."""
+    if not summaries:
         return []
-    underfit = {s.name for s in _underfit(summaries, t)}
+    base = summaries[0]
+    on, _ = _split(summaries)
+    threshold = t.fit_threshold(base.task)
+    if not math.isfinite(base.train_acc_mean) or _fits(base, t) or _overfits(base, t, on):
+        return []
+    helped = [
+        s
+        for s in summaries[1:]
+        if s.vs_baseline is not None and s.vs_baseline.significant and s.vs_baseline.difference > 0
+    ]
+    if helped:
+        return []
+    gap = base.gap(on)
+    if _regression(base):
+        measured = (
+            f"reaches only a train R² of {base.train_acc_mean:.3f} (below {threshold:.2f}: it "
+            f"explains little of its own training targets; {_gap_name(base, on)} {gap:.3f} < "
+            f"{t.large_gap:.2f}{_rmse_text(base, on)})"
+        )
+    else:
+        measured = (
+            f"fits only {base.train_acc_mean:.3f} of its training set (mean final train "
+            f"accuracy < {threshold:.2f}; {_gap_name(base, on)} {gap:.3f} < {t.large_gap:.2f}; "
+            f"train loss {base.train_loss_mean:.3f})"
+        )
+    return [
+        Diagnosis(
+            "capacity",
+            "warning",
+            f"the baseline ({base.name}) {measured}, and no regularizer scored significantly "
+            "better: the model cannot fit its data, a capacity (or optimization) problem that "
+            "dropout will not fix: widen or deepen the model, or train longer",
+            {
+                "train_acc": base.train_acc_mean,
+                "gap": gap,
+                "train_loss": base.train_loss_mean,
+                "threshold": threshold,
+                "gap_threshold": t.large_gap,
+            },
+            base.name,
+        )
+    ]
+
+
+def _families(summaries: Sequence[ArmSummary]) -> list[list[ArmSummary]]:
+    """Dropout families: groups alike but for the hidden rate ``p`` (rate 0 included), each
+    sorted by ``p``, for the families with a positive rate; in order of appearance."""
+    families: dict[tuple[Any, ...], list[ArmSummary]] = {}
+    for s in summaries:
+        family = (s.input_p, s.max_norm, s.regularizers, s.epochs)
+        families.setdefault(family, []).append(s)
+    return [
+        sorted(members, key=lambda s: s.p)
+        for members in families.values()
+        if any(s.p > 0 for s in members) and len({s.p for s in members}) == len(members)
+    ]
+
+
+def _rates_text(groups: Sequence[ArmSummary]) -> str:
+    return ", ".join(f"{s.p:g}" for s in groups)
+
+
+def _curve_numbers(family: Sequence[ArmSummary], top: ArmSummary, on: str) -> dict[str, float]:
+    numbers = {f"p={s.p:g}": selection_score(s, on) for s in family}
+    numbers.update({"best_p": top.p, "lowest_p": family[0].p, "highest_p": family[-1].p})
+    return numbers
+
+
+def check_rate_curve(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
+    """``rate_curve`` or ``single_rate``: where the score peaks over the rates tried.
+
+    Per dropout family (:func:`_families`), on the choosing split: the *top* is the rate with
+    the highest mean score and the rates tied with it are those not significantly below it
+    (:func:`~dropkit.lab.summary.tied_with`). The top at the largest rate: extend the grid
+    upward; at rate 0: no rate tried helps; at the smallest positive rate: extend downward;
+    inside: found. One positive rate: sweep. Rates with no finite score are left out.
+    """
+    if not summaries:
+        return []
+    on, word = _split(summaries)
     findings = []
-    for family in _families(summaries[1:]):
-        s = _highest_rate(family)
-        if s.name in underfit or not (math.isfinite(s.gap_mean) and s.gap_mean >= t.large_gap):
+    for family in _families(summaries):
+        scored = [s for s in family if math.isfinite(selection_score(s, on))]
+        positive = [s for s in scored if s.p > 0]
+        if not positive:
             continue
-        single = len({member.p for member in family}) == 1
-        findings.append(_sweep_the_rate(s, t) if single else _raise_the_rate(s, t))
+        score = scored[0].score_name
+        if len(positive) == 1:
+            s = positive[0]
+            findings.append(
+                Diagnosis(
+                    "single_rate",
+                    "info",
+                    f"{s.name}: p={s.p:g} is the only dropout rate tried ({word} {score} "
+                    f"{selection_score(s, on):.3f}, {_gap_name(s, on)} {s.gap(on):.3f}); one "
+                    "rate cannot show which way to move it (a higher rate may close a gap or "
+                    "stop the model fitting, a lower one may score better or overfit more): "
+                    f"sweep several rates, e.g. 0.1 to 0.7, to see where the {word} {score} "
+                    "peaks",
+                    {
+                        "p": s.p,
+                        f"{on}_acc": selection_score(s, on),
+                        "gap": s.gap(on),
+                        "train_acc": s.train_acc_mean,
+                    },
+                    s.name,
+                )
+            )
+            continue
+        top = max(scored, key=lambda s: (selection_score(s, on), -s.p))
+        tied = [s for s in tied_with(top, scored, on) if s is not top]
+        within = f" (within noise of it: p={_rates_text(tied)})" if tied else ""
+        best = f"p={top.p:g} ({word} {score} {selection_score(top, on):.3f})"
+        rates = f"rates tried: {_rates_text(scored)}"
+        if top is scored[-1]:
+            higher = min(0.9, top.p + 0.2)
+            severity = "warning"
+            message = (
+                f"the {word} {score} is highest at the largest rate tried, {best}{within}; "
+                f"{rates}: rates above it may score better: extend the grid upward (e.g. to "
+                f"p={higher:g})"
+            )
+        elif top is scored[0] and top.p == 0:
+            severity = "info"
+            message = (
+                f"no dropout rate tried scores above p=0 ({word} {score} "
+                f"{selection_score(top, on):.3f}){within}; {rates}: dropout does not help at "
+                f"these rates; if the model overfits, try rates below p={scored[1].p:g} or "
+                "another regularizer"
+            )
+        elif top is scored[0]:
+            severity = "info"
+            message = (
+                f"the {word} {score} is highest at the smallest rate tried, {best}{within}; "
+                f"{rates}: extend the grid downward (e.g. to p=0 and p={top.p / 2:g})"
+            )
+        else:
+            severity = "info"
+            message = (
+                f"the grid has found its optimum: the {word} {score} peaks inside it, at "
+                f"{best}{within}; {rates}: a finer grid around it is all that is left to try"
+            )
+        findings.append(
+            Diagnosis("rate_curve", severity, message, _curve_numbers(scored, top, on), top.name)
+        )
     return findings
 
 
 def check_no_convergence(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
-    """``no_convergence``: a group trains well below a fitting baseline and tests no better."""
+    """``no_convergence``: a group trains well below a fitting baseline and scores no better
+    on the choosing split."""
+    on, word = _split(summaries) if summaries else ("test", "test")
     findings = []
-    for s in _underfit(summaries, t):
+    for s in _underfit(summaries, t, on):
         base = summaries[0]  # _underfit is empty without a baseline
         drop = base.train_acc_mean - s.train_acc_mean
         knob = "rate" if _has_dropout(s) else "strength"
@@ -355,13 +452,13 @@ def check_no_convergence(summaries: Sequence[ArmSummary], t: Thresholds) -> list
                 f"{s.name}: training does not converge: train {score} "
                 f"{s.train_acc_mean:.3f} is {drop:.3f} below the baseline's "
                 f"{base.train_acc_mean:.3f} (threshold {t.underfit_drop:.2f}) and its "
-                f"test {score} {s.test_acc_mean:.3f} is no better than the baseline's "
-                f"{base.test_acc_mean:.3f}: lower the {knob}",
+                f"{word} {score} {selection_score(s, on):.3f} is no better than the "
+                f"baseline's {selection_score(base, on):.3f}: lower the {knob}",
                 {
                     "train_acc": s.train_acc_mean,
                     "baseline_train_acc": base.train_acc_mean,
-                    "test_acc": s.test_acc_mean,
-                    "baseline_test_acc": base.test_acc_mean,
+                    f"{on}_acc": selection_score(s, on),
+                    f"baseline_{on}_acc": selection_score(base, on),
                     "threshold": t.underfit_drop,
                 },
                 s.name,
@@ -371,8 +468,8 @@ def check_no_convergence(summaries: Sequence[ArmSummary], t: Thresholds) -> list
 
 
 def check_more_epochs(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
-    """``more_epochs``: the best dropout group (by the score :func:`best_rate` chooses on)
-    converges much later than the baseline."""
+    """``more_epochs``: the best dropout group (by the choosing split's mean score; the
+    lower rate on a tie) converges much later than the baseline."""
     if not summaries:
         return []
     base = summaries[0]
@@ -381,7 +478,7 @@ def check_more_epochs(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Di
     if not dropout or not (math.isfinite(base_epochs) and base_epochs > 0):
         return []
     on = chosen_on(summaries)
-    best = max(dropout, key=lambda s: selection_score(s, on))
+    best = max(dropout, key=lambda s: (selection_score(s, on), -(s.p + s.input_p), s.name))
     ratio = best.converge_epoch_mean / base.converge_epoch_mean
     if not (math.isfinite(ratio) and ratio >= t.slower_ratio):
         return []
@@ -426,22 +523,16 @@ def check_not_converged(summaries: Sequence[ArmSummary], t: Thresholds) -> list[
 
 def check_bn_order(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
     """``bn_order``: dropout after batch norm (``batchnorm`` + p) against before it
-    (``dropout_bn`` + p), at each rate and epoch budget both were run at."""
+    (``dropout_bn`` + p), at each rate and epoch budget both were run at, paired by seed on
+    the choosing split."""
     after = {(s.p, s.epochs): s for s in summaries if s.p > 0 and s.strength("batchnorm")}
     before = {(s.p, s.epochs): s for s in summaries if s.p > 0 and s.strength("dropout_bn")}
+    on, word = _split(summaries) if summaries else ("test", "test")
     findings = []
     for key in sorted(set(after) & set(before)):
         a, b = after[key], before[key]
-        difference = a.test_acc_mean - b.test_acc_mean
-        test = welch_from_stats(
-            a.test_acc_mean,
-            a.test_acc_std,
-            a.n_valid,
-            b.test_acc_mean,
-            b.test_acc_std,
-            b.n_valid,
-            b.name,
-        )
+        test = compare_scores(a, b, on)
+        difference = test.difference
         worse = test.significant and difference > 0
         if worse:
             verdict = (
@@ -450,7 +541,7 @@ def check_bn_order(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagn
         elif test.significant:
             verdict = "dropout feeding BN did better here, against the usual variance-shift advice"
         else:
-            verdict = "no significant order effect at 0.05"
+            verdict = f"no significant order effect at {ALPHA:g}"
         p_text = (
             f"{test.test_name} p={test.p_value:.2g}"
             if math.isfinite(test.p_value)
@@ -460,12 +551,12 @@ def check_bn_order(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagn
             Diagnosis(
                 "bn_order",
                 "warning" if worse else "info",
-                f"dropout after batch norm ({a.name}) tests {a.test_acc_mean:.3f}, dropout "
-                f"before it ({b.name}) {b.test_acc_mean:.3f}: difference {difference:+.3f} "
-                f"({p_text}): {verdict}",
+                f"dropout after batch norm ({a.name}) scores {selection_score(a, on):.3f} on "
+                f"{word}, dropout before it ({b.name}) {selection_score(b, on):.3f}: "
+                f"difference {difference:+.3f} ({p_text}): {verdict}",
                 {
-                    "after_bn": a.test_acc_mean,
-                    "before_bn": b.test_acc_mean,
+                    "after_bn": selection_score(a, on),
+                    "before_bn": selection_score(b, on),
                     "difference": difference,
                     "p_value": test.p_value,
                 },
@@ -478,9 +569,9 @@ def check_bn_order(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagn
 RULES: tuple[Rule, ...] = (
     check_diverged,
     check_seeds,
-    check_capacity,
     check_baseline_gap,
-    check_rate_gap,
+    check_capacity,
+    check_rate_curve,
     check_no_convergence,
     check_more_epochs,
     check_not_converged,
@@ -494,15 +585,11 @@ def diagnose(
 ) -> list[Diagnosis]:
     """Apply every rule of :data:`RULES` to :func:`summarize`'s groups (baseline first).
 
-    Rules (ids): ``diverged`` (runs with NaN/inf metrics), ``one_seed`` (no interval),
-    ``capacity`` (baseline cannot fit its training set: dropout will not help), ``large_gap``
-    (baseline overfits, or the highest of several rates tried still does: raise the rate;
-    silent when the capacity rule fires), ``single_rate`` (a single rate tried still overfits:
-    sweep the rate, one rate cannot say which way to move it), ``no_convergence`` (a
-    regularized group fails to fit what the baseline fits and tests no better: lower it),
-    ``more_epochs`` (dropout's epochs to converge over the baseline's), ``not_converged``
-    (still improving at the last epochs), ``bn_order`` (dropout after vs before batch norm).
-    See the module docstring for each rule's threshold.
+    Rules (ids): ``diverged``, ``one_seed`` / ``few_seeds``, ``large_gap`` (the baseline
+    overfits), ``capacity`` (small gap, low train score, nothing helps), ``rate_curve`` /
+    ``single_rate`` (where the score peaks over the rates tried), ``no_convergence``,
+    ``more_epochs``, ``not_converged``, ``bn_order``. See the module docstring for each rule's
+    measure, threshold and order.
     """
     t = thresholds or Thresholds()
     if not summaries:

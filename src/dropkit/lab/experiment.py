@@ -120,9 +120,14 @@ class Experiment:
 
     @property
     def comparisons(self) -> list[dict[str, Any]]:
-        """Each group's test against the baseline: ``group``, ``baseline``, ``difference`` (of
-        mean test score: accuracy or R²), ``test`` (``paired`` or ``welch``), ``p_value``,
-        ``p_adjusted`` (Holm over all groups) and ``significant`` (adjusted p < 0.05)."""
+        """Each group's test against the baseline on the split that chooses (``compared_on``:
+        ``"validation"`` or ``"test"``): ``group``, ``baseline``, ``difference`` (of mean
+        score: accuracy or R²), ``test`` (``paired``, ``sign``, ``welch`` or ``none``),
+        ``p_value``, ``p_adjusted`` (Holm over all groups), ``significant`` (adjusted
+        p < 0.05), ``n``, ``detectable`` (the smallest difference these seeds detect at 80%
+        power), ``seeds_needed`` (for a difference that is not significant: seeds per group to
+        detect it) and ``note`` (why the test is not the usual one). When validation chose,
+        the test set is compared once, for the chosen group: ``best.held_out``."""
         rows = []
         for s in self._analysis.summaries:
             c = s.vs_baseline
@@ -138,6 +143,10 @@ class Experiment:
                     "p_adjusted": _json_float(c.p_adjusted),
                     "significant": c.significant,
                     "n": c.n,
+                    "compared_on": c.compared_on,
+                    "detectable": _json_float(c.detectable),
+                    "seeds_needed": c.seeds_needed,
+                    "note": c.note,
                 }
             )
         return rows
@@ -275,39 +284,13 @@ class Experiment:
         }
 
     def _repr_html_(self) -> str:
-        """The summary table and the best group, for a notebook cell that ends with ``e``."""
-        regression = self.task == "regression"
-        validation = any(math.isfinite(s.val_acc_mean) for s in self.summaries)
-        rows = []
-        for s in self.summaries:
-            low, high = s.test_acc_ci95
-            versus = "baseline"
-            c = s.vs_baseline
-            if c is not None:
-                versus = f"{c.difference:+.3f}" if math.isfinite(c.difference) else "n/a"
-                if math.isfinite(c.p_adjusted):
-                    versus += f" (adj. p={c.p_adjusted:.2g}{'*' if c.significant else ''})"
-            cells = [
-                s.name,
-                str(s.n_seeds),
-                _fmt(s.train_acc_mean),
-                _fmt(s.test_acc_mean),
-                f"[{_fmt(low)}, {_fmt(high)}]",
-            ]
-            if validation:
-                cells.append(_fmt(s.val_acc_mean))
-            if regression:
-                cells.append(_fmt(s.test_rmse_mean, ".4g"))
-            cells += [_fmt(s.gap_mean), versus]
-            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-        score = "R²" if regression else "acc"
-        headers = ["group", "seeds", f"train {score}", f"test {score}", "95% CI"]
-        if validation:
-            headers.append(f"validation {score}")
-        if regression:
-            headers.append("test RMSE")
-        headers += ["gap", "vs baseline"]
-        head = "".join(f"<th>{h}</th>" for h in headers)
+        """The table led by the split that chooses, the best group, the test figures read
+        after the choice (when validation chose) and the diagnosis, for a notebook cell that
+        ends with ``e``."""
+        from dropkit.lab.tables import after_choice_table, choice_table, to_html
+
+        tables = to_html(choice_table(self.summaries))
+        after = after_choice_table(self.summaries, self.best)
         best = (
             ""
             if self.best is None
@@ -320,9 +303,9 @@ class Experiment:
         )
         return (
             f"<div><p>{html.escape(self.title)} · {len(self.runs)} runs · store "
-            f"<code>{html.escape(self.store.name)}</code></p>"
-            f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            f"{best}{f'<ul>{findings}</ul>' if findings else ''}</div>"
+            f"<code>{html.escape(self.store.name)}</code></p>{tables}{best}"
+            f"{'' if after is None else to_html(after)}"
+            f"{f'<ul>{findings}</ul>' if findings else ''}</div>"
         )
 
     def __repr__(self) -> str:
@@ -331,7 +314,3 @@ class Experiment:
             f"Experiment({self.command}: {self.title}; {len(self.runs)} runs in "
             f"{len(self.groups)} groups; best: {best}; store={str(self.store)!r})"
         )
-
-
-def _fmt(value: float, spec: str = ".3f") -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:{spec}}"

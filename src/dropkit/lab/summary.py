@@ -55,34 +55,45 @@ from numpy.typing import NDArray
 from dropkit.lab.arms import entry_regularizer
 from dropkit.lab.config import RunConfig
 from dropkit.lab.significance import (
+    ALPHA,
+    MIN_SEEDS_FOR_CLAIM,
+    UNBOUNDED,
     Comparison,
     finite_values,
     holm_adjusted,
     mean_ci,
     paired,
     welch,
+    with_power,
 )
 from dropkit.lab.store import StoredRun
 
 __all__ = [
+    "CHOICE_RULE",
     "CONVERGE_TOL",
     "CONVERGE_WINDOW",
     "SCORE_NAMES",
+    "SCORE_RANGES",
     "ArmSummary",
     "BestRate",
     "best_rate",
     "chosen_on",
     "compare",
+    "compare_scores",
     "epochs_to_converge",
+    "gap_range",
     "group_label",
     "group_runs",
     "json_ready",
     "loss_name",
+    "plain_name",
     "score_name",
+    "score_range",
     "seed_curves",
     "seed_runs",
     "selection_score",
     "summarize",
+    "tied_with",
 ]
 
 CONVERGE_TOL = 0.01
@@ -90,6 +101,24 @@ CONVERGE_WINDOW = 0.02
 
 SCORE_NAMES = {"classification": "accuracy", "regression": "R²"}
 """The score of each task, as the ``*_acc`` metrics hold it."""
+
+SCORE_RANGES = {"classification": (0.0, 1.0), "regression": (-math.inf, 1.0)}
+"""The range of each task's score: intervals of it are kept inside (accuracy in [0, 1];
+R² = 1 − SSE/SST is at most 1 and unbounded below)."""
+
+_NON_NEGATIVE = (0.0, math.inf)
+
+
+def score_range(task: str) -> tuple[float, float]:
+    """The range of the task's score (:data:`SCORE_RANGES`)."""
+    score_name(task)  # the task check
+    return SCORE_RANGES[task]
+
+
+def gap_range(task: str) -> tuple[float, float]:
+    """The range of a train − test (or validation) score gap: [−1, 1] for accuracies,
+    unbounded for R² (a test R² has no lower bound)."""
+    return (-1.0, 1.0) if task == "classification" else UNBOUNDED
 
 
 def score_name(task: str) -> str:
@@ -346,7 +375,16 @@ class ArmSummary:
     test_rmse_ci95: tuple[float, float] = (math.nan, math.nan)
     test_mae_mean: float = math.nan
     test_mae_ci95: tuple[float, float] = (math.nan, math.nan)
+    val_gap_mean: float = math.nan
+    val_gap_ci95: tuple[float, float] = (math.nan, math.nan)
+    train_rmse_mean: float = math.nan
+    val_rmse_mean: float = math.nan
+    val_rmse_ci95: tuple[float, float] = (math.nan, math.nan)
+    val_mae_mean: float = math.nan
+    val_mae_ci95: tuple[float, float] = (math.nan, math.nan)
     keys: tuple[str, ...] = field(default=(), repr=False)
+    test_scores: tuple[float, ...] = field(default=(), repr=False)
+    val_scores: tuple[float, ...] = field(default=(), repr=False)
 
     @property
     def n_valid(self) -> int:
@@ -365,20 +403,36 @@ class ArmSummary:
     def strength(self, name: str) -> float | None:
         return dict(self.regularizers).get(name)
 
+    def scores(self, on: str) -> tuple[float, ...]:
+        """The per-seed scores on split ``on`` (``"validation"`` or ``"test"``), aligned with
+        :attr:`seeds`; NaN for a diverged seed."""
+        return self.val_scores if on == "validation" else self.test_scores
+
+    def gap(self, on: str) -> float:
+        """The mean train − ``on`` score gap (``on``: ``"validation"`` or ``"test"``)."""
+        return self.val_gap_mean if on == "validation" else self.gap_mean
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None; ``vs_baseline`` gains ``significant``; ``score_name``
-        is added."""
+        is added. For regression the score keys say what they hold: ``train_r2_mean``,
+        ``test_r2_mean``, ``test_r2_ci95``, ``val_r2_mean`` ... instead of ``*_acc_*`` (beside
+        ``test_rmse_*``, ``test_mae_*``, ``val_rmse_*``, ``val_mae_*``)."""
         data = asdict(self)
-        del data["keys"]
+        for name in ("keys", "test_scores", "val_scores"):
+            del data[name]
         data["score_name"] = self.score_name
+        if self.task == "regression":
+            data = {k.replace("_acc", "_r2"): v for k, v in data.items()}
         result: dict[str, Any] = json_ready(data)
         if self.vs_baseline is not None:
             result["vs_baseline"]["significant"] = self.vs_baseline.significant
         return result
 
 
-def _interval(values: Sequence[float]) -> tuple[float, tuple[float, float]]:
-    mean, low, high = mean_ci(values)
+def _interval(
+    values: Sequence[float], bounds: tuple[float, float] = UNBOUNDED
+) -> tuple[float, tuple[float, float]]:
+    mean, low, high = mean_ci(values, bounds=bounds)
     return mean, (low, high)
 
 
@@ -393,28 +447,42 @@ def _summary(
     vs_baseline: Comparison | None,
 ) -> ArmSummary:
     first = members[0].config
+    task = first.data.task
+    scores, gaps = score_range(task), gap_range(task)
     per_seed = _by_seed(members)
     observations = [_seed_mean(runs) for runs in per_seed]
     kept = [i for i, o in enumerate(observations) if not _diverged(o)]
     valid = [observations[i] for i in kept]
     test = [r.test_acc for r in valid]
-    train_mean, train_ci = _interval([r.train_acc for r in valid])
-    test_mean, test_ci = _interval(test)
-    best_mean, best_ci = _interval([r.best_test_acc for r in valid])
-    loss_mean, loss_ci = _interval([r.test_loss for r in valid])
-    gap_mean, gap_ci = _interval([r.gap for r in valid])
+    train_mean, train_ci = _interval([r.train_acc for r in valid], scores)
+    test_mean, test_ci = _interval(test, scores)
+    best_mean, best_ci = _interval([r.best_test_acc for r in valid], scores)
+    loss_mean, loss_ci = _interval([r.test_loss for r in valid], _NON_NEGATIVE)
+    gap_mean, gap_ci = _interval([r.gap for r in valid], gaps)
+    epochs = (1.0, float(max(1, first.train.epochs)))
     converge = [
         _mean([epochs_to_converge(curves[r.key]["test_acc"]) for r in per_seed[i]])
         for i in kept
         if curves is not None and all(r.key in curves for r in per_seed[i])
     ]
-    converge_mean, converge_ci = _interval(converge)
+    converge_mean, converge_ci = _interval(converge, epochs)
     infos = [_info(r) for r in valid]
     stops = _info_values(infos, "stop_epoch")
-    val_mean, val_ci = _interval(_info_values(infos, "val_acc"))
-    rmse_mean, rmse_ci = _interval(_info_values(infos, "test_rmse"))
-    mae_mean, mae_ci = _interval(_info_values(infos, "test_mae"))
+    val_mean, val_ci = _interval(_info_values(infos, "val_acc"), scores)
+    val_gap_mean, val_gap_ci = _interval(
+        [
+            r.train_acc - info["val_acc"]
+            for r, info in zip(valid, infos, strict=True)
+            if "val_acc" in info
+        ],
+        gaps,
+    )
+    rmse_mean, rmse_ci = _interval(_info_values(infos, "test_rmse"), _NON_NEGATIVE)
+    mae_mean, mae_ci = _interval(_info_values(infos, "test_mae"), _NON_NEGATIVE)
+    val_rmse_mean, val_rmse_ci = _interval(_info_values(infos, "val_rmse"), _NON_NEGATIVE)
+    val_mae_mean, val_mae_ci = _interval(_info_values(infos, "val_mae"), _NON_NEGATIVE)
     finite_test = finite_values(test)
+    all_infos = [_info(o) for o in observations]
     return ArmSummary(
         arm=first.arm,
         p=first.p,
@@ -443,7 +511,7 @@ def _summary(
         converge_epoch_ci95=converge_ci,
         stop_epoch_mean=mean_ci(stops)[0],
         n_stopped=len(stops),
-        task=first.data.task,
+        task=task,
         validation=first.data.validation,
         folds=first.data.folds,
         val_acc_mean=val_mean,
@@ -453,24 +521,47 @@ def _summary(
         test_rmse_ci95=rmse_ci,
         test_mae_mean=mae_mean,
         test_mae_ci95=mae_ci,
+        val_gap_mean=val_gap_mean,
+        val_gap_ci95=val_gap_ci,
+        train_rmse_mean=mean_ci(_info_values(infos, "train_rmse"))[0],
+        val_rmse_mean=val_rmse_mean,
+        val_rmse_ci95=val_rmse_ci,
+        val_mae_mean=val_mae_mean,
+        val_mae_ci95=val_mae_ci,
+        test_scores=tuple(math.nan if _diverged(o) else o.test_acc for o in observations),
+        val_scores=tuple(
+            math.nan if _diverged(o) else info.get("val_acc", math.nan)
+            for o, info in zip(observations, all_infos, strict=True)
+        ),
         keys=tuple(r.key for r in members),
     )
 
 
+def _score_on(run: StoredRun, on: str) -> float:
+    """A seed's final score on split ``on``; NaN when diverged or not recorded."""
+    if _diverged(run):
+        return math.nan
+    if on == "validation":
+        return _info(run).get("val_acc", math.nan)
+    return run.test_acc
+
+
 def compare(
-    group: Sequence[StoredRun], baseline: Sequence[StoredRun], baseline_name: str
+    group: Sequence[StoredRun],
+    baseline: Sequence[StoredRun],
+    baseline_name: str,
+    *,
+    on: str = "test",
 ) -> Comparison:
-    """Final test score of ``group`` against ``baseline``: paired t-test when seeds pair.
+    """Final score of ``group`` against ``baseline`` on split ``on``: paired when seeds pair.
 
-    The fold runs of a seed are averaged first (:func:`seed_runs`): one observation per seed.
-    Seeds pair when both groups share data, architecture and training settings and hold the
-    same set of seeds; diverged seeds are left out (with their partners). Otherwise Welch's
-    t-test. The returned ``p_adjusted`` is this test alone's p-value.
+    ``on`` is ``"test"`` (the final test score) or ``"validation"`` (``info["val_acc"]``: the
+    split that chooses the best group, when there is one). The fold runs of a seed are
+    averaged first (:func:`seed_runs`): one observation per seed. Seeds pair when both groups
+    share data, architecture and training settings and hold the same set of seeds; diverged
+    seeds are left out (with their partners). Otherwise Welch's t-test. The returned
+    ``p_adjusted`` is this test alone's p-value.
     """
-
-    def score(run: StoredRun) -> float:
-        return math.nan if _diverged(run) else run.test_acc
-
     group, baseline = seed_runs(group), seed_runs(baseline)
     seeds_a = [r.config.seed for r in group]
     seeds_b = [r.config.seed for r in baseline]
@@ -483,12 +574,33 @@ def compare(
     ):
         by_seed = {r.config.seed: r for r in baseline}
         ordered = sorted(group, key=lambda r: r.config.seed)
-        return paired(
-            [score(r) for r in ordered],
-            [score(by_seed[r.config.seed]) for r in ordered],
+        result = paired(
+            [_score_on(r, on) for r in ordered],
+            [_score_on(by_seed[r.config.seed], on) for r in ordered],
             baseline_name,
         )
-    return welch([score(r) for r in group], [score(r) for r in baseline], baseline_name)
+    else:
+        result = welch(
+            [_score_on(r, on) for r in group], [_score_on(r, on) for r in baseline], baseline_name
+        )
+    return replace(result, compared_on=on)
+
+
+def compare_scores(
+    group: ArmSummary, other: ArmSummary, on: str, *, name: str | None = None
+) -> Comparison:
+    """``group``'s per-seed scores on split ``on`` against ``other``'s, from the summaries:
+    paired by seed when both hold the same seeds (the groups of one experiment share data,
+    model and training), else Welch's t-test; with its power figures (one comparison)."""
+    a, b = group.scores(on), other.scores(on)
+    label = other.name if name is None else name
+    if sorted(group.seeds) == sorted(other.seeds) and len(set(group.seeds)) == len(group.seeds):
+        by_seed = dict(zip(other.seeds, b, strict=True))
+        ordered = sorted(zip(group.seeds, a, strict=True))
+        result = paired([v for _, v in ordered], [by_seed[seed] for seed, _ in ordered], label)
+    else:
+        result = welch(list(a), list(b), label)
+    return with_power(replace(result, compared_on=on))
 
 
 def summarize(
@@ -504,17 +616,21 @@ def summarize(
 
     Returns:
         The baseline group first (no ``vs_baseline``), then every other group, compared with it
-        (paired or Welch's t-test, Holm-adjusted over all the groups).
+        on the split that chooses the best group (:func:`chosen_on`: validation when every
+        group has a validation score, else test; paired or Welch's t-test, Holm-adjusted over
+        all the groups, with the power figures of :func:`~dropkit.lab.significance.with_power`).
     """
     grouped = group_runs(runs)
     if not grouped:
         return []
+    plain = [_summary(label, members, curves, None) for label, members in grouped]
+    on = chosen_on(plain)
     baseline_name, baseline = grouped[0]
-    raw = [compare(members, baseline, baseline_name) for _, members in grouped[1:]]
+    raw = [compare(members, baseline, baseline_name, on=on) for _, members in grouped[1:]]
     comparisons: list[Comparison | None] = [None, *holm_adjusted(raw)]
     return [
-        _summary(label, members, curves, comparison)
-        for (label, members), comparison in zip(grouped, comparisons, strict=True)
+        replace(summary, vs_baseline=comparison)
+        for summary, comparison in zip(plain, comparisons, strict=True)
     ]
 
 
@@ -534,23 +650,74 @@ def selection_score(summary: ArmSummary, on: str) -> float:
 
 @dataclass(frozen=True)
 class BestRate:
-    """The best group, its evidence, and the split that chose it.
+    """The best group, how it was chosen, the groups tied with it, and its evidence.
 
     Attributes:
         summary: the chosen group.
-        evidence: one sentence: the group, its score on the split that chose it, its test
-            score once (with the RMSE for regression), and its test against the baseline.
-        chosen_on: ``"validation"`` (the highest mean validation score over seeds: a held-out
-            part of the training split, or the folds' validation parts) or ``"test"`` (the
-            highest mean test score: without a validation split the test set doubles as
+        evidence: one sentence: the group, its score on the split that chose it, the groups
+            tied with it, its test score once (with the RMSE for regression), its test against
+            the baseline, and whether the seeds suffice for a claim.
+        chosen_on: ``"validation"`` (held-out rows of the training split, or the folds'
+            validation parts) or ``"test"`` (without a validation split the test set doubles as
             validation, as in the published case study).
-        choice: one line naming the split that chose, for the report and the CLI.
+        choice: one line naming the split that chose and the rule, for the report and the CLI.
+        top: the group with the highest mean score on that split.
+        tied: the groups not significantly worse than ``top`` (``top`` and the chosen group
+            included), in the order of :func:`group_runs`: the rule cannot tell them apart.
+        rule: the choice rule, in words (:data:`CHOICE_RULE`).
+        held_out: when chosen on validation, the chosen group against the baseline on the
+            test set: read once, for the winner only (None otherwise, or for the baseline).
+        provisional: fewer usable seeds than
+            :data:`~dropkit.lab.significance.MIN_SEEDS_FOR_CLAIM` in the chosen group or the
+            baseline: the answer is a pointer, not a claim.
     """
 
     summary: ArmSummary
     evidence: str
     chosen_on: str = "test"
     choice: str = ""
+    top: str = ""
+    tied: tuple[str, ...] = ()
+    rule: str = ""
+    held_out: Comparison | None = None
+    provisional: bool = False
+
+    @property
+    def name(self) -> str:
+        """The chosen group's plain name (``"no dropout (p = 0)"``, ``"dropout p=0.3"``)."""
+        return self.evidence.removeprefix("best: ").split(",", 1)[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``name`` (the group's label), ``arm``, ``p``, ``evidence``,
+        ``chosen_on``, ``choice``, ``top``, ``tied``, ``rule``, ``held_out`` (a comparison or
+        None) and ``provisional``."""
+        held = None
+        if self.held_out is not None:
+            held = json_ready(asdict(self.held_out))
+            held["significant"] = self.held_out.significant
+        result: dict[str, Any] = {
+            "name": self.summary.name,
+            "arm": self.summary.arm,
+            "p": self.summary.p,
+            "evidence": self.evidence,
+            "chosen_on": self.chosen_on,
+            "choice": self.choice,
+            "top": self.top,
+            "tied": list(self.tied),
+            "rule": self.rule,
+            "held_out": held,
+            "provisional": self.provisional,
+        }
+        return result
+
+
+CHOICE_RULE = (
+    "the groups whose mean score is not significantly below the highest (paired t-test on the "
+    f"per-seed scores, two-sided, p >= {ALPHA:g}; with fewer than 2 seeds only equal means) "
+    "tie; of them the simplest wins: no regularization first, then the fewest regularizers, "
+    "then the lowest total drop rate, then the higher mean"
+)
+"""How :func:`best_rate` chooses, as the report and the CLI state it."""
 
 
 def _ci_text(interval: tuple[float, float], n_valid: int) -> str:
@@ -559,7 +726,9 @@ def _ci_text(interval: tuple[float, float], n_valid: int) -> str:
         return f"95% CI [{low:.3f}, {high:.3f}]"
     if n_valid == 1:
         return "(one seed: no interval)"
-    return f"({n_valid} usable seed{'s' if n_valid != 1 else ''}: no interval)"
+    if n_valid > 1:
+        return f"(no spread over {n_valid} seeds: no interval)"
+    return "(no usable seed: no interval)"
 
 
 def _choice(best: ArmSummary, on: str) -> str:
@@ -570,8 +739,8 @@ def _choice(best: ArmSummary, on: str) -> str:
         else:
             where = f"{best.validation:.0%} of the training split held out"
         return (
-            f"chosen on validation: the highest mean validation {score} over seeds ({where}); "
-            "the test set took no part in the choice"
+            f"chosen on validation {score} over seeds ({where}): {CHOICE_RULE}; the test set "
+            "took no part in the choice and is read once, for the chosen group"
         )
     if best.folds or best.validation > 0:
         reason = f"not every group has a validation {score}"
@@ -579,56 +748,158 @@ def _choice(best: ArmSummary, on: str) -> str:
         reason = "there is no validation split"
     return (
         f"chosen on the test set: {reason}, so the test set doubles as validation (as in the "
-        f"published tutorial) and the best group's test {score} is optimistic"
+        f"published tutorial) and the chosen group's test {score} is optimistic; {CHOICE_RULE}"
     )
 
 
-def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
-    """The best group, with a sentence of evidence.
+def _is_plain_baseline(s: ArmSummary) -> bool:
+    return s.arm == "none" and s.p == 0 and s.input_p == 0 and not s.regularizers
 
-    Chosen by the highest mean validation score when every candidate group has one
-    (:func:`chosen_on`), else by the highest mean final test score. The comparison with the
-    baseline is always on the test set.
+
+def plain_name(summary: ArmSummary, summaries: Sequence[ArmSummary]) -> str:
+    """A group's name in a sentence: the unregularized group reads ``"no dropout (p = 0)"``
+    when every group differs only in its dropout rates, ``"no regularization (none)"``
+    otherwise; any other group its label."""
+    if _is_plain_baseline(summary) and summary.max_norm is None:
+        rates_only = all(not s.regularizers and s.max_norm is None for s in summaries)
+        return "no dropout (p = 0)" if rates_only else "no regularization (none)"
+    return summary.name or f"{summary.arm} p={summary.p:g}"
+
+
+def _simplicity(s: ArmSummary, on: str) -> tuple[int, int, float, float, str]:
+    regularized = 0 if _is_plain_baseline(s) and s.max_norm is None else 1
+    tokens = 0 if s.arm == "none" else len(s.arm.split("+"))
+    return (regularized, tokens, s.p + s.input_p, -selection_score(s, on), s.name)
+
+
+def tied_with(top: ArmSummary, summaries: Sequence[ArmSummary], on: str) -> list[ArmSummary]:
+    """The groups whose score on ``on`` is not significantly below ``top``'s (``top`` included).
+
+    A group ties when the two-sided test of its per-seed scores against ``top``'s
+    (:func:`compare_scores`: paired by seed) gives ``p >= α`` (0.05), or, when no test can be
+    made (fewer than two seeds), when its mean equals ``top``'s.
+    """
+    tied = []
+    for s in summaries:
+        if s is top:
+            tied.append(s)
+            continue
+        test = compare_scores(s, top, on)
+        if math.isfinite(test.p_value):
+            if test.p_value >= ALPHA:
+                tied.append(s)
+        elif selection_score(s, on) == selection_score(top, on):
+            tied.append(s)
+    return tied
+
+
+def _versus_text(c: Comparison, what: str) -> str:
+    """``what`` (e.g. "better than none") with the test's numbers and, when not significant,
+    the power figures."""
+    p_text = f"{c.test_name} p={c.p_value:.2g}"
+    if math.isfinite(c.p_adjusted) and c.p_adjusted != c.p_value:
+        p_text += f", Holm-adjusted p={c.p_adjusted:.2g}"
+    where = "validation" if c.compared_on == "validation" else "test"
+    if c.significant:
+        text = (
+            f"{'better' if c.difference > 0 else 'worse'} than {c.baseline} on {where} by "
+            f"{c.difference:+.3f} ({p_text}, significant at {ALPHA:g})"
+        )
+    else:
+        text = f"{c.difference:+.3f} against {c.baseline} on {where} is NOT significant ({p_text})"
+        power_parts = []
+        if math.isfinite(c.detectable):
+            power_parts.append(f"these seeds detect about ±{c.detectable:.3f} at 80% power")
+        if c.seeds_needed is not None:
+            power_parts.append(
+                f"about {c.seeds_needed} seeds per group would detect {c.difference:+.3f}"
+            )
+        if power_parts:
+            text += ": " + ", ".join(power_parts)
+    if c.note:
+        text += f" [{c.note}]"
+    return text if what == "" else f"{what} {text}"
+
+
+def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
+    """The best group by :data:`CHOICE_RULE`, with the groups tied with it and its evidence.
+
+    The split (:func:`chosen_on`): validation when every candidate group has a validation
+    score, else the test set. The group with the highest mean score there is the *top*; the
+    groups not significantly below it tie (:func:`tied_with`); the simplest of the tied wins
+    (no regularization, fewest regularizers, lowest total drop rate, higher mean): never the
+    order of the list. When validation chose, the winner's test score is its held-out
+    estimate and is compared with the baseline's on the test set (one paired test).
     """
     finite = [s for s in summaries if math.isfinite(s.test_acc_mean)]
     if not finite:
         return None
     on = chosen_on(finite)
-    best = max(finite, key=lambda s: selection_score(s, on))
-    name = best.name or (best.arm if best.arm == "none" else f"{best.arm} p={best.p:g}")
+    ranked = [s for s in finite if math.isfinite(selection_score(s, on))] or finite
+    top = min(ranked, key=lambda s: (-selection_score(s, on), _simplicity(s, on)))
+    tied = tied_with(top, ranked, on)
+    best = min(tied, key=lambda s: _simplicity(s, on))
+    name = plain_name(best, summaries)
     score = best.score_name
     test_text = (
         f"test {score} {best.test_acc_mean:.3f} {_ci_text(best.test_acc_ci95, best.n_valid)}"
     )
     if best.task == "regression" and math.isfinite(best.test_rmse_mean):
         test_text += f", RMSE {best.test_rmse_mean:.4g}"
+        if math.isfinite(best.test_mae_mean):
+            test_text += f", MAE {best.test_mae_mean:.4g}"
+    others = [s.name for s in tied if s is not best]
+    tie_text = ""
+    if others:
+        where = "it" if best is top else f"the top, {top.name}"
+        tie_text = (
+            f"; tied with {', '.join(others)} (not significantly below {where}): "
+            "the simplest of them is chosen"
+        )
+    baseline = summaries[0] if summaries and summaries[0].is_baseline else None
+    held_out = None
     if on == "validation":
         validation = _ci_text(best.val_acc_ci95, best.n_valid)
         text = (
-            f"best: {name}, chosen on validation {score} {best.val_acc_mean:.3f} {validation}; "
-            f"{test_text}"
+            f"best: {name}, chosen on validation {score} {best.val_acc_mean:.3f} "
+            f"{validation}{tie_text}; held-out {test_text}"
         )
+        if baseline is not None and best is not baseline:
+            held_out = compare_scores(best, baseline, "test")
     else:
-        text = f"best: {name}, {test_text}"
-    chosen = "" if on == "validation" else "; chosen on the test set, which doubles as validation"
+        text = f"best: {name}, {test_text}{tie_text}"
     comparison = best.vs_baseline
-    if comparison is None:
-        evidence = f"{text}; it is the baseline: no other setting beat it{chosen}"
-        return BestRate(best, evidence, on, _choice(best, on))
-    if not math.isfinite(comparison.p_value):
+    top_versus = top.vs_baseline
+    if comparison is None and top is not best and top_versus is not None:
+        if math.isfinite(top_versus.p_value):
+            evidence = f"{text}; the top, {top.name}, {_versus_text(top_versus, '')}"
+        else:
+            evidence = f"{text}; not enough seeds (or spread) to test the top, {top.name}"
+    elif comparison is None:
+        evidence = f"{text}; no other setting scored significantly better"
+    elif not math.isfinite(comparison.p_value):
         evidence = f"{text}; not enough seeds (or spread) to test it against {comparison.baseline}"
     else:
-        p_text = f"{comparison.test_name} p={comparison.p_value:.2g}"
-        if comparison.p_adjusted != comparison.p_value:
-            p_text += f", Holm-adjusted p={comparison.p_adjusted:.2g}"
-        if comparison.significant:
-            evidence = (
-                f"{text}; better than {comparison.baseline} by {comparison.difference:+.3f} "
-                f"({p_text}, significant at 0.05)"
-            )
-        else:
-            evidence = (
-                f"{text}; {comparison.difference:+.3f} against {comparison.baseline} is NOT "
-                f"significant ({p_text}): more seeds or a larger effect needed"
-            )
-    return BestRate(best, evidence + chosen, on, _choice(best, on))
+        evidence = f"{text}; {_versus_text(comparison, '')}"
+    if held_out is not None and math.isfinite(held_out.p_value):
+        evidence += f"; on the held-out test set {_versus_text(held_out, '')}"
+    if on == "test":
+        evidence += "; chosen on the test set, which doubles as validation"
+    seeds = min([best.n_valid] + ([baseline.n_valid] if baseline is not None else []))
+    provisional = seeds < MIN_SEEDS_FOR_CLAIM
+    if provisional:
+        evidence += (
+            f"; only {seeds} usable seed{'s' if seeds != 1 else ''}: below the "
+            f"{MIN_SEEDS_FOR_CLAIM} a claim needs, so treat this as provisional"
+        )
+    return BestRate(
+        best,
+        evidence,
+        on,
+        _choice(best, on),
+        top=top.name,
+        tied=tuple(s.name for s in summaries if any(s is t for t in tied)),
+        rule=CHOICE_RULE,
+        held_out=held_out,
+        provisional=provisional,
+    )

@@ -1,0 +1,138 @@
+"""The results table, as plain rows: the choosing split leads, the test set comes after.
+
+One table layout serves the CLI, the notebook view of :class:`~dropkit.lab.Experiment` and the
+HTML report, so they cannot disagree on what a reader sees first:
+
+- :func:`choice_table`: one row per group on the split that chooses the best group
+  (:func:`~dropkit.lab.summary.chosen_on`): its mean score with the 95% interval, the train
+  score, the train − that split gap and the test against the baseline on that split (for
+  regression the split's RMSE and MAE beside R²). Without a validation split this is the test
+  set, which then doubles as validation (the published case study's table).
+- :func:`after_choice_table`: only when validation chose: every group's test figures, labelled
+  as read after the choice. The chosen group's row is its held-out estimate (with its interval);
+  the other rows carry means only, so nothing invites choosing on the test set after all.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dropkit.lab.summary import ArmSummary, BestRate, chosen_on, score_name, selection_score
+
+__all__ = ["Table", "after_choice_table", "choice_table", "to_html"]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of text cells (``rows[i][j]`` under ``headers[j]``)."""
+
+    title: str
+    caption: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+def _fmt(value: float, spec: str = ".3f") -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:{spec}}"
+
+
+def _ci(interval: tuple[float, float], spec: str = ".3f") -> str:
+    low, high = interval
+    return "n/a" if not math.isfinite(low) else f"[{low:{spec}}, {high:{spec}}]"
+
+
+def _versus(s: ArmSummary) -> str:
+    c = s.vs_baseline
+    if c is None:
+        return "baseline"
+    text = _fmt(c.difference, "+.3f")
+    if math.isfinite(c.p_adjusted):
+        text += f" (adj. p={c.p_adjusted:.2g}{'*' if c.significant else ''})"
+    return text
+
+
+def _short(task: str) -> str:
+    return "R²" if task == "regression" else "acc"
+
+
+def choice_table(summaries: Sequence[ArmSummary]) -> Table:
+    """The groups on the split that chooses: ``group, seeds, train, <split>, 95% CI, [RMSE,
+    MAE,] gap, vs <baseline>``."""
+    task = summaries[0].task if summaries else "classification"
+    regression = task == "regression"
+    on = chosen_on(summaries)
+    short = _short(task)
+    split = "val" if on == "validation" else "test"
+    baseline = next((s.vs_baseline.baseline for s in summaries if s.vs_baseline), "baseline")
+    headers = ["group", "seeds", f"train {short}", f"{split} {short}", "95% CI"]
+    headers += [f"{split} RMSE", f"{split} MAE"] if regression else []
+    headers += ["gap", f"vs {baseline}"]
+    rows = []
+    for s in summaries:
+        interval = s.val_acc_ci95 if on == "validation" else s.test_acc_ci95
+        seeds = f"{s.n_seeds}" + (f" ({s.n_nan} NaN)" if s.n_nan else "")
+        cells = [s.name, seeds, _fmt(s.train_acc_mean), _fmt(selection_score(s, on))]
+        cells.append(_ci(interval))
+        if regression:
+            rmse = s.val_rmse_mean if on == "validation" else s.test_rmse_mean
+            mae = s.val_mae_mean if on == "validation" else s.test_mae_mean
+            cells += [_fmt(rmse, ".4g"), _fmt(mae, ".4g")]
+        cells += [_fmt(s.gap(on)), _versus(s)]
+        rows.append(tuple(cells))
+    score = score_name(task)
+    if on == "validation":
+        title = f"Validation {score} over seeds (mean, 95% CI): the split that chooses"
+        caption = (
+            f"gap: train − validation; vs {baseline}: on validation, Holm-adjusted over all "
+            "groups; * significant at 0.05"
+        )
+    else:
+        title = f"Final {score} over seeds (mean, 95% CI)"
+        caption = "adj. p: Holm-adjusted over all groups; * significant at 0.05"
+    return Table(title, caption, tuple(headers), tuple(rows))
+
+
+def after_choice_table(summaries: Sequence[ArmSummary], best: BestRate | None) -> Table | None:
+    """Each group's test figures, read after validation chose (None when the test set chose:
+    :func:`choice_table` already shows it)."""
+    if best is None or best.chosen_on != "validation" or not summaries:
+        return None
+    task = summaries[0].task
+    regression = task == "regression"
+    short = _short(task)
+    headers = ["group", f"test {short}", "95% CI"]
+    headers += ["test RMSE", "test MAE"] if regression else []
+    headers += ["read as"]
+    rows = []
+    for s in summaries:
+        chosen = s.name == best.summary.name
+        cells = [s.name, _fmt(s.test_acc_mean), _ci(s.test_acc_ci95) if chosen else "–"]
+        if regression:
+            cells += [_fmt(s.test_rmse_mean, ".4g"), _fmt(s.test_mae_mean, ".4g")]
+        cells.append("the chosen group's held-out estimate" if chosen else "after the choice")
+        rows.append(tuple(cells))
+    return Table(
+        f"Test {score_name(task)}, read once after the choice",
+        "only the chosen group's row is an estimate of its performance; the other rows were "
+        "read after the choice and are not for choosing (that would make the test set a "
+        "second validation set)",
+        tuple(headers),
+        tuple(rows),
+    )
+
+
+def to_html(table: Table, *, css_class: str = "") -> str:
+    """The table as an HTML ``<table>`` with its title as a caption and its note below."""
+    attribute = f" class={css_class}" if css_class else ""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in table.headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in table.rows
+    )
+    return (
+        f"<table{attribute}><caption>{html.escape(table.title)}</caption>"
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        f"<p><small>{html.escape(table.caption)}</small></p>"
+    )
