@@ -408,7 +408,7 @@ class TestDiagnosis:
     def test_large_gap(self) -> None:
         runs = _group(0.0, [0.76, 0.77, 0.76], train_acc=1.0)
         runs += _group(0.2, [0.79, 0.80, 0.79], train_acc=0.99)
-        runs += _group(0.4, [0.80, 0.81, 0.80], train_acc=0.97)
+        runs += _group(0.4, [0.80, 0.82, 0.81], train_acc=0.97)
         findings = self._diagnose(runs)
         assert [(f.rule, f.group) for f in findings] == [
             ("large_gap", "none"),

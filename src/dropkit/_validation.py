@@ -32,6 +32,7 @@ __all__ = [
     "check_probability",
     "check_shape",
     "check_tensor",
+    "check_trainable_rate",
 ]
 
 
@@ -259,6 +260,21 @@ def check_open_probability(value: object, name: str, *, meaning: str = "drop") -
         raise ValueError(
             f"`{name}` must be in (0, 1), ends excluded (the {meaning} probability, learned "
             f"through its logit, which is infinite at 0 and 1), got {_describe(value)}"
+        )
+    return p
+
+
+def check_trainable_rate(value: object, name: str = "p") -> float:
+    """Return ``value`` as a drop probability in [0, 1), for a rate the lab trains with.
+
+    ``p = 1`` drops every unit: the layers compute exact zeros (as PyTorch does), but a model
+    trained that way outputs a constant, so a sweep at that rate has nothing to measure.
+    """
+    p = check_probability(value, name)
+    if p == 1.0:
+        raise ValueError(
+            f"`{name}` must be in [0, 1) for the lab, got {_describe(value)}: p = 1 drops every "
+            "unit, so the network outputs a constant and there is nothing to learn or compare"
         )
     return p
 

@@ -143,7 +143,7 @@ _MAX_RATES = 1000
 
 def _parse_rates(text: str) -> list[float]:
     """``"0,0.1,0.4"`` or an inclusive range ``"start:stop:step"`` such as ``"0:0.8:0.1"``."""
-    from dropkit._validation import check_probability
+    from dropkit._validation import check_trainable_rate
 
     try:
         if ":" in text:
@@ -161,7 +161,7 @@ def _parse_rates(text: str) -> list[float]:
     if not values:
         _fail(f"--rates: no rate in {text!r}")
     try:
-        return [check_probability(v, "--rates") for v in values]
+        return [check_trainable_rate(v, "--rates") for v in values]
     except ValueError as error:
         _fail(str(error))
 

@@ -16,6 +16,11 @@ Each returns an :class:`Experiment` (``.summary``, ``.best``, ``.comparisons``, 
 ``.report(path)``, ``.to_dict()``; a notebook shows its table). The arms a comparison can use
 are :data:`REGULARIZERS` (:mod:`dropkit.lab.arms`). See ``docs/lab.md``.
 
+How many seeds? ``lab.seeds_needed(0.02, 0.02)`` gives the seeds per group a paired comparison
+needs to detect a +0.02 difference at 80% power when the per-seed differences spread by 0.02
+(each experiment's comparisons state the same for the differences they saw). See
+``docs/report.md``.
+
 Your own model and data: ``lab.sweep(data=(X, y), model=make_model)`` with a factory
 ``make_model(p) -> nn.Module`` (or an ``nn.Module``), arrays, tensors or torch Datasets, for
 classification or regression; runs of one model train batched (``torch.func.vmap``) with
@@ -38,6 +43,7 @@ from dropkit.lab.api import sweep as sweep
 from dropkit.lab.arms import REGULARIZERS as REGULARIZERS
 from dropkit.lab.arms import STRENGTHS as STRENGTHS
 from dropkit.lab.experiment import Experiment as Experiment
+from dropkit.lab.significance import seeds_needed as seeds_needed
 
 __all__ = [
     "REGULARIZERS",
@@ -52,5 +58,6 @@ __all__ = [
     "plan_demo",
     "plan_sweep",
     "run",
+    "seeds_needed",
     "sweep",
 ]

@@ -35,7 +35,12 @@ from typing import Any
 
 from torch import Tensor
 
-from dropkit._validation import check_positive, check_positive_int, check_probability
+from dropkit._validation import (
+    check_positive,
+    check_positive_int,
+    check_probability,
+    check_trainable_rate,
+)
 
 __all__ = [
     "ACTS_ON",
@@ -73,7 +78,8 @@ class Strength:
         help: what the number is, one line.
         default: its default; None: resolved per run by ``resolve``.
         unit: ``""``, ``"epochs"``, ``"pixels"``, ...
-        domain: ``"probability"`` (``[0, 1]``), ``"positive"`` (``> 0``, finite) or
+        domain: ``"rate"`` (a drop probability the lab trains with: ``[0, 1)``),
+            ``"probability"`` (``[0, 1]``), ``"positive"`` (``> 0``, finite) or
             ``"positive_int"`` (an int ``>= 1``).
         resolve: the default of a None value: ``resolve(epochs, kind, n_train)``.
     """
@@ -93,6 +99,8 @@ class Strength:
         """
         if value is None and self.resolve is not None:
             return None
+        if self.domain == "rate":
+            return check_trainable_rate(value, self.name)
         if self.domain == "probability":
             return check_probability(value, self.name)
         if self.domain == "positive_int":
@@ -103,8 +111,8 @@ class Strength:
 STRENGTHS: dict[str, Strength] = {
     s.name: s
     for s in (
-        Strength("p", "hidden drop probability of the dropout arms", 0.5, domain="probability"),
-        Strength("input_p", "drop probability of input_dropout", 0.2, domain="probability"),
+        Strength("p", "hidden drop probability of the dropout arms", 0.5, domain="rate"),
+        Strength("input_p", "drop probability of input_dropout", 0.2, domain="rate"),
         Strength("l1", "λ of l1: loss + λ·Σ|w| (weights, not biases)", 1e-5),
         Strength("l2", "λ of l2: loss + λ·Σw² (weights, not biases)", 1e-4),
         Strength("max_norm", "bound c of max_norm on each hidden unit's incoming weights", 3.0),

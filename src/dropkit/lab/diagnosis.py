@@ -401,15 +401,30 @@ def check_rate_curve(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Dia
         within = f" (within noise of it: p={_rates_text(tied)})" if tied else ""
         best = f"p={top.p:g} ({word} {score} {selection_score(top, on):.3f})"
         rates = f"rates tried: {_rates_text(scored)}"
-        if top is scored[-1]:
+        lowest = scored[0]
+        gap = ""
+        if top is not lowest and all(math.isfinite(x.gap(on)) for x in (lowest, top)):
+            gap = (
+                f"; the {_gap_name(top, on)} goes from {lowest.gap(on):.3f} at "
+                f"p={lowest.p:g} to {top.gap(on):.3f} at p={top.p:g}"
+            )
+        if len(tied) == len(scored) - 1:
+            severity = "info"
+            message = (
+                f"the {word} {score} does not differ measurably between the rates tried: the "
+                f"highest, {best}, is within noise of every other; {rates}: the rate makes no "
+                "difference these seeds can detect (the comparisons say how many seeds a "
+                f"difference of this size would need){gap}"
+            )
+        elif top is scored[-1]:
             higher = min(0.9, top.p + 0.2)
             severity = "warning"
             message = (
                 f"the {word} {score} is highest at the largest rate tried, {best}{within}; "
                 f"{rates}: rates above it may score better: extend the grid upward (e.g. to "
-                f"p={higher:g})"
+                f"p={higher:g}){gap}"
             )
-        elif top is scored[0] and top.p == 0:
+        elif top is lowest and top.p == 0:
             severity = "info"
             message = (
                 f"no dropout rate tried scores above p=0 ({word} {score} "
@@ -417,7 +432,7 @@ def check_rate_curve(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Dia
                 f"these rates; if the model overfits, try rates below p={scored[1].p:g} or "
                 "another regularizer"
             )
-        elif top is scored[0]:
+        elif top is lowest:
             severity = "info"
             message = (
                 f"the {word} {score} is highest at the smallest rate tried, {best}{within}; "
@@ -427,7 +442,8 @@ def check_rate_curve(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Dia
             severity = "info"
             message = (
                 f"the grid has found its optimum: the {word} {score} peaks inside it, at "
-                f"{best}{within}; {rates}: a finer grid around it is all that is left to try"
+                f"{best}{within}; {rates}: a finer grid around it is all that is left to "
+                f"try{gap}"
             )
         findings.append(
             Diagnosis("rate_curve", severity, message, _curve_numbers(scored, top, on), top.name)

@@ -62,8 +62,8 @@ __all__ = [
     "holm_adjusted",
     "mean_ci",
     "paired",
-    "power",
     "seeds_needed",
+    "t_test_power",
     "welch",
     "welch_from_stats",
     "with_power",
@@ -328,7 +328,7 @@ def _is_paired(test: str) -> bool:
     return test in ("paired", "sign")
 
 
-def power(
+def t_test_power(
     difference: float,
     spread: float,
     seeds: int,
@@ -363,10 +363,10 @@ def detectable_difference(
     seeds: int,
     *,
     alpha: float = ALPHA,
-    power_: float = POWER,
+    power: float = POWER,
     paired: bool = True,
 ) -> float:
-    """The smallest true difference detected with probability ``power_`` (:func:`power`).
+    """The smallest true difference detected with probability ``power`` (:func:`t_test_power`).
 
     NaN with fewer than 2 seeds or a non-finite spread; 0 for a spread of 0.
     """
@@ -375,11 +375,11 @@ def detectable_difference(
     if spread <= 0:
         return 0.0
     high = spread
-    while power(high, spread, seeds, alpha=alpha, paired=paired) < power_:
+    while t_test_power(high, spread, seeds, alpha=alpha, paired=paired) < power:
         high *= 2
     return float(
         optimize.brentq(
-            lambda d: power(d, spread, seeds, alpha=alpha, paired=paired) - power_,
+            lambda d: t_test_power(d, spread, seeds, alpha=alpha, paired=paired) - power,
             0.0,
             high,
             xtol=spread * 1e-6,
@@ -392,12 +392,12 @@ def seeds_needed(
     spread: float,
     *,
     alpha: float = ALPHA,
-    power_: float = POWER,
+    power: float = POWER,
     paired: bool = True,
     comparisons: int = 1,
     most: int = 100_000,
 ) -> int | None:
-    """Seeds per group for a two-sided t-test to detect ``difference`` with probability ``power_``.
+    """Seeds per group for a two-sided t-test to detect ``difference`` with probability ``power``.
 
     Args:
         difference: the true difference of mean scores to detect (e.g. +0.02 accuracy).
@@ -405,26 +405,26 @@ def seeds_needed(
             both groups share their seeds, as in the lab) or of each group's scores (False).
         alpha: the significance level, divided by ``comparisons`` (Bonferroni: the strictest
             step of Holm's correction when ``comparisons`` groups are tested together).
-        power_: the probability of detecting it (0.8 by default).
+        power: the probability of detecting it (0.8 by default).
         paired: the paired test (the lab's, for groups run on the same seeds) or Welch's.
         comparisons: how many comparisons are made together (Holm's ``m``).
         most: the largest answer searched; None beyond it (or for a zero difference).
 
     Returns:
-        The smallest number of seeds ``n >= 2`` whose :func:`power` reaches ``power_``; None
+        The smallest number of seeds ``n >= 2`` whose :func:`t_test_power` reaches ``power``; None
         when no number up to ``most`` does.
     """
     if not (math.isfinite(difference) and math.isfinite(spread)) or difference == 0:
         return None
-    if spread < 0 or not 0 < alpha < 1 or not 0 < power_ < 1:
+    if spread < 0 or not 0 < alpha < 1 or not 0 < power < 1:
         raise ValueError(
-            "`spread` must be >= 0 and `alpha`, `power_` in (0, 1), got "
-            f"spread={spread}, alpha={alpha}, power_={power_}"
+            "`spread` must be >= 0 and `alpha`, `power` in (0, 1), got "
+            f"spread={spread}, alpha={alpha}, power={power}"
         )
     level = alpha / max(1, comparisons)
 
     def enough(n: int) -> bool:
-        return power(difference, spread, n, alpha=level, paired=paired) >= power_
+        return t_test_power(difference, spread, n, alpha=level, paired=paired) >= power
 
     if enough(2):
         return 2
@@ -448,14 +448,14 @@ def with_power(comparison: Comparison, *, comparisons: int = 1) -> Comparison:
     c = comparison
     level = ALPHA / max(1, comparisons)
     if c.test == "sign":  # p = 2 · 0.5^n: significant from the first n with 2 · 0.5^n < level
-        needed = math.ceil(math.log2(2 / level) + 1e-9)
-        return replace(c, seeds_needed=None if c.significant or c.difference == 0 else needed)
+        fewest = math.ceil(math.log2(2 / level) + 1e-9)
+        return replace(c, seeds_needed=None if c.significant or c.difference == 0 else fewest)
     if c.test == "none" or not math.isfinite(c.spread):
         return c
     paired_test = _is_paired(c.test)
     seeds = c.n if paired_test else c.n // 2
     detectable = detectable_difference(c.spread, seeds, alpha=level, paired=paired_test)
-    needed = None
+    needed: int | None = None
     if not c.significant and c.difference != 0:
         needed = seeds_needed(c.difference, c.spread, paired=paired_test, comparisons=comparisons)
     return replace(c, detectable=detectable, seeds_needed=needed)

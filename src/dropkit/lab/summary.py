@@ -663,7 +663,8 @@ class BestRate:
         choice: one line naming the split that chose and the rule, for the report and the CLI.
         top: the group with the highest mean score on that split.
         tied: the groups not significantly worse than ``top`` (``top`` and the chosen group
-            included), in the order of :func:`group_runs`: the rule cannot tell them apart.
+            included), simplest first (the chosen group leads): the rule cannot tell them
+            apart.
         rule: the choice rule, in words (:data:`CHOICE_RULE`).
         held_out: when chosen on validation, the chosen group against the baseline on the
             test set: read once, for the winner only (None otherwise, or for the baseline).
@@ -837,8 +838,8 @@ def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
     on = chosen_on(finite)
     ranked = [s for s in finite if math.isfinite(selection_score(s, on))] or finite
     top = min(ranked, key=lambda s: (-selection_score(s, on), _simplicity(s, on)))
-    tied = tied_with(top, ranked, on)
-    best = min(tied, key=lambda s: _simplicity(s, on))
+    tied = sorted(tied_with(top, ranked, on), key=lambda s: _simplicity(s, on))
+    best = tied[0]
     name = plain_name(best, summaries)
     score = best.score_name
     test_text = (
@@ -898,7 +899,7 @@ def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
         on,
         _choice(best, on),
         top=top.name,
-        tied=tuple(s.name for s in summaries if any(s is t for t in tied)),
+        tied=tuple(s.name for s in tied),
         rule=CHOICE_RULE,
         held_out=held_out,
         provisional=provisional,
