@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +198,7 @@ class TestSchemaV2:
             assert store.add_runs([new, old]) == 1  # the old run is recognized, not re-added
             assert store.runs([new.config.key()])[0].info == {"stop_epoch": 3.0}
         with sqlite3.connect(path) as db:
-            assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "2"
+            assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "3"
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         db.close()
         with ResultsStore(path) as store:  # opening a migrated store again changes nothing
@@ -340,3 +341,221 @@ def test_two_sweeps_on_one_store(tmp_path: Path, spawn: Spawn) -> None:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
     assert _stored(path) == (N_RUNS, [epochs] * N_RUNS)
+
+
+# --- notes, foreign files, read-only stores -------------------------------------------------
+
+
+def _v2_store(path: Path, records: list[RunRecord]) -> None:
+    """A version-2 store holding ``records``: today's file without the notes tables."""
+    with ResultsStore(path) as store:
+        store.add_runs(records)
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE run_notes")
+        db.execute("DROP TABLE notes")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.close()
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _neighbours(path: Path) -> set[str]:
+    """The files next to ``path`` that SQLite makes (``-wal``, ``-shm``, ``-journal``)."""
+    return {p.name for p in path.parent.iterdir() if p.name.startswith(path.name + "-")}
+
+
+class TestNotes:
+    def test_notes_are_stored_with_the_new_runs(self, tmp_path: Path) -> None:
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            first, second, third = _record(0), _record(1), _record(2)
+            assert store.add_runs([first, second], notes=["task inferred", "run by run"]) == 2
+            assert store.notes() == ["task inferred", "run by run"]
+            # a run already stored keeps its notes; only the new run gets these
+            assert store.add_runs([first, third], notes=["run by run", "budget"]) == 1
+            assert store.notes() == ["task inferred", "run by run", "budget"]
+            assert store.notes([first.config.key()]) == ["task inferred", "run by run"]
+            assert store.notes([third.config.key()]) == ["run by run", "budget"]
+            assert store.notes(["missing"]) == []
+            assert (
+                store.add_runs([_record(3)]) == 1 and store.notes([_record(3).config.key()]) == []
+            )
+
+    def test_v2_store_is_migrated_to_v3(self, tmp_path: Path) -> None:
+        path = tmp_path / "v2.sqlite"
+        _v2_store(path, [_record(0), _record(1)])
+        with ResultsStore(path) as store:
+            assert store.count() == 2 and store.notes() == []
+            assert store.add_runs([_record(2)], notes=["a note"]) == 1
+            assert store.notes() == ["a note"]
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        db.close()
+
+    def test_first_and_last_stored(self, tmp_path: Path) -> None:
+        with ResultsStore(tmp_path / "runs.sqlite") as store:
+            store.add_runs([_record(0)])
+            store.add_runs([_record(1)])
+            keys = [_record(0).config.key(), _record(1).config.key()]
+            first, last = store.finished(keys)
+            assert first[0] <= last[0] and first[1] < last[1]
+            assert store.finished(keys[:1]) == (first, first)
+            assert store.finished(["missing"]) == (("", 0), ("", 0))
+            assert len(store.shapes()) == 1
+
+
+class TestForeignFiles:
+    def test_a_sqlite_file_of_another_program_is_refused_and_left_alone(
+        self, tmp_path: Path
+    ) -> None:
+        path = tmp_path / "app.sqlite"
+        with sqlite3.connect(path) as db:
+            db.execute("CREATE TABLE users (name TEXT)")
+            db.execute("INSERT INTO users VALUES ('ada')")
+        db.close()
+        before = _digest(path)
+        for read_only in (None, False, True):
+            with pytest.raises(StoreError, match="not a dropkit results store.*users"):
+                ResultsStore(path, read_only=read_only)
+        assert _digest(path) == before
+        with sqlite3.connect(path) as db:
+            tables = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+            assert tables == [("users",)]
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        db.close()
+
+    def test_a_file_that_is_not_sqlite(self, tmp_path: Path) -> None:
+        path = tmp_path / "notes.sqlite"
+        path.write_text("hello, this is not a database\n" * 100)
+        with pytest.raises(StoreError, match="cannot use .* as a results store"):
+            ResultsStore(path)
+        assert path.read_text().startswith("hello")
+
+    def test_read_only_must_be_a_bool(self, tmp_path: Path) -> None:
+        with pytest.raises(TypeError, match="`read_only` must be True, False or None"):
+            ResultsStore(tmp_path / "runs.sqlite", read_only="yes")  # type: ignore[arg-type]
+
+
+class TestReadOnly:
+    def test_read_only_reads_everything_and_changes_nothing(self, tmp_path: Path) -> None:
+        path = tmp_path / "runs.sqlite"
+        record = RunRecord(
+            _record(0).config, _record(0).curves, 0.5, {"stop_epoch": 3.0}, _state(4)
+        )
+        with ResultsStore(path) as store:
+            store.add_runs([record, _record(1, p=0.4)], notes=["a note"])
+        assert _neighbours(path) == set()  # the writer merged its log on closing
+        before = _digest(path)
+        with ResultsStore(path, read_only=True) as store:
+            assert store.read_only
+            assert store.count() == 2 and store.notes() == ["a note"]
+            (run,) = store.runs([record.config.key()])
+            assert run.info == {"stop_epoch": 3.0}
+            assert store.state_dict(run.key) is not None
+            np.testing.assert_allclose(
+                store.curves(run.key)["train_acc"], record.curves["train_acc"]
+            )
+            with pytest.raises(StoreError, match=f"permission denied: .*{path.name}.*read-only"):
+                store.add_runs([_record(2)])
+        assert _digest(path) == before and _neighbours(path) == set()
+
+    def test_older_versions_are_read_as_they_are(self, tmp_path: Path) -> None:
+        v1, v2 = tmp_path / "v1.sqlite", tmp_path / "v2.sqlite"
+        _v1_store(v1, _record(0, p=0.4))
+        _v2_store(v2, [_record(0), _record(1)])
+        for path, count in ((v1, 1), (v2, 2)):
+            before = _digest(path)
+            with ResultsStore(path, read_only=True) as store:
+                assert store.count() == count and store.notes() == []
+                assert all(r.info == {} for r in store.runs())
+                assert store.state_dict(store.runs()[0].key) is None
+                assert store.finished([r.key for r in store.runs()])[1][1] == count
+            assert _digest(path) == before
+
+    def test_an_empty_or_missing_file(self, tmp_path: Path) -> None:
+        empty = tmp_path / "empty.sqlite"
+        empty.touch()
+        with ResultsStore(empty, read_only=True) as store:
+            assert store.count() == 0 and store.runs() == [] and store.notes() == []
+        assert empty.stat().st_size == 0
+        with pytest.raises(StoreError, match="no results store at"):
+            ResultsStore(tmp_path / "missing.sqlite", read_only=True)
+        assert not (tmp_path / "missing.sqlite").exists()
+
+    def test_a_store_being_written_is_read_with_its_log(self, tmp_path: Path) -> None:
+        """While a writer holds the store, its write-ahead log holds the newest runs: a
+        read-only reader opens with ``mode=ro`` and sees them."""
+        path = tmp_path / "runs.sqlite"
+        with ResultsStore(path) as writer:
+            writer.add_runs([_record(0), _record(1)], notes=["a note"])
+            assert (tmp_path / "runs.sqlite-wal").stat().st_size > 0
+            with ResultsStore(path, read_only=True) as reader:
+                assert reader.count() == 2 and reader.notes() == ["a note"]
+
+    def test_a_store_it_cannot_write_opens_read_only(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``read_only=None`` reads a store this process may not write, and writing it says
+        permission denied (``_writable`` stands in for a read-only file: root writes all)."""
+        path = tmp_path / "runs.sqlite"
+        with ResultsStore(path) as store:
+            store.add_runs([_record(0)])
+        monkeypatch.setattr("dropkit.lab.store._writable", lambda path: False)
+        with ResultsStore(path) as store:
+            assert store.read_only and store.count() == 1
+            with pytest.raises(StoreError, match="permission denied"):
+                store.add_runs([_record(1)])
+        with ResultsStore(tmp_path / "new.sqlite") as store:  # a new file is created as always
+            assert not store.read_only
+
+
+def _root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@pytest.mark.skipif(_root(), reason="root reads and writes files whatever their permissions")
+class TestPermissions:
+    """Real read-only files and folders (the tests above cover the logic as root too)."""
+
+    @pytest.fixture
+    def locked(self, tmp_path: Path) -> Iterator[Path]:
+        folder = tmp_path / "shared"
+        path = folder / "runs.sqlite"
+        with ResultsStore(path) as store:
+            store.add_runs([_record(0), _record(1, p=0.4)], notes=["a note"])
+        path.chmod(0o444)
+        folder.chmod(0o555)
+        yield path
+        folder.chmod(0o755)
+        path.chmod(0o644)
+
+    def test_a_read_only_folder_and_file(self, locked: Path) -> None:
+        with ResultsStore(locked) as store:
+            assert store.read_only and store.count() == 2 and store.notes() == ["a note"]
+            with pytest.raises(StoreError, match=f"permission denied: .*{locked}"):
+                store.add_runs([_record(2)])
+        with pytest.raises(StoreError, match=f"permission denied: cannot write .*{locked}"):
+            ResultsStore(locked, read_only=False)
+        assert _neighbours(locked) == set()
+
+    def test_an_unreadable_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "runs.sqlite"
+        ResultsStore(path).close()
+        path.chmod(0)
+        try:
+            with pytest.raises(StoreError, match=f"permission denied: cannot read .*{path}"):
+                ResultsStore(path)
+        finally:
+            path.chmod(0o644)
+
+    def test_a_folder_it_cannot_create(self, tmp_path: Path) -> None:
+        tmp_path.chmod(0o555)
+        try:
+            with pytest.raises(StoreError, match="permission denied: cannot create"):
+                ResultsStore(tmp_path / "sub" / "runs.sqlite")
+        finally:
+            tmp_path.chmod(0o755)

@@ -1,6 +1,6 @@
 """The results store: one SQLite file (stdlib ``sqlite3``) that holds every finished run.
 
-Schema (version 2):
+Schema (version 3):
 
 * ``meta(key, value)``: ``schema_version`` guards upgrades.
 * ``runs``: one row per run, keyed by :meth:`RunConfig.key` (a hash of the full config), with
@@ -11,9 +11,19 @@ Schema (version 2):
 * ``states``: the final weights of runs of small models (at most
   :data:`MAX_STATE_PARAMETERS` values), a ``torch.save``-d ``state_dict`` of the module
   :func:`dropkit.lab.models.build_model` builds for the run's config.
+* ``notes`` and ``run_notes``: the sentences a sweep reported about how its runs were trained
+  (why runs trained one by one, the task inferred, how the data was read), each text stored
+  once and linked to every run it concerns.
 
-Version 1 stores (no ``info``, no ``states``) are upgraded in place when opened, in one
-transaction; their runs read back with empty ``info`` and no weights.
+Older stores (version 1: no ``info``, no ``states``; version 2: no notes) are upgraded in place
+when opened for writing, in one transaction; their runs read back with empty ``info``, no
+weights and no notes.
+
+A store opened read-only (``read_only=True``, or a file or folder this process cannot write)
+is never changed: SQLite opens it with ``mode=ro`` while a write-ahead log exists (a writer may
+be at work), else as ``immutable`` (no ``-wal``/``-shm`` file is made, so a read-only folder
+works); an older schema is read as it is. A SQLite file that is not a dropkit store is refused,
+never given tables.
 
 A run is written only when it has finished, run row, curve rows and weights in ONE
 transaction: a process killed at any moment (SIGINT or SIGKILL) leaves either the whole run or
@@ -29,6 +39,8 @@ import datetime
 import io
 import json
 import math
+import os
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -52,7 +64,7 @@ __all__ = [
     "StoredRun",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_STATE_PARAMETERS = 100_000
 """Final weights are stored for models of at most this many values (a few hundred kB each)."""
 CURVE_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
@@ -95,12 +107,21 @@ CREATE TABLE IF NOT EXISTS states (
     run_key TEXT PRIMARY KEY REFERENCES runs(key) ON DELETE CASCADE,
     state BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS run_notes (
+    run_key TEXT NOT NULL REFERENCES runs(key) ON DELETE CASCADE,
+    note INTEGER NOT NULL REFERENCES notes(id),
+    PRIMARY KEY (run_key, note)
+) WITHOUT ROWID;
 """
 
-# Upgrades, run in the transaction that opens the store: from version N to N + 1.
-_MIGRATIONS = {
-    1: ("ALTER TABLE runs ADD COLUMN info TEXT",),  # `states` comes from _SCHEMA
+# Upgrades, run in the transaction that opens the store: from version N to N + 1. New tables
+# (`states` in version 2, `notes` and `run_notes` in version 3) come from _SCHEMA.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("ALTER TABLE runs ADD COLUMN info TEXT",),
+    2: (),
 }
+_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
 
 
 class StoreError(RuntimeError):
@@ -153,49 +174,161 @@ class ResultsStore:
     """An open results store; use as a context manager or call :meth:`close`.
 
     Args:
-        path: the SQLite file, created with its folder if missing.
+        path: the SQLite file, created with its folder if missing (not when read-only).
         timeout: seconds a writer waits for another writer's lock.
+        read_only: True: read without changing the file in any way (nothing written, no
+            upgrade, no ``-wal``/``-shm`` file made where no writer is at work); False: open
+            for writing; None: read-only when the file exists and this process cannot write
+            it or its folder, else for writing.
+
+    Attributes:
+        read_only: whether the store is open read-only (writes raise :class:`StoreError`).
 
     Raises:
-        StoreError: the path cannot be created or written, is not a dropkit store, or was
-            written by a newer schema version.
+        StoreError: the path cannot be created, read or written (``permission denied``, with
+            the path), is not a SQLite file or not a dropkit store (a SQLite file with other
+            tables is refused, never given new ones), or was written by a newer schema
+            version.
     """
 
-    def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, path: str | Path, *, timeout: float = 60.0, read_only: bool | None = None
+    ) -> None:
+        if read_only is not None and not isinstance(read_only, bool):
+            raise TypeError(f"`read_only` must be True, False or None, got {read_only!r}")
         self.path = Path(path)
+        self.read_only = (
+            read_only if read_only is not None else self.path.is_file() and not _writable(self.path)
+        )
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            with self._transaction():
-                for statement in filter(str.strip, _SCHEMA.split(";")):
+            if self.read_only:
+                self._open_read_only(timeout)
+            else:
+                self._open(timeout)
+        except BaseException as error:
+            opened: sqlite3.Connection | None = getattr(self, "_db", None)
+            if opened is not None:
+                opened.close()
+            if isinstance(error, sqlite3.DatabaseError):
+                raise StoreError(self._failure(error)) from None
+            if isinstance(error, PermissionError):
+                raise StoreError(
+                    f"permission denied: cannot create the results store {self.path}"
+                ) from None
+            if isinstance(error, OSError):
+                raise StoreError(f"cannot create the results store {self.path}: {error}") from None
+            raise
+
+    def _open(self, timeout: float) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+        self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        self._stored_version()  # refuse a foreign file before WAL mode changes it
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        with self._transaction():
+            version = self._stored_version()
+            if version == SCHEMA_VERSION:
+                return
+            for statement in _statements():
+                self._db.execute(statement)
+            if version is None:
+                self._db.execute(
+                    "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+                return
+            for old in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[old]:
                     self._db.execute(statement)
-                row = self._db.execute(
-                    "SELECT value FROM meta WHERE key = 'schema_version'"
-                ).fetchone()
-                if row is None:
-                    self._db.execute(
-                        "INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                    )
-                elif int(row[0]) in _MIGRATIONS:
-                    for version in range(int(row[0]), SCHEMA_VERSION):
-                        for statement in _MIGRATIONS[version]:
-                            self._db.execute(statement)
-                    self._db.execute(
-                        "UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                        (str(SCHEMA_VERSION),),
-                    )
-                elif int(row[0]) != SCHEMA_VERSION:
-                    raise StoreError(
-                        f"{self.path} has schema version {row[0]}; this dropkit reads version "
-                        f"{SCHEMA_VERSION}. Use a new store file or a matching dropkit."
-                    )
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"cannot use {self.path} as a results store: {error}") from None
-        except OSError as error:
-            raise StoreError(f"cannot create the results store {self.path}: {error}") from None
+            self._db.execute(
+                "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+            )
+
+    def _open_read_only(self, timeout: float) -> None:
+        """``mode=ro`` while a write-ahead log exists (a writer may be at work, and the log may
+        hold runs), else ``immutable=1``: nothing is created, so a read-only folder works."""
+        if not self.path.is_file():
+            raise StoreError(f"no results store at {self.path}")
+        wal = self.path.with_name(self.path.name + "-wal")
+        query = "mode=ro" if wal.exists() else "mode=ro&immutable=1"
+        uri = f"{self.path.resolve().as_uri()}?{query}"
+        self._db = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        self._db.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        try:
+            self._stored_version()
+        except sqlite3.OperationalError:
+            if wal.exists() and not os.access(self.path.parent, os.W_OK | os.X_OK):
+                raise StoreError(
+                    f"permission denied: {self.path} has a write-ahead log ({wal.name}) that "
+                    "SQLite reads only with write access to its folder; open the store once "
+                    "where it can be written (that merges the log), or copy its folder"
+                ) from None
+            raise
+        self._stand_ins()
+
+    def _stand_ins(self) -> None:
+        """Empty temporary tables (this connection's alone) for those an empty or older store
+        lacks, and ``info`` as NULL for a version 1 store: it reads as the current version,
+        and the file is not changed."""
+        tables = self._tables()
+        for statement in _statements():
+            match = _TABLE.search(statement)
+            if match is not None and match.group(1) not in tables:
+                self._db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+        columns = {row[1] for row in self._db.execute("PRAGMA main.table_info(runs)")}
+        if columns and "info" not in columns:
+            self._db.execute(
+                "CREATE TEMP VIEW runs AS SELECT rowid AS rowid, *, NULL AS info FROM main.runs"
+            )
+
+    def _tables(self) -> set[str]:
+        return {
+            row[0]
+            for row in self._db.execute(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' "
+                "AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+
+    def _stored_version(self) -> int | None:
+        """The file's schema version; None for a database without tables (a new store).
+
+        Raises:
+            StoreError: a SQLite file with tables but no dropkit schema version (not a
+                results store), or a version this dropkit cannot read.
+        """
+        tables = self._tables()
+        if not tables:
+            return None
+        row = None
+        if "meta" in tables:
+            row = self._db.execute(
+                "SELECT value FROM main.meta WHERE key = 'schema_version'"
+            ).fetchone()
+        if row is None:
+            shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StoreError(
+                f"{self.path} is a SQLite database but not a dropkit results store (its tables: "
+                f"{shown}; no schema version); pass a new file or an existing results store"
+            )
+        text = str(row[0])
+        if not text.isdigit() or not 1 <= int(text) <= SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {text}; this dropkit reads version "
+                f"{SCHEMA_VERSION}. Use a new store file or a matching dropkit."
+            )
+        return int(text)
+
+    def _failure(self, error: sqlite3.DatabaseError) -> str:
+        """A one-line reason for an error of SQLite while opening the store."""
+        if self.path.exists() and not os.access(self.path, os.R_OK):
+            return f"permission denied: cannot read the results store {self.path}"
+        if not self.read_only and self.path.exists() and not _writable(self.path):
+            return (
+                f"permission denied: cannot write the results store {self.path} (the file or "
+                "its folder is read-only); read it with read_only=True (lab.load does)"
+            )
+        return f"cannot use {self.path} as a results store: {error}"
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -218,22 +351,45 @@ class ResultsStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def add_runs(self, records: Iterable[RunRecord]) -> int:
+    def add_runs(self, records: Iterable[RunRecord], notes: Sequence[str] = ()) -> int:
         """Store finished runs, each with its curves, in one transaction; return how many were new.
 
-        A run already in the store (same key) is left as it is.
+        A run already in the store (same key) is left as it is. ``notes``: sentences about how
+        the runs were trained (why they trained one by one, the task inferred), stored with
+        each new run in the same transaction.
         """
         from dropkit import __version__
 
+        if self.read_only:
+            raise StoreError(
+                f"permission denied: the results store {self.path} is open read-only; nothing "
+                "was written"
+            )
         added = 0
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        note_ids: list[int] | None = None
         try:
             with self._transaction():
                 for record in records:
-                    added += self._insert(record, now, __version__)
+                    if not self._insert(record, now, __version__):
+                        continue
+                    added += 1
+                    if note_ids is None:
+                        note_ids = [self._note_id(text) for text in dict.fromkeys(notes)]
+                    key = record.config.key()
+                    self._db.executemany(
+                        "INSERT OR IGNORE INTO run_notes VALUES (?, ?)",
+                        ((key, note) for note in note_ids),
+                    )
         except sqlite3.DatabaseError as error:
             raise StoreError(f"cannot write to {self.path}: {error}") from None
         return added
+
+    def _note_id(self, text: str) -> int:
+        self._db.execute("INSERT OR IGNORE INTO notes (text) VALUES (?)", (str(text),))
+        return int(
+            self._db.execute("SELECT id FROM notes WHERE text = ?", (str(text),)).fetchone()[0]
+        )
 
     def _insert(self, record: RunRecord, now: str, version: str) -> int:
         config, curves = record.config, record.curves
@@ -280,12 +436,14 @@ class ResultsStore:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _select_in(self, query: str, keys: Sequence[str]) -> list[Any]:
-        """Rows of ``query`` (which ends in a WHERE clause) whose run key is in ``keys``."""
+    def _select_in(self, query: str, keys: Sequence[str], column: str = "key") -> list[Any]:
+        """Rows of ``query`` (which ends in a WHERE clause) whose run key (``column``) is in
+        ``keys``."""
         rows: list[Any] = []
         for start in range(0, len(keys), 500):  # SQLite limits the parameters of one query
             chunk = list(keys[start : start + 500])
-            rows += self._db.execute(f"{query} AND key IN ({','.join('?' * len(chunk))})", chunk)
+            marks = ",".join("?" * len(chunk))
+            rows += self._db.execute(f"{query} AND {column} IN ({marks})", chunk)
         return rows
 
     def done_keys(self, keys: Sequence[str]) -> set[str]:
@@ -342,10 +500,64 @@ class ResultsStore:
         state = torch.load(io.BytesIO(row[0]), map_location="cpu", weights_only=True)
         return dict(state)
 
+    def notes(self, keys: Sequence[str] | None = None) -> list[str]:
+        """The notes stored with runs (all, or those with the given keys), each once, in the
+        order they were first stored."""
+        query = (
+            "SELECT DISTINCT n.id, n.text FROM notes n JOIN run_notes r ON r.note = n.id WHERE 1"
+        )
+        rows = (
+            self._db.execute(query).fetchall()
+            if keys is None
+            else self._select_in(query, keys, column="r.run_key")
+        )
+        return [text for _, text in sorted(set(rows))]
+
+    def finished(self, keys: Sequence[str]) -> tuple[tuple[str, int], tuple[str, int]]:
+        """When the first and the last of these runs were stored: ``(finished_at, row)`` each,
+        the time (ISO 8601, UTC, in seconds) and the row number, which orders runs stored in
+        the same second; ``("", 0)`` twice when none of them is stored."""
+        rows = [
+            (str(row[0]), int(row[1]))
+            for row in self._select_in(
+                "SELECT finished_at, rowid FROM runs WHERE status = 'done'", keys
+            )
+        ]
+        return (min(rows), max(rows)) if rows else (("", 0), ("", 0))
+
+    def shapes(self) -> list[RunConfig]:
+        """One config per experiment of the store: per distinct data, model and training of
+        its runs (with ``p = 0``, seed 0 and, with folds, fold 0), in the order first stored."""
+        seen: dict[str, RunConfig] = {}
+        for (text,) in self._db.execute(
+            "SELECT config FROM runs WHERE status = 'done' ORDER BY rowid"
+        ):
+            data = json.loads(text)
+            parts = {name: data[name] for name in ("data", "model", "train")}
+            shape = json.dumps(parts, sort_keys=True)
+            if shape not in seen:
+                folds = parts["data"].get("folds", 0)
+                seen[shape] = RunConfig.from_dict(
+                    {**parts, "p": 0.0, "input_p": 0.0, "max_norm": None, "seed": 0}
+                    | ({"fold": 0} if folds else {})
+                )
+        return list(seen.values())
+
     def count(self) -> int:
         return int(
             self._db.execute("SELECT COUNT(*) FROM runs WHERE status = 'done'").fetchone()[0]
         )
+
+
+def _statements() -> list[str]:
+    """The statements of :data:`_SCHEMA`, one each."""
+    return [statement for statement in _SCHEMA.split(";") if statement.strip()]
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write ``path`` and make files next to it (SQLite's ``-wal``
+    and ``-shm``). Root may write everything but a read-only file system."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK)
 
 
 def _size(state: dict[str, Tensor]) -> int:
