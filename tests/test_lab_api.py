@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ from dropkit.cli import app
 from dropkit.lab.config import DEMO_SEEDS
 from dropkit.lab.data import BUILTIN_DATASETS
 from dropkit.lab.engines import InProcessEngine
-from dropkit.lab.store import ResultsStore
+from dropkit.lab.store import ResultsStore, StoreError
 
 TINY: dict[str, Any] = {"epochs": 6, "hidden": 8, "compile": False}
 RELEASE_STORE = Path(__file__).parent / "data" / "store-0.1.0.sqlite"
@@ -251,15 +252,97 @@ class TestLoad:
             lab.load(tmp_path / "empty.sqlite")
 
     def test_several_experiments(self, tmp_path: Path) -> None:
-        store = tmp_path / "two.sqlite"
+        """The latest experiment, the others named in its notes; load_all in stored order."""
+        store = tmp_path / "three.sqlite"
         lab.sweep(rates=[0.0], seeds=1, store=store, **TINY)
         lab.sweep(rates=[0.0], seeds=1, store=store, **{**TINY, "hidden": 4})
-        assert len(lab.load_all(store)) == 2
-        with pytest.raises(ValueError, match="holds 2 experiments"):
-            lab.load(store)
-        assert lab.load(store, experiment=1).runs[0].config.model.hidden in {(4,), (8,)}
-        with pytest.raises(ValueError, match=r"`experiment` must be in \[0, 1\]"):
-            lab.load(store, experiment=2)
+        lab.sweep(rates=[0.0], seeds=1, store=store, **{**TINY, "hidden": 6})
+        experiments = lab.load_all(store)
+        assert [e.runs[0].config.model.hidden for e in experiments] == [(8,), (4,), (6,)]
+        lab.sweep(rates=[0.4], seeds=1, store=store, **TINY)  # the first one, again later
+        latest = lab.load(store)
+        assert latest.runs[0].config.model.hidden == (8,) and len(latest.runs) == 2
+        assert latest.notes[0].startswith("the store holds 3 experiments; this is the latest (0: ")
+        assert experiments[1].title in latest.notes[0] and "experiment=INDEX" in latest.notes[0]
+        assert "load_all" in latest.notes[0]
+        assert lab.load(store, experiment=1).runs[0].config.model.hidden == (4,)
+        assert lab.load(store, experiment=-1).runs[0].config.model.hidden == (6,)
+        with pytest.raises(ValueError, match=r"`experiment` must be in \[0, 2\]"):
+            lab.load(store, experiment=3)
+        with pytest.raises(TypeError, match="`experiment` must be an int index"):
+            lab.load(store, experiment="1")  # type: ignore[arg-type]
+
+
+def test_titles_name_what_sets_experiments_apart() -> None:
+    from dropkit.lab.analysis import experiment_titles
+    from dropkit.lab.config import DataSpec, ModelSpec, RunConfig
+
+    def custom(fingerprint: str, **data: Any) -> RunConfig:
+        model = ModelSpec((), "custom", "mypkg.nets:Net", fingerprint)
+        return RunConfig(DataSpec("arrays", content_hash="ab" * 8, **data), model)
+
+    plain = RunConfig(DataSpec("circles"))
+    assert experiment_titles([plain]) == ["circles · mlp 500 · 4000 epochs, batch 32"]
+    titles = experiment_titles(
+        [custom("0123456789abcdef"), custom("fedcba9876543210"), custom("v2"), plain]
+    )
+    assert titles == [
+        "arrays · Net · 4000 epochs, batch 32 · model 01234567",
+        "arrays · Net · 4000 epochs, batch 32 · model fedcba98",
+        "arrays · Net (v2) · 4000 epochs, batch 32",  # a model_id is named in every title
+        "circles · mlp 500 · 4000 epochs, batch 32",
+    ]
+    seeds = experiment_titles([custom("v2"), custom("v2", split_seed=1, test_size=0.25)])
+    assert seeds == [
+        "arrays · Net (v2) · 4000 epochs, batch 32 · test size 0.3, split seed 0",
+        "arrays · Net (v2) · 4000 epochs, batch 32 · test size 0.25, split seed 1",
+    ]
+
+
+class TestStoresReadOnly:
+    """A store this process cannot write is read (``_writable`` stands in for a read-only file
+    or folder: root writes everything; tests/test_lab_store.py has real ones for other users)."""
+
+    @pytest.fixture
+    def locked(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        store = tmp_path / "runs.sqlite"
+        lab.sweep(rates=[0.0, 0.4], seeds=2, store=store, **TINY)
+        monkeypatch.setattr("dropkit.lab.store._writable", lambda path: False)
+        return store
+
+    def test_load_report_and_a_finished_sweep(self, locked: Path, tmp_path: Path) -> None:
+        before = locked.read_bytes()
+        e = lab.load(locked)
+        assert len(e.runs) == 4
+        assert e.report(tmp_path / "report.html").stat().st_size > 0
+        result = CliRunner().invoke(
+            app, ["report", "--store", str(locked), "--out", str(tmp_path / "cli.html")]
+        )
+        assert result.exit_code == 0, result.output
+        again = lab.sweep(rates=[0.0, 0.4], seeds=2, store=locked, **TINY)
+        assert again.trained == 0 and again.already_done == 4
+        assert locked.read_bytes() == before
+
+    def test_a_sweep_with_runs_to_train_is_refused_before_training(self, locked: Path) -> None:
+        with pytest.raises(StoreError, match=f"permission denied: .*{locked}.*2 of the 6 runs"):
+            lab.sweep(rates=[0.0, 0.4, 0.8], seeds=2, store=locked, **TINY)
+        assert len(lab.load(locked).runs) == 4
+
+
+def test_a_sqlite_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE orders (id INTEGER)")
+    db.close()
+    with pytest.raises(StoreError, match="not a dropkit results store"):
+        lab.load(path)
+    with pytest.raises(StoreError, match="not a dropkit results store"):
+        lab.sweep(rates=[0.0], seeds=1, store=path, **TINY)
+    result = CliRunner().invoke(app, ["report", "--store", str(path), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "not a dropkit results store" in result.output
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("orders",)]
+    db.close()
 
 
 class TestStoreOfTheFirstRelease:
@@ -315,6 +398,15 @@ class TestStoreOfTheFirstRelease:
             "dropout p=0.4",
         ]
         assert compare.summary[3]["test_acc_mean"] == pytest.approx(0.478571, abs=1e-6)
+
+    def test_read_only_it_is_read_as_it_is(
+        self, store: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        before = store.read_bytes()
+        monkeypatch.setattr("dropkit.lab.store._writable", lambda path: False)
+        loaded = lab.load(store)
+        assert len(loaded.runs) == 10 and loaded.notes == ()
+        assert store.read_bytes() == before  # its schema version 2, not upgraded
 
 
 def test_cli_lists_every_built_in_data_set() -> None:

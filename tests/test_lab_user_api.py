@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import html
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from dropkit import lab
 from dropkit.lab.data import DataError
@@ -203,12 +206,71 @@ class Attention(nn.Module):
 
 
 def test_a_fallback_is_said_in_the_notes(tmp_path: Path) -> None:
+    """The notes live in the store: what you load (and its report) is what you ran."""
     x, y = _moons()
     heard: list[str] = []
+    store = tmp_path / "runs.sqlite"
     plan = lab.plan_sweep(data=(x, y), model=Attention, rates=[0.0, 0.2], seeds=2, epochs=2)
-    e = lab.run(plan, store=tmp_path / "runs.sqlite", log=heard.append)
+    e = lab.run(plan, store=store, log=heard.append)
     assert e.trained == 4
     said = [note for note in e.notes if "run by run" in note]
     assert said and said == [line for line in heard if "run by run" in line]
-    again = lab.run(plan, store=tmp_path / "runs.sqlite")
-    assert again.trained == 0
+    assert any(note.startswith("task inferred") for note in e.notes)
+    again = lab.run(plan, store=store)
+    assert again.trained == 0 and again.notes == e.notes
+    loaded = lab.load(store)
+    assert loaded.notes == e.notes and loaded.to_dict()["data_notes"] == list(e.notes)
+    page = loaded.report(tmp_path / "report.html").read_text()
+    assert "<h3>Notes</h3>" in page and html.escape(said[0]) in page
+
+
+def test_train_and_test_keywords(tmp_path: Path) -> None:
+    """``train=``/``test=`` are ``data={"train": ..., "test": ...}``: the same run keys."""
+    x, y = _moons()
+    train, test = TensorDataset(x[:80], y[:80]), TensorDataset(x[80:], y[80:])
+    settings: dict[str, Any] = {"model": mlp, "rates": [0.0, 0.3], "seeds": 2, "epochs": 2}
+    apart = lab.plan_sweep(train=train, test=test, **settings)
+    assert apart.keys == lab.plan_sweep({"train": train, "test": test}, **settings).keys
+    arrays = lab.plan_sweep(train=(x[:80], y[:80]), test=(x[80:], y[80:]), **settings)
+    assert arrays.keys == lab.plan_sweep(((x[:80], y[:80]), (x[80:], y[80:])), **settings).keys
+    e = lab.sweep(train=train, test=test, store=tmp_path / "runs.sqlite", **settings)
+    assert e.trained == 4 and len(e.runs[0].config.data.content_hash or "") == 16
+    c = lab.compare(
+        train=train, test=test, arms=["none", "l2"], model=mlp, seeds=2, epochs=2, store=e.store
+    )
+    assert c.trained == 2 and c.already_done == 2  # its `none` runs are the sweep's p = 0
+    with pytest.raises(ValueError, match="`train` and `test` go together: pass `test=`"):
+        lab.plan_sweep(train=train, **settings)
+    with pytest.raises(ValueError, match="`test` and `train` go together"):
+        lab.plan_compare(test=test, model=mlp)
+    with pytest.raises(ValueError, match="`data` and `train`/`test` both give the data"):
+        lab.plan_sweep((x, y), train=train, test=test, **settings)
+    with pytest.raises(TypeError, match="`train` and `test` must be of one kind"):
+        lab.plan_sweep(train=train, test=(x[80:], y[80:]), **settings)
+    with pytest.raises(TypeError, match="`test` must be a torch Dataset .* or an \\(X, y\\) pair"):
+        lab.plan_sweep(train=train, test="test.csv", **settings)
+    with pytest.raises(TypeError, match="did you mean 'train'"):
+        lab.compare(trian=train, test=test, model=mlp)
+    assert lab.plan_sweep(rates=[0.0], seeds=1, epochs=1).configs[0].data.name == "circles"
+
+
+def test_experiments_on_your_data_are_titled_apart(tmp_path: Path) -> None:
+    """Experiments whose plain titles would be equal get what sets them apart, among the
+    experiments the store holds when the title is made (a sweep's, or a load's)."""
+    store = tmp_path / "runs.sqlite"
+    x, y = _moons()
+    settings: dict[str, Any] = {"model": mlp, "rates": [0.0], "seeds": 1, "epochs": 2}
+    first = lab.sweep((x, y), store=store, **settings)
+    assert first.title == "tensors · mlp · 2 epochs, batch 32, validation 0.2"  # alone
+    changed = x.clone()
+    changed[0, 0] += 1.0
+    second = lab.sweep((changed, y), store=store, **settings)
+    third = lab.sweep((x, y), store=store, lr=0.01, **settings)
+    named = lab.sweep((x, y), store=store, model_id="mlp-v2", **settings)
+    titles = [e.title for e in lab.load_all(store)]
+    assert titles[1:] == [second.title, third.title, named.title] and len(set(titles)) == 4
+    hashes = [e.runs[0].config.data.content_hash or "" for e in (first, second)]
+    assert titles[0] == f"{first.title} · data {hashes[0][:8]}"
+    assert titles[1] == f"{first.title} · data {hashes[1][:8]}"
+    assert titles[2] == "tensors · mlp · 2 epochs, batch 32, lr 0.01, validation 0.2"
+    assert titles[3] == "tensors · mlp (mlp-v2) · 2 epochs, batch 32, validation 0.2"

@@ -9,6 +9,7 @@ machinery itself (stacking, ``functional_call``, ``vmap``, one Adam).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -457,6 +458,52 @@ def test_model_vmap_cannot_run_falls_back_run_by_run() -> None:
             torch.testing.assert_close(value, theirs[index], atol=ATOL, rtol=0)
     with pytest.raises(ValueError, match=r"batched=True.*vmap cannot run"):
         train_custom(Factory(ItemNet), table(), runs, batched=True)
+
+
+class LoopedNet(nn.Module):
+    """A model with an op that vmap has no batching rule for (``renorm``: torch loops over the
+    runs for it, and warns), with a warning of its own; ``item``: one that vmap cannot run."""
+
+    def __init__(self, p: float, item: bool) -> None:
+        super().__init__()
+        self.item = item
+        self.body = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Dropout(p))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        warnings.warn("LoopedNet's own warning", UserWarning, stacklevel=1)
+        h = self.body(x)
+        h = h + 0.0 * torch.renorm(h, 2, 0, 1.0)
+        if self.item and h.mean().item() > 1e6:
+            h = h * 0
+        out: Tensor = self.head(h)
+        return out
+
+
+@pytest.mark.parametrize("item", [False, True])
+def test_vmaps_warnings_become_one_line(item: bool) -> None:
+    """torch's warnings of ops without a batching rule become one line of the log (the
+    fallback's, when vmap then fails), never a wall of UserWarnings; other warnings pass."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.vmap(lambda t: torch.renorm(t, 2, 0, 1.0))(torch.ones(2, 3, 4))
+    if not any("batching rule" in str(w.message) for w in caught):
+        pytest.skip("this torch has a batching rule for renorm")
+    lines: list[str] = []
+    runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}], epochs=2)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train_custom(
+            Factory(lambda p: LoopedNet(p, item)), table(), runs, log=lines.append
+        )
+    assert result.states is not None
+    assert not [w for w in caught if "batching rule" in str(w.message)]
+    assert any("LoopedNet's own warning" in str(w.message) for w in caught)
+    (said,) = [line for line in lines if "aten::renorm" in line]
+    if item:
+        assert said.startswith("training run by run: torch.vmap cannot run the model")
+    else:
+        assert "2 runs vmapped" in said and "no batching rule for aten::renorm" in said
 
 
 def test_batched_false_trains_alone_with_the_same_results() -> None:

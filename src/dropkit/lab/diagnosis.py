@@ -30,11 +30,12 @@ The rules (ids), in the order they run:
   gain from a regularizer is evidence against "dropout will not help".
 - ``rate_curve`` / ``single_rate`` (:func:`check_rate_curve`): for each dropout family (groups
   that differ only in the hidden rate ``p``, the rate-0 group included), the shape of the
-  score over the rates tried: the highest mean at the largest rate → extend the grid upward;
-  at the smallest (rate 0: dropout does not help at these rates) → extend it downward or drop
+  score over the rates tried: every rate within noise of the highest → the rate makes no
+  measurable difference; the highest mean at the largest rate → extend the grid upward; at the
+  smallest (rate 0: dropout does not help at these rates) → extend it downward or drop
   dropout; inside → the grid has found its optimum; a single positive rate → sweep. Advice comes
-  from the curve, never from one group's gap, and no rate at or above the best is told to go
-  higher.
+  from the curve, never from one group's gap (the gap's change from the lowest rate to the best
+  is reported beside it), and no rate at or above the best is told to go higher.
 - ``no_convergence`` (:func:`check_no_convergence`): a group's train score is more than
   ``underfit_drop`` below a fitting baseline's and its validation (or test) score is no better:
   lower the rate (or the strength).

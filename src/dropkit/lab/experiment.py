@@ -112,10 +112,13 @@ class Experiment:
         """The best group, with a sentence of evidence; None when no run finished.
 
         ``best.summary`` is the group, ``best.evidence`` the sentence, ``best.chosen_on`` the
-        split that chose it: ``"validation"`` (the highest mean validation score, when every
-        group has one: data with a validation split or folds) or ``"test"`` (the highest mean
-        final test score; the test set then doubles as validation, as in the published
-        tutorial), and ``best.choice`` a line that says so."""
+        split that chose it: ``"validation"`` (when every group has a validation score: data
+        with a validation split or folds) or ``"test"`` (the test set then doubles as
+        validation, as in the published tutorial), ``best.choice`` a line that says so and
+        states the rule: the groups not significantly below the top (``best.top``) tie
+        (``best.tied``, simplest first) and the simplest wins. ``best.held_out`` is the
+        chosen group's one test against the baseline on the test set when validation chose;
+        ``best.provisional`` is true below 10 seeds."""
         return self._analysis.best
 
     @property

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -108,6 +108,7 @@ def run_configs(
     max_batch: int = 128,
     datasets: dict[DataSpec, Dataset] | None = None,
     model: object = None,
+    notes: Callable[[], Sequence[str]] | None = None,
 ) -> SweepOutcome:
     """Train every config not yet in ``store`` and store the results batch by batch.
 
@@ -116,7 +117,8 @@ def run_configs(
     finished batch. ``datasets`` may hold data sets already loaded (the CLI loads them first
     to refuse bad data before anything is written); the others are loaded once each. ``model``
     is the user's model (:class:`~dropkit.lab.user_model.ModelSource`) of ``custom`` runs; it
-    travels with every batch to the engine.
+    travels with every batch to the engine. ``notes`` returns the notes so far (of the plan, and
+    what training reported): each batch stores them with its runs, in its transaction.
 
     Returns:
         The keys of all ``configs`` (finished now or before) and what was done.
@@ -149,7 +151,8 @@ def run_configs(
                 if isinstance(result, BatchFailure):
                     failed.append((job, result))
                 else:
-                    trained += store.add_runs(to_records(job.configs, result))
+                    said = () if notes is None else tuple(notes())
+                    trained += store.add_runs(to_records(job.configs, result), notes=said)
         finally:
             close = getattr(results, "close", None)
             if close is not None:

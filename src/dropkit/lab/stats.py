@@ -2,13 +2,15 @@
 
 One import for the three parts, each readable alone:
 
-- :mod:`dropkit.lab.significance`: the tests: t-intervals (:func:`mean_ci`), the paired and
-  Welch's t-tests (:func:`paired`, :func:`welch`) and Holm's adjustment (:func:`holm`), with
-  their formulas;
+- :mod:`dropkit.lab.significance`: the tests: t-intervals kept in the metric's range
+  (:func:`mean_ci`), the paired (with its sign-test fallback) and Welch's t-tests
+  (:func:`paired`, :func:`welch`), Holm's adjustment (:func:`holm`) and power
+  (:func:`seeds_needed`, :func:`detectable_difference`), with their formulas;
 - :mod:`dropkit.lab.summary`: runs grouped by config-without-seed (:func:`group_runs`,
   :func:`group_label`), each group summarized over its seeds and compared with the baseline
-  (:func:`summarize`, :class:`ArmSummary`, :func:`compare`), the best group
-  (:func:`best_rate`) and the epochs to converge (:func:`epochs_to_converge`);
+  (:func:`summarize`, :class:`ArmSummary`, :func:`compare`), the best group by the tie rule
+  :data:`CHOICE_RULE` (:func:`best_rate`) and the epochs to converge
+  (:func:`epochs_to_converge`);
 - :mod:`dropkit.lab.diagnosis`: what to change, one function per rule (:func:`diagnose`,
   :class:`Diagnosis`, :class:`Thresholds`).
 
@@ -19,8 +21,19 @@ One import for the three parts, each readable alone:
 from __future__ import annotations
 
 from dropkit.lab.diagnosis import RULES, Diagnosis, Rule, Thresholds, diagnose
-from dropkit.lab.significance import ALPHA, Comparison, holm, mean_ci, paired, welch
+from dropkit.lab.significance import (
+    ALPHA,
+    MIN_SEEDS_FOR_CLAIM,
+    Comparison,
+    detectable_difference,
+    holm,
+    mean_ci,
+    paired,
+    seeds_needed,
+    welch,
+)
 from dropkit.lab.summary import (
+    CHOICE_RULE,
     CONVERGE_TOL,
     CONVERGE_WINDOW,
     ArmSummary,
@@ -35,6 +48,7 @@ from dropkit.lab.summary import (
 
 __all__ = [
     "ALPHA",
+    "CHOICE_RULE",
     "CONVERGE_TOL",
     "CONVERGE_WINDOW",
     "RULES",
@@ -43,10 +57,12 @@ __all__ = [
     "Comparison",
     "Diagnosis",
     "Finding",
+    "MIN_SEEDS_FOR_CLAIM",
     "Rule",
     "Thresholds",
     "best_rate",
     "compare",
+    "detectable_difference",
     "diagnose",
     "epochs_to_converge",
     "group_label",
@@ -54,6 +70,7 @@ __all__ = [
     "holm",
     "mean_ci",
     "paired",
+    "seeds_needed",
     "summarize",
     "welch",
 ]

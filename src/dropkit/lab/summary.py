@@ -12,29 +12,34 @@ are over seeds, and ``n_seeds`` counts seeds; a seed with a diverged fold is a d
 
 Tasks. For classification the scores are accuracies; for regression (``DataSpec.task =
 "regression"``) the ``*_acc`` values are R² = 1 − SSE/SST of the split and the losses mean
-squared errors, and the summaries add the test RMSE and MAE over seeds (:func:`score_name`).
+squared errors, and the summaries add the RMSE and MAE over seeds (:func:`score_name`); their
+``to_dict()`` names the regression keys ``*_r2_*`` instead of ``*_acc_*``.
 
 Choosing the best group. :func:`best_rate` chooses on the validation score (``info["val_acc"]``
 of runs with a validation split or folds) when every candidate group has one, else on the
-test score: the test set then doubles as validation, as in the published case study.
+test score: the test set then doubles as validation, as in the published case study. The rule
+(:data:`CHOICE_RULE`): the groups not significantly below the highest mean tie, and the
+simplest of them wins; list order never decides.
 
 Intervals. ``mean ± t_{n-1, 0.975} · s / sqrt(n)`` (Student's t, ``n - 1`` degrees of freedom;
-see :mod:`dropkit.lab.significance`).
+see :mod:`dropkit.lab.significance`), kept inside the metric's range (:data:`SCORE_RANGES`).
 
 Diverged runs. A run whose final train/test score or loss is NaN or infinite is counted in
 ``n_nan`` and left out of every statistic of its group (means, intervals, tests).
 
-Comparisons. Every group is compared with the baseline: the ``none`` group or, when there is
-none, the group with the lowest rates. In this lab a seed fixes a run's initial weights, its
+Comparisons. Every group is compared with the baseline, on the split that chooses
+(:func:`chosen_on`): the ``none`` group or, when there is none, the group with the lowest
+rates. In this lab a seed fixes a run's initial weights, its
 data order and its dropout masks' stream, so two groups that share data, architecture and
 training settings and were run on the same set of seeds are *paired by seed*: then the paired
 t-test on the per-seed differences is used (``scipy.stats.ttest_rel``), which removes the
 seed-to-seed variance both groups share. Otherwise (different seeds, a different architecture or
 data) Welch's unequal-variance t-test (``scipy.stats.ttest_ind(equal_var=False)``). When the
-per-seed differences have no spread at all the paired t statistic is undefined and Welch's test
-is used instead; when both samples are constant no test is made (p is NaN). The p-values of all
-comparisons against the baseline are adjusted together with Holm's step-down method (Holm 1979);
-``significant`` means adjusted ``p < 0.05``.
+per-seed differences have no spread at all the paired t statistic is undefined and the exact
+sign test is made instead (its ``note`` says so); when both unpaired samples are constant no
+test is made (p is NaN). The p-values of all comparisons against the baseline are adjusted
+together with Holm's step-down method (Holm 1979); ``significant`` means adjusted ``p < 0.05``;
+each comparison states its power figures (:func:`~dropkit.lab.significance.with_power`).
 
 Epochs to converge. The first epoch at which the trailing moving average of the test score
 (window: 2% of the epochs, at least 1) comes within ``0.01`` of that average's maximum. A run

@@ -21,7 +21,7 @@ from dropkit.lab.config import TASKS, DataSpec
 from dropkit.lab.data import MAX_CLASSES, DataError, Dataset, imbalance_note
 from dropkit.lab.splits import validation_rows
 
-__all__ = ["HASH_CHUNK", "content_hash", "from_user_data", "is_user_data"]
+__all__ = ["HASH_CHUNK", "content_hash", "from_user_data", "is_user_data", "train_and_test"]
 
 HASH_CHUNK = 16 << 20
 """Bytes hashed at a time: a big array is hashed through views, never copied whole."""
@@ -181,6 +181,42 @@ def _unpack(data: object) -> tuple[str, list[tuple[NDArray[Any], NDArray[Any], s
         ]
     name = "tensors" if isinstance(first, torch.Tensor) else "arrays"
     return name, [(_array(first, "X"), _array(second, "y"), "X", "y")]
+
+
+def train_and_test(train: object, test: object) -> tuple[object, object]:
+    """``data`` for :func:`from_user_data` of a training and a test part given apart (the
+    ``train=`` and ``test=`` of :func:`dropkit.lab.sweep`): each a map-style Dataset of
+    ``(x, y)`` items or an ``(X, y)`` pair, both of one kind. ``(train, test)`` is then the
+    same data as ``{"train": train, "test": test}`` or ``(train, test)``: the same content
+    hash.
+
+    Raises:
+        ValueError: one part without the other.
+        TypeError: a part that is neither a Dataset nor an ``(X, y)`` pair, or parts of two
+            kinds.
+    """
+    if train is None or test is None:
+        given, missing = ("train", "test") if test is None else ("test", "train")
+        raise ValueError(
+            f"`{given}` and `{missing}` go together: pass `{missing}=` too, or pass all the rows "
+            "as `data=(X, y)` to split a test part off"
+        )
+    kinds = []
+    for part, name in ((train, "train"), (test, "test")):
+        if _is_dataset(part):
+            kinds.append("a Dataset")
+        elif isinstance(part, (tuple, list)) and len(part) == 2 and _is_split(tuple(part)):
+            kinds.append("an (X, y) pair")
+        else:
+            raise TypeError(
+                f"`{name}` must be a torch Dataset of (x, y) items or an (X, y) pair of arrays "
+                f"or tensors, got {type(part).__name__} {_describe(part)}"
+            )
+    if kinds[0] != kinds[1]:
+        raise TypeError(f"`train` and `test` must be of one kind, got {kinds[0]} and {kinds[1]}")
+    if kinds[0] == "a Dataset":
+        return (train, test)
+    return (tuple(train), tuple(test))  # type: ignore[arg-type]
 
 
 def _rows(mask: NDArray[np.bool_]) -> str:
