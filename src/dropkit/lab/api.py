@@ -36,7 +36,7 @@ from dropkit._validation import (
     check_one_of,
     check_positive,
     check_positive_int,
-    check_probability,
+    check_trainable_rate,
 )
 from dropkit.lab.analysis import Analysis, analyze
 from dropkit.lab.arms import CUSTOM_KIND, MODEL_KINDS, REGULARIZERS, STRENGTHS, Strengths
@@ -61,8 +61,8 @@ from dropkit.lab.experiment import Experiment
 from dropkit.lab.progress import progress_sink
 from dropkit.lab.regularizers import Arm, ArmError, build_configs, default_epochs, parse_arms
 from dropkit.lab.runner import run_configs
-from dropkit.lab.store import ResultsStore
-from dropkit.lab.user_data import from_user_data, is_user_data
+from dropkit.lab.store import ResultsStore, StoreError
+from dropkit.lab.user_data import from_user_data, is_user_data, train_and_test
 from dropkit.lab.user_model import ModelSource, model_source
 
 __all__ = [
@@ -163,7 +163,7 @@ def _rates(rates: object) -> tuple[float, ...]:
     flat = np.asarray(rates, dtype=object).ravel().tolist() if _ndim(rates) <= 1 else None
     if flat is None:
         raise TypeError(f"`rates` must be a flat sequence of drop probabilities, got {rates!r}")
-    values = tuple(check_probability(r, "rates") for r in flat)
+    values = tuple(check_trainable_rate(r, "rates") for r in flat)
     if not values:
         raise ValueError("`rates` must hold at least one drop probability, got none")
     return tuple(dict.fromkeys(values))
@@ -208,6 +208,19 @@ def _task(task: object) -> str | None:
     if task is None:
         return None
     return check_one_of(task, "task", TASKS)
+
+
+def _given_data(data: object, train: object, test: object) -> object:
+    """The data of ``data``, or of ``train`` and ``test`` given apart
+    (:func:`~dropkit.lab.user_data.train_and_test`); None for all three: ``"circles"``."""
+    if train is None and test is None:
+        return "circles" if data is None else data
+    if data is not None:
+        raise ValueError(
+            "`data` and `train`/`test` both give the data: pass `train=` and `test=` alone, or "
+            "`data=` alone"
+        )
+    return train_and_test(train, test)
 
 
 def _data(
@@ -335,8 +348,10 @@ def _own_settings(spec: DataSpec, source: ModelSource | None, train: TrainSpec) 
 
 
 def plan_sweep(
-    data: object = "circles",
+    data: object = None,
     *,
+    train: object = None,
+    test: object = None,
     model: object = None,
     rates: Sequence[float] | float = DEFAULT_RATES,
     seeds: int | Sequence[int] = 10,
@@ -362,17 +377,17 @@ def plan_sweep(
     """
     grid = _rates(rates)
     seed_list = _seeds(seeds)
-    train = _training(epochs, batch_size, lr)
+    training = _training(epochs, batch_size, lr)
     own_model = model is not None
     widths = _hidden(hidden)
     if own_model and hidden != (500,):
         raise ValueError("`hidden` sets the built-in MLP's widths; your `model` has its own")
     if model_id is not None and not own_model:
         raise ValueError("`model_id` names your own `model`; none was given")
-    input_p = check_probability(input_p, "input_p")
+    input_p = check_trainable_rate(input_p, "input_p")
     bound = _max_norm(max_norm)
     spec, dataset = _data(
-        data,
+        _given_data(data, train, test),
         target,
         impute,
         task=task,
@@ -386,7 +401,7 @@ def plan_sweep(
     sweep_spec = SweepSpec(
         data=spec,
         model=model_spec,
-        train=train,
+        train=training,
         rates=grid,
         seeds=len(seed_list),
         input_p=input_p,
@@ -395,7 +410,7 @@ def plan_sweep(
     base = _without_folds(spec)
     configs = _with_folds(
         [
-            RunConfig(base, model_spec, train, p=p, input_p=input_p, max_norm=bound, seed=s)
+            RunConfig(base, model_spec, training, p=p, input_p=input_p, max_norm=bound, seed=s)
             for p in sweep_spec.rates
             for s in seed_list
         ],
@@ -405,13 +420,13 @@ def plan_sweep(
         "dataset": dataset.name,
         "model": model_spec.kind,
         "hidden": list(model_spec.hidden),
-        "epochs": train.epochs,
-        "batch_size": train.batch_size,
+        "epochs": training.epochs,
+        "batch_size": training.batch_size,
         "seeds": len(seed_list),
         "rates": list(sweep_spec.rates),
         "input_p": input_p,
         "max_norm": bound,
-        **_own_settings(spec, source, train),
+        **_own_settings(spec, source, training),
     }
     notes = (*dataset.notes, *(source.notes if source is not None else ()))
     return Plan("sweep", tuple(configs), dataset, settings, model=source, notes=notes)
@@ -421,7 +436,7 @@ def plan_demo(
     *, seeds: int | Sequence[int] = DEMO_SEEDS, epochs: int = 4000, p: float = 0.4
 ) -> Plan:
     """The reference case study as a plan (see :func:`demo`)."""
-    p = check_probability(p, "p")
+    p = check_trainable_rate(p, "p")
     plan = plan_sweep(
         "circles", rates=[0.0, p] if p > 0 else [0.0], seeds=seeds, epochs=epochs, hidden=500
     )
@@ -447,6 +462,8 @@ def _arms(arms: str | Sequence[str] | None, kind: str) -> list[Arm]:
 
 _COMPARE_ARGUMENTS = (
     "data",
+    "train",
+    "test",
     "arms",
     "model",
     "hidden",
@@ -486,8 +503,10 @@ def _check_strength_names(strengths: dict[str, Any]) -> None:
 
 
 def plan_compare(
-    data: object = "circles",
+    data: object = None,
     *,
+    train: object = None,
+    test: object = None,
     arms: str | Sequence[str] | None = None,
     model: object = "mlp",
     hidden: int | Sequence[int] | None = None,
@@ -529,7 +548,7 @@ def plan_compare(
     widths = () if own_model else DEFAULT_HIDDEN[kind] if hidden is None else _hidden(hidden)
     chosen = _arms(arms, kind)
     spec, dataset = _data(
-        data,
+        _given_data(data, train, test),
         target,
         impute,
         task=task,
@@ -545,7 +564,7 @@ def plan_compare(
                     f"`arms`: arm {arm.name!r} changes class targets and does not apply to a "
                     "regression task"
                 )
-    train = TrainSpec(
+    training = TrainSpec(
         epochs=epochs if epochs is not None else default_epochs(dataset.name, kind),
         batch_size=batch_size,
         lr=lr,
@@ -559,7 +578,7 @@ def plan_compare(
         seed_list,
         _without_folds(spec),
         model_spec,
-        train,
+        training,
         n_train=len(dataset.y_train),
     )
     if source is None:
@@ -575,15 +594,15 @@ def plan_compare(
         "dataset": dataset.name,
         "model": kind,
         "hidden": list(widths),
-        "epochs": train.epochs,
-        "batch_size": train.batch_size,
+        "epochs": training.epochs,
+        "batch_size": training.batch_size,
         "seeds": len(seed_list),
         "arms": [a.name for a in chosen],
         "strengths": {
             name: resolved_strengths[name]
             for name in dict.fromkeys(o for a in chosen for o in a.options)
         },
-        **_own_settings(spec, source, train),
+        **_own_settings(spec, source, training),
     }
     notes = (*dataset.notes, *(source.notes if source is not None else ()))
     return Plan("compare", tuple(configs), dataset, settings, model=source, notes=notes)
@@ -650,7 +669,10 @@ def run(
     Args:
         plan: from :func:`plan_sweep`, :func:`plan_compare` or :func:`plan_demo`.
         store: the SQLite results store (created if missing). Finished runs are found there
-            by their config's hash and not trained again.
+            by their config's hash and not trained again. The notes of the call (the plan's,
+            and what training reported: why runs trained one by one, ...) are stored with the
+            runs it trains, so :func:`load` gives them back. A store this process cannot write
+            serves a call whose runs it holds already.
         engine: ``None`` or ``"in-process"`` (train here, batched), ``"ray"`` (a Ray
             cluster: ``address`` joins one, none starts a local instance, shut down after),
             or an engine object (see :mod:`dropkit.lab.engines`) that the caller manages.
@@ -673,8 +695,13 @@ def run(
         max_batch_memory: bytes a batched group of a user's model may take at its peak
             (None: a safe fraction of the device's free memory); larger groups are split.
 
+    Returns:
+        The :class:`~dropkit.lab.experiment.Experiment` of the plan's runs; its ``notes`` are
+        the plan's, this call's and those stored with the runs by earlier calls.
+
     Raises:
-        dropkit.lab.store.StoreError: the store cannot be opened or written.
+        dropkit.lab.store.StoreError: the store cannot be opened, or cannot be written and
+            lacks runs of the plan (``permission denied``, with the path).
         dropkit.lab.engines.EngineError: Ray is missing or its cluster unreachable.
         dropkit.lab.runner.IncompleteSweep: some batches failed on the engine (every other
             batch is stored; call again to train the rest).
@@ -701,12 +728,19 @@ def run(
     if owned and start is not None:
         start()
     path = Path(store)
+    planned = tuple(plan.notes or plan.dataset.notes)
     try:
         with ResultsStore(path) as results:
             keys = plan.keys
             done = len(results.done_keys(keys))
+            total = len(set(keys))
+            if results.read_only and done < total:
+                raise StoreError(
+                    f"permission denied: cannot write the results store {path} (the file or "
+                    f"its folder is read-only), and {total - done} of the {total} runs are not "
+                    "in it; pass a store in a writable folder"
+                )
             if log is not None and done:
-                total = len(set(keys))
                 log(
                     f"{done}/{total} runs already complete in {path}"
                     if done == total
@@ -720,8 +754,10 @@ def run(
                 max_batch=runs_per_batch,
                 datasets={plan.configs[0].data: plan.dataset},
                 model=plan.model,
+                notes=lambda: (*planned, *messages),
             )
             analyses = analyze(results, list(outcome.keys))
+            stored_notes = results.notes(list(outcome.keys))
     finally:
         close = getattr(chosen, "close", None)
         if owned and close is not None:
@@ -733,7 +769,7 @@ def run(
         analyses[0],
         command=plan.command,
         settings=plan.settings,
-        notes=(*(plan.notes or plan.dataset.notes), *messages),
+        notes=tuple(dict.fromkeys((*planned, *messages, *stored_notes))),
         trained=outcome.trained,
         already_done=outcome.already_done,
     )
@@ -743,8 +779,10 @@ def run(
 
 
 def sweep(
-    data: object = "circles",
+    data: object = None,
     *,
+    train: object = None,
+    test: object = None,
     model: object = None,
     rates: Sequence[float] | float = DEFAULT_RATES,
     seeds: int | Sequence[int] = 10,
@@ -782,6 +820,11 @@ def sweep(
             part), ``((X_train, y_train), (X_test, y_test))``, or torch Datasets
             ``{"train": ds, "test": ds}`` (see :func:`dropkit.lab.user_data.from_user_data`).
             A content hash of the data is part of every run's key: changed data trains again.
+            None: ``circles``, or the data of ``train`` and ``test``.
+        train, test: your training and test parts given apart, instead of ``data``: torch
+            Datasets of ``(x, y)`` items, or ``(X, y)`` arrays or tensors; both or neither.
+            ``train=ds_a, test=ds_b`` is the same data (the same run keys) as
+            ``data={"train": ds_a, "test": ds_b}``.
         model: your own model: a factory ``f(p) -> nn.Module`` (called once per run under
             the run's seed) or an ``nn.Module`` (deep-copied, re-rated with
             :func:`dropkit.set_dropout` and re-initialized per seed); None: the built-in MLP
@@ -821,6 +864,8 @@ def sweep(
     """
     plan = plan_sweep(
         data,
+        train=train,
+        test=test,
         model=model,
         rates=rates,
         seeds=seeds,
@@ -853,8 +898,10 @@ def sweep(
 
 
 def compare(
-    data: object = "circles",
+    data: object = None,
     *,
+    train: object = None,
+    test: object = None,
     arms: str | Sequence[str] | None = None,
     model: object = "mlp",
     hidden: int | Sequence[int] | None = None,
@@ -885,7 +932,7 @@ def compare(
     CLI: ``dropkit compare --arms none,dropout,l2 --p 0.4 --seeds 10 ...``.
 
     Args:
-        data: as in :func:`sweep`.
+        data, train, test: as in :func:`sweep`.
         arms: arm names (``["none", "dropout", "dropout+l2"]`` or ``"none,dropout"``); one
             regularizer of :data:`dropkit.lab.arms.REGULARIZERS` or several joined by ``+``.
             None: every arm that applies to ``model``.
@@ -917,6 +964,8 @@ def compare(
     """
     plan = plan_compare(
         data,
+        train=train,
+        test=test,
         arms=arms,
         model=model,
         hidden=hidden,
@@ -983,61 +1032,98 @@ def demo(
 def load_all(store: str | Path) -> list[Experiment]:
     """Every experiment of a results store (runs sharing data, model and training), no training.
 
+    The experiments come in the order they were first stored (an experiment added later comes
+    last), each titled apart from the others (:func:`dropkit.lab.analysis.experiment_titles`)
+    and with the notes stored with its runs. A store this process cannot write (a read-only
+    file or folder) is read without a change.
+
     Raises:
         FileNotFoundError: no store at ``store``.
-        dropkit.lab.store.StoreError: the file is not a readable results store.
+        dropkit.lab.store.StoreError: the file is not a readable results store
+            (``permission denied``, not a dropkit store, a newer schema version).
     """
+    return [experiment for experiment, _ in _load_all(store)]
+
+
+def _load_all(store: str | Path) -> list[tuple[Experiment, tuple[str, int]]]:
+    """:func:`load_all`'s experiments, each with when its last run was stored
+    (:meth:`~dropkit.lab.store.ResultsStore.finished`)."""
     path = Path(store)
     if not path.is_file():
         raise FileNotFoundError(f"`store`: no results store at {path}")
     with ResultsStore(path) as results:
         analyses: list[Analysis] = analyze(results)
-    return [_loaded(path, a) for a in analyses]
+        loaded = []
+        for analysis in analyses:
+            keys = [r.key for r in analysis.runs]
+            first, last = results.finished(keys)
+            loaded.append((first, last, _loaded(path, analysis, results.notes(keys))))
+    loaded.sort(key=lambda entry: entry[0])
+    return [(experiment, last) for _, last, experiment in loaded]
 
 
-def _loaded(path: Path, analysis: Analysis) -> Experiment:
+def _loaded(path: Path, analysis: Analysis, notes: Sequence[str] = ()) -> Experiment:
     config = analysis.runs[0].config
-    settings = {
-        "dataset": Path(config.data.name).name,
+    data, train = config.data, config.train
+    settings: dict[str, Any] = {
+        "dataset": Path(data.name).name,
         "model": config.model.kind,
         "hidden": list(config.model.hidden),
-        "epochs": config.train.epochs,
-        "batch_size": config.train.batch_size,
+        "epochs": train.epochs,
+        "batch_size": train.batch_size,
         "seeds": len({r.config.seed for r in analysis.runs}),
     }
-    return Experiment(path, analysis, command="load", settings=settings)
+    if config.model.name is not None:
+        settings["model_name"] = config.model.name
+    if data.task != "classification":
+        settings["task"] = data.task
+    if data.validation:
+        settings["validation"] = data.validation
+    if data.folds:
+        settings["folds"] = data.folds
+    if train.lr != TrainSpec().lr:
+        settings["lr"] = train.lr
+    return Experiment(path, analysis, command="load", settings=settings, notes=notes)
 
 
 def load(store: str | Path, *, experiment: int | None = None) -> Experiment:
     """The runs of a results store as an :class:`~dropkit.lab.experiment.Experiment`, no training.
 
-    CLI: ``dropkit report --store STORE``.
+    CLI: ``dropkit report --store STORE``. The experiment's ``notes`` are those stored with its
+    runs (why runs trained one by one, the task inferred, how the data was read). A store this
+    process cannot write (a read-only file or folder) is read without a change.
 
     Args:
         store: the SQLite results store.
         experiment: which experiment, when the store holds several (runs of different data,
-            models or training settings); an index into :func:`load_all`'s list, which is
-            sorted by the experiments' settings (data, model, training), so adding an experiment
-            to a store can shift the indices: select by ``.title`` or ``.settings`` to be sure.
+            models or training settings): an index into :func:`load_all`'s list, which is in
+            the order the experiments were first stored. None: the latest (the one whose last
+            run finished last); its ``notes`` then name the others and how to pick them.
 
     Raises:
         FileNotFoundError: no store at ``store``.
-        ValueError: the store holds no finished run, or several experiments and
-            ``experiment`` is None (the message lists them).
+        ValueError: the store holds no finished run, or ``experiment`` is out of range.
+        TypeError: ``experiment`` is not an int.
+        dropkit.lab.store.StoreError: the file is not a readable results store.
     """
-    experiments = load_all(store)
-    if not experiments:
+    if experiment is not None and (isinstance(experiment, bool) or not isinstance(experiment, int)):
+        raise TypeError(f"`experiment` must be an int index or None, got {experiment!r}")
+    loaded = _load_all(store)
+    if not loaded:
         raise ValueError(f"`store`: no finished runs in {store}")
-    if experiment is None:
-        if len(experiments) > 1:
-            listing = "; ".join(f"{i}: {e.title}" for i, e in enumerate(experiments))
-            raise ValueError(
-                f"`store` holds {len(experiments)} experiments ({listing}); pass "
-                "`experiment=` with one index, or use load_all"
-            )
-        return experiments[0]
-    if isinstance(experiment, bool) or not isinstance(experiment, int):
-        raise TypeError(f"`experiment` must be an int index, got {experiment!r}")
-    if not -len(experiments) <= experiment < len(experiments):
-        raise ValueError(f"`experiment` must be in [0, {len(experiments) - 1}], got {experiment}")
-    return experiments[experiment]
+    if experiment is not None:
+        if not -len(loaded) <= experiment < len(loaded):
+            raise ValueError(f"`experiment` must be in [0, {len(loaded) - 1}], got {experiment}")
+        return loaded[experiment][0]
+    if len(loaded) == 1:
+        return loaded[0][0]
+    latest = max(range(len(loaded)), key=lambda i: loaded[i][1])
+    chosen = loaded[latest][0]
+    others = "; ".join(f"{i}: {e.title}" for i, (e, _) in enumerate(loaded) if i != latest)
+    chosen.notes = (
+        f"the store holds {len(loaded)} experiments; this is the latest ({latest}: "
+        f"{chosen.title}, last run finished {loaded[latest][1][0]}); the others: {others}. Pick "
+        "one with lab.load(store, experiment=INDEX), or every one with lab.load_all(store)",
+        *chosen.notes,
+    )
+    return chosen

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 
 from dropkit.lab.stats import ArmSummary
 from dropkit.lab.store import CURVE_METRICS
-from dropkit.lab.summary import loss_name, score_name
+from dropkit.lab.summary import chosen_on, loss_name, score_name
 
 __all__ = [
     "R2_FLOOR",
@@ -232,17 +232,40 @@ def _task(summaries: Sequence[ArmSummary]) -> str:
     return summaries[0].task if summaries else "classification"
 
 
+def _on(summaries: Sequence[ArmSummary]) -> tuple[str, str]:
+    """``(on, word)``: the split that chooses (:func:`chosen_on`) and its name in a legend."""
+    on = chosen_on(summaries)
+    return on, "validation" if on == "validation" else "test"
+
+
+def _score(s: ArmSummary, on: str) -> tuple[float, tuple[float, float]]:
+    if on == "validation":
+        return s.val_acc_mean, s.val_acc_ci95
+    return s.test_acc_mean, s.test_acc_ci95
+
+
+def _rmse(s: ArmSummary, on: str) -> tuple[float, tuple[float, float]]:
+    if on == "validation":
+        return s.val_rmse_mean, s.val_rmse_ci95
+    return s.test_rmse_mean, s.test_rmse_ci95
+
+
 def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: str) -> Figure:
-    """Mean final test (solid) and train (dashed) score (accuracy, or R² for regression) against
-    the drop rate, with 95% CI error bars, one colour per family of groups that differ only in
-    ``p``."""
+    """Mean final score on the split that chooses (solid: validation when there is one, else
+    test) and train score (dashed) against the drop rate (accuracy, or R² for regression), with
+    95% CI error bars, one colour per family of groups that differ only in ``p``."""
     figure, axis = _figure(figsize=(8, 4.8), constrained_layout=True)
+    on, word = _on([s for _, members in families for s in members])
     for color, (label, members) in zip(_colors(len(families)), families, strict=True):
         ordered = sorted(members, key=lambda s: s.p)
         rates = [s.p for s in ordered]
-        for name, fmt in (("test", "o-"), ("train", "s--")):
-            means = np.array([getattr(s, f"{name}_acc_mean") for s in ordered])
-            intervals = np.array([getattr(s, f"{name}_acc_ci95") for s in ordered], dtype=float)
+        series = (
+            (word, "o-", [_score(s, on) for s in ordered]),
+            ("train", "s--", [(s.train_acc_mean, s.train_acc_ci95) for s in ordered]),
+        )
+        for name, fmt, values in series:
+            means = np.array([mean for mean, _ in values])
+            intervals = np.array([ci for _, ci in values], dtype=float).reshape(-1, 2)
             axis.errorbar(
                 rates,
                 means,
@@ -250,7 +273,7 @@ def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: 
                 fmt=fmt,
                 color=color,
                 capsize=4,
-                alpha=1.0 if name == "test" else 0.6,
+                alpha=1.0 if name == word else 0.6,
                 label=f"{label}: {name}",
             )
     axis.set_xlabel("dropout rate p (drop probability)")
@@ -263,23 +286,26 @@ def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: 
 
 
 def arm_figure(summaries: Sequence[ArmSummary], *, title: str) -> Figure:
-    """Each group's mean final test score with its 95% CI (dots, bars) and its mean train score
-    (hollow squares); the dashed line is the baseline's test mean. The score is accuracy, or R²
-    for regression, which adds a second panel: each group's mean test RMSE with its 95% CI."""
+    """Each group's mean final score on the split that chooses (validation when there is one,
+    else test) with its 95% CI (dots, bars) and its mean train score (hollow squares); the
+    dashed line is the baseline's. The score is accuracy, or R² for regression, which adds a
+    second panel: each group's mean RMSE on that split with its 95% CI."""
     count = max(len(summaries), 1)
     if _task(summaries) == "regression":
         return _regression_arm_figure(summaries, count, title)
+    on, word = _on(summaries)
     figure, axis = _figure(figsize=(9, 1.2 + 0.38 * count), constrained_layout=True)
     y = np.arange(len(summaries))[::-1]
-    test = np.array([s.test_acc_mean for s in summaries])
-    intervals = np.array([s.test_acc_ci95 for s in summaries], dtype=float).reshape(-1, 2)
+    scored = [_score(s, on) for s in summaries]
+    means = np.array([mean for mean, _ in scored])
+    intervals = np.array([ci for _, ci in scored], dtype=float).reshape(-1, 2)
     axis.errorbar(
-        test, y, xerr=_errors(test, intervals), fmt="o", color="tab:blue", capsize=3, label="test"
+        means, y, xerr=_errors(means, intervals), fmt="o", color="tab:blue", capsize=3, label=word
     )
     train = np.array([s.train_acc_mean for s in summaries])
     axis.plot(train, y, "s", mfc="none", color="tab:orange", label="train")
-    if summaries and math.isfinite(summaries[0].test_acc_mean):
-        axis.axvline(summaries[0].test_acc_mean, color="gray", ls="--", lw=1, label="baseline test")
+    if summaries and math.isfinite(means[0]):
+        axis.axvline(means[0], color="gray", ls="--", lw=1, label=f"baseline {word}")
     axis.set_yticks(y, [s.name or s.arm for s in summaries])
     axis.set_xlabel("final accuracy (mean, 95% CI)")
     axis.set_title(title)
@@ -289,31 +315,34 @@ def arm_figure(summaries: Sequence[ArmSummary], *, title: str) -> Figure:
 
 
 def _regression_arm_figure(summaries: Sequence[ArmSummary], count: int, title: str) -> Figure:
+    on, word = _on(summaries)
     figure, (left, right) = _figure(
         1, 2, figsize=(11, 1.2 + 0.38 * count), constrained_layout=True, sharey=True
     )
     y = np.arange(len(summaries))[::-1]
-    test = np.array([s.test_acc_mean for s in summaries])
-    intervals = np.array([s.test_acc_ci95 for s in summaries], dtype=float).reshape(-1, 2)
+    scored = [_score(s, on) for s in summaries]
+    means = np.array([mean for mean, _ in scored])
+    intervals = np.array([ci for _, ci in scored], dtype=float).reshape(-1, 2)
     left.errorbar(
-        test, y, xerr=_errors(test, intervals), fmt="o", color="tab:blue", capsize=3, label="test"
+        means, y, xerr=_errors(means, intervals), fmt="o", color="tab:blue", capsize=3, label=word
     )
     train = np.array([s.train_acc_mean for s in summaries])
     left.plot(train, y, "s", mfc="none", color="tab:orange", label="train")
-    rmse = np.array([s.test_rmse_mean for s in summaries])
-    rmse_ci = np.array([s.test_rmse_ci95 for s in summaries], dtype=float).reshape(-1, 2)
+    errors = [_rmse(s, on) for s in summaries]
+    rmse = np.array([mean for mean, _ in errors])
+    rmse_ci = np.array([ci for _, ci in errors], dtype=float).reshape(-1, 2)
     right.errorbar(
-        rmse, y, xerr=_errors(rmse, rmse_ci), fmt="o", color="tab:blue", capsize=3, label="test"
+        rmse, y, xerr=_errors(rmse, rmse_ci), fmt="o", color="tab:blue", capsize=3, label=word
     )
     if summaries:
-        for axis, value in ((left, test[0]), (right, rmse[0])):
+        for axis, value in ((left, means[0]), (right, rmse[0])):
             if math.isfinite(value):
-                axis.axvline(value, color="gray", ls="--", lw=1, label="baseline test")
+                axis.axvline(value, color="gray", ls="--", lw=1, label=f"baseline {word}")
     left.set_yticks(y, [s.name or s.arm for s in summaries])
     left.set_xlabel("final R² (mean, 95% CI)")
-    left.set_title("test and train R²")
-    right.set_xlabel("final test RMSE (mean, 95% CI)")
-    right.set_title("test RMSE (lower is better)")
+    left.set_title(f"{word} and train R²")
+    right.set_xlabel(f"final {word} RMSE (mean, 95% CI)")
+    right.set_title(f"{word} RMSE (lower is better)")
     for axis in (left, right):
         axis.grid(alpha=0.3, axis="x")
         axis.legend(fontsize=8, loc="best")

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from dropkit.lab import plots
 from dropkit.lab.analysis import Analysis, analyze
 from dropkit.lab.config import DataSpec, RunConfig
+from dropkit.lab.significance import ALPHA, MIN_SEEDS_FOR_CLAIM
 from dropkit.lab.stats import (
     CONVERGE_TOL,
     ArmSummary,
@@ -38,7 +39,8 @@ from dropkit.lab.stats import (
     Thresholds,
 )
 from dropkit.lab.store import ResultsStore, StoredRun
-from dropkit.lab.summary import chosen_on, score_name, seed_curves, selection_score
+from dropkit.lab.summary import BestRate, chosen_on, score_name, seed_curves, selection_score
+from dropkit.lab.tables import after_choice_table, to_html
 
 __all__ = ["render", "write_report"]
 
@@ -112,55 +114,78 @@ def _task(summaries: Sequence[ArmSummary]) -> str:
 
 
 def _summary_table(summaries: Sequence[ArmSummary]) -> str:
-    """The per-group table; validation columns when a group has a validation score, RMSE and
-    MAE columns for regression."""
+    """The per-group table, led by the split that chooses (:func:`chosen_on`): its score and
+    interval, then RMSE and MAE for regression, the gap to it and the training facts. When
+    validation chooses, the test figures are not here (see :func:`_after_choice`)."""
     regression = _task(summaries) == "regression"
-    validation = any(math.isfinite(s.val_acc_mean) for s in summaries)
+    on = chosen_on(summaries)
+    split = "validation" if on == "validation" else "test"
     score, loss = ("R²", "MSE") if regression else ("acc", "loss")
     head = (
         f"<tr><th class=l>group</th><th>seeds</th><th>diverged</th><th>train {score}</th>"
-        f"<th>test {score}</th><th>95% CI</th>"
-        + (f"<th>validation {score}</th><th>validation 95% CI</th>" if validation else "")
+        f"<th>{split} {score}</th><th>95% CI</th>"
         + (
-            "<th>test RMSE</th><th>RMSE 95% CI</th><th>test MAE</th><th>MAE 95% CI</th>"
+            f"<th>{split} RMSE</th><th>RMSE 95% CI</th><th>{split} MAE</th><th>MAE 95% CI</th>"
             if regression
             else ""
         )
-        + f"<th>best test {score}</th><th>test {loss}</th>"
-        "<th>gap</th><th>gap 95% CI</th><th>epochs to converge</th><th>stop epoch</th></tr>"
+        + (f"<th>best test {score}</th><th>test {loss}</th>" if on == "test" else "")
+        + f"<th>gap (train − {split})</th><th>gap 95% CI</th><th>epochs to converge</th>"
+        "<th>stop epoch</th></tr>"
     )
     rows = []
     for s in summaries:
         stop = f"{_num(s.stop_epoch_mean, 0)} ({s.n_stopped})" if s.n_stopped else "–"
-        extra = ""
-        if validation:
-            extra += f"<td>{_num(s.val_acc_mean)}</td><td>{_ci(s.val_acc_ci95)}</td>"
+        if on == "validation":
+            lead = f"<td>{_num(s.val_acc_mean)}</td><td>{_ci(s.val_acc_ci95)}</td>"
+            errors = (s.val_rmse_mean, s.val_rmse_ci95, s.val_mae_mean, s.val_mae_ci95)
+            gap, gap_ci = s.val_gap_mean, s.val_gap_ci95
+            test = ""
+        else:
+            lead = f"<td>{_num(s.test_acc_mean)}</td><td>{_ci(s.test_acc_ci95)}</td>"
+            errors = (s.test_rmse_mean, s.test_rmse_ci95, s.test_mae_mean, s.test_mae_ci95)
+            gap, gap_ci = s.gap_mean, s.gap_ci95
+            test = f"<td>{_num(s.best_test_acc_mean)}</td><td>{_num(s.test_loss_mean)}</td>"
         if regression:
-            extra += (
-                f"<td>{_num(s.test_rmse_mean, 4)}</td><td>{_ci(s.test_rmse_ci95, 4)}</td>"
-                f"<td>{_num(s.test_mae_mean, 4)}</td><td>{_ci(s.test_mae_ci95, 4)}</td>"
+            rmse, rmse_ci, mae, mae_ci = errors
+            lead += (
+                f"<td>{_num(rmse, 4)}</td><td>{_ci(rmse_ci, 4)}</td>"
+                f"<td>{_num(mae, 4)}</td><td>{_ci(mae_ci, 4)}</td>"
             )
         rows.append(
             f"<tr><td class=l>{_e(s.name)}</td><td>{s.n_seeds}</td><td>{s.n_nan}</td>"
-            f"<td>{_num(s.train_acc_mean)}</td><td>{_num(s.test_acc_mean)}</td>"
-            f"<td>{_ci(s.test_acc_ci95)}</td>{extra}<td>{_num(s.best_test_acc_mean)}</td>"
-            f"<td>{_num(s.test_loss_mean)}</td><td>{_num(s.gap_mean)}</td>"
-            f"<td>{_ci(s.gap_ci95)}</td><td>{_num(s.converge_epoch_mean, 0)}</td>"
+            f"<td>{_num(s.train_acc_mean)}</td>{lead}{test}<td>{_num(gap)}</td>"
+            f"<td>{_ci(gap_ci)}</td><td>{_num(s.converge_epoch_mean, 0)}</td>"
             f"<td>{stop}</td></tr>"
         )
     return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"
+
+
+def _after_choice(experiment: Analysis) -> str:
+    """The test figures of every group when validation chose, labelled as read after it."""
+    table = after_choice_table(experiment.summaries, experiment.best)
+    if table is None:
+        return ""
+    return (
+        f"<h3>{_e(table.title)}</h3><p class=note>{_e(table.caption)}.</p>"
+        f"<div class=scroll>{to_html(table)}</div>"
+    )
 
 
 def _comparison_table(summaries: Sequence[ArmSummary]) -> str:
     compared = [s for s in summaries if s.vs_baseline is not None]
     if not compared:
         return "<p class=note>Only the baseline group: nothing to compare.</p>"
-    baseline = _e(compared[0].vs_baseline.baseline if compared[0].vs_baseline else "")
+    first = compared[0].vs_baseline
+    baseline = _e(first.baseline if first else "")
+    where = _e(first.compared_on if first else "test")
     head = (
-        f"<tr><th class=l>group vs {baseline}</th><th>difference</th><th>test</th><th>n</th>"
-        "<th>t</th><th>p</th><th>Holm-adjusted p</th><th>significant (0.05)</th></tr>"
+        f"<tr><th class=l>group vs {baseline} (on {where})</th><th>difference</th><th>test</th>"
+        "<th>n</th><th>t</th><th>p</th><th>Holm-adjusted p</th><th>significant (0.05)</th>"
+        "<th>detectable at 80% power</th><th>seeds needed</th></tr>"
     )
     rows = []
+    notes = []
     for s in compared:
         c = s.vs_baseline
         assert c is not None
@@ -171,15 +196,36 @@ def _comparison_table(summaries: Sequence[ArmSummary]) -> str:
             if math.isfinite(c.p_adjusted)
             else "<span class=no>no test</span>"
         )
+        power = (
+            f"<td>{'±' + _num(c.detectable) if math.isfinite(c.detectable) else 'n/a'}</td>"
+            f"<td>{c.seeds_needed if c.seeds_needed is not None else '–'}</td>"
+        )
         rows.append(
             f"<tr><td class=l>{_e(s.name)}</td><td>{c.difference:+.3f}</td>"
             f"<td>{_e(c.test_name)}</td><td>{c.n}</td><td>{_num(c.t_statistic, 2)}</td>"
-            f"<td>{_p(c.p_value)}</td><td>{_p(c.p_adjusted)}</td><td>{verdict}</td></tr>"
+            f"<td>{_p(c.p_value)}</td><td>{_p(c.p_adjusted)}</td><td>{verdict}</td>{power}</tr>"
             if math.isfinite(c.difference)
             else f"<tr><td class=l>{_e(s.name)}</td><td>n/a</td><td>{_e(c.test_name)}</td>"
-            f"<td>{c.n}</td><td>n/a</td><td>n/a</td><td>n/a</td><td>{verdict}</td></tr>"
+            f"<td>{c.n}</td><td>n/a</td><td>n/a</td><td>n/a</td><td>{verdict}</td>{power}</tr>"
         )
-    return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"
+        if c.note:
+            notes.append(f"<li>{_e(s.name)}: {_e(c.note)}</li>")
+    extra = f"<ul class=note>{''.join(notes)}</ul>" if notes else ""
+    return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>{extra}"
+
+
+def _best_card(best: BestRate) -> str:
+    """The chosen group's evidence, the rule and the groups tied with it."""
+    tied = ""
+    if len(best.tied) > 1:
+        tied = (
+            "<br><span class=meta>tied (not significantly below the top, "
+            f"{_e(best.top)}): {_e(', '.join(best.tied))}</span>"
+        )
+    return (
+        f"<div class='card best'>{_e(best.evidence)}"
+        f"<br><span class=meta>{_e(best.choice)}</span>{tied}</div>"
+    )
 
 
 def _findings(findings: Sequence[Diagnosis]) -> str:
@@ -447,10 +493,7 @@ def _experiment_section(store: ResultsStore, experiment: Analysis, index: int) -
         + "</p>",
     ]
     if experiment.best is not None:
-        parts.append(
-            f"<div class='card best'>{_e(experiment.best.evidence)}"
-            f"<br><span class=meta>{_e(experiment.best.choice)}</span></div>"
-        )
+        parts.append(_best_card(experiment.best))
     if all(s.n_valid < 2 for s in summaries):
         parts.append(
             "<p class=note>Every group has fewer than two usable seeds: no confidence interval "
@@ -461,16 +504,18 @@ def _experiment_section(store: ResultsStore, experiment: Analysis, index: int) -
         _findings(experiment.findings),
         "<h3>Per-group results (final epoch; mean over seeds, 95% t-interval)</h3>",
         _summary_table(summaries),
+        _after_choice(experiment),
         "<h3>Comparisons with the baseline</h3>",
         _comparison_table(summaries),
     ]
+    split = "validation" if chosen_on(summaries) == "validation" else "test"
     if len(summaries) > 1:
         caption = (
-            f"Mean final test {score} with its 95% CI (dots and bars) and mean final train "
-            f"{score} (squares); the dashed line is the baseline's test {score}."
+            f"Mean final {split} {score} with its 95% CI (dots and bars) and mean final train "
+            f"{score} (squares); the dashed line is the baseline's {split} {score}."
         )
         if regression:
-            caption += " Right: the mean final test RMSE with its 95% CI (lower is better)."
+            caption += f" Right: the mean final {split} RMSE with its 95% CI (lower is better)."
         parts.append(
             _image(
                 plots.arm_figure(summaries, title=f"final {score} by group"),
@@ -484,7 +529,8 @@ def _experiment_section(store: ResultsStore, experiment: Analysis, index: int) -
             _image(
                 plots.rate_figure(families, title=f"{score} vs dropout rate"),
                 f"rate vs {score}",
-                f"Mean final {score} against the drop rate p, with 95% CI error bars.",
+                f"Mean final {split} and train {score} against the drop rate p, with 95% CI "
+                "error bars.",
             )
         )
     curve_groups, note = _curve_groups(experiment)
@@ -502,7 +548,18 @@ def _experiment_section(store: ResultsStore, experiment: Analysis, index: int) -
         )
     )
     parts.append(_two_d_section(store, experiment))
+    parts.append(_notes_section(store, experiment))
     return "".join(parts)
+
+
+def _notes_section(store: ResultsStore, experiment: Analysis) -> str:
+    """The notes stored with the experiment's runs (why runs trained one by one, the task
+    inferred, how the data was read), each once; nothing when there are none."""
+    notes = store.notes([r.key for r in experiment.runs])
+    if not notes:
+        return ""
+    items = "".join(f"<li>{_e(note)}</li>" for note in notes)
+    return f"<h3>Notes</h3><ul>{items}</ul>"
 
 
 def _seed_text(seeds: Sequence[int]) -> str:
@@ -547,26 +604,52 @@ def _methods(
             if folds
             else ""
         )
-        + "</li>"
+        + " Intervals are kept inside the score's range ("
+        + {
+            "classification": "an accuracy is in [0, 1]",
+            "regression": "R² is at most 1",
+        }.get(next(iter(kinds)) if len(kinds) == 1 else "", "accuracy in [0, 1], R² at most 1")
+        + "); "
+        "truncation keeps the t-interval's coverage, which the test suite checks by "
+        "simulation. A group whose seeds all scored the same has no interval.</li>"
         "<li>The <b>best group</b> is chosen on the validation score when every group has one "
         "(a validation split or folds of the training split), else on the test score: the test "
         "set then doubles as validation, as in the published tutorial, and the best group's "
-        "test score is optimistic. Each experiment names the split that chose.</li>"
+        "test score is optimistic. The groups not significantly below the highest mean "
+        f"(paired t-test, p ≥ {ALPHA:g}) <b>tie</b>; the simplest of them wins (no "
+        "regularization, then the fewest regularizers, then the lowest drop rate), never the "
+        "order of a list. When validation chose, the tables lead with it and the test set is "
+        "read once, for the chosen group; the other groups' test figures are shown apart, as "
+        "read after the choice. Early stopping never sees the choosing rows.</li>"
         "<li>Each group is compared with the <b>baseline</b> (the group without regularization, "
-        "else the lowest rate): a paired t-test when both ran the same seeds with the same data, "
-        "model and training (a seed fixes initial weights and data order, so runs pair by "
-        "seed), Welch's t-test otherwise. p-values are Holm-adjusted over all comparisons; "
-        "significant means adjusted p &lt; 0.05.</li>"
+        "else the lowest rate) on the choosing split: a paired t-test when both ran the same "
+        "seeds with the same data, model and training (a seed fixes initial weights and data "
+        "order, so runs pair by seed), Welch's t-test otherwise; when every per-seed "
+        "difference is the same, the exact sign test (p = 2·0.5<sup>n</sup>). p-values are "
+        "Holm-adjusted over all comparisons; significant means adjusted p &lt; 0.05. Each "
+        "comparison states the smallest difference its seeds detect with 80% power and, when "
+        "not significant, about how many seeds per group would detect the difference seen; "
+        f"fewer than {MIN_SEEDS_FOR_CLAIM} seeds make any claim provisional.</li>"
         f"<li><b>Epochs to converge</b>: the first epoch at which the moving average of the test "
         f"{score} (window 2% of the epochs) comes within {CONVERGE_TOL} of its maximum.</li>"
         "<li>Runs whose final metrics are NaN or infinite (diverged) are counted and left out "
         "of every statistic.</li>"
-        f"<li>Diagnosis thresholds: the baseline fits its data at train {score} ≥ "
-        f"{t.fit_train_acc:g}; a train–test gap ≥ {t.large_gap:g} is overfitting; a group "
-        f"{t.underfit_drop:g} below a fitting baseline's train {score} without a better test "
-        f"{score} fails to train; dropout's convergence is reported from {t.slower_ratio:g}× "
-        f"the baseline's epochs; converging in the last {1 - t.late_fraction:.0%} of the epochs "
-        "means still improving.</li></ul></div>"
+        "<li>Diagnosis, on the choosing split's score: a train gap ≥ "
+        f"{t.large_gap:g} is overfitting whatever the train score; a baseline below train "
+        + (
+            f"accuracy {t.fit_train_acc:g}"
+            if kinds == {"classification"}
+            else f"R² {t.fit_train_r2:g}"
+            if kinds == {"regression"}
+            else f"accuracy {t.fit_train_acc:g} (R² {t.fit_train_r2:g})"
+        )
+        + " with a smaller gap, and no regularizer significantly better, cannot fit its data "
+        "(capacity); rate advice reads the score over the rates tried (best at the top edge: "
+        "extend upward; at rate 0: dropout does not help; inside: found; all within noise: "
+        f"no measurable difference); a group {t.underfit_drop:g} below a fitting baseline's "
+        f"train {score} without a better score fails to train; dropout's convergence is "
+        f"reported from {t.slower_ratio:g}× the baseline's epochs; converging in the last "
+        f"{1 - t.late_fraction:.0%} of the epochs means still improving.</li></ul></div>"
     )
 
 

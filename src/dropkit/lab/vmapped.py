@@ -74,8 +74,10 @@ import copy
 import functools
 import math
 import os
+import re
 import time
 import types
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -1353,6 +1355,34 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+_LOOPED_WARNING = "There is a performance drop because we have not yet implemented the batching"
+_LOOPED = re.compile(r"batching rule for (?:nested )?(\S+?)\.(?:\s|$)")
+
+
+@contextmanager
+def _vmap_loops(ops: list[str]) -> Iterator[None]:
+    """torch's warnings that ``vmap`` has no batching rule for an op (it then loops over the
+    runs for that op) collected as the ops' names into ``ops`` instead of shown, one warning
+    per call site; other warnings are passed on."""
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for warning in caught:
+            match = _LOOPED.search(str(warning.message))
+            if match is None:
+                warnings.warn_explicit(
+                    warning.message,
+                    warning.category,
+                    warning.filename,
+                    warning.lineno,
+                    source=warning.source,
+                )
+            elif match.group(1) not in ops:
+                ops.append(match.group(1))
+
+
 # --- entry point -------------------------------------------------------------------------------
 
 
@@ -1471,15 +1501,23 @@ def train_custom(
 
     for members in together.values():
         probe = _Group(members[:2], shared, vmapped=True, release=False)
-        failure = probe.check()
+        looped: list[str] = []  # torch's vmap warnings, as the ops it loops over: one note
+        with _vmap_loops(looped):
+            failure = probe.check()
         for run in members:
             run.width = probe.out_width
         if failure is not None:
             if batched:
                 raise ValueError(f"`batched=True` but it cannot be batched: {failure}")
-            say(f"training run by run: {failure}")
+            also = f"; torch also lacks a batching rule for {', '.join(looped)}" if looped else ""
+            say(f"training run by run: {failure}{also}")
             alone.extend(members)
             continue
+        if looped:
+            say(
+                f"{len(members)} runs vmapped, but torch has no batching rule for "
+                f"{', '.join(looped)} and loops over the runs there (slower; the same results)"
+            )
         chunks = [members]
         if len(members) > 1:
             budget = max_batch_memory
@@ -1502,7 +1540,10 @@ def train_custom(
         del probe
         for chunk in chunks:
             group = _Group(chunk, shared, vmapped=True, compiled=compiled, log=say)
-            for run, output in zip(chunk, group.train(ticker), strict=True):
+            with warnings.catch_warnings():  # said above, once
+                warnings.filterwarnings("ignore", message=_LOOPED_WARNING)
+                trained = group.train(ticker)
+            for run, output in zip(chunk, trained, strict=True):
                 outputs[run.index] = output
     for run in sorted(alone, key=lambda r: r.index):
         with _seeded(run.config.seed, device):
