@@ -376,7 +376,7 @@ def _print_table(table: Table) -> None:
         shown.add_column(column, justify="left" if column in ("group", "read as") else "right")
     for row in table.rows:
         shown.add_row(*row)
-    Console(width=max(110, 14 * len(table.headers))).print(shown)
+    Console(width=max(124, 15 * len(table.headers))).print(shown)
 
 
 @app.command()

@@ -369,6 +369,7 @@ def check_rate_curve(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Dia
         return []
     on, word = _split(summaries)
     findings = []
+    singles: list[ArmSummary] = []
     for family in _families(summaries):
         scored = [s for s in family if math.isfinite(selection_score(s, on))]
         positive = [s for s in scored if s.p > 0]
@@ -376,26 +377,7 @@ def check_rate_curve(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Dia
             continue
         score = scored[0].score_name
         if len(positive) == 1:
-            s = positive[0]
-            findings.append(
-                Diagnosis(
-                    "single_rate",
-                    "info",
-                    f"{s.name}: p={s.p:g} is the only dropout rate tried ({word} {score} "
-                    f"{selection_score(s, on):.3f}, {_gap_name(s, on)} {s.gap(on):.3f}); one "
-                    "rate cannot show which way to move it (a higher rate may close a gap or "
-                    "stop the model fitting, a lower one may score better or overfit more): "
-                    f"sweep several rates, e.g. 0.1 to 0.7, to see where the {word} {score} "
-                    "peaks",
-                    {
-                        "p": s.p,
-                        f"{on}_acc": selection_score(s, on),
-                        "gap": s.gap(on),
-                        "train_acc": s.train_acc_mean,
-                    },
-                    s.name,
-                )
-            )
+            singles.append(positive[0])
             continue
         top = max(scored, key=lambda s: (selection_score(s, on), -s.p))
         tied = [s for s in tied_with(top, scored, on) if s is not top]
@@ -449,7 +431,42 @@ def check_rate_curve(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Dia
         findings.append(
             Diagnosis("rate_curve", severity, message, _curve_numbers(scored, top, on), top.name)
         )
+    if singles:
+        findings.append(_single_rates(singles, on, word))
     return findings
+
+
+def _single_rates(singles: Sequence[ArmSummary], on: str, word: str) -> Diagnosis:
+    """``single_rate``: the dropout families tried at one positive rate (one finding)."""
+    score = singles[0].score_name
+    why = (
+        "one rate cannot show which way to move it (a higher rate may close a gap or stop the "
+        "model fitting, a lower one may score better or overfit more): sweep several rates, "
+        f"e.g. 0.1 to 0.7, to see where the {word} {score} peaks"
+    )
+    if len(singles) == 1:
+        s = singles[0]
+        return Diagnosis(
+            "single_rate",
+            "info",
+            f"{s.name}: p={s.p:g} is the only dropout rate tried ({word} {score} "
+            f"{selection_score(s, on):.3f}, {_gap_name(s, on)} {s.gap(on):.3f}); {why}",
+            {
+                "p": s.p,
+                f"{on}_acc": selection_score(s, on),
+                "gap": s.gap(on),
+                "train_acc": s.train_acc_mean,
+            },
+            s.name,
+        )
+    rates = sorted({s.p for s in singles})
+    names = ", ".join(s.name for s in singles)
+    return Diagnosis(
+        "single_rate",
+        "info",
+        f"{names}: each tried at one dropout rate (p={', '.join(f'{p:g}' for p in rates)}); {why}",
+        {"groups": len(singles), "highest_p": rates[-1], "lowest_p": rates[0]},
+    )
 
 
 def check_no_convergence(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
@@ -495,7 +512,10 @@ def check_more_epochs(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Di
     if not dropout or not (math.isfinite(base_epochs) and base_epochs > 0):
         return []
     on = chosen_on(summaries)
-    best = max(dropout, key=lambda s: (selection_score(s, on), -(s.p + s.input_p), s.name))
+    best = min(  # the highest score; on a tie the simplest (fewest regularizers, lowest rate)
+        dropout,
+        key=lambda s: (-selection_score(s, on), len(s.arm.split("+")), s.p + s.input_p, s.name),
+    )
     ratio = best.converge_epoch_mean / base.converge_epoch_mean
     if not (math.isfinite(ratio) and ratio >= t.slower_ratio):
         return []
