@@ -275,6 +275,30 @@ def test_early_stopping_trains_on_the_split_and_validates_on_its_rows_only() -> 
     assert 1 < best < 60 and best != test_best  # the test would tell them apart
 
 
+def test_early_stopping_beside_a_validation_split_needs_rows_of_its_own(
+    circles: Dataset,
+) -> None:
+    """With ``validation``, early-stopping runs need ``stopping`` (carved from the fit rows):
+    the trainer never falls back to watching the validation rows."""
+    from dropkit.lab.config import DataSpec
+    from dropkit.lab.splits import stopping_rows, validation_rows
+
+    spec = DataSpec("circles", validation=0.3)
+    Rows = dict[int | None, tuple[np.ndarray, np.ndarray]]
+    validation: Rows = {None: validation_rows(circles.y_train, spec, None)}
+    model, train = ModelSpec((8,)), TrainSpec(epochs=3)
+    runs = [B.RunSettings(0), B.RunSettings(1, patience=2)]
+    with pytest.raises(ValueError, match=r"`stopping` must hold .* missing fold None"):
+        B.train_batch(circles, model, train, runs, compile=False, validation=validation)
+    fit, stop, _ = stopping_rows(circles.y_train, spec, None)
+    stopping: Rows = {None: (fit, stop)}
+    result = B.train_batch(
+        circles, model, train, runs, compile=False, validation=validation, stopping=stopping
+    )
+    assert result.info is not None
+    assert {"val_acc", "val_loss", "stop_epoch"} <= result.info[1].keys()
+
+
 def test_epoch_ticker_reports_each_batch_epoch_once() -> None:
     seen: list[int] = []
     ticker = EpochTicker(runs=5, epochs=4, on_epoch=seen.append)

@@ -21,7 +21,7 @@ from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.data import Dataset
 from dropkit.lab.engines import BatchJob, InProcessEngine, RayEngine
 from dropkit.lab.models import build_model
-from dropkit.lab.splits import holdout_rows, validation_rows
+from dropkit.lab.splits import holdout_rows, stopping_rows, validation_rows
 from dropkit.lab.train import is_batched, resolve_device, train_configs
 from dropkit.lab.training import BatchResult, sample_scores
 from dropkit.lab.user_model import model_source
@@ -304,8 +304,12 @@ DETERMINISTIC: list[dict[str, Any]] = [
 
 
 def test_both_trainers_fit_the_fit_rows_and_report_the_validation_rows(moons: Dataset) -> None:
+    """Early stopping fits on the fit rows it did not carve out to stop on
+    (:func:`stopping_rows`); every run reports the same validation rows."""
     spec = DataSpec("moons", validation=0.25)
     fit, held = validation_rows(moons.y_train, spec, None)
+    carved_fit, _, carved_held = stopping_rows(moons.y_train, spec, None)
+    np.testing.assert_array_equal(carved_held, held)
     configs = [c for fields in DETERMINISTIC for c in _configs(spec, p=0.0, **fields)]
     stacked = train_configs(moons, configs, compile=False, trainer="stacked")
     looped = train_configs(moons, configs, compile=False, trainer="loop")
@@ -321,7 +325,9 @@ def test_both_trainers_fit_the_fit_rows_and_report_the_validation_rows(moons: Da
         val_acc, val_loss = _class_scores(stacked.states[run], config, moons, held)
         assert mine["val_acc"] == pytest.approx(val_acc, abs=ACC_TOL)
         assert mine["val_loss"] == pytest.approx(val_loss, rel=1e-5)
-        fit_acc, fit_loss = _class_scores(stacked.states[run], config, moons, fit)
+        stops = config.strength("early_stopping") is not None
+        rows = carved_fit if stops else fit
+        fit_acc, fit_loss = _class_scores(stacked.states[run], config, moons, rows)
         assert stacked.curves["train_acc"][run][-1] == pytest.approx(fit_acc, abs=ACC_TOL)
         assert stacked.curves["train_loss"][run][-1] == pytest.approx(fit_loss, rel=1e-5)
 
@@ -335,31 +341,40 @@ def test_without_a_validation_split_no_val_scores_are_written(moons: Dataset) ->
 
 
 @pytest.mark.parametrize("trainer", ["stacked", "loop"])
-def test_early_stopping_watches_the_validation_rows(moons: Dataset, trainer: str) -> None:
-    """A run whose patience never runs out restores the epoch of its lowest validation loss.
+def test_early_stopping_watches_its_own_rows_not_the_validation_rows(
+    moons: Dataset, trainer: str
+) -> None:
+    """A run whose patience never runs out restores the epoch of its lowest loss on the rows
+    :func:`stopping_rows` carves from the fit rows, never on the validation rows.
 
-    The same run without early stopping, trained for e = 1 .. E epochs, gives the validation
-    loss of each epoch (its masks are a function of (seed, epoch), so its first e epochs are the
-    stopping run's): the restored epoch must be their arg-min, and its loss their minimum.
+    The same run without early stopping on a data set whose training rows are the carved fit
+    rows and whose test rows are the stopping rows, trained for e = 1 .. E epochs, gives the
+    stopping loss of each epoch (same rows in the same order, masks a function of (seed,
+    epoch)): the restored epoch must be their arg-min. ``val_loss`` is the restored weights'
+    loss on the validation rows.
     """
     spec = DataSpec("moons", validation=0.3)
+    fit, stop, held = stopping_rows(moons.y_train, spec, None)
+    x, y = moons.x_train, moons.y_train
+    carved = Dataset("moons", x[fit], y[fit], x[stop], y[stop], 2, moons.feature_names)
     epochs = 8
     losses = []
     for e in range(1, epochs + 1):
-        (config,) = _configs(spec, seeds=1, epochs=e, p=0.2)
-        result = train_configs(moons, [config], compile=False, trainer=trainer)
-        assert result.info is not None
-        losses.append(result.info[0]["val_loss"])
+        (config,) = _configs(DataSpec("moons"), seeds=1, epochs=e, p=0.2)
+        result = train_configs(carved, [config], compile=False, trainer=trainer)
+        losses.append(float(result.curves["test_loss"][0][-1]))
     (patient,) = _configs(
         spec, seeds=1, epochs=epochs, p=0.2, regularizers=(("early_stopping", 100.0),)
     )
     result = train_configs(moons, [patient], compile=False, trainer=trainer)
-    assert result.info is not None
+    assert result.info is not None and result.states is not None
     info = result.info[0]
     assert info["stop_epoch"] == epochs
     assert info["best_epoch"] == 1 + int(np.argmin(losses))
-    assert info["val_loss"] == pytest.approx(min(losses), rel=1e-6)
-    assert len(set(losses)) > 1, "the validation loss moved, so the arg-min means something"
+    assert len(set(losses)) > 1, "the stopping loss moved, so the arg-min means something"
+    val_acc, val_loss = _class_scores(result.states[0], patient, moons, held)
+    assert info["val_acc"] == pytest.approx(val_acc, abs=ACC_TOL)
+    assert info["val_loss"] == pytest.approx(val_loss, rel=1e-5)
 
 
 def test_folds_train_each_fold_on_its_own_rows(moons: Dataset) -> None:

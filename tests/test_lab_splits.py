@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dropkit.lab.config import DataSpec
-from dropkit.lab.splits import holdout_rows, validation_rows
+from dropkit.lab.splits import holdout_rows, stopping_rows, validation_rows
 from dropkit.lab.training import validation_split
 
 
@@ -134,3 +134,73 @@ class TestFolds:
     def test_two_dimensional_targets_are_refused(self) -> None:
         with pytest.raises(ValueError, match=r"`y_train` .* shape \(n,\), got \(4, 2\)"):
             validation_rows(np.zeros((4, 2)), DataSpec(), None)
+
+
+class TestStopping:
+    """Early stopping's rows: carved from the fit rows, never the validation rows."""
+
+    @pytest.mark.parametrize(
+        ("spec", "folds"),
+        [
+            (DataSpec(validation=0.3, split_seed=5), [None]),
+            (DataSpec(folds=4, split_seed=1), [0, 1, 2, 3]),
+            (DataSpec(task="regression", validation=0.25), [None]),
+            (DataSpec(task="regression", folds=3), [0, 1, 2]),
+        ],
+        ids=["holdout", "folds", "regression-holdout", "regression-folds"],
+    )
+    def test_carved_from_the_fit_rows_apart_from_the_validation_rows(
+        self, spec: DataSpec, folds: list[int | None]
+    ) -> None:
+        y = _labels(120, 3, seed=4)
+        if spec.task == "regression":
+            y = np.random.default_rng(4).normal(size=120).astype(np.float32)
+        for fold in folds:
+            fit, stop, val = stopping_rows(y, spec, fold)
+            chooser_fit, chooser_val = validation_rows(y, spec, fold)
+            np.testing.assert_array_equal(val, chooser_val)  # the same choosing rows
+            assert fit.dtype == stop.dtype == np.intp
+            assert np.all(np.diff(fit) > 0) and np.all(np.diff(stop) > 0), "sorted, no repeats"
+            assert len(stop) and not np.intersect1d(fit, stop).size
+            np.testing.assert_array_equal(np.union1d(fit, stop), chooser_fit)  # the fit rows
+            assert not np.intersect1d(stop, val).size and not np.intersect1d(fit, val).size
+            if spec.task == "classification":  # stratified: round(0.2 · n_c) of each class
+                per_class = np.bincount(y[chooser_fit], minlength=3)
+                expected = [min(max(1, round(0.2 * c)), c - 1) for c in per_class]
+                assert np.bincount(y[stop], minlength=3).tolist() == expected
+            else:
+                assert len(stop) == round(0.2 * len(chooser_fit))
+            again = stopping_rows(y.copy(), spec, fold)
+            for first, second in zip((fit, stop, val), again, strict=True):
+                np.testing.assert_array_equal(first, second)  # every run of a fold: same rows
+
+    def test_seeded_with_the_split_seed(self) -> None:
+        y = _labels(150, 2)
+        a = stopping_rows(y, DataSpec(validation=0.2, split_seed=0), None)[1]
+        b = stopping_rows(y, DataSpec(validation=0.2, split_seed=1), None)[1]
+        assert not np.array_equal(a, b)
+
+    def test_without_a_validation_split_it_is_a_fifth_of_the_training_split(self) -> None:
+        y = _labels(90, 3)
+        fit, stop, val = stopping_rows(y, DataSpec(), None)
+        old_fit, old_stop = validation_split(y)
+        np.testing.assert_array_equal(fit, old_fit)
+        np.testing.assert_array_equal(stop, old_stop)
+        assert val.shape == (0,) and val.dtype == np.intp
+        values = np.random.default_rng(1).normal(size=50)
+        fit, stop, val = stopping_rows(values, DataSpec(task="regression"), None)
+        plain_fit, plain_stop = holdout_rows(values, 0.2, 0, stratify=False)
+        np.testing.assert_array_equal(fit, plain_fit)
+        np.testing.assert_array_equal(stop, plain_stop)
+        assert not len(val)
+
+    def test_a_class_with_one_fit_row_is_refused(self) -> None:
+        y = np.array([0] * 10 + [1] * 10 + [2] * 2)  # class 2: one row validates, one fits
+        with pytest.raises(ValueError, match=r"early stopping .* class 2 has 1 fit row: .*2"):
+            stopping_rows(y, DataSpec(validation=0.3), None)
+        with pytest.raises(ValueError, match=r"class 2 has 1 fit row of fold 0"):
+            stopping_rows(y, DataSpec(folds=2), 0)
+
+    def test_regression_needs_two_fit_rows(self) -> None:
+        with pytest.raises(ValueError, match=r"early stopping .* at least 2 fit rows, got 1"):
+            stopping_rows(np.zeros(2), DataSpec(task="regression", validation=0.5), None)

@@ -12,6 +12,7 @@ here too.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -22,6 +23,8 @@ from torch import nn
 import dropkit
 from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.data import Dataset, load_dataset
+from dropkit.lab.models import build_model
+from dropkit.lab.splits import stopping_rows, validation_rows
 from dropkit.lab.train import batched_settings, is_batched, train_configs
 from dropkit.lab.training import (
     BatchResult,
@@ -128,6 +131,141 @@ def test_multiclass_runs_compute_the_same_numbers(wine: Dataset) -> None:
     ]
     stacked, looped = _both(wine, configs)
     _assert_same_runs(stacked, looped, configs)
+
+
+# --- early stopping beside a validation split: its own rows, in every trainer ----------------
+
+
+class _BuiltinSource:
+    """A user-model source that builds the built-in MLP with the loop's initial weights (a
+    generator seeded with the run's seed), so the vmapped trainer trains the loop's network."""
+
+    def __init__(self, data: Dataset, hidden: tuple[int, ...]) -> None:
+        self.data, self.hidden = data, hidden
+
+    def build(self, p: float, seed: int) -> nn.Module:
+        config = RunConfig(DataSpec(self.data.name), ModelSpec(self.hidden), p=p, seed=seed)
+        return build_model(config, self.data, generator=torch.Generator().manual_seed(seed))
+
+
+_CUSTOM = ModelSpec(hidden=(), kind="custom", name="mlp16", fingerprint="0123456789abcdef")
+
+
+@pytest.mark.parametrize(
+    ("spec", "folds"),
+    [(DataSpec("circles", validation=0.3), (None,)), (DataSpec("circles", folds=3), (0, 1, 2))],
+    ids=["holdout", "folds"],
+)
+def test_early_stopping_beside_a_validation_split_agrees_in_all_three_trainers(
+    circles: Dataset, spec: DataSpec, folds: tuple[int | None, ...]
+) -> None:
+    """With a validation split or folds, the stacked trainer, the loop and the vmapped trainer
+    fit and stop on the same rows (:func:`dropkit.lab.splits.stopping_rows`, carved from each
+    fold's fit rows) and report the same validation rows. No masks, one batch per epoch (the
+    order cannot change the mean gradient): the three compute the same numbers to float
+    rounding, the same stopping epochs, and the curves measure the carved fit rows."""
+    train = TrainSpec(epochs=15, batch_size=64, lr=0.05)
+    stopping = (("early_stopping", 2.0),)
+    configs = [
+        RunConfig(spec, ModelSpec((16,)), train, seed=seed, fold=fold, regularizers=stopping)
+        for fold in folds
+        for seed in (0, 1)
+    ]
+    stacked, looped = _both(circles, configs)
+    custom = [dataclasses.replace(c, model=_CUSTOM) for c in configs]
+    source = _BuiltinSource(circles, (16,))
+    vmapped = train_configs(circles, custom, model=source, compile=False)
+    assert stacked.info is not None and stacked.states is not None
+    for other in (looped, vmapped):
+        assert other.info is not None
+        for name in stacked.curves:
+            np.testing.assert_allclose(other.curves[name], stacked.curves[name], atol=ATOL, rtol=0)
+        for mine, theirs in zip(stacked.info, other.info, strict=True):
+            assert (
+                mine.keys() == theirs.keys() == {"stop_epoch", "best_epoch", "val_acc", "val_loss"}
+            )
+            assert mine["stop_epoch"] == theirs["stop_epoch"]
+            assert mine["best_epoch"] == theirs["best_epoch"]
+            assert mine["val_acc"] == pytest.approx(theirs["val_acc"], abs=1e-6)
+            assert mine["val_loss"] == pytest.approx(theirs["val_loss"], abs=ATOL)
+    assert any(i["stop_epoch"] < 15 for i in stacked.info), "no run stopped: a weak test"
+    for result in (stacked, looped, vmapped):  # each measures its restored weights on ...
+        assert result.states is not None and result.info is not None
+        for run, config in enumerate(configs):
+            fit, _, held = stopping_rows(circles.y_train, spec, config.fold)
+            model = build_model(config, circles)
+            model.load_state_dict(result.states[run])
+            model.eval()
+            for rows, accuracy in (
+                (fit, result.curves["train_acc"][run][-1]),  # ... the rows it fitted
+                (held, result.info[run]["val_acc"]),  # ... the choosing rows
+            ):
+                with torch.no_grad():
+                    logits = model(torch.from_numpy(circles.x_train[rows]))
+                correct, _ = sample_scores(logits, torch.from_numpy(circles.y_train[rows]))
+                assert float(correct.double().mean()) == pytest.approx(accuracy, abs=1e-6)
+
+
+def _noise(replicate: int, n: int = 40) -> Dataset:
+    """``n`` training rows of 5 Gaussian features whose labels are pure noise: a random
+    permutation of exactly ``n/2`` zeros and ones, drawn apart from the features."""
+    rng = np.random.default_rng(1000 + replicate)
+    x = rng.standard_normal((n + 4, 5)).astype(np.float32)
+    y = rng.permutation(np.arange(n) % 2).astype(np.int64)
+    names = tuple(f"f{i}" for i in range(5))
+    return Dataset("noise", x[:n], y, x[n:], np.array([0, 1, 0, 1]), 2, names)
+
+
+@pytest.mark.parametrize(
+    ("spec", "fold"),
+    [(DataSpec("noise", validation=0.5), None), (DataSpec("noise", folds=2), 1)],
+    ids=["holdout", "folds"],
+)
+def test_early_stopping_cannot_win_on_the_choosing_rows(spec: DataSpec, fold: int | None) -> None:
+    """Labels that are pure noise: no arm can beat chance on validation rows it never saw.
+
+    ``R`` independent data sets of 40 rows (20 of each class; a stratified half, 10 + 10 rows,
+    validates), arms ``l2`` and ``early_stopping+l2`` (the penalty keeps the logits bounded,
+    so the loss early stopping watches moves with the accuracy; one full batch at a high rate:
+    a network that jumps from epoch to epoch, many distinct candidates). Early stopping that
+    watched the validation rows restored the epoch of their lowest loss, the best of 21
+    noisy scores: its pooled validation accuracy here was 0.565 (holdout) and 0.557 (folds),
+    5 to 6 standard deviations above chance, and it won. On rows of its own it is a fair coin
+    (0.496 and 0.498; the ``l2`` arm: 0.507 and 0.494).
+
+    The tolerance, from the binomial spread: a run whose training never read the validation
+    labels predicts class 1 with a probability ``q`` independent of them, so its number of
+    correct rows among the ``m`` of each class is ``Bin(m, q) + Bin(m, 1 − q)``: mean ``m``
+    (accuracy 1/2 exactly, the classes being balanced) and variance ``2m·q(1 − q) <= n_val/4``,
+    at most the spread of ``n_val`` fair coins. The data sets are independent, so the pooled
+    accuracy of an arm over ``N = R·n_val`` rows has mean 1/2 and standard deviation at most
+    ``1/(2√N)``; it must stay below ``1/2 + 3/(2√N)`` (a one-sided false alarm of 0.13%;
+    the seeds are fixed, so the test is deterministic).
+    """
+    replicates = 100
+    train = TrainSpec(epochs=20, batch_size=64, lr=1.0)
+    arms: tuple[tuple[tuple[str, float], ...], ...] = (
+        (("l2", 0.05),),
+        (("early_stopping", 1000.0), ("l2", 0.05)),
+    )
+    correct = dict.fromkeys(arms, 0.0)
+    rows = 0
+    for replicate in range(replicates):
+        data = _noise(replicate)
+        configs = [
+            RunConfig(spec, ModelSpec((16,)), train, seed=replicate, fold=fold, regularizers=arm)
+            for arm in arms
+        ]
+        result = train_configs(data, configs, compile=False)
+        assert result.info is not None
+        n_val = len(validation_rows(data.y_train, spec, fold)[1])
+        rows += n_val
+        for arm, info in zip(arms, result.info, strict=True):
+            correct[arm] += info["val_acc"] * n_val
+    assert rows == replicates * 20
+    bound = 0.5 + 3.0 / (2.0 * math.sqrt(rows))
+    for arm, count in correct.items():
+        assert count / rows <= bound, (arm, count / rows, bound)
 
 
 # --- random arms: what can be compared exactly ------------------------------------------------

@@ -34,7 +34,7 @@ from dropkit.lab.counter_masks import (
     mask_key,
 )
 from dropkit.lab.data import Dataset
-from dropkit.lab.splits import validation_rows
+from dropkit.lab.splits import stopping_rows, validation_rows
 from dropkit.lab.training import make_adam
 from dropkit.lab.vmapped import train_custom
 
@@ -731,6 +731,39 @@ def test_validation_metrics_are_those_of_the_final_weights() -> None:
         accuracy = (logits.argmax(1) == y).double().mean().item()
         assert info["val_acc"] == pytest.approx(accuracy, abs=1e-12)
         assert info["val_loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_early_stopping_beside_folds_stops_on_fit_rows_and_equals_alone() -> None:
+    """Early-stopping runs of each fold train on the fit rows they did not carve out to stop on
+    (:func:`dropkit.lab.splits.stopping_rows`) and report the fold's validation rows with
+    their restored weights; they train apart from the fold's other runs (fewer fit rows), and
+    in a batch as alone."""
+    spec = DataSpec("table", folds=3)
+    data = table()
+    stopping = (("early_stopping", 1.0),)
+    settings: list[dict[str, object]] = [
+        {"p": 0.2, "seed": s, "fold": f, "regularizers": r}
+        for f in (0, 1)
+        for s, r in ((1, stopping), (2, stopping), (3, ()))
+    ]
+    runs = configs(settings, epochs=6, data=spec)
+    result = train_custom(mlp(), data, runs)
+    assert result.states is not None and result.info is not None
+    for config, state, info, curve in zip(
+        runs, result.states, result.info, result.curves["train_acc"], strict=True
+    ):
+        fit, stop, val = stopping_rows(data.y_train, spec, config.fold)
+        if not config.regularizers:  # no early stopping: all of the fold's fit rows
+            fit = np.union1d(fit, stop)
+        model = mlp().build(config.p, config.seed)
+        model.load_state_dict(state)
+        model.eval()
+        for rows, accuracy in ((fit, curve[-1]), (val, info["val_acc"])):
+            with torch.no_grad():
+                logits = model(torch.from_numpy(data.x_train[rows]))
+            y = torch.from_numpy(data.y_train[rows])
+            assert (logits.argmax(1) == y).double().mean().item() == pytest.approx(accuracy)
+    assert_same_runs(mlp(), data, runs)
 
 
 def test_gradients_reach_the_fused_adam_laid_out_as_the_parameters() -> None:

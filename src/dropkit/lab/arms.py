@@ -118,7 +118,7 @@ STRENGTHS: dict[str, Strength] = {
         Strength("max_norm", "bound c of max_norm on each hidden unit's incoming weights", 3.0),
         Strength(
             "patience",
-            "epochs without a better validation loss before early_stopping stops "
+            "epochs without a better loss on its held-out rows before early_stopping stops "
             "(default: a tenth of the epochs, at least 10)",
             None,
             unit="epochs",
@@ -302,7 +302,8 @@ REGULARIZERS: dict[str, Regularizer] = {
         ),
         Regularizer(
             "early_stopping",
-            "the loop holds out 20% of the training set for validation, stops when its loss has "
+            "the loop holds out 20% of the fit rows (of the training set without a validation "
+            "split; never the validation rows that choose the winner), stops when their loss has "
             "not improved for `patience` epochs and restores the best weights",
             "Prechelt, Early stopping - but when?, Neural Networks: Tricks of the Trade 1998",
             acts_on=("loop",),

@@ -322,21 +322,25 @@ def _evaluate(
     n_classes: int,
     fused: bool,
     n_val: int = 0,
+    n_stop: int = 0,
 ) -> Tensor:
-    """Inference pass over ``x`` ``(n, d)``: train rows, then ``n_val`` validation rows, then
-    test rows. Returns ``(4, R)`` metrics (see METRICS) and, when ``n_val > 0``, two more rows:
-    the validation loss and accuracy. Scores and means:
-    :func:`~dropkit.lab.training.sample_scores`, :func:`~dropkit.lab.training.part_means`."""
+    """Inference pass over ``x`` ``(n, d)``: train rows, then ``n_stop`` early-stopping rows,
+    then ``n_val`` validation rows, then test rows. Returns ``(4, R)`` metrics (see METRICS),
+    then, when ``n_stop > 0``, the early-stopping loss, and, when ``n_val > 0``, the validation
+    loss and accuracy. Scores and means: :func:`~dropkit.lab.training.sample_scores`,
+    :func:`~dropkit.lab.training.part_means`."""
     a = x
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
         a = (_mm(a, weight, fused) + bias).relu()
     correct, loss = sample_scores(_mm(a, weights[-1], fused) + biases[-1], y)
-    sizes = (n_train, n_val, y.shape[-1] - n_train - n_val)
-    (train_acc, val_acc, test_acc), (train_loss, val_loss, test_loss) = (
+    sizes = (n_train, n_stop, n_val, y.shape[-1] - n_train - n_stop - n_val)
+    (train_acc, _, val_acc, test_acc), (train_loss, stop_loss, val_loss, test_loss) = (
         part_means(correct, sizes),
         part_means(loss, sizes),
     )
     rows = [train_acc, test_acc, train_loss, test_loss]
+    if n_stop:
+        rows.append(stop_loss)
     if n_val:
         rows += [val_loss, val_acc]
     return torch.stack(rows)
@@ -364,6 +368,7 @@ def train_batch(
     keep_weights: bool = False,
     device: torch.device | str = "cpu",
     validation: Mapping[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] | None = None,
+    stopping: Mapping[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] | None = None,
 ) -> BatchResult:
     """Train ``len(runs)`` MLPs on ``data`` as one stacked computation.
 
@@ -375,12 +380,13 @@ def train_batch(
     incoming weights, then an inference pass over the training and test sets that records
     accuracy and cross-entropy (the data loss, without penalties).
 
-    Early stopping (runs with ``patience``). These runs hold out
-    :data:`~dropkit.lab.training.VALIDATION_FRACTION` of the training set
-    (:func:`~dropkit.lab.training.validation_split`) and train on the rest, so they form their
-    own stacked computation (their shapes differ). After each epoch the validation loss is
-    measured; the weights of the lowest one so far are kept; ``patience`` epochs without a
-    lower one stop the run and restore those weights. A stopped run's curves repeat the
+    Early stopping (runs with ``patience``). These runs train on the ``fit`` rows of
+    ``stopping`` and stop on the loss of its ``stop`` rows (without ``stopping``: a hold-out of
+    :data:`~dropkit.lab.training.VALIDATION_FRACTION` of the training set,
+    :func:`~dropkit.lab.training.validation_split`), so they form their own stacked computation
+    (their shapes differ). After each epoch the loss on the stopping rows is measured; the
+    weights of the lowest one so far are kept; ``patience`` epochs without a lower one stop the
+    run and restore those weights. A stopped run's curves repeat the
     restored model's metrics until the last epoch, so every curve has ``epochs`` points, and
     the last point is always the restored model (a run whose patience never ran out restores
     its best weights at the end too). Its ``train_*`` metrics are measured on the rows it
@@ -389,10 +395,11 @@ def train_batch(
 
     A validation split (``validation``: the ``(fit, validation)`` row indices of the training
     set per fold, from :func:`dropkit.lab.splits.validation_rows`). Every run trains on its
-    fold's ``fit`` rows (its ``train_*`` curves measure those), early stopping watches its
-    ``validation`` rows instead of its own hold-out, and ``info`` gets ``val_acc`` and
-    ``val_loss`` of the final epoch. Runs of different folds train as separate stacked
-    computations.
+    fold's ``fit`` rows (its ``train_*`` curves measure those) and ``info`` gets ``val_acc``
+    and ``val_loss`` of the final epoch (for early stopping: of the restored weights). Early
+    stopping never sees the validation rows, which choose the winner: its runs need
+    ``stopping``, whose rows (:func:`dropkit.lab.splits.stopping_rows`) are carved from the
+    fold's fit rows. Runs of different folds train as separate stacked computations.
 
     Args:
         data: the data set (shared by all runs).
@@ -407,12 +414,16 @@ def train_batch(
             ``"cuda:N"``; see the module docstring). Curves and weights come back on the CPU.
         validation: per fold (the runs' :attr:`RunSettings.fold`; None without folds), the
             ``(fit, validation)`` rows of the training set; None: no validation split.
+        stopping: per fold, the ``(fit, stop)`` rows of the runs with ``patience``: the first
+            two of :func:`dropkit.lab.splits.stopping_rows`. None: without ``validation``, the
+            hold-out of :func:`~dropkit.lab.training.validation_split`; required with it.
 
     Returns:
         The per-epoch curves of every run, in the order of ``runs``.
 
     Raises:
-        ValueError: no runs, or a run's fold missing from ``validation``.
+        ValueError: no runs, a run's fold missing from ``validation``, or an early-stopping
+            run's fold missing from ``stopping`` (required with ``validation``).
     """
     start = time.perf_counter()
     where = torch.device(device)
@@ -426,6 +437,15 @@ def train_batch(
         if missing:
             raise ValueError(
                 f"`validation` must hold the rows of every run's fold, missing fold {missing[0]!r}"
+            )
+    stopped_folds = dict.fromkeys(r.fold for r in runs if r.patience is not None)
+    if stopping is not None or (validation is not None and stopped_folds):
+        missing = [fold for fold in stopped_folds if stopping is None or fold not in stopping]
+        if missing:
+            raise ValueError(
+                "`stopping` must hold the early-stopping rows of every early-stopping run's "
+                f"fold (with `validation`, early stopping never sees the validation rows), "
+                f"missing fold {missing[0]!r}"
             )
     groups = []
     for fold in folds:
@@ -447,8 +467,12 @@ def train_batch(
             tick = ticker.part(len(group))
         else:  # one part: the batch's own callback, nothing to count
             tick = on_epoch if on_epoch is not None else _no_epoch_callback
-        rows = None if validation is None else validation[runs[group[0]].fold]
-        part = _train_group(data, model, train, [runs[i] for i in group], fused, tick, where, rows)
+        fold, stops = runs[group[0]].fold, runs[group[0]].patience is not None
+        rows = None if validation is None else validation[fold]
+        carved = stopping[fold] if stopping is not None and stops else None
+        part = _train_group(
+            data, model, train, [runs[i] for i in group], fused, tick, where, rows, carved
+        )
         values[:, group] = part.history
         for position, index in enumerate(group):
             info[index] = part.info[position]
@@ -484,11 +508,13 @@ def _train_group(
     on_epoch: Callable[[int], None],
     device: torch.device,
     split: tuple[NDArray[np.intp], NDArray[np.intp]] | None = None,
+    stopping: tuple[NDArray[np.intp], NDArray[np.intp]] | None = None,
 ) -> _GroupResult:
     """:func:`train_batch` for runs that all stop early or all do not (one training set).
 
-    ``split``: the ``(fit, validation)`` rows of a validation split (None: none, and early
-    stopping holds out its own)."""
+    ``split``: the ``(fit, validation)`` rows of a validation split (None: none). ``stopping``:
+    the ``(fit, stop)`` rows of early-stopping runs (None: the hold-out of
+    :func:`~dropkit.lab.training.validation_split`)."""
     n_runs = len(runs)
     epochs = train.epochs
     generators = [torch.Generator().manual_seed(r.seed) for r in runs]
@@ -503,17 +529,20 @@ def _train_group(
         train_step = torch.compile(_train_step, dynamic=False, fullgraph=True)
         evaluate = torch.compile(_evaluate, dynamic=False, fullgraph=True)
 
-    stopping = runs[0].patience is not None
-    x_train = torch.from_numpy(data.x_train)
-    y_train = torch.from_numpy(data.y_train)
-    x_val, y_val = x_train[:0], y_train[:0]
-    if split is not None or stopping:
-        fit, held = split if split is not None else validation_split(data.y_train)
-        x_train, y_train, x_val, y_val = x_train[fit], y_train[fit], x_train[held], y_train[held]
-    x_eval = torch.cat([x_train, x_val, torch.from_numpy(data.x_test)]).to(device)
-    y_eval = torch.cat([y_train, y_val, torch.from_numpy(data.y_test)]).to(device)
+    stops = runs[0].patience is not None
+    x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    x_train, y_train = x_all, y_all
+    x_stop, y_stop = x_val, y_val = x_all[:0], y_all[:0]
+    if split is not None:
+        fit, held = split
+        x_train, y_train, x_val, y_val = x_all[fit], y_all[fit], x_all[held], y_all[held]
+    if stops:  # early stopping's rows: never the validation rows
+        fit, held = stopping if stopping is not None else validation_split(data.y_train)
+        x_train, y_train, x_stop, y_stop = x_all[fit], y_all[fit], x_all[held], y_all[held]
+    x_eval = torch.cat([x_train, x_stop, x_val, torch.from_numpy(data.x_test)]).to(device)
+    y_eval = torch.cat([y_train, y_stop, y_val, torch.from_numpy(data.y_test)]).to(device)
     x_train, y_train = x_train.to(device), y_train.to(device)
-    n_train, n_val = x_train.shape[0], x_val.shape[0]
+    n_train, n_stop, n_val = x_train.shape[0], x_stop.shape[0], x_val.shape[0]
     batch_size = min(train.batch_size, n_train)
     shuffle = batch_size < n_train
     seeds = [r.seed for r in runs]
@@ -561,8 +590,9 @@ def _train_group(
     history = torch.empty(epochs, n_metrics, n_runs, device=device)
     final_val: Tensor | None = None  # (2, R) validation loss and accuracy of the last measure
 
-    stopper = EarlyStopping([r.patience or 0 for r in runs], epochs) if stopping else None
-    best = [param.clone() for param in params] if stopping else []
+    stopper = EarlyStopping([r.patience or 0 for r in runs], epochs) if stops else None
+    best = [param.clone() for param in params] if stops else []
+    val_at = n_metrics + (1 if n_stop else 0)  # the rows of measure() after the curves
 
     def restore(which: Tensor) -> None:
         which = which.to(device).view(-1, 1, 1)
@@ -570,7 +600,9 @@ def _train_group(
             param.copy_(torch.where(which, kept, param))
 
     def measure() -> Tensor:
-        return evaluate(weights, biases, x_eval, y_eval, n_train, data.n_classes, fused, n_val)
+        return evaluate(
+            weights, biases, x_eval, y_eval, n_train, data.n_classes, fused, n_val, n_stop
+        )
 
     with torch.no_grad():
         for epoch in range(epochs):
@@ -637,7 +669,7 @@ def _train_group(
             if stopper is None:
                 metrics = measure()
                 history[epoch] = metrics[:n_metrics]
-                final_val = metrics[n_metrics:]
+                final_val = metrics[val_at:]
                 on_epoch(epoch + 1)
                 continue
             restore(stopper.stopped)  # a stopped run keeps (and is measured with) its best
@@ -658,7 +690,7 @@ def _train_group(
             restore(torch.ones(n_runs, dtype=torch.bool))
             metrics = measure()
             history[-1] = metrics[:n_metrics]
-            final_val = metrics[n_metrics:]
+            final_val = metrics[val_at:]
 
     info: list[dict[str, float]] = [{} for _ in runs] if stopper is None else stopper.info()
     if split is not None and final_val is not None and n_val:

@@ -34,19 +34,23 @@ A validation split (``data.validation > 0`` or ``data.folds >= 2``): every run f
 ``fit_idx`` rows of :func:`dropkit.lab.splits.validation_rows` for its fold (its ``train_*``
 curves measure them), is evaluated on the ``val_idx`` rows after every epoch, and reports
 ``val_acc`` and ``val_loss`` (regression: also ``val_rmse`` and ``val_mae``) of the final
-epoch in ``info``; early stopping then watches these rows instead of its own hold-out.
+epoch in ``info``. These rows choose the winner, so nothing in training reads them.
 
-Early stopping (``early_stopping``, patience ``k`` epochs), as in the stacked trainer:
-without a validation split, :func:`~dropkit.lab.training.validation_split` holds out 20% of
-the training set (stratified, at least one sample per class, the same rows for every run;
-regression: a plain seeded 20%, :func:`dropkit.lab.splits.holdout_rows`); the run trains on
-the rest, which is also what its ``train_*`` curves measure. After each epoch the validation
-loss goes to :class:`~dropkit.lab.training.EarlyStopping`; when it has not fallen below its
-best for ``k`` epochs the run stops, the weights of the best epoch are restored, and its
-remaining epochs repeat the metrics of those weights. After the last epoch every such run's
-best weights are restored and the last point records them. ``info["stop_epoch"]`` is the
-number of epochs trained (``E`` when the patience never ran out), ``info["best_epoch"]`` the
-1-based epoch of the lowest validation loss (0: the initial weights).
+Early stopping (``early_stopping``, patience ``k`` epochs), as in the stacked trainer: the
+run stops on rows of its own, :func:`dropkit.lab.splits.stopping_rows`. Without a validation
+split they are 20% of the training set (:func:`~dropkit.lab.training.validation_split`:
+stratified, at least one sample per class, the same rows for every run; regression: a plain
+seeded 20%, :func:`dropkit.lab.splits.holdout_rows`); with one, 20% of the fold's ``fit_idx``
+rows (stratified, seeded with ``split_seed``): early stopping never sees the validation rows
+that choose the winner. The run trains on the rest, which is also what its ``train_*`` curves
+measure. After each epoch the loss on the stopping rows goes to
+:class:`~dropkit.lab.training.EarlyStopping`; when it has not fallen below its best for ``k``
+epochs the run stops, the weights of the best epoch are restored, and its remaining epochs
+repeat the metrics of those weights. After the last epoch every such run's best weights are
+restored and the last point records them (and ``val_*`` measure them).
+``info["stop_epoch"]`` is the number of epochs trained (``E`` when the patience never ran
+out), ``info["best_epoch"]`` the 1-based epoch of the lowest stopping loss (0: the initial
+weights).
 
 Randomness: every run owns one ``torch.Generator`` seeded with its seed; it draws the initial
 weights, then each epoch's order, the masks of every dropout layer, the noise and the
@@ -96,7 +100,6 @@ from dropkit.lab.models import (
 from dropkit.lab.train import has_validation
 from dropkit.lab.training import (
     METRICS,
-    VALIDATION_FRACTION,
     BatchResult,
     EarlyStopping,
     bound_unit_norms_,
@@ -106,7 +109,6 @@ from dropkit.lab.training import (
     make_adam,
     part_means,
     sample_scores,
-    validation_split,
 )
 from dropkit.recurrent import LSTM
 from dropkit.surgery import set_dropout
@@ -262,6 +264,7 @@ class _Run:
     history: np.ndarray
     regression: bool = False
     reports_validation: bool = False
+    stops: bool = False  # the evaluation holds early-stopping rows (see _Rows)
     dropout_on: bool = True
     best_state: dict[str, Tensor] | None = None
     stopped: bool = False
@@ -280,29 +283,43 @@ def _set_dropout(run: _Run, on: bool) -> None:
 
 @dataclass(frozen=True)
 class _Rows:
-    """The rows a run trains on and the rows it is evaluated on, shared by runs alike."""
+    """The rows a run trains on and the rows it is evaluated on, shared by runs alike.
+
+    ``evaluation`` holds the fit rows, the test set, then the early-stopping rows (when
+    ``stops``), then the validation rows (when ``validates``), with each part's size."""
 
     fit: tuple[Tensor, Tensor]
     scale: Tensor
     evaluation: tuple[Tensor, Tensor, tuple[int, ...]]
+    stops: bool = False
+    validates: bool = False
+
+
+_Split = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""``(fit, stop, validation)`` row indices of the training set (either of the last two may
+be empty)."""
 
 
 def _rows(
     data: Dataset,
-    split: tuple[np.ndarray, np.ndarray] | None,
+    split: _Split | None,
     device: torch.device = _CPU,
 ) -> _Rows:
     """Fit rows, the training set's feature standard deviations
     (:func:`~dropkit.lab.training.feature_scale`), and the evaluation rows: the fit rows,
-    the test set, then (with ``split``: a validation split) the validation rows; on
-    ``device``."""
+    the test set, then (with ``split``) its early-stopping rows and its validation rows,
+    where there are any; on ``device``."""
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
     x_test, y_test = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     x_parts, y_parts = [x, x_test], [y, y_test]
+    stops = validates = False
     if split is not None:
-        fit_rows, validation_rows = (torch.from_numpy(part) for part in split)
-        x_parts = [x[fit_rows], x_test, x[validation_rows]]
-        y_parts = [y[fit_rows], y_test, y[validation_rows]]
+        fit_rows, stop_rows, validation_rows = (torch.from_numpy(part) for part in split)
+        x_parts, y_parts = [x[fit_rows], x_test], [y[fit_rows], y_test]
+        stops, validates = len(stop_rows) > 0, len(validation_rows) > 0
+        for rows in [stop_rows] * stops + [validation_rows] * validates:
+            x_parts.append(x[rows])
+            y_parts.append(y[rows])
     return _Rows(
         fit=(x_parts[0].to(device), y_parts[0].to(device)),
         scale=feature_scale(data.x_train).to(device),
@@ -311,28 +328,32 @@ def _rows(
             torch.cat(y_parts).to(device),
             tuple(len(p) for p in y_parts),
         ),
+        stops=stops,
+        validates=validates,
     )
 
 
-def _split_of(
-    config: RunConfig, data: Dataset
-) -> tuple[Hashable, Callable[[], tuple[np.ndarray, np.ndarray]] | None]:
-    """Which rows a run fits and validates on: a key shared by runs alike, and the function
-    that computes its ``(fit, validation)`` rows (None: all training rows, no validation)."""
-    spec = config.data
+def _split_of(config: RunConfig, data: Dataset) -> tuple[Hashable, Callable[[], _Split] | None]:
+    """Which rows a run fits, stops and validates on: a key shared by runs alike, and the
+    function that computes its ``(fit, stop, validation)`` rows (None: all training rows, no
+    validation). Early-stopping runs take theirs from :func:`dropkit.lab.splits.stopping_rows`
+    (never the validation rows); the others from :func:`dropkit.lab.splits.validation_rows`."""
+    spec, fold = config.data, config.fold
+    stops = config.strength("early_stopping") is not None
+    if stops:
+        from dropkit.lab.splits import stopping_rows
+
+        key = ("early_stopping", fold) if has_validation(spec) else "early_stopping"
+        return key, lambda: stopping_rows(data.y_train, spec, fold)
     if has_validation(spec):
         from dropkit.lab.splits import validation_rows
 
-        return ("validation", config.fold), lambda: validation_rows(data.y_train, spec, config.fold)
-    if config.strength("early_stopping") is None:
-        return None, None
-    if data.task == "regression":
-        from dropkit.lab.splits import holdout_rows
+        def split() -> _Split:
+            fit, held = validation_rows(data.y_train, spec, fold)
+            return fit, held[:0], held
 
-        return "early_stopping", lambda: holdout_rows(
-            data.y_train, VALIDATION_FRACTION, 0, stratify=False
-        )
-    return "early_stopping", lambda: validation_split(data.y_train)
+        return ("validation", fold), split
+    return None, None
 
 
 def _mask_generator(
@@ -371,7 +392,8 @@ def _start(config: RunConfig, data: Dataset, rows: _Rows, device: torch.device =
         window=dropout_window(config),
         history=np.full((len(METRICS), config.train.epochs), np.nan),
         regression=data.task == "regression",
-        reports_validation=has_validation(config.data),
+        reports_validation=has_validation(config.data) and rows.validates,
+        stops=rows.stops,
         # early stopping's epoch 0: the initial weights, restored if no epoch improves on them
         best_state=None if patience is None else copy.deepcopy(model.state_dict()),
     )
@@ -419,26 +441,27 @@ def _train_epoch(run: _Run, data: Dataset) -> None:
 
 def _record(run: _Run, epoch: int) -> float:
     """Evaluate into the history at ``epoch`` (and the final-epoch facts into ``run.final``);
-    return the validation loss (NaN without)."""
+    return the loss on the early-stopping rows (NaN without)."""
     run.model.eval()
     final: dict[str, float] = {}
     if run.regression:
-        train_r, test_r, *validation_r = _evaluate_regression(run.model, *run.evaluation)
+        train_r, test_r, *rest_r = _evaluate_regression(run.model, *run.evaluation)
         run.history[:, epoch] = (train_r["r2"], test_r["r2"], train_r["mse"], test_r["mse"])
         parts = [("train", train_r), ("test", test_r)]
-        if run.reports_validation and validation_r:
-            parts.append(("val", validation_r[0]))
-            final.update(val_acc=validation_r[0]["r2"], val_loss=validation_r[0]["mse"])
+        if run.reports_validation:
+            validation_r = rest_r[-1]
+            parts.append(("val", validation_r))
+            final.update(val_acc=validation_r["r2"], val_loss=validation_r["mse"])
         for prefix, scores in parts:
             final.update({f"{prefix}_rmse": scores["rmse"], f"{prefix}_mae": scores["mae"]})
         run.final = final
-        return validation_r[0]["mse"] if validation_r else math.nan
-    train, test, *validation = _evaluate(run.model, *run.evaluation)
+        return rest_r[0]["mse"] if run.stops else math.nan
+    train, test, *rest = _evaluate(run.model, *run.evaluation)
     run.history[:, epoch] = (train[0], test[0], train[1], test[1])
-    if run.reports_validation and validation:
-        final.update(val_acc=validation[0][0], val_loss=validation[0][1])
+    if run.reports_validation:
+        final.update(val_acc=rest[-1][0], val_loss=rest[-1][1])
     run.final = final
-    return validation[0][1] if validation else math.nan
+    return rest[0][1] if run.stops else math.nan
 
 
 def _restore(run: _Run, epoch: int) -> None:

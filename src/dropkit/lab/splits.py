@@ -6,6 +6,11 @@ choose on rows it does not report on, so the training split is cut once more
 :attr:`DataSpec.folds`: k-fold cross-validation, Stone 1974). The cut depends on the labels and
 ``spec.split_seed`` only, so every run of a sweep, every trainer and every batch sees the same
 rows.
+
+Nothing used during training sees the rows that choose. Early stopping picks its epoch on a
+loss too; with a validation split it takes its rows from the run's *fit* rows
+(:func:`stopping_rows`), so it never sees the validation rows that choose the winner, and an
+arm cannot win the comparison by having watched them.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropkit.lab.config import DataSpec
+from dropkit.lab.training import VALIDATION_FRACTION, validation_split
 
-__all__ = ["holdout_rows", "validation_rows"]
+__all__ = ["holdout_rows", "stopping_rows", "validation_rows"]
 
 
 def _no_rows() -> NDArray[np.intp]:
@@ -139,3 +145,59 @@ def validation_rows(
             y, spec.validation, spec.split_seed, stratify=spec.task == "classification"
         )
     return np.arange(len(y), dtype=np.intp), _no_rows()
+
+
+def stopping_rows(
+    y_train: NDArray[np.generic], spec: DataSpec, fold: int | None
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]:
+    """Indices ``(fit_idx, stop_idx, val_idx)`` of a run with early stopping: it trains on
+    ``fit_idx``, stops on the loss of ``stop_idx`` and reports (is chosen on) ``val_idx``.
+    Sorted, pairwise disjoint, together all rows.
+
+    - With a validation split (``spec.validation > 0`` or ``spec.folds >= 2``): ``(F, V) =``
+      :func:`validation_rows` ``(y_train, spec, fold)``, and the stopping rows are a hold-out of
+      :data:`~dropkit.lab.training.VALIDATION_FRACTION` of ``F``: :func:`holdout_rows`
+      ``(y_train[F], 0.2, spec.split_seed, stratify=classification)``, mapped back to rows of
+      the training split; ``val_idx = V``. Early stopping never sees the rows that choose the
+      winner, and every run of a fold carves the same rows.
+    - Without: 20% of the training split, seed 0 (classification:
+      :func:`~dropkit.lab.training.validation_split`; regression: a plain
+      :func:`holdout_rows`), and ``val_idx`` is empty.
+
+    Args:
+        y_train: ``(n,)`` the training split's targets (class labels or regression values).
+        spec: the data spec (``task``, ``validation``, ``folds``, ``split_seed``).
+        fold: ``0 .. k − 1`` with folds, None without.
+
+    Raises:
+        ValueError: the errors of :func:`validation_rows`; with a validation split, a class
+            with fewer than 2 fit rows (one to fit, one to stop on), or fewer than 2 fit rows.
+    """
+    y = np.asarray(y_train)
+    classification = spec.task == "classification"
+    fit, val = validation_rows(y, spec, fold)
+    if not len(val):
+        if classification:
+            fit, stop = validation_split(y, VALIDATION_FRACTION, seed=0)
+        else:
+            fit, stop = holdout_rows(y, VALIDATION_FRACTION, 0, stratify=False)
+        return fit, stop, val
+    y_fit = y[fit]
+    if classification:
+        labels, counts = np.unique(y_fit, return_counts=True)
+        if counts.min() < 2:
+            k = int(np.argmin(counts))
+            where = "" if fold is None else f" of fold {fold}"
+            raise ValueError(
+                f"early stopping holds out {VALIDATION_FRACTION:.0%} of the fit rows of every "
+                f"class (never the validation rows), but class {labels[k].item()!r} has "
+                f"{counts[k]} fit row{where}: each class needs at least 2 (one to fit, one to "
+                "stop on); use fewer folds, a smaller `validation` or more data"
+            )
+    elif len(y_fit) < 2:
+        raise ValueError(
+            f"early stopping holds out {VALIDATION_FRACTION:.0%} of the fit rows (never the "
+            f"validation rows), which needs at least 2 fit rows, got {len(y_fit)}"
+        )
+    kept, held = holdout_rows(y_fit, VALIDATION_FRACTION, spec.split_seed, stratify=classification)
+    return fit[kept], fit[held], val

@@ -175,6 +175,20 @@ def _validation_rows(
     return {fold: validation_rows(data.y_train, spec, fold) for fold in folds}
 
 
+def _stopping_rows(
+    data: Dataset, configs: Sequence[RunConfig]
+) -> dict[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] | None:
+    """The ``(fit_idx, stop_idx)`` rows of the early-stopping runs of every fold among
+    ``configs`` (:func:`dropkit.lab.splits.stopping_rows`; None: no run stops early)."""
+    folds = dict.fromkeys(c.fold for c in configs if c.strength("early_stopping") is not None)
+    if not folds:
+        return None
+    from dropkit.lab.splits import stopping_rows
+
+    spec = configs[0].data
+    return {fold: stopping_rows(data.y_train, spec, fold)[:2] for fold in folds}
+
+
 def _parameter_count(widths: Sequence[int]) -> int:
     return sum(i * o + o for i, o in itertools.pairwise(widths))
 
@@ -230,9 +244,10 @@ def train_configs(
 
     With a validation split (``data.validation > 0`` or ``data.folds >= 2``) every run fits
     on the ``fit_idx`` rows of :func:`dropkit.lab.splits.validation_rows` (of its ``fold``),
-    its ``train_*`` curves measure those rows, early stopping watches the ``val_idx`` rows,
-    and ``info`` gets ``val_acc`` and ``val_loss`` of the final epoch (regression: also
-    ``val_rmse`` and ``val_mae``).
+    its ``train_*`` curves measure those rows, and ``info`` gets ``val_acc`` and ``val_loss``
+    of the final epoch (regression: also ``val_rmse`` and ``val_mae``). Early stopping never
+    sees the ``val_idx`` rows that choose the winner: its runs train on most of ``fit_idx``
+    and stop on the rest (:func:`dropkit.lab.splits.stopping_rows`), in every trainer.
 
     Returns:
         Curves, seconds, ``info`` per run, and ``states`` per run when the model has at most
@@ -310,6 +325,7 @@ def train_configs(
             keep_weights=small,
             device=where,
             validation=_validation_rows(data, [configs[i] for i in stacked]),
+            stopping=_stopping_rows(data, [configs[i] for i in stacked]),
         )
         if part.pairs is not None:
             for i, state in zip(

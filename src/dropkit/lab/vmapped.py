@@ -30,9 +30,15 @@ elements), and runs that share their rows get them once (vmap's ``in_dims`` None
 Per step, the work outside the model is a few tensor ops whatever R is: the mask keys of all
 runs and layers for 256 steps come from one call of :func:`~dropkit.lab.counter_masks.mask_key`
 and are copied into the stacked ``key`` buffers; an epoch's evaluation is one forward pass per
-chunk of :data:`EVAL_CHUNK` rows over the fit and test rows of every run, gathered once (the
-validation rows are measured after the last epoch, or every epoch under early stopping), and
-its metrics stay tensors until the epoch is recorded.
+chunk of :data:`EVAL_CHUNK` rows over the fit and test rows of every run, gathered once (and
+early stopping's rows, every epoch, under early stopping), and its metrics stay tensors until
+the epoch is recorded. The validation rows are measured once, after the last epoch.
+
+Rows. Runs fit on the ``fit_idx`` rows of :func:`dropkit.lab.splits.validation_rows` and report
+``val_*`` on its ``val_idx`` rows, which choose the winner; early-stopping runs take their rows
+from :func:`dropkit.lab.splits.stopping_rows` (20% of the fit rows with a validation split, 20%
+of the training split without), as the other trainers do: early stopping never sees the rows
+that choose the winner.
 
 Compiling (``compile``, by default for runs with enough work, :data:`COMPILE_MIN_WORK`). The
 training step is ``torch.func.grad_and_value`` of the summed loss, so forward and backward are
@@ -96,11 +102,10 @@ from dropkit.lab.config import RunConfig
 from dropkit.lab.counter_masks import CounterDropout, counter_module, mask_key
 from dropkit.lab.data import Dataset
 from dropkit.lab.loop import augment_batch
-from dropkit.lab.splits import holdout_rows, validation_rows
+from dropkit.lab.splits import stopping_rows, validation_rows
 from dropkit.lab.store import MAX_STATE_PARAMETERS
 from dropkit.lab.training import (
     METRICS,
-    VALIDATION_FRACTION,
     BatchResult,
     EarlyStopping,
     EpochTicker,
@@ -186,7 +191,8 @@ class _Run:
     config: RunConfig
     module: _Wrapped
     fit: Tensor  # (n_fit,) int64 rows of the training split it trains on
-    val: Tensor  # (n_val,) int64 validation rows (early stopping's when it has no split)
+    val: Tensor  # (n_val,) int64 validation rows: they choose, so training never reads them
+    stop: Tensor  # (n_stop,) int64 rows early stopping watches (empty without it)
     reasons: list[str]
     sites: list[tuple[str, str, float]]  # unswapped rate sites: (module name, attribute, rate)
     signature: tuple[Any, ...] = ()
@@ -202,16 +208,6 @@ class _Output:
     history: NDArray[np.float64]  # (metrics, epochs)
     info: dict[str, float] = field(default_factory=dict)
     state: dict[str, Tensor] | None = None
-
-
-# --- validation rows ---------------------------------------------------------------------------
-
-
-def _stopping_rows(y: NDArray[Any], task: str) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """Early stopping's hold-out when the data has no validation split: the generic loop's
-    (:data:`~dropkit.lab.training.VALIDATION_FRACTION` of the rows, seed 0, stratified for
-    classification: the rows of :func:`~dropkit.lab.training.validation_split`)."""
-    return holdout_rows(y, VALIDATION_FRACTION, 0, stratify=task == "classification")
 
 
 # --- preparing runs ----------------------------------------------------------------------------
@@ -295,7 +291,8 @@ def _prepare(
     device: torch.device,
 ) -> list[_Run]:
     any_input = any(c.input_p > 0 for c in configs)
-    split_cache: dict[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] = {}
+    Rows = tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.intp]]
+    split_cache: dict[tuple[int | None, bool], Rows] = {}
     runs = []
     for index, config in enumerate(configs):
         model = source.build(config.p, config.seed)
@@ -309,11 +306,16 @@ def _prepare(
         wrapped = _Wrapped(model, entry)
         reasons, sites = _swap_dropout(wrapped, config.seed)
         wrapped.to(device)
-        if config.fold not in split_cache:
-            split_cache[config.fold] = validation_rows(data.y_train, config.data, config.fold)
-        fit, val = split_cache[config.fold]
-        if config.strength("early_stopping") is not None and not len(val):
-            fit, val = _stopping_rows(data.y_train, data.task)
+        # Early stopping's rows (splits.stopping_rows) are never the validation rows.
+        stops = config.strength("early_stopping") is not None
+        if (config.fold, stops) not in split_cache:
+            if stops:
+                rows = stopping_rows(data.y_train, config.data, config.fold)
+            else:
+                fit, val = validation_rows(data.y_train, config.data, config.fold)
+                rows = (fit, val[:0], val)
+            split_cache[config.fold, stops] = rows
+        fit, stop, val = split_cache[config.fold, stops]
         if not len(fit):
             raise ValueError(f"run with seed {config.seed} has no training rows left to fit")
         run = _Run(
@@ -322,10 +324,11 @@ def _prepare(
             wrapped,
             torch.from_numpy(np.asarray(fit, dtype=np.int64)),
             torch.from_numpy(np.asarray(val, dtype=np.int64)),
+            torch.from_numpy(np.asarray(stop, dtype=np.int64)),
             reasons,
             sites,
         )
-        run.signature = (_signature(wrapped), len(fit), len(val))
+        run.signature = (_signature(wrapped), len(fit), len(stop), len(val))
         run.state_keys = list(model.state_dict())
         run.canonical = _canonical_names(wrapped)
         runs.append(run)
@@ -761,11 +764,15 @@ class _Group:
         self.windows = [dropout_window(c) for c in configs]
         self.fit = torch.stack([run.fit for run in runs])  # (R, n_fit)
         self.val = torch.stack([run.val for run in runs])  # (R, n_val)
+        self.stop = torch.stack([run.stop for run in runs])  # (R, n_stop)
         self.n_fit, self.n_val = self.fit.shape[1], self.val.shape[1]
+        self.n_stop = self.stop.shape[1]
         self.n_test = len(shared.y_test)
         # Every run trains and is measured on the same rows: one copy of them, vmap's
         # in_dims None (the usual case; k-fold groups mix folds).
-        self.same_rows = bool((self.fit == self.fit[:1]).all() and (self.val == self.val[:1]).all())
+        self.same_rows = all(
+            bool((rows == rows[:1]).all()) for rows in (self.fit, self.stop, self.val)
+        )
 
         def vector(values: list[float]) -> Tensor:
             return torch.tensor(values, dtype=shared.dtype, device=device)
@@ -912,7 +919,7 @@ class _Group:
         evaluation chunk's activations (at the training batch's bytes per row)."""
         per_row = self._saved_per_row()
         saved = per_row * min(self.shared.batch_size, self.n_fit)
-        eval_rows = min(EVAL_CHUNK, self.n_fit + self.n_val + self.n_test)
+        eval_rows = min(EVAL_CHUNK, self.n_fit + self.n_stop + self.n_val + self.n_test)
         params = _tensor_bytes(iter(self.params.values())) // self.size
         buffers = _tensor_bytes(iter(self.buffers.values())) // self.size
         return int(5 * params + 2 * buffers + 2 * saved + per_row * eval_rows)
@@ -947,10 +954,11 @@ class _Group:
 
     def _eval_rows(self) -> None:
         """The rows every epoch's evaluation measures, gathered once: each run's fit rows,
-        its validation rows when early stopping reads them every epoch, and the test rows.
-        Otherwise the validation rows are measured once, after the last epoch."""
-        self.val_every_epoch = self.stopper is not None and self.n_val > 0
-        parts = [self.fit, self.val] if self.val_every_epoch else [self.fit]
+        its early-stopping rows when early stopping reads them every epoch, and the test rows.
+        The validation rows are measured once, after the last epoch: they choose the winner,
+        so nothing during training reads them."""
+        self.stop_every_epoch = self.stopper is not None and self.n_stop > 0
+        parts = [self.fit, self.stop] if self.stop_every_epoch else [self.fit]
         pad = self.stats_fn is not None
         self.eval_chunks = self._chunks(*self._gather(torch.cat(parts, 1), test=True), pad)
         self.val_chunks = self._chunks(*self._gather(self.val, test=False), pad=False)
@@ -968,6 +976,7 @@ class _Group:
         sums = {
             "train": sst(y[self.fit]),
             "val": sst(y[self.val]) if self.n_val else torch.full((self.size,), math.nan),
+            "stop": sst(y[self.stop]) if self.n_stop else torch.full((self.size,), math.nan),
             "test": sst(y_test).expand(self.size),
         }
         return {split: value.to(self.shared.device) for split, value in sums.items()}
@@ -1033,20 +1042,20 @@ class _Group:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, dict[str, Tensor]]:
-        """Eval-mode metrics per split (``train``: the fit rows, ``test``, ``val``): ``score``
-        (accuracy or R²), ``loss`` (cross-entropy or MSE) and, for regression, ``rmse`` and
-        ``mae``; each ``(R,)`` float64 on the device (NaN for an empty split). One pass over
-        the epoch's rows (:meth:`_eval_rows`); the validation metrics are NaN unless early
-        stopping reads them every epoch (:meth:`train` measures them after the last)."""
+        """Eval-mode metrics per split (``train``: the fit rows, ``test``, ``stop``: early
+        stopping's rows): ``score`` (accuracy or R²), ``loss`` (cross-entropy or MSE) and, for
+        regression, ``rmse`` and ``mae``; each ``(R,)`` float64 on the device (NaN for an
+        empty split). One pass over the epoch's rows (:meth:`_eval_rows`); the stopping metrics
+        are NaN without early stopping. The validation rows are not measured here
+        (:meth:`train` measures them after the last epoch)."""
         self.template.eval()
         a, b = self._stats(self.eval_chunks, compiled=True)
         self.template.train()
-        val_end = self.n_fit + (self.n_val if self.val_every_epoch else 0)
-        val = (a[:, self.n_fit : val_end], b[:, self.n_fit : val_end])
+        stop_end = self.n_fit + (self.n_stop if self.stop_every_epoch else 0)
         parts = {
             "train": (a[:, : self.n_fit], b[:, : self.n_fit]),
-            "val": val,
-            "test": (a[:, val_end:], b[:, val_end:]),
+            "stop": (a[:, self.n_fit : stop_end], b[:, self.n_fit : stop_end]),
+            "test": (a[:, stop_end:], b[:, stop_end:]),
         }
         return {split: self._metrics(*pair, split) for split, pair in parts.items()}
 
@@ -1250,8 +1259,8 @@ class _Group:
             running = ~stopped
             record(metrics, running, slice(epoch, epoch + 1))
             if self.stopper is not None:
-                val_loss = metrics["val"]["loss"].cpu()
-                reported = torch.where(running & self.watched, val_loss, math.nan)
+                stop_loss = metrics["stop"]["loss"].cpu()
+                reported = torch.where(running & self.watched, stop_loss, math.nan)
                 improved, newly = self.stopper.update(epoch + 1, reported[self.watched])
                 self.keep(self.best, _scatter(improved, self.watched))
                 newly_all = _scatter(newly, self.watched)
@@ -1272,12 +1281,12 @@ class _Group:
             record(final, self.watched, slice(epochs - 1, epochs))
         else:
             final = metrics
-            if self.n_val:  # measured once, after the last epoch
-                with torch.no_grad():
-                    self.template.eval()
-                    val = self._stats(self.val_chunks, compiled=False)
-                    self.template.train()
-                final = {**metrics, "val": self._metrics(*val, "val")}
+        if self.n_val:  # measured once, after the last epoch (the restored weights)
+            with torch.no_grad():
+                self.template.eval()
+                val = self._stats(self.val_chunks, compiled=False)
+                self.template.train()
+            final = {**final, "val": self._metrics(*val, "val")}
         return self._outputs(histories, final)
 
     def _outputs(
@@ -1407,8 +1416,9 @@ def train_custom(
     ``l1`` / ``l2`` add ``λ·Σ|w|`` / ``λ·Σw²`` over their weights (no biases);
     ``label_smoothing`` smooths the class targets; ``early_dropout`` / ``late_dropout`` set the
     run's rates to 0 outside :func:`~dropkit.lab.training.dropout_window`; ``early_stopping``
-    (patience ``round(strength)``) stops on the validation loss and restores the best weights,
-    as :mod:`dropkit.lab.loop`; ``augment`` perturbs each batch
+    (patience ``round(strength)``) stops on the loss of its own rows
+    (:func:`~dropkit.lab.splits.stopping_rows`, never the validation rows) and restores the
+    best weights, as :mod:`dropkit.lab.loop`; ``augment`` perturbs each batch
     (:func:`~dropkit.lab.loop.augment_batch`, from the run's generator).
 
     Args:
