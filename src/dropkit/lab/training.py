@@ -12,8 +12,10 @@ step they both have is defined once, here:
 - Adam with the run's ``lr``, ``betas`` and ``eps`` (:func:`make_adam`: Keras' defaults from
   :class:`~dropkit.lab.config.TrainSpec`);
 - the max-norm constraint (:func:`bound_unit_norms_`, the rule of :func:`dropkit.max_norm_`);
-- the validation split of early stopping (:func:`validation_split`) and its state machine:
-  when a run improved, when it stops, which weights it restores (:class:`EarlyStopping`);
+- the hold-out of early stopping without a validation split (:func:`validation_split`; with
+  one, :func:`dropkit.lab.splits.stopping_rows` carves it from the fit rows, never the
+  validation rows) and its state machine: when a run improved, when it stops, which weights it
+  restores (:class:`EarlyStopping`);
 - the epochs in which ``early_dropout`` / ``late_dropout`` let the hidden dropout act
   (:func:`dropout_window`, :func:`dropout_on`);
 - the feature scales of input jitter (:func:`feature_scale`);
@@ -60,7 +62,8 @@ cross-entropy (the data loss, without penalties) on the rows the run trained on 
 test set."""
 
 VALIDATION_FRACTION = 0.2
-"""Share of the training set that early-stopping runs hold out to choose their stopping epoch."""
+"""Share of the training set that early-stopping runs hold out to choose their stopping epoch
+(of the fit rows with a validation split: :func:`dropkit.lab.splits.stopping_rows`)."""
 
 
 @dataclass(frozen=True)
