@@ -57,7 +57,7 @@ class TestInvariants:
         used = {o for r in REGULARIZERS.values() for o in r.options}
         assert used == set(STRENGTHS)
         for s in STRENGTHS.values():
-            assert s.help and s.domain in {"probability", "positive", "positive_int"}
+            assert s.help and s.domain in {"rate", "probability", "positive", "positive_int"}
             assert (s.default is None) == (s.resolve is not None)
 
     def test_the_stacked_trainer_runs_exactly_the_batched_entries(self) -> None:

@@ -887,6 +887,13 @@ def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
         evidence = f"{text}; not enough seeds (or spread) to test it against {comparison.baseline}"
     else:
         evidence = f"{text}; {_versus_text(comparison, '')}"
+    if (
+        comparison is not None
+        and top is not best
+        and top_versus is not None
+        and math.isfinite(top_versus.p_value)
+    ):
+        evidence += f"; the top, {top.name}, {_versus_text(top_versus, '')}"
     if held_out is not None and math.isfinite(held_out.p_value):
         evidence += f"; on the held-out test set {_versus_text(held_out, '')}"
     if on == "test":
