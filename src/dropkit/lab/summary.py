@@ -688,11 +688,6 @@ class BestRate:
     held_out: Comparison | None = None
     provisional: bool = False
 
-    @property
-    def name(self) -> str:
-        """The chosen group's plain name (``"no dropout (p = 0)"``, ``"dropout p=0.3"``)."""
-        return self.evidence.removeprefix("best: ").split(",", 1)[0]
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``name`` (the group's label), ``arm``, ``p``, ``evidence``,
         ``chosen_on``, ``choice``, ``top``, ``tied``, ``rule``, ``held_out`` (a comparison or
@@ -799,9 +794,9 @@ def tied_with(top: ArmSummary, summaries: Sequence[ArmSummary], on: str) -> list
     return tied
 
 
-def _versus_text(c: Comparison, what: str) -> str:
-    """``what`` (e.g. "better than none") with the test's numbers and, when not significant,
-    the power figures."""
+def _versus_text(c: Comparison) -> str:
+    """A comparison in words: the difference, the split, the test's numbers and, when it is
+    not significant, the power figures; the fallback's note."""
     p_text = f"{c.test_name} p={c.p_value:.2g}"
     if math.isfinite(c.p_adjusted) and c.p_adjusted != c.p_value:
         p_text += f", Holm-adjusted p={c.p_adjusted:.2g}"
@@ -824,7 +819,62 @@ def _versus_text(c: Comparison, what: str) -> str:
             text += ": " + ", ".join(power_parts)
     if c.note:
         text += f" [{c.note}]"
-    return text if what == "" else f"{what} {text}"
+    return text
+
+
+def _evidence(
+    best: ArmSummary,
+    top: ArmSummary,
+    tied: Sequence[ArmSummary],
+    on: str,
+    held_out: Comparison | None,
+    name: str,
+) -> str:
+    """The best group's sentence: its score on the choosing split, the groups tied with it,
+    its test score once, its test against the baseline and, when the rule chose a simpler
+    group than the top, the top's test too."""
+    score = best.score_name
+    test_text = (
+        f"test {score} {best.test_acc_mean:.3f} {_ci_text(best.test_acc_ci95, best.n_valid)}"
+    )
+    if best.task == "regression" and math.isfinite(best.test_rmse_mean):
+        test_text += f", RMSE {best.test_rmse_mean:.4g}"
+        if math.isfinite(best.test_mae_mean):
+            test_text += f", MAE {best.test_mae_mean:.4g}"
+    others = [s.name for s in tied if s is not best]
+    tie_text = ""
+    if others:
+        where = "it" if best is top else f"the top, {top.name}"
+        tie_text = (
+            f"; tied with {', '.join(others)} (not significantly below {where}): "
+            "the simplest of them is chosen"
+        )
+    if on == "validation":
+        validation = _ci_text(best.val_acc_ci95, best.n_valid)
+        text = (
+            f"best: {name}, chosen on validation {score} {best.val_acc_mean:.3f} "
+            f"{validation}{tie_text}; held-out {test_text}"
+        )
+    else:
+        text = f"best: {name}, {test_text}{tie_text}"
+    comparison = best.vs_baseline
+    if comparison is None:
+        text += "" if top is not best else "; no other setting scored significantly better"
+    elif math.isfinite(comparison.p_value):
+        text += f"; {_versus_text(comparison)}"
+    else:
+        text += f"; not enough seeds (or spread) to test it against {comparison.baseline}"
+    top_versus = top.vs_baseline
+    if top is not best and top_versus is not None:
+        if math.isfinite(top_versus.p_value):
+            text += f"; the top, {top.name}, {_versus_text(top_versus)}"
+        else:
+            text += f"; not enough seeds (or spread) to test the top, {top.name}"
+    if held_out is not None and math.isfinite(held_out.p_value):
+        text += f"; on the held-out test set {_versus_text(held_out)}"
+    if on == "test":
+        text += "; chosen on the test set, which doubles as validation"
+    return text
 
 
 def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
@@ -845,59 +895,11 @@ def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
     top = min(ranked, key=lambda s: (-selection_score(s, on), _simplicity(s, on)))
     tied = sorted(tied_with(top, ranked, on), key=lambda s: _simplicity(s, on))
     best = tied[0]
-    name = plain_name(best, summaries)
-    score = best.score_name
-    test_text = (
-        f"test {score} {best.test_acc_mean:.3f} {_ci_text(best.test_acc_ci95, best.n_valid)}"
-    )
-    if best.task == "regression" and math.isfinite(best.test_rmse_mean):
-        test_text += f", RMSE {best.test_rmse_mean:.4g}"
-        if math.isfinite(best.test_mae_mean):
-            test_text += f", MAE {best.test_mae_mean:.4g}"
-    others = [s.name for s in tied if s is not best]
-    tie_text = ""
-    if others:
-        where = "it" if best is top else f"the top, {top.name}"
-        tie_text = (
-            f"; tied with {', '.join(others)} (not significantly below {where}): "
-            "the simplest of them is chosen"
-        )
     baseline = summaries[0] if summaries and summaries[0].is_baseline else None
     held_out = None
-    if on == "validation":
-        validation = _ci_text(best.val_acc_ci95, best.n_valid)
-        text = (
-            f"best: {name}, chosen on validation {score} {best.val_acc_mean:.3f} "
-            f"{validation}{tie_text}; held-out {test_text}"
-        )
-        if baseline is not None and best is not baseline:
-            held_out = compare_scores(best, baseline, "test")
-    else:
-        text = f"best: {name}, {test_text}{tie_text}"
-    comparison = best.vs_baseline
-    top_versus = top.vs_baseline
-    if comparison is None and top is not best and top_versus is not None:
-        if math.isfinite(top_versus.p_value):
-            evidence = f"{text}; the top, {top.name}, {_versus_text(top_versus, '')}"
-        else:
-            evidence = f"{text}; not enough seeds (or spread) to test the top, {top.name}"
-    elif comparison is None:
-        evidence = f"{text}; no other setting scored significantly better"
-    elif not math.isfinite(comparison.p_value):
-        evidence = f"{text}; not enough seeds (or spread) to test it against {comparison.baseline}"
-    else:
-        evidence = f"{text}; {_versus_text(comparison, '')}"
-    if (
-        comparison is not None
-        and top is not best
-        and top_versus is not None
-        and math.isfinite(top_versus.p_value)
-    ):
-        evidence += f"; the top, {top.name}, {_versus_text(top_versus, '')}"
-    if held_out is not None and math.isfinite(held_out.p_value):
-        evidence += f"; on the held-out test set {_versus_text(held_out, '')}"
-    if on == "test":
-        evidence += "; chosen on the test set, which doubles as validation"
+    if on == "validation" and baseline is not None and best is not baseline:
+        held_out = compare_scores(best, baseline, "test")
+    evidence = _evidence(best, top, tied, on, held_out, plain_name(best, summaries))
     seeds = min([best.n_valid] + ([baseline.n_valid] if baseline is not None else []))
     provisional = seeds < MIN_SEEDS_FOR_CLAIM
     if provisional:
