@@ -331,11 +331,11 @@ def _with_folds(configs: Sequence[RunConfig], spec: DataSpec) -> list[RunConfig]
     return [dataclasses.replace(c, data=spec, fold=f) for c in configs for f in range(spec.folds)]
 
 
-def _own_settings(spec: DataSpec, source: ModelSource | None, train: TrainSpec) -> dict[str, Any]:
+def _own_settings(spec: DataSpec, model_name: str | None, train: TrainSpec) -> dict[str, Any]:
     """Settings that only a user's model or data, or a validation split, add."""
     settings: dict[str, Any] = {}
-    if source is not None:
-        settings["model_name"] = source.name
+    if model_name is not None:
+        settings["model_name"] = model_name
     if spec.task != "classification":
         settings["task"] = spec.task
     if spec.validation:
@@ -426,7 +426,7 @@ def plan_sweep(
         "rates": list(sweep_spec.rates),
         "input_p": input_p,
         "max_norm": bound,
-        **_own_settings(spec, source, training),
+        **_own_settings(spec, None if source is None else source.name, training),
     }
     notes = (*dataset.notes, *(source.notes if source is not None else ()))
     return Plan("sweep", tuple(configs), dataset, settings, model=source, notes=notes)
@@ -602,7 +602,7 @@ def plan_compare(
             name: resolved_strengths[name]
             for name in dict.fromkeys(o for a in chosen for o in a.options)
         },
-        **_own_settings(spec, source, training),
+        **_own_settings(spec, None if source is None else source.name, training),
     }
     notes = (*dataset.notes, *(source.notes if source is not None else ()))
     return Plan("compare", tuple(configs), dataset, settings, model=source, notes=notes)
@@ -1073,16 +1073,7 @@ def _loaded(path: Path, analysis: Analysis, notes: Sequence[str] = ()) -> Experi
         "batch_size": train.batch_size,
         "seeds": len({r.config.seed for r in analysis.runs}),
     }
-    if config.model.name is not None:
-        settings["model_name"] = config.model.name
-    if data.task != "classification":
-        settings["task"] = data.task
-    if data.validation:
-        settings["validation"] = data.validation
-    if data.folds:
-        settings["folds"] = data.folds
-    if train.lr != TrainSpec().lr:
-        settings["lr"] = train.lr
+    settings.update(_own_settings(data, config.model.name, train))
     return Experiment(path, analysis, command="load", settings=settings, notes=notes)
 
 
