@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dropkit.lab.batched import RunSettings, compiler_available, train_batch
-from dropkit.lab.config import DataSpec, ModelSpec, TrainSpec
-from dropkit.lab.data import load_dataset
+from dropkit.lab.plan.config import DataSpec, ModelSpec, TrainSpec
+from dropkit.lab.plan.data import load_dataset
+from dropkit.lab.train.stacked import RunSettings, compiler_available, train_batch
 
 RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 

@@ -6,8 +6,8 @@
 
 1. **MLP grid** (the case study: 9 rates x 10 seeds x 4000 epochs on ``circles``): a user
    factory that builds the case study's MLP (``Linear(2, 500) → ReLU → Dropout(p) →
-   Linear(500, 1)``) trained by :func:`dropkit.lab.vmapped.train_custom`, against the lab's
-   built-in stacked MLP trainer (:func:`dropkit.lab.batched.train_batch`, its hand-written
+   Linear(500, 1)``) trained by :func:`dropkit.lab.train.vmapped.train_custom`, against the lab's
+   built-in stacked MLP trainer (:func:`dropkit.lab.train.stacked.train_batch`, its hand-written
    backward pass) and against a plain PyTorch loop training the runs one after another
    (``benchmarks/lab_grid.py``'s ``plain_run``; timed on ``--plain-runs`` runs spread over the
    grid and scaled to all of them, as that benchmark does). Goals: within 2x the built-in
@@ -48,12 +48,12 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from lab_grid import RATES, plain_run
 
-from dropkit.lab.batched import RunSettings, train_batch
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.user_data import from_user_data
-from dropkit.lab.user_model import model_source
-from dropkit.lab.vmapped import train_custom
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.data import Dataset, load_dataset
+from dropkit.lab.plan.user_data import from_user_data
+from dropkit.lab.plan.user_model import model_source
+from dropkit.lab.train.stacked import RunSettings, train_batch
+from dropkit.lab.train.vmapped import train_custom
 
 
 def case_study_mlp(p: float) -> nn.Module:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from dropkit.lab.config import DataSpec
-from dropkit.lab.data import Dataset, load_dataset
+from dropkit.lab.plan.config import DataSpec
+from dropkit.lab.plan.data import Dataset, load_dataset
 from helpers import Spawn
 
 

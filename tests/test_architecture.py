@@ -82,3 +82,134 @@ def test_only_the_cli_names_command_line_flags() -> None:
             ):
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno}: {node.value[:60]!r}")
     assert not offenders, offenders
+
+
+# -- the lab's pipeline: plan -> train -> run -> store -> results, api on top ---------------------
+
+LAB = SRC / "lab"
+STAGES = ("plan", "train", "run", "results")
+
+
+def _stage(path: Path) -> str:
+    """``plan``, ``train``, ``run``, ``results``, ``store``, ``api``, ``lab`` (its ``__init__``)
+    or ``core`` (the rest of dropkit)."""
+    parts = path.relative_to(SRC).parts
+    if parts[0] != "lab":
+        return "core"
+    if parts[1] in STAGES:
+        return parts[1]
+    return {"store.py": "store", "api.py": "api", "__init__.py": "lab"}[parts[1]]
+
+
+def _imported(tree: ast.AST) -> Iterator[tuple[int, str]]:
+    """Every module an import statement names (at any depth: lazy imports count too)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node.lineno, node.module
+            for alias in node.names:
+                yield node.lineno, f"{node.module}.{alias.name}"
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+
+
+def _lab_stage_of(module: str) -> str | None:
+    """The stage a ``dropkit.lab...`` module name belongs to (None: not the lab)."""
+    parts = module.split(".")
+    if parts[:2] != ["dropkit", "lab"]:
+        return None
+    if len(parts) == 2:
+        return "lab"
+    if parts[2] in STAGES:
+        return parts[2]
+    return {"store": "store", "api": "api"}.get(parts[2], "lab")
+
+
+ALLOWED = {
+    "plan": {"plan"},
+    "train": {"plan", "train"},
+    "run": {"plan", "train", "run", "store"},
+    "store": {"plan", "store"},
+    "results": {"plan", "store", "results"},
+    "api": {"plan", "train", "run", "store", "results", "api"},
+    "lab": {"plan", "train", "run", "store", "results", "api", "lab"},
+}
+"""The lab stages each stage may import (data flows one way: plan -> train -> run -> store ->
+results; the api on top). ``train`` never sees the store, the runner or the results;
+``results`` never sees the trainers or the runner; nothing below ``api`` imports it."""
+
+FORBIDDEN_THIRD_PARTY = {"train": ("rich", "typer"), "plan": ("rich", "typer")}
+
+
+def test_each_lab_stage_imports_only_the_stages_before_it() -> None:
+    offenders = []
+    for path, tree in _modules():
+        stage = _stage(path)
+        if stage == "core":
+            continue
+        for line, module in _imported(tree):
+            target = _lab_stage_of(module)
+            if target is not None and target not in ALLOWED[stage]:
+                offenders.append(f"{path.relative_to(SRC)}:{line} ({stage}) imports {module}")
+            if module.split(".")[0] in FORBIDDEN_THIRD_PARTY.get(stage, ()):
+                offenders.append(f"{path.relative_to(SRC)}:{line} ({stage}) imports {module}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_only_the_runner_writes_the_store() -> None:
+    """``ResultsStore.add_runs`` (the one write of results) is called from ``lab/run`` only."""
+    offenders = []
+    for path, tree in _modules():
+        if _stage(path) in ("run", "store"):
+            continue
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "add_runs"
+            ):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not offenders, offenders
+
+
+def test_the_lab_has_no_import_circle() -> None:
+    """Module-level and lazy imports alike: no lab module reaches itself again."""
+    names = {}
+    for path, _ in _modules():
+        if _stage(path) == "core":
+            continue
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        names[".".join(rel.parts).removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {name: set() for name in names}
+    for name, path in names.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        graph[name] = {m for _, m in _imported(tree) if m in names and m != name}
+    # a package's __init__ re-exporting its own modules is not a circle through them
+    for name in graph:
+        graph[name] = {m for m in graph[name] if not name.startswith(m + ".")}
+    circles = []
+    for start in graph:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, route = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    circles.append(" -> ".join([*route, nxt]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*route, nxt]))
+    assert not circles, "\n".join(sorted(set(circles))[:10])
+
+
+def test_the_lab_folders_read_as_the_pipeline() -> None:
+    """Every lab module lives in its stage's folder; no two module names collide."""
+    top = sorted(p.name for p in LAB.glob("*.py"))
+    assert top == ["__init__.py", "api.py", "store.py"]
+    stems = [p.stem for p in LAB.rglob("*.py") if p.name != "__init__.py"]
+    assert len(stems) == len(set(stems)), sorted(s for s in stems if stems.count(s) > 1)
+    assert sorted(p.name for p in LAB.iterdir() if p.is_dir() and p.name != "__pycache__") == [
+        "plan",
+        "results",
+        "run",
+        "train",
+    ]

@@ -47,7 +47,7 @@ def test_demo_json_and_files(tmp_path: Path) -> None:
     ]
     assert all(row.keys() >= SUMMARY_KEYS for row in rows)
     # The summary is recomputed from the store it names: same runs, same t-interval.
-    from dropkit.lab.stats import mean_ci
+    from dropkit.lab.results import mean_ci
     from dropkit.lab.store import ResultsStore
 
     with ResultsStore(payload["store"]) as store:

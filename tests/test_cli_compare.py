@@ -54,7 +54,7 @@ def test_every_mlp_arm_runs_in_one_command(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    from dropkit.lab.arms import REGULARIZERS
+    from dropkit.lab.plan.arms import REGULARIZERS
 
     assert payload["arms"] == [name for name, r in REGULARIZERS.items() if "mlp" in r.kinds]
     assert len(payload["arms"]) == 16

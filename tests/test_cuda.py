@@ -18,13 +18,19 @@ from torch import nn
 
 import dropkit
 import dropkit.functional as DF
-from dropkit.lab.batched import keep_factors, mask_keys, normal_noise, rate_tensors, unit_index
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.engines import BatchJob, InProcessEngine
-from dropkit.lab.train import resolve_device, train_configs
-from dropkit.lab.training import BatchResult
-from dropkit.lab.user_model import model_source
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.data import Dataset, load_dataset
+from dropkit.lab.plan.user_model import model_source
+from dropkit.lab.run.engines import BatchJob, InProcessEngine
+from dropkit.lab.train.contract import BatchResult
+from dropkit.lab.train.dispatch import resolve_device, train_configs
+from dropkit.lab.train.stacked import (
+    keep_factors,
+    mask_keys,
+    normal_noise,
+    rate_tensors,
+    unit_index,
+)
 from helpers import check_dropout_layer
 
 pytestmark = [
@@ -371,7 +377,7 @@ def test_in_process_engine_on_cuda() -> None:
 
 
 def test_custom_model_on_cuda_matches_the_cpu() -> None:
-    """Counter-based masks are the same integers on any device (dropkit.lab.counter_masks)."""
+    """Counter-based masks are the same integers on any device (dropkit.lab.train.counter_masks)."""
     source = model_source(
         lambda p: nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(p), nn.Linear(16, 1))
     )

@@ -28,7 +28,7 @@ def _section(path: Path, heading: str) -> str:
 @pytest.mark.slow
 def test_lab_from_python_runs_cell_by_cell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """docs/lab.md's notebook section, every block in one namespace, in order."""
-    import dropkit.lab.batched as batched
+    import dropkit.lab.train.stacked as batched
 
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from dropkit import lab
 from dropkit.cli import app
-from dropkit.lab.significance import (
+from dropkit.lab.results.significance import (
     detectable_difference,
     holm_adjusted,
     mean_ci,
@@ -27,7 +27,7 @@ from dropkit.lab.significance import (
     seeds_needed,
     t_test_power,
 )
-from dropkit.lab.summary import SCORE_RANGES, ArmSummary, best_rate
+from dropkit.lab.results.summary import SCORE_RANGES, ArmSummary, best_rate
 
 # -- intervals -------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dropkit import lab
-from dropkit.lab.arms import (
+from dropkit.lab.plan.arms import (
     ACTS_ON,
     ARM_KINDS,
     CUSTOM_KIND,
@@ -23,10 +23,10 @@ from dropkit.lab.arms import (
     module_entries,
     target_transforms,
 )
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.regularizers import BATCHED_REGULARIZERS, parse_arms
-from dropkit.lab.summary import group_label
-from dropkit.lab.train import is_batched, train_configs
+from dropkit.lab.plan.comparison import BATCHED_REGULARIZERS, parse_arms
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.results.summary import group_label
+from dropkit.lab.train.dispatch import is_batched, train_configs
 
 
 class TestInvariants:
@@ -117,9 +117,10 @@ class TestLabelSmoothing:
 
     def test_the_loss_equals_torchs_label_smoothing(self) -> None:
         """Multi-class: the loop's loss with the arm is ``F.cross_entropy(label_smoothing=ε)``."""
-        from dropkit.lab import loop
 
         logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+        from dropkit.lab.train import module_loop as loop
+
         ours = loop._loss(logits, y, targets=target_transforms([("label_smoothing", 0.2)]))
         assert ours.item() == pytest.approx(
             F.cross_entropy(logits, y, label_smoothing=0.2).item(), abs=1e-6
@@ -142,7 +143,7 @@ class TestLabelSmoothing:
     def test_it_changes_training_and_compares(self, tmp_path: Path) -> None:
         data, model = DataSpec("circles"), ModelSpec(hidden=(8,))
         train = TrainSpec(epochs=5)
-        from dropkit.lab.data import load_dataset
+        from dropkit.lab.plan.data import load_dataset
 
         dataset = load_dataset(data)
         plain = RunConfig(data, model, train, seed=1)

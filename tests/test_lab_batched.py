@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dropkit.lab import batched as B
-from dropkit.lab.config import DataSpec, ModelSpec, TrainSpec
-from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.training import METRICS, BatchResult, EpochTicker
+from dropkit.lab.plan.config import DataSpec, ModelSpec, TrainSpec
+from dropkit.lab.plan.data import Dataset, load_dataset
+from dropkit.lab.train import stacked as B
+from dropkit.lab.train.contract import METRICS, BatchResult, EpochTicker
 
 Z = 5.0  # tolerances in standard errors, see test_statistics.py
 
@@ -248,7 +248,7 @@ def test_early_stopping_trains_on_the_split_and_validates_on_its_rows_only() -> 
     properties: tests/test_lab_trainers.py). With one batch per epoch, the run's ``train_*``
     and ``test_*`` curves are those of a plain run on the fit rows alone; and its best epoch is
     the lowest loss of that plain run measured on the held-out rows, not on the test set."""
-    from dropkit.lab.training import validation_split
+    from dropkit.lab.plan.splits import validation_split
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((60, 3)).astype(np.float32)
@@ -280,8 +280,8 @@ def test_early_stopping_beside_a_validation_split_needs_rows_of_its_own(
 ) -> None:
     """With ``validation``, early-stopping runs need ``stopping`` (carved from the fit rows):
     the trainer never falls back to watching the validation rows."""
-    from dropkit.lab.config import DataSpec
-    from dropkit.lab.splits import stopping_rows, validation_rows
+    from dropkit.lab.plan.config import DataSpec
+    from dropkit.lab.plan.splits import stopping_rows, validation_rows
 
     spec = DataSpec("circles", validation=0.3)
     Rows = dict[int | None, tuple[np.ndarray, np.ndarray]]

@@ -13,8 +13,8 @@ from numpy.typing import NDArray
 from typer.testing import CliRunner
 
 from dropkit.cli import app
-from dropkit.lab.config import DataSpec
-from dropkit.lab.data import DataError, Dataset, load_dataset
+from dropkit.lab.plan.config import DataSpec
+from dropkit.lab.plan.data import DataError, Dataset, load_dataset
 
 
 def _write(tmp_path: Path, content: str | bytes, name: str = "data.csv") -> Path:

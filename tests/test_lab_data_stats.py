@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
-from dropkit.lab.data import DataError, load_dataset
-from dropkit.lab.stats import (
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
+from dropkit.lab.plan.data import DataError, load_dataset
+from dropkit.lab.results import (
     Diagnosis,
     best_rate,
     compare,

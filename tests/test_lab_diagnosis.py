@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from dropkit import checks
-from dropkit.lab import diagnosis, stats
-from dropkit.lab.diagnosis import (
+from dropkit.lab import results
+from dropkit.lab.results import diagnosis
+from dropkit.lab.results.diagnosis import (
     RULES,
     Diagnosis,
     Thresholds,
@@ -28,7 +29,7 @@ from dropkit.lab.diagnosis import (
     check_seeds,
     diagnose,
 )
-from dropkit.lab.summary import ArmSummary, compare_scores
+from dropkit.lab.results.summary import ArmSummary, compare_scores
 
 T = Thresholds()
 SEEDS = tuple(range(10))
@@ -104,8 +105,8 @@ class TestDiagnosisType:
         json.dumps(data, allow_nan=False)  # raises on a NaN left in
 
     def test_names(self) -> None:
-        assert stats.Finding is Diagnosis and stats.Diagnosis is Diagnosis
-        assert stats.diagnose is diagnose and stats.Thresholds is Thresholds
+        assert results.Finding is Diagnosis and results.Diagnosis is Diagnosis
+        assert results.diagnose is diagnose and results.Thresholds is Thresholds
         assert checks.Finding is not Diagnosis  # the model checks' finding is another type
 
     def test_diagnose_runs_every_rule_in_order(self) -> None:

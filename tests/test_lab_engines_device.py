@@ -16,16 +16,16 @@ import pytest
 import torch
 from torch import nn
 
-from dropkit.lab import engines
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import Dataset
-from dropkit.lab.engines import BatchJob, InProcessEngine, RayEngine
-from dropkit.lab.models import build_model
-from dropkit.lab.splits import holdout_rows, stopping_rows, validation_rows
-from dropkit.lab.train import is_batched, resolve_device, train_configs
-from dropkit.lab.training import BatchResult, sample_scores
-from dropkit.lab.user_model import model_source
-from dropkit.lab.vmapped import train_custom
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.models import build_model
+from dropkit.lab.plan.splits import holdout_rows, stopping_rows, validation_rows
+from dropkit.lab.plan.user_model import model_source
+from dropkit.lab.run import engines
+from dropkit.lab.run.engines import BatchJob, InProcessEngine, RayEngine
+from dropkit.lab.train.contract import BatchResult, sample_scores
+from dropkit.lab.train.dispatch import is_batched, resolve_device, train_configs
+from dropkit.lab.train.vmapped import train_custom
 
 # Two computations of the same float32 numbers (the stacked trainer and the loop; a run alone
 # and in a batch): a few epochs of Adam keep them within ~1e-6 (tests/test_lab_trainers.py).

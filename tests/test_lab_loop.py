@@ -11,13 +11,14 @@ import torch
 from torch import nn
 
 import dropkit
-from dropkit.lab import loop
-from dropkit.lab.batched import RunSettings, train_batch
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.loop import augment_batch, train_modules
-from dropkit.lab.models import build_model
-from dropkit.lab.training import dropout_on, dropout_window, validation_split
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.data import Dataset, load_dataset
+from dropkit.lab.plan.models import build_model
+from dropkit.lab.plan.splits import validation_split
+from dropkit.lab.train import module_loop as loop
+from dropkit.lab.train.contract import augment_batch, dropout_on, dropout_window
+from dropkit.lab.train.module_loop import train_modules
+from dropkit.lab.train.stacked import RunSettings, train_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 import dropkit
-from dropkit.lab.batched import _init_weights
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig
-from dropkit.lab.data import DataError, Dataset, load_dataset
-from dropkit.lab.models import (
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig
+from dropkit.lab.plan.data import DataError, Dataset, load_dataset
+from dropkit.lab.plan.models import (
     GaussianNoise,
     LSTMStack,
     build_model,
@@ -22,6 +21,7 @@ from dropkit.lab.models import (
     load_linear_weights,
     penalized_weights,
 )
+from dropkit.lab.train.stacked import _init_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

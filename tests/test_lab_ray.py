@@ -28,14 +28,14 @@ import pytest
 import torch
 from torch import nn
 
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import load_dataset
-from dropkit.lab.engines import BatchJob, EngineError, InProcessEngine, RayEngine
-from dropkit.lab.runner import IncompleteSweep, plan_batches, run_configs
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.data import load_dataset
+from dropkit.lab.plan.user_model import model_source
+from dropkit.lab.run.engines import BatchJob, EngineError, InProcessEngine, RayEngine
+from dropkit.lab.run.runner import IncompleteSweep, plan_batches, run_configs
 from dropkit.lab.store import ResultsStore
-from dropkit.lab.train import train_configs
-from dropkit.lab.training import BatchResult
-from dropkit.lab.user_model import model_source
+from dropkit.lab.train.contract import BatchResult
+from dropkit.lab.train.dispatch import train_configs
 from helpers import Spawn
 
 ray = pytest.importorskip("ray")
@@ -296,9 +296,9 @@ _RAY_CLI = "import sys; from ray.scripts.scripts import main; sys.argv[0] = 'ray
 # accuracies as JSON (exit 0), or prints the engine's error (exit 3).
 _DRIVER = """
 import json, sys
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import load_dataset
-from dropkit.lab.engines import BatchJob, EngineError, RayEngine
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.data import load_dataset
+from dropkit.lab.run.engines import BatchJob, EngineError, RayEngine
 spec = DataSpec("circles")
 configs = tuple(
     RunConfig(spec, ModelSpec((8,)), TrainSpec(epochs=5), p=p, seed=0) for p in (0.0, 0.5)

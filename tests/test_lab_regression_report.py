@@ -23,12 +23,11 @@ from typer.testing import CliRunner
 
 from dropkit import lab
 from dropkit.cli import app
-from dropkit.lab.analysis import analyze
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.diagnosis import Thresholds, diagnose
-from dropkit.lab.report import write_report
-from dropkit.lab.store import ResultsStore, RunRecord, StoredRun
-from dropkit.lab.summary import (
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.results.analysis import analyze
+from dropkit.lab.results.diagnosis import Thresholds, diagnose
+from dropkit.lab.results.report import write_report
+from dropkit.lab.results.summary import (
     ArmSummary,
     best_rate,
     chosen_on,
@@ -38,6 +37,7 @@ from dropkit.lab.summary import (
     seed_runs,
     summarize,
 )
+from dropkit.lab.store import ResultsStore, RunRecord, StoredRun
 
 EPOCHS = 20
 SEEDS = range(5)
@@ -480,7 +480,7 @@ class TestRegressionReport:
 
 def test_learning_curves_show_r2_from_a_floor() -> None:
     """An untrained network's R² of -50 would flatten every later epoch: panels start at -1."""
-    from dropkit.lab.plots import R2_FLOOR, accuracy_curves_figure, learning_curves_figure
+    from dropkit.lab.results.plots import R2_FLOOR, accuracy_curves_figure, learning_curves_figure
 
     ramp = np.linspace(-50.0, 0.8, EPOCHS)[None, :]
     curves = {"train_acc": ramp, "test_acc": ramp - 0.1, "train_loss": -ramp, "test_loss": -ramp}

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dropkit.lab import batched as B
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
-from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.regularizers import (
+from dropkit.lab.plan.comparison import (
     ARM_NAMES,
     ArmError,
     Strengths,
@@ -17,8 +14,11 @@ from dropkit.lab.regularizers import (
     check_arms,
     parse_arms,
 )
-from dropkit.lab.train import batched_settings, is_batched, train_configs
-from dropkit.lab.training import BatchResult
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, SweepSpec, TrainSpec
+from dropkit.lab.plan.data import Dataset, load_dataset
+from dropkit.lab.train import stacked as B
+from dropkit.lab.train.contract import BatchResult
+from dropkit.lab.train.dispatch import batched_settings, is_batched, train_configs
 
 CIRCLES = DataSpec("circles")
 SMALL = ModelSpec(hidden=(16,))
@@ -256,7 +256,7 @@ def test_a_run_is_the_same_alone_and_in_a_mixed_batch(circles: Dataset) -> None:
 def test_final_weights_load_into_the_built_model(circles: Dataset) -> None:
     """`states` are state dicts of build_model's module: loaded, it scores the final test
     accuracy of the curves (stacked trainer and loop alike)."""
-    from dropkit.lab.models import build_model
+    from dropkit.lab.plan.models import build_model
 
     configs = _configs("dropout,early_stopping,batchnorm", epochs=30)
     result = _run(circles, configs)

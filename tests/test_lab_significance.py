@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from dropkit.lab.significance import (
+from dropkit.lab.results.significance import (
     Comparison,
     finite_values,
     holm,

@@ -6,9 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dropkit.lab.config import DataSpec
-from dropkit.lab.splits import holdout_rows, stopping_rows, validation_rows
-from dropkit.lab.training import validation_split
+from dropkit.lab.plan.config import DataSpec
+from dropkit.lab.plan.splits import holdout_rows, stopping_rows, validation_rows, validation_split
 
 
 def _labels(n: int = 90, classes: int = 3, seed: int = 0) -> np.ndarray:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import dropkit
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.store import (
     CURVE_METRICS,
     MAX_STATE_PARAMETERS,

@@ -5,7 +5,7 @@ forces the loop for MLP configs) and the results are compared: to float toleranc
 two compute the same numbers (no randomness after the initial weights and the data order,
 which both draw from the run's generator in the same order), exactly where a schedule decides
 (the epoch a window switches), and statistically over seeds where the two draw their masks and
-noise from different streams. The shared steps of :mod:`dropkit.lab.training` are tested
+noise from different streams. The shared steps of :mod:`dropkit.lab.train.contract` are tested
 here too.
 """
 
@@ -21,12 +21,11 @@ import torch
 from torch import nn
 
 import dropkit
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.models import build_model
-from dropkit.lab.splits import stopping_rows, validation_rows
-from dropkit.lab.train import batched_settings, is_batched, train_configs
-from dropkit.lab.training import (
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.data import Dataset, load_dataset
+from dropkit.lab.plan.models import build_model
+from dropkit.lab.plan.splits import stopping_rows, validation_rows, validation_split
+from dropkit.lab.train.contract import (
     BatchResult,
     EarlyStopping,
     bound_unit_norms_,
@@ -35,8 +34,8 @@ from dropkit.lab.training import (
     make_adam,
     part_means,
     sample_scores,
-    validation_split,
 )
+from dropkit.lab.train.dispatch import batched_settings, is_batched, train_configs
 
 # Tolerance of two computations of the same numbers in float32 (different kernels sum in
 # different orders): a few epochs of Adam keep them within ~1e-6; 2e-5 leaves room.
@@ -160,7 +159,7 @@ def test_early_stopping_beside_a_validation_split_agrees_in_all_three_trainers(
     circles: Dataset, spec: DataSpec, folds: tuple[int | None, ...]
 ) -> None:
     """With a validation split or folds, the stacked trainer, the loop and the vmapped trainer
-    fit and stop on the same rows (:func:`dropkit.lab.splits.stopping_rows`, carved from each
+    fit and stop on the same rows (:func:`dropkit.lab.plan.splits.stopping_rows`, carved from each
     fold's fit rows) and report the same validation rows. No masks, one batch per epoch (the
     order cannot change the mean gradient): the three compute the same numbers to float
     rounding, the same stopping epochs, and the curves measure the carved fit rows."""

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from dropkit import lab
-from dropkit.lab.data import DataError
+from dropkit.lab.plan.data import DataError
 from helpers import stored_runs
 
 

@@ -14,10 +14,10 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset as TorchDataset
 from torch.utils.data import IterableDataset, TensorDataset
 
-from dropkit.lab import user_data
-from dropkit.lab.config import DataSpec
-from dropkit.lab.data import DataError, infer_csv_task, load_dataset
-from dropkit.lab.user_data import content_hash, from_user_data, is_user_data
+from dropkit.lab.plan import user_data
+from dropkit.lab.plan.config import DataSpec
+from dropkit.lab.plan.data import DataError, infer_csv_task, load_dataset
+from dropkit.lab.plan.user_data import content_hash, from_user_data, is_user_data
 
 
 def _table(n: int = 60, d: int = 3, classes: int = 3, seed: int = 0) -> tuple[Any, Any]:

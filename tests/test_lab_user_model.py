@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import dropkit
-from dropkit.lab.user_model import model_source
+from dropkit.lab.plan.user_model import model_source
 from dropkit.surgery import find_dropout_sites
 
 

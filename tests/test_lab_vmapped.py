@@ -1,4 +1,4 @@
-"""The batched trainer for user models (``dropkit.lab.vmapped``) and its counter-based masks.
+"""The batched trainer for user models (``dropkit.lab.train.vmapped``) and its counter-based masks.
 
 The central property: a run trained in a batch gives what it gives alone. Each test builds small
 models from a factory, trains a few runs together and each run alone, and compares the final
@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import dropkit
-import dropkit.lab.counter_masks as counter_masks
-import dropkit.lab.vmapped as vmapped
-from dropkit.lab.batched import compiler_available
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
-from dropkit.lab.counter_masks import (
+import dropkit.lab.train.counter_masks as counter_masks
+import dropkit.lab.train.vmapped as vmapped
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.splits import stopping_rows, validation_rows
+from dropkit.lab.train.contract import make_adam
+from dropkit.lab.train.counter_masks import (
     CounterDropout,
     counter_bits,
     counter_fields,
@@ -33,10 +35,8 @@ from dropkit.lab.counter_masks import (
     key_keep_mask,
     mask_key,
 )
-from dropkit.lab.data import Dataset
-from dropkit.lab.splits import stopping_rows, validation_rows
-from dropkit.lab.training import make_adam
-from dropkit.lab.vmapped import train_custom
+from dropkit.lab.train.stacked import compiler_available
+from dropkit.lab.train.vmapped import train_custom
 
 # Two computations of the same float32 numbers (a batched GEMM may sum in another order than a
 # single one): a few epochs of Adam keep the weights within ~1e-7; 1e-5 leaves room.
@@ -735,7 +735,7 @@ def test_validation_metrics_are_those_of_the_final_weights() -> None:
 
 def test_early_stopping_beside_folds_stops_on_fit_rows_and_equals_alone() -> None:
     """Early-stopping runs of each fold train on the fit rows they did not carve out to stop on
-    (:func:`dropkit.lab.splits.stopping_rows`) and report the fold's validation rows with
+    (:func:`dropkit.lab.plan.splits.stopping_rows`) and report the fold's validation rows with
     their restored weights; they train apart from the fold's other runs (fewer fit rows), and
     in a batch as alone."""
     spec = DataSpec("table", folds=3)

@@ -14,7 +14,7 @@ Python                                          command line
 Each returns an :class:`Experiment` (``.summary``, ``.best``, ``.comparisons``, ``.findings``,
 ``.runs``, ``.curves()``, ``.plot_curves()``, ``.plot_rates()``, ``.plot_arms()``,
 ``.report(path)``, ``.to_dict()``; a notebook shows its table). The arms a comparison can use
-are :data:`REGULARIZERS` (:mod:`dropkit.lab.arms`). See ``docs/lab.md``.
+are :data:`REGULARIZERS` (:mod:`dropkit.lab.plan.arms`). See ``docs/lab.md``.
 
 How many seeds? ``lab.seeds_needed(0.02, 0.02)`` gives the seeds per group a paired comparison
 needs to detect a +0.02 difference at 80% power when the per-seed differences spread by 0.02
@@ -40,10 +40,10 @@ from dropkit.lab.api import plan_demo as plan_demo
 from dropkit.lab.api import plan_sweep as plan_sweep
 from dropkit.lab.api import run as run
 from dropkit.lab.api import sweep as sweep
-from dropkit.lab.arms import REGULARIZERS as REGULARIZERS
-from dropkit.lab.arms import STRENGTHS as STRENGTHS
-from dropkit.lab.experiment import Experiment as Experiment
-from dropkit.lab.significance import seeds_needed as seeds_needed
+from dropkit.lab.plan.arms import REGULARIZERS as REGULARIZERS
+from dropkit.lab.plan.arms import STRENGTHS as STRENGTHS
+from dropkit.lab.results.experiment import Experiment as Experiment
+from dropkit.lab.results.significance import seeds_needed as seeds_needed
 
 __all__ = [
     "REGULARIZERS",

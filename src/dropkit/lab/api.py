@@ -8,7 +8,7 @@ Each experiment call runs in two steps, both public:
    written.
 2. :func:`run`: open the results store, train the runs it does not hold yet (batched; on the
    chosen engine; with the chosen progress sink), store each batch as soon as it finishes, and
-   return the :class:`~dropkit.lab.experiment.Experiment`.
+   return the :class:`~dropkit.lab.results.experiment.Experiment`.
 
 ``sweep(...)`` is ``run(plan_sweep(...), ...)``, and likewise for ``compare`` and ``demo``. An
 interrupted call (Ctrl-C, a killed process) keeps every finished batch in the store; the same
@@ -38,9 +38,9 @@ from dropkit._validation import (
     check_positive_int,
     check_trainable_rate,
 )
-from dropkit.lab.analysis import Analysis, analyze
-from dropkit.lab.arms import CUSTOM_KIND, MODEL_KINDS, REGULARIZERS, STRENGTHS, Strengths
-from dropkit.lab.config import (
+from dropkit.lab.plan.arms import CUSTOM_KIND, MODEL_KINDS, REGULARIZERS, STRENGTHS, Strengths
+from dropkit.lab.plan.comparison import Arm, ArmError, build_configs, default_epochs, parse_arms
+from dropkit.lab.plan.config import (
     DEMO_SEEDS,
     TASKS,
     DataSpec,
@@ -49,21 +49,21 @@ from dropkit.lab.config import (
     SweepSpec,
     TrainSpec,
 )
-from dropkit.lab.data import (
+from dropkit.lab.plan.data import (
     BUILTIN_DATASETS,
     IMPUTE_METHODS,
     Dataset,
     infer_csv_task,
     load_dataset,
 )
-from dropkit.lab.engines import Engine, InProcessEngine, RayEngine
-from dropkit.lab.experiment import Experiment
-from dropkit.lab.progress import progress_sink
-from dropkit.lab.regularizers import Arm, ArmError, build_configs, default_epochs, parse_arms
-from dropkit.lab.runner import run_configs
+from dropkit.lab.plan.user_data import from_user_data, is_user_data, train_and_test
+from dropkit.lab.plan.user_model import ModelSource, model_source
+from dropkit.lab.results.analysis import Analysis, analyze
+from dropkit.lab.results.experiment import Experiment
+from dropkit.lab.run.engines import Engine, InProcessEngine, RayEngine
+from dropkit.lab.run.progress import progress_sink
+from dropkit.lab.run.runner import run_configs
 from dropkit.lab.store import ResultsStore, StoreError
-from dropkit.lab.user_data import from_user_data, is_user_data, train_and_test
-from dropkit.lab.user_model import ModelSource, model_source
 
 __all__ = [
     "DEFAULT_HIDDEN",
@@ -100,7 +100,7 @@ class Plan:
         configs: one per run (rates or arms × seeds), all sharing data, model and training.
         dataset: the loaded data the runs train on.
         settings: what was asked for, for the experiment's ``to_dict`` (plain data).
-        model: the user's model (:class:`~dropkit.lab.user_model.ModelSource`) for runs of
+        model: the user's model (:class:`~dropkit.lab.plan.user_model.ModelSource`) for runs of
             kind ``custom``; None for the built-in models.
         notes: what planning found that the user should know (how the data was read, the task
             inferred, dropout a factory leaves at its own rate), one sentence each.
@@ -212,7 +212,7 @@ def _task(task: object) -> str | None:
 
 def _given_data(data: object, train: object, test: object) -> object:
     """The data of ``data``, or of ``train`` and ``test`` given apart
-    (:func:`~dropkit.lab.user_data.train_and_test`); None for all three: ``"circles"``."""
+    (:func:`~dropkit.lab.plan.user_data.train_and_test`); None for all three: ``"circles"``."""
     if train is None and test is None:
         return "circles" if data is None else data
     if data is not None:
@@ -237,7 +237,7 @@ def _data(
     """The data's spec and the data, loaded now so that bad data is refused before training.
 
     ``data`` is a built-in name, a CSV path, or a user's arrays, tensors or Datasets
-    (:func:`dropkit.lab.user_data.from_user_data`).
+    (:func:`dropkit.lab.plan.user_data.from_user_data`).
     """
     task = _task(task)
     if is_user_data(data):
@@ -373,7 +373,7 @@ def plan_sweep(
 
     Raises:
         ValueError, TypeError: an unusable argument (the message names it).
-        dropkit.lab.data.DataError: data that cannot be used (a ``ValueError``).
+        dropkit.lab.plan.data.DataError: data that cannot be used (a ``ValueError``).
     """
     grid = _rates(rates)
     seed_list = _seeds(seeds)
@@ -529,8 +529,8 @@ def plan_compare(
 
     Raises:
         ValueError, TypeError: an unusable argument (the message names it).
-        dropkit.lab.regularizers.ArmError: an unknown or inapplicable arm (a ``ValueError``).
-        dropkit.lab.data.DataError: data that cannot be used (a ``ValueError``).
+        dropkit.lab.plan.comparison.ArmError: an unknown or inapplicable arm (a ``ValueError``).
+        dropkit.lab.plan.data.DataError: data that cannot be used (a ``ValueError``).
     """
     own_model = not isinstance(model, str)
     kind = CUSTOM_KIND if own_model else check_one_of(model, "model", MODEL_KINDS)
@@ -582,7 +582,7 @@ def plan_compare(
         n_train=len(dataset.y_train),
     )
     if source is None:
-        from dropkit.lab.models import build_model
+        from dropkit.lab.plan.models import build_model
 
         for config in configs[:: len(seed_list)]:  # each arm's network must build for this data
             try:
@@ -640,7 +640,7 @@ def _engine(
 
 def _training_options(device: object, batched: object, max_batch_memory: object) -> dict[str, Any]:
     """The engine's training options, checked: ``device``, ``batched``, ``max_batch_memory``."""
-    from dropkit.lab.train import parse_device
+    from dropkit.lab.train.dispatch import parse_device
 
     parse_device(device)  # type: ignore[arg-type]  # the engine resolves it (a Ray driver needs no GPU)
     if batched is not None and not isinstance(batched, bool):
@@ -675,13 +675,13 @@ def run(
             serves a call whose runs it holds already.
         engine: ``None`` or ``"in-process"`` (train here, batched), ``"ray"`` (a Ray
             cluster: ``address`` joins one, none starts a local instance, shut down after),
-            or an engine object (see :mod:`dropkit.lab.engines`) that the caller manages.
+            or an engine object (see :mod:`dropkit.lab.run.engines`) that the caller manages.
         address: the Ray cluster to join (``"HOST:6379"`` or ``"auto"``).
         compile: fuse the stacked trainer with ``torch.compile`` (None: when a C++ compiler
             is found).
         progress: None (no output), True/``"auto"``/``"tqdm"`` (a ``tqdm.auto`` bar),
             ``"rich"`` or an object with ``begin``/``advance``/``end``
-            (:mod:`dropkit.lab.progress`).
+            (:mod:`dropkit.lab.run.progress`).
         runs_per_batch: most runs trained together as one batch (bounds memory; a killed
             sweep loses at most the batch in flight).
         log: called with one-line messages (how many runs the store already holds); None:
@@ -696,14 +696,14 @@ def run(
             (None: a safe fraction of the device's free memory); larger groups are split.
 
     Returns:
-        The :class:`~dropkit.lab.experiment.Experiment` of the plan's runs; its ``notes`` are
-        the plan's, this call's and those stored with the runs by earlier calls.
+        The :class:`~dropkit.lab.results.experiment.Experiment` of the plan's runs; its ``notes``
+        are the plan's, this call's and those stored with the runs by earlier calls.
 
     Raises:
         dropkit.lab.store.StoreError: the store cannot be opened, or cannot be written and
             lacks runs of the plan (``permission denied``, with the path).
-        dropkit.lab.engines.EngineError: Ray is missing or its cluster unreachable.
-        dropkit.lab.runner.IncompleteSweep: some batches failed on the engine (every other
+        dropkit.lab.run.engines.EngineError: Ray is missing or its cluster unreachable.
+        dropkit.lab.run.runner.IncompleteSweep: some batches failed on the engine (every other
             batch is stored; call again to train the rest).
         KeyboardInterrupt: propagated; every finished batch is stored.
     """
@@ -818,7 +818,7 @@ def sweep(
             ``wine``, ``mnist``, ``sequence``), the path of a CSV file (with ``target``), or
             your own data: ``(X, y)`` arrays or tensors (split with a stratified 30% test
             part), ``((X_train, y_train), (X_test, y_test))``, or torch Datasets
-            ``{"train": ds, "test": ds}`` (see :func:`dropkit.lab.user_data.from_user_data`).
+            ``{"train": ds, "test": ds}`` (see :func:`dropkit.lab.plan.user_data.from_user_data`).
             A content hash of the data is part of every run's key: changed data trains again.
             None: ``circles``, or the data of ``train`` and ``test``.
         train, test: your training and test parts given apart, instead of ``data``: torch
@@ -853,7 +853,7 @@ def sweep(
             max_batch_memory: see :func:`run`.
 
     Returns:
-        The :class:`~dropkit.lab.experiment.Experiment`: ``.summary``, ``.best``,
+        The :class:`~dropkit.lab.results.experiment.Experiment`: ``.summary``, ``.best``,
         ``.findings``, ``.plot_rates()``, ``.report(path)``, ...
 
     Example:
@@ -934,7 +934,7 @@ def compare(
     Args:
         data, train, test: as in :func:`sweep`.
         arms: arm names (``["none", "dropout", "dropout+l2"]`` or ``"none,dropout"``); one
-            regularizer of :data:`dropkit.lab.arms.REGULARIZERS` or several joined by ``+``.
+            regularizer of :data:`dropkit.lab.plan.arms.REGULARIZERS` or several joined by ``+``.
             None: every arm that applies to ``model``.
         model: ``"mlp"``, ``"cnn"`` (image data) or ``"rnn"`` (sequences), or your own
             model as in :func:`sweep` (a factory ``f(p)`` or an ``nn.Module``): then the arms
@@ -950,10 +950,10 @@ def compare(
             max_batch_memory: see :func:`run`.
         **strengths: the arms' strengths by name, e.g. ``p=0.4``, ``l2=1e-3``,
             ``max_norm=3``, ``patience=50`` (every name of
-            :data:`dropkit.lab.arms.STRENGTHS`, with its default and range).
+            :data:`dropkit.lab.plan.arms.STRENGTHS`, with its default and range).
 
     Returns:
-        The :class:`~dropkit.lab.experiment.Experiment`; ``.comparisons`` holds each arm's
+        The :class:`~dropkit.lab.results.experiment.Experiment`; ``.comparisons`` holds each arm's
         paired t-test against ``none`` (Holm-adjusted).
 
     Example:
@@ -1033,9 +1033,9 @@ def load_all(store: str | Path) -> list[Experiment]:
     """Every experiment of a results store (runs sharing data, model and training), no training.
 
     The experiments come in the order they were first stored (an experiment added later comes
-    last), each titled apart from the others (:func:`dropkit.lab.analysis.experiment_titles`)
-    and with the notes stored with its runs. A store this process cannot write (a read-only
-    file or folder) is read without a change.
+    last), each titled apart from the others
+    (:func:`dropkit.lab.results.analysis.experiment_titles`) and with the notes stored with its
+    runs. A store this process cannot write (a read-only file or folder) is read without a change.
 
     Raises:
         FileNotFoundError: no store at ``store``.
@@ -1078,7 +1078,8 @@ def _loaded(path: Path, analysis: Analysis, notes: Sequence[str] = ()) -> Experi
 
 
 def load(store: str | Path, *, experiment: int | None = None) -> Experiment:
-    """The runs of a results store as an :class:`~dropkit.lab.experiment.Experiment`, no training.
+    """The runs of a results store as an :class:`~dropkit.lab.results.experiment.Experiment`, no
+    training.
 
     CLI: ``dropkit report --store STORE``. The experiment's ``notes`` are those stored with its
     runs (why runs trained one by one, the task inferred, how the data was read). A store this

@@ -10,7 +10,7 @@ Schema (version 3):
 * ``curves``: one row per (run, epoch) with the per-epoch metrics.
 * ``states``: the final weights of runs of small models (at most
   :data:`MAX_STATE_PARAMETERS` values), a ``torch.save``-d ``state_dict`` of the module
-  :func:`dropkit.lab.models.build_model` builds for the run's config.
+  :func:`dropkit.lab.plan.models.build_model` builds for the run's config.
 * ``notes`` and ``run_notes``: the sentences a sweep reported about how its runs were trained
   (why runs trained one by one, the task inferred, how the data was read), each text stored
   once and linked to every run it concerns.
@@ -53,9 +53,11 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from dropkit.lab.config import RunConfig
+from dropkit.lab.plan.config import RunConfig
+from dropkit.lab.plan.records import CURVE_METRICS, MAX_STATE_PARAMETERS, RunRecord
 
 __all__ = [
+    "CURVE_METRICS",
     "MAX_STATE_PARAMETERS",
     "SCHEMA_VERSION",
     "ResultsStore",
@@ -65,9 +67,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 3
-MAX_STATE_PARAMETERS = 100_000
-"""Final weights are stored for models of at most this many values (a few hundred kB each)."""
-CURVE_METRICS = ("train_acc", "test_acc", "train_loss", "test_loss")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -126,19 +125,6 @@ _TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
 
 class StoreError(RuntimeError):
     """The store cannot be opened or written, with a one-line reason."""
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """A finished run, ready to store: its config, per-epoch curves and training time, and
-    optionally scalar facts of its training (``info``) and its final weights (``state``;
-    stored when it holds at most :data:`MAX_STATE_PARAMETERS` values)."""
-
-    config: RunConfig
-    curves: dict[str, NDArray[np.float64]]
-    seconds: float
-    info: dict[str, float] | None = None
-    state: dict[str, Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -492,7 +478,7 @@ class ResultsStore:
 
     def state_dict(self, key: str) -> dict[str, Tensor] | None:
         """The final weights of run ``key`` as a ``state_dict`` of the module
-        :func:`dropkit.lab.models.build_model` builds for its config; None when not stored
+        :func:`dropkit.lab.plan.models.build_model` builds for its config; None when not stored
         (a large model, a run stored by schema version 1, or an unknown key)."""
         row = self._db.execute("SELECT state FROM states WHERE run_key = ?", (key,)).fetchone()
         if row is None:

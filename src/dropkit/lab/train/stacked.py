@@ -37,10 +37,10 @@ computes the same integers on any device, so a run on CUDA sees the numbers it s
 its curves differ only by float rounding (kernels that sum in another order). On the CPU
 nothing changes: the same tensors, the same ops.
 
-The steps this trainer shares with the generic loop (:mod:`dropkit.lab.loop`) are defined once
-in :mod:`dropkit.lab.training`: the metrics and the per-sample scores of evaluation, Adam's
-settings, the max-norm rule, the validation split and early stopping's state machine, the
-early/late dropout window and the jitter's feature scales.
+The steps this trainer shares with the generic loop (:mod:`dropkit.lab.train.module_loop`) are
+defined once in :mod:`dropkit.lab.train.contract`: the metrics and the per-sample scores of
+evaluation, Adam's settings, the max-norm rule, the validation split and early stopping's state
+machine, the early/late dropout window and the jitter's feature scales.
 """
 
 from __future__ import annotations
@@ -58,9 +58,10 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from dropkit.lab.config import ModelSpec, TrainSpec
-from dropkit.lab.data import Dataset
-from dropkit.lab.training import (
+from dropkit.lab.plan.config import ModelSpec, TrainSpec
+from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.splits import validation_split
+from dropkit.lab.train.contract import (
     METRICS,
     BatchResult,
     EarlyStopping,
@@ -71,7 +72,6 @@ from dropkit.lab.training import (
     make_adam,
     part_means,
     sample_scores,
-    validation_split,
 )
 
 __all__ = [
@@ -107,7 +107,7 @@ class RunSettings:
             ``(0, k)``, late dropout ``(k, epochs)``.
         patience: early stopping: stop after this many epochs without a lower validation loss
             and restore the best weights (None: no early stopping; see :func:`train_batch` and
-            :class:`dropkit.lab.training.EarlyStopping`).
+            :class:`dropkit.lab.train.contract.EarlyStopping`).
         fold: the run's fold: with ``train_batch(validation=...)`` it picks the run's
             ``(fit, validation)`` rows (None: the data has no folds).
     """
@@ -327,8 +327,8 @@ def _evaluate(
     """Inference pass over ``x`` ``(n, d)``: train rows, then ``n_stop`` early-stopping rows,
     then ``n_val`` validation rows, then test rows. Returns ``(4, R)`` metrics (see METRICS),
     then, when ``n_stop > 0``, the early-stopping loss, and, when ``n_val > 0``, the validation
-    loss and accuracy. Scores and means: :func:`~dropkit.lab.training.sample_scores`,
-    :func:`~dropkit.lab.training.part_means`."""
+    loss and accuracy. Scores and means: :func:`~dropkit.lab.train.contract.sample_scores`,
+    :func:`~dropkit.lab.train.contract.part_means`."""
     a = x
     for weight, bias in zip(weights[:-1], biases[:-1], strict=True):
         a = (_mm(a, weight, fused) + bias).relu()
@@ -382,8 +382,8 @@ def train_batch(
 
     Early stopping (runs with ``patience``). These runs train on the ``fit`` rows of
     ``stopping`` and stop on the loss of its ``stop`` rows (without ``stopping``: a hold-out of
-    :data:`~dropkit.lab.training.VALIDATION_FRACTION` of the training set,
-    :func:`~dropkit.lab.training.validation_split`), so they form their own stacked computation
+    :data:`~dropkit.lab.plan.splits.VALIDATION_FRACTION` of the training set,
+    :func:`~dropkit.lab.plan.splits.validation_split`), so they form their own stacked computation
     (their shapes differ). After each epoch the loss on the stopping rows is measured; the
     weights of the lowest one so far are kept; ``patience`` epochs without a lower one stop the
     run and restore those weights. A stopped run's curves repeat the
@@ -394,11 +394,11 @@ def train_batch(
     when it never stopped) and ``best_epoch`` (the epoch whose weights were restored).
 
     A validation split (``validation``: the ``(fit, validation)`` row indices of the training
-    set per fold, from :func:`dropkit.lab.splits.validation_rows`). Every run trains on its
+    set per fold, from :func:`dropkit.lab.plan.splits.validation_rows`). Every run trains on its
     fold's ``fit`` rows (its ``train_*`` curves measure those) and ``info`` gets ``val_acc``
     and ``val_loss`` of the final epoch (for early stopping: of the restored weights). Early
     stopping never sees the validation rows, which choose the winner: its runs need
-    ``stopping``, whose rows (:func:`dropkit.lab.splits.stopping_rows`) are carved from the
+    ``stopping``, whose rows (:func:`dropkit.lab.plan.splits.stopping_rows`) are carved from the
     fold's fit rows. Runs of different folds train as separate stacked computations.
 
     Args:
@@ -415,8 +415,8 @@ def train_batch(
         validation: per fold (the runs' :attr:`RunSettings.fold`; None without folds), the
             ``(fit, validation)`` rows of the training set; None: no validation split.
         stopping: per fold, the ``(fit, stop)`` rows of the runs with ``patience``: the first
-            two of :func:`dropkit.lab.splits.stopping_rows`. None: without ``validation``, the
-            hold-out of :func:`~dropkit.lab.training.validation_split`; required with it.
+            two of :func:`dropkit.lab.plan.splits.stopping_rows`. None: without ``validation``, the
+            hold-out of :func:`~dropkit.lab.plan.splits.validation_split`; required with it.
 
     Returns:
         The per-epoch curves of every run, in the order of ``runs``.
@@ -514,7 +514,7 @@ def _train_group(
 
     ``split``: the ``(fit, validation)`` rows of a validation split (None: none). ``stopping``:
     the ``(fit, stop)`` rows of early-stopping runs (None: the hold-out of
-    :func:`~dropkit.lab.training.validation_split`)."""
+    :func:`~dropkit.lab.plan.splits.validation_split`)."""
     n_runs = len(runs)
     epochs = train.epochs
     generators = [torch.Generator().manual_seed(r.seed) for r in runs]

@@ -5,7 +5,7 @@ or regularization strengths together: the R modules' parameters and buffers are 
 ``torch.func.stack_module_state``; one forward ``torch.vmap``-s
 ``torch.func.functional_call`` over the runs (in_dims 0 for parameters, buffers and each run's
 own mini-batch); the loss is the sum over runs of each run's mean loss, with one backward
-pass and ONE Adam (:func:`dropkit.lab.training.make_adam`) over the stacked tensors. Adam is
+pass and ONE Adam (:func:`dropkit.lab.train.contract.make_adam`) over the stacked tensors. Adam is
 element-wise, so per run it is the same optimizer as one Adam per run.
 
 Why counter-based masks. The property this trainer keeps is: *a run trained in a batch gives
@@ -13,7 +13,7 @@ the result it gives alone* (final weights equal to float rounding). PyTorch's ra
 cannot give that under ``vmap``: ``randomness="same"`` gives every run the same masks, and
 ``"different"`` draws one tensor for the whole batch, so a run's masks depend on its position
 and on the batch's size. So each dropout module is replaced (:func:`~dropkit.lab.
-counter_masks.counter_module`) by a :class:`~dropkit.lab.counter_masks.CounterDropout` whose
+counter_masks.counter_module`) by a :class:`~dropkit.lab.train.counter_masks.CounterDropout` whose
 keep decisions are a hash of (run seed, optimizer step, layer index, element index); its seed,
 rate and current key are buffers, stacked and vmapped like any buffer, so per-run rates are
 tensors (and early/late dropout is a per-run rate of 0 outside the window). Inverted dropout
@@ -28,15 +28,16 @@ When one batch holds every fit row no order is drawn (it would only move rows be
 elements), and runs that share their rows get them once (vmap's ``in_dims`` None).
 
 Per step, the work outside the model is a few tensor ops whatever R is: the mask keys of all
-runs and layers for 256 steps come from one call of :func:`~dropkit.lab.counter_masks.mask_key`
-and are copied into the stacked ``key`` buffers; an epoch's evaluation is one forward pass per
-chunk of :data:`EVAL_CHUNK` rows over the fit and test rows of every run, gathered once (and
-early stopping's rows, every epoch, under early stopping), and its metrics stay tensors until
-the epoch is recorded. The validation rows are measured once, after the last epoch.
+runs and layers for 256 steps come from one call of
+:func:`~dropkit.lab.train.counter_masks.mask_key` and are copied into the stacked ``key`` buffers;
+an epoch's evaluation is one forward pass per chunk of :data:`EVAL_CHUNK` rows over the fit and
+test rows of every run, gathered once (and early stopping's rows, every epoch, under early
+stopping), and its metrics stay tensors until the epoch is recorded. The validation rows are
+measured once, after the last epoch.
 
-Rows. Runs fit on the ``fit_idx`` rows of :func:`dropkit.lab.splits.validation_rows` and report
+Rows. Runs fit on the ``fit_idx`` rows of :func:`dropkit.lab.plan.splits.validation_rows` and report
 ``val_*`` on its ``val_idx`` rows, which choose the winner; early-stopping runs take their rows
-from :func:`dropkit.lab.splits.stopping_rows` (20% of the fit rows with a validation split, 20%
+from :func:`dropkit.lab.plan.splits.stopping_rows` (20% of the fit rows with a validation split, 20%
 of the training split without), as the other trainers do: early stopping never sees the rows
 that choose the winner.
 
@@ -96,19 +97,17 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
-from dropkit.lab.arms import entry_regularizer, target_transforms
-from dropkit.lab.batched import compiler_available
-from dropkit.lab.config import RunConfig
-from dropkit.lab.counter_masks import CounterDropout, counter_module, mask_key
-from dropkit.lab.data import Dataset
-from dropkit.lab.loop import augment_batch
-from dropkit.lab.splits import stopping_rows, validation_rows
-from dropkit.lab.store import MAX_STATE_PARAMETERS
-from dropkit.lab.training import (
+from dropkit.lab.plan.arms import entry_regularizer, target_transforms
+from dropkit.lab.plan.config import RunConfig
+from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.records import MAX_STATE_PARAMETERS
+from dropkit.lab.plan.splits import stopping_rows, validation_rows
+from dropkit.lab.train.contract import (
     METRICS,
     BatchResult,
     EarlyStopping,
     EpochTicker,
+    augment_batch,
     bound_unit_norms_,
     dropout_on,
     dropout_window,
@@ -116,6 +115,8 @@ from dropkit.lab.training import (
     make_adam,
     sample_scores,
 )
+from dropkit.lab.train.counter_masks import CounterDropout, counter_module, mask_key
+from dropkit.lab.train.stacked import compiler_available
 from dropkit.surgery import find_dropout_sites
 
 __all__ = [
@@ -693,7 +694,7 @@ def _evaluation_options() -> dict[str, Any]:
             patterns.apply(graph)
 
         def uuid(self) -> str:
-            return f"dropkit.lab.vmapped.small-products-2-{_SMALL_KERNEL}"
+            return f"dropkit.lab.train.vmapped.small-products-2-{_SMALL_KERNEL}"
 
     return {"post_grad_custom_post_pass": SmallProducts()}
 
@@ -1415,11 +1416,11 @@ def train_custom(
     the incoming weights of every unit of every Linear and ConvNd layer after each Adam step;
     ``l1`` / ``l2`` add ``λ·Σ|w|`` / ``λ·Σw²`` over their weights (no biases);
     ``label_smoothing`` smooths the class targets; ``early_dropout`` / ``late_dropout`` set the
-    run's rates to 0 outside :func:`~dropkit.lab.training.dropout_window`; ``early_stopping``
+    run's rates to 0 outside :func:`~dropkit.lab.train.contract.dropout_window`; ``early_stopping``
     (patience ``round(strength)``) stops on the loss of its own rows
-    (:func:`~dropkit.lab.splits.stopping_rows`, never the validation rows) and restores the
-    best weights, as :mod:`dropkit.lab.loop`; ``augment`` perturbs each batch
-    (:func:`~dropkit.lab.loop.augment_batch`, from the run's generator).
+    (:func:`~dropkit.lab.plan.splits.stopping_rows`, never the validation rows) and restores the
+    best weights, as :mod:`dropkit.lab.train.module_loop`; ``augment`` perturbs each batch
+    (:func:`~dropkit.lab.train.contract.augment_batch`, from the run's generator).
 
     Args:
         source: builds the modules: ``source.build(p, seed)`` returns a fresh ``nn.Module``
@@ -1440,12 +1441,12 @@ def train_custom(
         compile: run each vmapped group's training and evaluation steps through
             ``torch.compile`` (its masks are the same; the numbers agree with the eager steps
             to float rounding); None: when a compiler is found
-            (:func:`~dropkit.lab.batched.compiler_available`) and a run's work is at least
+            (:func:`~dropkit.lab.train.stacked.compiler_available`) and a run's work is at least
             :data:`COMPILE_MIN_WORK`, enough to repay compiling. Runs trained run by run
             (fallbacks, ``batched=False``) always run eagerly.
 
     Returns:
-        Curves ``(R, epochs)`` per :data:`~dropkit.lab.training.METRICS` name (for regression
+        Curves ``(R, epochs)`` per :data:`~dropkit.lab.train.contract.METRICS` name (for regression
         ``*_acc`` holds R² and ``*_loss`` the mean squared error), the wall time, per-run
         ``state_dict``s of the original modules (None when a model has more than
         :data:`~dropkit.lab.store.MAX_STATE_PARAMETERS` values) and per-run ``info``

@@ -1,7 +1,7 @@
 """Network builders of the lab: an MLP, a small CNN and a small LSTM classifier per run config.
 
-:func:`build_model` turns a :class:`~dropkit.lab.config.RunConfig` into an ``nn.Module`` whose
-input is a batch of rows ``(N, n_features)`` float32 as a :class:`~dropkit.lab.data.Dataset`
+:func:`build_model` turns a :class:`~dropkit.lab.plan.config.RunConfig` into an ``nn.Module`` whose
+input is a batch of rows ``(N, n_features)`` float32 as a :class:`~dropkit.lab.plan.data.Dataset`
 stores them (the module reshapes them to images or sequences itself, from
 ``data.input_shape``) and whose output is logits: ``(N, 1)`` for two classes (sigmoid /
 binary cross-entropy), ``(N, n_classes)`` otherwise; for regression data one value
@@ -53,7 +53,7 @@ a kind raise ``ValueError``.
 Initialization: weights come from ``generator`` (a ``torch.Generator`` seeded with
 ``config.seed`` when none is given), so a run's initial weights are a function of its seed:
 Glorot-uniform kernels (Linear and Conv2d, Keras' default), zero biases, and the LSTM's
-``U(−1/√H, 1/√H)``; the plain MLP draws exactly what :mod:`dropkit.lab.batched` draws.
+``U(−1/√H, 1/√H)``; the plain MLP draws exactly what :mod:`dropkit.lab.train.stacked` draws.
 
 Reference:
     Li, Chen, Hu & Yang, "Understanding the Disharmony between Dropout and Batch Normalization
@@ -71,9 +71,9 @@ from torch import Tensor, nn
 
 from dropkit._validation import check_generator, check_nonnegative
 from dropkit.concrete import ConcreteDropout
-from dropkit.lab.arms import entry_regularizer, module_entries
-from dropkit.lab.config import RunConfig
-from dropkit.lab.data import Dataset
+from dropkit.lab.plan.arms import entry_regularizer, module_entries
+from dropkit.lab.plan.config import RunConfig
+from dropkit.lab.plan.data import Dataset
 from dropkit.layers import DropBlock2d, Dropout, LockedDropout, SpatialDropout2d
 from dropkit.recurrent import LSTM
 from dropkit.surgery import find_dropout
@@ -159,7 +159,7 @@ def _glorot_(weight: Tensor, generator: torch.Generator) -> None:
     """Keras' Glorot-uniform: ``U(±√(6/(fan_in + fan_out)))``, fans times the kernel area.
 
     A Linear weight ``(out, in)`` is drawn in Keras' ``(in, out)`` layout and transposed, so
-    the numbers match :mod:`dropkit.lab.batched` draw for draw.
+    the numbers match :mod:`dropkit.lab.train.stacked` draw for draw.
     """
     out_features, in_features = weight.shape[:2]
     area = math.prod(weight.shape[2:])

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dropkit.lab.config import CUSTOM_MODEL, ModelSpec
+from dropkit.lab.plan.config import CUSTOM_MODEL, ModelSpec
 from dropkit.surgery import find_dropout_sites, set_dropout
 
 __all__ = ["ModelSource", "model_source"]
@@ -129,7 +129,7 @@ class ModelSource:
 
     @property
     def spec(self) -> ModelSpec:
-        """The :class:`~dropkit.lab.config.ModelSpec` of runs of this model."""
+        """The :class:`~dropkit.lab.plan.config.ModelSpec` of runs of this model."""
         return ModelSpec(hidden=(), kind=CUSTOM_MODEL, name=self.name, fingerprint=self.fingerprint)
 
     def build(self, p: float, seed: int) -> nn.Module:

@@ -1,8 +1,8 @@
 """Arms of a comparison: parse them, check them against a model kind, expand them into runs.
 
-An arm is one regularizer of the registry (:mod:`dropkit.lab.arms`) or several joined by ``+``
+An arm is one regularizer of the registry (:mod:`dropkit.lab.plan.arms`) or several joined by ``+``
 (``dropout+l2``). Each regularizer maps onto the fields of a
-:class:`~dropkit.lab.config.RunConfig`: the dropout rates ``p`` and ``input_p``, the
+:class:`~dropkit.lab.plan.config.RunConfig`: the dropout rates ``p`` and ``input_p``, the
 ``max_norm`` bound, or a named entry of ``regularizers`` with its strength. The registry is the
 one list of arms; this module only combines them.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dropkit.lab.arms import (
+from dropkit.lab.plan.arms import (
     ARM_KINDS,
     ARM_NAMES,
     REGULARIZERS,
@@ -21,7 +21,7 @@ from dropkit.lab.arms import (
     Regularizer,
     Strengths,
 )
-from dropkit.lab.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 
 __all__ = [
     "ARM_NAMES",
@@ -46,8 +46,8 @@ class ArmError(ValueError):
 BATCHED_REGULARIZERS = frozenset(
     r.entry for r in REGULARIZERS.values() if r.entry is not None and r.batched
 )
-"""The ``RunConfig.regularizers`` entries the stacked MLP trainer (:mod:`dropkit.lab.batched`)
-can express; MLP runs with other entries train in :mod:`dropkit.lab.loop`."""
+"""The ``RunConfig.regularizers`` entries the stacked MLP trainer (:mod:`dropkit.lab.train.stacked`)
+can express; MLP runs with other entries train in :mod:`dropkit.lab.train.module_loop`."""
 
 STRENGTH_NAMES: tuple[str, ...] = tuple(STRENGTHS)
 

@@ -9,7 +9,7 @@ carry no metadata, Monte Carlo samples use a fixed seed, and nothing records the
 Runs are split into *experiments* (runs sharing data, model and training settings); each gets
 its summary, tables, diagnosis and figures. Decision boundaries and the MC-dropout uncertainty
 map are drawn for two-feature tabular classification data from the stored final weights,
-rebuilt with :func:`dropkit.lab.models.build_model`.
+rebuilt with :func:`dropkit.lab.plan.models.build_model`.
 
 The page speaks each experiment's task: accuracy and cross-entropy for classification; R², MSE,
 and the test RMSE and MAE for regression. Each experiment's best group names the split that
@@ -28,19 +28,25 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dropkit.lab import plots
-from dropkit.lab.analysis import Analysis, analyze
-from dropkit.lab.config import DataSpec, RunConfig
-from dropkit.lab.significance import ALPHA, MIN_SEEDS_FOR_CLAIM
-from dropkit.lab.stats import (
+from dropkit.lab.plan.config import DataSpec, RunConfig
+from dropkit.lab.results import (
     CONVERGE_TOL,
     ArmSummary,
     Diagnosis,
     Thresholds,
+    plots,
 )
+from dropkit.lab.results.analysis import Analysis, analyze
+from dropkit.lab.results.significance import ALPHA, MIN_SEEDS_FOR_CLAIM
+from dropkit.lab.results.summary import (
+    BestRate,
+    chosen_on,
+    score_name,
+    seed_curves,
+    selection_score,
+)
+from dropkit.lab.results.tables import after_choice_table, to_html
 from dropkit.lab.store import ResultsStore, StoredRun
-from dropkit.lab.summary import BestRate, chosen_on, score_name, seed_curves, selection_score
-from dropkit.lab.tables import after_choice_table, to_html
 
 __all__ = ["render", "write_report"]
 
@@ -290,7 +296,7 @@ def _curve_groups(
 
 
 def _load_data(config: RunConfig) -> tuple[Any, str]:
-    from dropkit.lab.data import DataError, load_dataset
+    from dropkit.lab.plan.data import DataError, load_dataset
 
     if config.model.kind == "custom":
         return None, (
@@ -310,7 +316,7 @@ def _load_model(store: ResultsStore, run: StoredRun, data: Any) -> tuple[Any, st
     if state is None:
         return None, "no stored weights for this run"
     try:
-        from dropkit.lab.models import build_model
+        from dropkit.lab.plan.models import build_model
 
         model = build_model(run.config, data)
         model.load_state_dict(state)
@@ -717,8 +723,8 @@ def write_report(
 ) -> Path:
     """Write ONE self-contained HTML report of the stored runs (all, or ``keys``).
 
-    ``analyses``: the :func:`dropkit.lab.analysis.analyze` result of those runs when the caller
-    has it already (an :class:`~dropkit.lab.Experiment` does), so the store's runs and curves
+    ``analyses``: the :func:`dropkit.lab.results.analysis.analyze` result of those runs when the
+    caller has it already (an :class:`~dropkit.lab.Experiment` does), so the store's runs and curves
     are not read and summarized a second time.
 
     Sections per experiment: the best group with its evidence and the split that chose it, the

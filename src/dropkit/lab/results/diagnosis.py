@@ -1,13 +1,13 @@
 """The diagnosis: what the summaries over seeds say to change, one small function per rule.
 
 Each rule is a function ``rule(summaries, thresholds) -> list[Diagnosis]`` that reads the groups
-of :func:`dropkit.lab.summary.summarize` (the baseline first) and returns its findings, each
+of :func:`dropkit.lab.results.summary.summarize` (the baseline first) and returns its findings, each
 with the numbers it measured and the threshold it compared them with. :func:`diagnose` runs the
 rules of :data:`RULES` in order and concatenates what they find.
 
 Which score. Every rule reads the task's own score (accuracy for classification; R² for
 regression, with the RMSE beside it in the message) on the split that chooses the best group
-(:func:`~dropkit.lab.summary.chosen_on`): the validation split when there is one, else the
+(:func:`~dropkit.lab.results.summary.chosen_on`): the validation split when there is one, else the
 test set. So the "gap" is train − validation when validation chooses, train − test otherwise.
 Thresholds are per task (:class:`Thresholds`).
 
@@ -16,8 +16,8 @@ The rules (ids), in the order they run:
 - ``diverged`` (:func:`check_diverged`): a group has runs with NaN/inf final metrics; they are
   left out of its statistics: lower the learning rate (or the rate).
 - ``one_seed`` / ``few_seeds`` (:func:`check_seeds`): fewer than two usable seeds (no interval,
-  no test), or fewer than :data:`~dropkit.lab.significance.MIN_SEEDS_FOR_CLAIM`: a claim from
-  these groups is provisional.
+  no test), or fewer than :data:`~dropkit.lab.results.significance.MIN_SEEDS_FOR_CLAIM`: a claim
+  from these groups is provisional.
 - ``large_gap`` (:func:`check_baseline_gap`): the baseline's mean train − validation (or test)
   gap is at least ``large_gap``: it overfits, *whatever its train score* (a model that reaches
   train R² 0.81 and test R² 0.27 is overfitting, not short of capacity): regularize it.
@@ -54,8 +54,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dropkit.lab.significance import ALPHA, MIN_SEEDS_FOR_CLAIM
-from dropkit.lab.summary import (
+from dropkit.lab.results.significance import ALPHA, MIN_SEEDS_FOR_CLAIM
+from dropkit.lab.results.summary import (
     CONVERGE_TOL,
     ArmSummary,
     chosen_on,
@@ -221,7 +221,7 @@ def check_diverged(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagn
 
 def check_seeds(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
     """``one_seed``: groups with fewer than two usable seeds (no interval, no test);
-    ``few_seeds``: groups below :data:`~dropkit.lab.significance.MIN_SEEDS_FOR_CLAIM`."""
+    ``few_seeds``: groups below :data:`~dropkit.lab.results.significance.MIN_SEEDS_FOR_CLAIM`."""
     findings = []
     one = [s for s in summaries if s.n_valid < 2]
     if one:
@@ -361,7 +361,7 @@ def check_rate_curve(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Dia
 
     Per dropout family (:func:`_families`), on the choosing split: the *top* is the rate with
     the highest mean score and the rates tied with it are those not significantly below it
-    (:func:`~dropkit.lab.summary.tied_with`). The top at the largest rate: extend the grid
+    (:func:`~dropkit.lab.results.summary.tied_with`). The top at the largest rate: extend the grid
     upward; at rate 0: no rate tried helps; at the smallest positive rate: extend downward;
     inside: found. One positive rate: sweep. Rates with no finite score are left out.
     """

@@ -2,7 +2,7 @@
 
 The test set only measures. A sweep that *chooses* (the best dropout rate, the best arm) must
 choose on rows it does not report on, so the training split is cut once more
-(:attr:`DataSpec.validation <dropkit.lab.config.DataSpec>`: one hold-out;
+(:attr:`DataSpec.validation <dropkit.lab.plan.config.DataSpec>`: one hold-out;
 :attr:`DataSpec.folds`: k-fold cross-validation, Stone 1974). The cut depends on the labels and
 ``spec.split_seed`` only, so every run of a sweep, every trainer and every batch sees the same
 rows.
@@ -18,10 +18,58 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from dropkit.lab.config import DataSpec
-from dropkit.lab.training import VALIDATION_FRACTION, validation_split
+from dropkit.lab.plan.config import DataSpec
 
-__all__ = ["holdout_rows", "stopping_rows", "validation_rows"]
+__all__ = [
+    "VALIDATION_FRACTION",
+    "has_validation",
+    "holdout_rows",
+    "stopping_rows",
+    "validation_rows",
+    "validation_split",
+]
+
+
+VALIDATION_FRACTION = 0.2
+"""Share of the training set that early-stopping runs hold out to choose their stopping epoch
+(of the fit rows with a validation split: :func:`dropkit.lab.plan.splits.stopping_rows`)."""
+
+
+def validation_split(
+    y: NDArray[np.int64], fraction: float = VALIDATION_FRACTION, seed: int = 0
+) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+    """Indices ``(fit, validation)`` of a stratified hold-out of ``fraction`` of ``y``, sorted.
+
+    Each class gives ``round(fraction · n_c)`` samples, at least 1 and at most ``n_c − 1`` (so
+    a class of two or more samples stays in the fit part too), drawn with
+    ``numpy.random.default_rng(seed)``: every run, every batch and both trainers hold out the
+    same rows, so a run's result does not depend on its batch or its trainer. ``y`` is the
+    training set's labels: the test set never chooses the stopping epoch; it only measures.
+
+    Raises:
+        ValueError: nothing would be left to train on.
+    """
+    rng = np.random.default_rng(seed)
+    held: list[NDArray[np.int64]] = []
+    for label in np.unique(y):
+        members = np.flatnonzero(y == label)
+        take = max(1, round(fraction * len(members)))
+        take = min(take, max(1, len(members) - 1))
+        held.append(rng.choice(members, size=take, replace=False))
+    validation = np.sort(np.concatenate(held)).astype(np.intp)
+    fit = np.setdiff1d(np.arange(len(y), dtype=np.intp), validation)
+    if not len(fit):
+        raise ValueError(
+            f"early stopping holds out a validation split of the training set, but its "
+            f"{len(y)} samples leave nothing to train on"
+        )
+    return fit, validation
+
+
+def has_validation(spec: DataSpec) -> bool:
+    """Whether runs of ``spec`` hold out validation rows of the training split
+    (``validation > 0`` or ``folds >= 2``; see :func:`dropkit.lab.plan.splits.validation_rows`)."""
+    return spec.validation > 0 or spec.folds >= 2
 
 
 def _no_rows() -> NDArray[np.intp]:
@@ -36,7 +84,7 @@ def holdout_rows(
     Stratified (``stratify=True``, class labels): each class ``c`` of ``n_c`` rows gives
     ``min(max(1, round(fraction · n_c)), n_c − 1)`` rows, so every class keeps at least one row
     on each side, drawn with ``numpy.random.default_rng(seed)`` class by class in sorted label
-    order: the rule and the draws of :func:`dropkit.lab.training.validation_split`. Plain
+    order: the rule and the draws of :func:`dropkit.lab.plan.splits.validation_split`. Plain
     (regression targets): ``min(max(1, round(fraction · n)), n − 1)`` rows of one seeded
     permutation.
 
@@ -156,12 +204,12 @@ def stopping_rows(
 
     - With a validation split (``spec.validation > 0`` or ``spec.folds >= 2``): ``(F, V) =``
       :func:`validation_rows` ``(y_train, spec, fold)``, and the stopping rows are a hold-out of
-      :data:`~dropkit.lab.training.VALIDATION_FRACTION` of ``F``: :func:`holdout_rows`
+      :data:`~dropkit.lab.plan.splits.VALIDATION_FRACTION` of ``F``: :func:`holdout_rows`
       ``(y_train[F], 0.2, spec.split_seed, stratify=classification)``, mapped back to rows of
       the training split; ``val_idx = V``. Early stopping never sees the rows that choose the
       winner, and every run of a fold carves the same rows.
     - Without: 20% of the training split, seed 0 (classification:
-      :func:`~dropkit.lab.training.validation_split`; regression: a plain
+      :func:`~dropkit.lab.plan.splits.validation_split`; regression: a plain
       :func:`holdout_rows`), and ``val_idx`` is empty.
 
     Args:

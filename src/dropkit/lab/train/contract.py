@@ -1,8 +1,9 @@
 """The training contract both lab trainers keep: shared types and one definition of each step.
 
-The stacked MLP trainer (:mod:`dropkit.lab.batched`) and the generic loop
-(:mod:`dropkit.lab.loop`) differ in how they compute (stacked weights with a hand-written
-backward pass, against one module at a time with autograd), not in what they compute. Every
+The stacked MLP trainer (:mod:`dropkit.lab.train.stacked`) and the generic loop
+(:mod:`dropkit.lab.train.module_loop`) differ in how they compute (stacked weights with a
+hand-written backward pass, against one module at a time with autograd), not in what they compute.
+Every
 step they both have is defined once, here:
 
 - the metrics (:data:`METRICS`) and what a trained batch returns (:class:`BatchResult`);
@@ -10,10 +11,10 @@ step they both have is defined once, here:
   (:func:`sample_scores`), and their means over the consecutive parts of an evaluation pass
   (:func:`part_means`);
 - Adam with the run's ``lr``, ``betas`` and ``eps`` (:func:`make_adam`: Keras' defaults from
-  :class:`~dropkit.lab.config.TrainSpec`);
+  :class:`~dropkit.lab.plan.config.TrainSpec`);
 - the max-norm constraint (:func:`bound_unit_norms_`, the rule of :func:`dropkit.max_norm_`);
 - the hold-out of early stopping without a validation split (:func:`validation_split`; with
-  one, :func:`dropkit.lab.splits.stopping_rows` carves it from the fit rows, never the
+  one, :func:`dropkit.lab.plan.splits.stopping_rows` carves it from the fit rows, never the
   validation rows) and its state machine: when a run improved, when it stops, which weights it
   restores (:class:`EarlyStopping`);
 - the epochs in which ``early_dropout`` / ``late_dropout`` let the hidden dropout act
@@ -34,18 +35,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor
 
-from dropkit.lab.config import RunConfig, TrainSpec
-from dropkit.lab.store import CURVE_METRICS
+from dropkit.lab.plan.config import RunConfig, TrainSpec
+from dropkit.lab.plan.records import CURVE_METRICS
 
 __all__ = [
     "METRICS",
-    "VALIDATION_FRACTION",
     "BatchResult",
     "EarlyStopping",
     "EpochTicker",
+    "augment_batch",
     "bound_unit_norms_",
     "dropout_on",
     "dropout_window",
@@ -53,17 +55,12 @@ __all__ = [
     "make_adam",
     "part_means",
     "sample_scores",
-    "validation_split",
 ]
 
 METRICS = CURVE_METRICS
 """The per-epoch curves of every run, in the store's column order: accuracy and mean
 cross-entropy (the data loss, without penalties) on the rows the run trained on and on the
 test set."""
-
-VALIDATION_FRACTION = 0.2
-"""Share of the training set that early-stopping runs hold out to choose their stopping epoch
-(of the fit rows with a validation split: :func:`dropkit.lab.splits.stopping_rows`)."""
 
 
 @dataclass(frozen=True)
@@ -75,11 +72,11 @@ class BatchResult:
             :data:`METRICS`).
         seconds: wall time of the whole batch.
         states: per run, the final weights as the ``state_dict`` of the module that
-            :func:`dropkit.lab.models.build_model` builds for its config (None: not kept).
+            :func:`dropkit.lab.plan.models.build_model` builds for its config (None: not kept).
         info: per run, scalar facts of its training (e.g. ``stop_epoch`` for early stopping).
         pairs: per run, the final ``(weight (out, in), bias (out,))`` of every layer, input
             side first (the stacked trainer with ``keep_weights``; the layout
-            :func:`dropkit.lab.models.load_linear_weights` reads).
+            :func:`dropkit.lab.plan.models.load_linear_weights` reads).
     """
 
     curves: dict[str, NDArray[np.float64]]
@@ -137,7 +134,7 @@ def part_means(values: Tensor, sizes: Sequence[int]) -> list[Tensor]:
 
 def make_adam(params: Sequence[Tensor], train: TrainSpec) -> torch.optim.Adam:
     """Adam with the run's ``lr``, ``betas`` and ``eps`` (Keras' defaults: 1e-3, (0.9, 0.999),
-    1e-7; :class:`~dropkit.lab.config.TrainSpec`), the fused CPU kernel where this torch has
+    1e-7; :class:`~dropkit.lab.plan.config.TrainSpec`), the fused CPU kernel where this torch has
     one (torch >= 2.4), the multi-tensor one otherwise. Adam is element-wise: one Adam over
     stacked weights is, run by run, the same optimizer as one Adam per run."""
     options = {"lr": train.lr, "betas": train.betas, "eps": train.eps}
@@ -168,37 +165,6 @@ def bound_unit_norms_(weight: Tensor, bound: Tensor | float, dims: Sequence[int]
 
 
 # --- validation split and early stopping -----------------------------------------------------
-
-
-def validation_split(
-    y: NDArray[np.int64], fraction: float = VALIDATION_FRACTION, seed: int = 0
-) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-    """Indices ``(fit, validation)`` of a stratified hold-out of ``fraction`` of ``y``, sorted.
-
-    Each class gives ``round(fraction · n_c)`` samples, at least 1 and at most ``n_c − 1`` (so
-    a class of two or more samples stays in the fit part too), drawn with
-    ``numpy.random.default_rng(seed)``: every run, every batch and both trainers hold out the
-    same rows, so a run's result does not depend on its batch or its trainer. ``y`` is the
-    training set's labels: the test set never chooses the stopping epoch; it only measures.
-
-    Raises:
-        ValueError: nothing would be left to train on.
-    """
-    rng = np.random.default_rng(seed)
-    held: list[NDArray[np.int64]] = []
-    for label in np.unique(y):
-        members = np.flatnonzero(y == label)
-        take = max(1, round(fraction * len(members)))
-        take = min(take, max(1, len(members) - 1))
-        held.append(rng.choice(members, size=take, replace=False))
-    validation = np.sort(np.concatenate(held)).astype(np.intp)
-    fit = np.setdiff1d(np.arange(len(y), dtype=np.intp), validation)
-    if not len(fit):
-        raise ValueError(
-            f"early stopping holds out a validation split of the training set, but its "
-            f"{len(y)} samples leave nothing to train on"
-        )
-    return fit, validation
 
 
 class EarlyStopping:
@@ -326,3 +292,39 @@ class EpochTicker:
             self.emitted += 1
             if self.on_epoch is not None:
                 self.on_epoch(self.emitted)
+
+
+def augment_batch(
+    x: Tensor,
+    strength: float,
+    scale: Tensor,
+    input_shape: tuple[int, ...] | None,
+    generator: torch.Generator,
+) -> Tensor:
+    """A randomly perturbed copy of the batch ``x`` ``(N, d)``.
+
+    Images (``input_shape`` ``(C, H, W)``): each sample shifted by ``(dy, dx)`` drawn uniformly
+    from ``{−k, …, k}²``, ``k = max(1, round(strength))`` pixels, the uncovered border filled
+    with 0 (the training mean, for standardized pixels). No flips: the built-in images are
+    digits, and a mirrored digit is another symbol (or none). Tables and sequences: Gaussian
+    jitter ``x + strength · s_j · ε``, ``s_j`` the training-set standard deviation ``scale``
+    ``(d,)`` of feature ``j``, ``ε ~ N(0, 1)``. ``generator`` must be on ``x``'s device.
+    """
+    where = x.device
+    if input_shape is not None and len(input_shape) == 3:
+        channels, height, width = input_shape
+        k = max(1, round(strength))
+        n = x.shape[0]
+        shifts = torch.randint(-k, k + 1, (2, n), generator=generator, device=where)
+        padded = F.pad(x.view(n, channels, height, width), (k, k, k, k))
+        rows = (torch.arange(height, device=where) + k).view(1, height) + shifts[0].view(n, 1)
+        cols = (torch.arange(width, device=where) + k).view(1, width) + shifts[1].view(n, 1)
+        picked = padded[
+            torch.arange(n, device=where).view(n, 1, 1),
+            :,
+            rows.view(n, height, 1),
+            cols.view(n, 1, width),
+        ]  # (N, H, W, C): the advanced indices come first
+        return picked.permute(0, 3, 1, 2).reshape(n, -1)
+    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=where)
+    return x + strength * scale * noise

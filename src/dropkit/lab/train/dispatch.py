@@ -1,18 +1,18 @@
 """Train one batch of run configs: the single entry point every engine calls.
 
 A batch holds runs that share data, architecture and training settings
-(:meth:`dropkit.lab.config.RunConfig.shape_key`). MLP runs whose regularizers the stacked
-trainer can express (:data:`dropkit.lab.regularizers.BATCHED_REGULARIZERS`; dropout rates,
-max-norm) train together in :func:`dropkit.lab.batched.train_batch`; the others (BatchNorm,
-concrete dropout, CNNs, LSTMs) in :func:`dropkit.lab.loop.train_modules`. A batch may mix the
-two: it is split, and the results come back in the order of the configs. ``trainer="loop"``
+(:meth:`dropkit.lab.plan.config.RunConfig.shape_key`). MLP runs whose regularizers the stacked
+trainer can express (:data:`dropkit.lab.plan.comparison.BATCHED_REGULARIZERS`; dropout rates,
+max-norm) train together in :func:`dropkit.lab.train.stacked.train_batch`; the others (BatchNorm,
+concrete dropout, CNNs, LSTMs) in :func:`dropkit.lab.train.module_loop.train_modules`. A batch may
+mix the two: it is split, and the results come back in the order of the configs. ``trainer="loop"``
 trains every config in the generic loop (the stacked trainer's arms included: the two
-trainers keep one contract, :mod:`dropkit.lab.training`, and are tested against each other).
+trainers keep one contract, :mod:`dropkit.lab.train.contract`, and are tested against each other).
 
 Regression runs (``data.task == "regression"``) train in the generic loop (mean squared error;
 the stacked trainer's hand-written backward is cross-entropy only). Runs of a user's own model
-(``ModelSpec.kind == "custom"``) train in :func:`dropkit.lab.vmapped.train_custom`, which builds
-them from the model source passed as ``model``.
+(``ModelSpec.kind == "custom"``) train in :func:`dropkit.lab.train.vmapped.train_custom`, which
+builds them from the model source passed as ``model``.
 
 Devices: ``device`` is ``"cpu"`` (the default), ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (CUDA
 when :func:`torch.cuda.is_available`, else the CPU; :func:`resolve_device`). Data and weights
@@ -26,7 +26,7 @@ seed, so its curves are statistically, not numerically, those of the CPU.
 
 Final weights are kept for small models only (at most
 :data:`dropkit.lab.store.MAX_STATE_PARAMETERS` values), as the ``state_dict`` of the module
-:func:`dropkit.lab.models.build_model` builds.
+:func:`dropkit.lab.plan.models.build_model` builds.
 """
 
 from __future__ import annotations
@@ -41,18 +41,18 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
-from dropkit.lab.batched import RunSettings, train_batch
-from dropkit.lab.config import CUSTOM_MODEL, DataSpec, RunConfig
-from dropkit.lab.data import Dataset
-from dropkit.lab.regularizers import BATCHED_REGULARIZERS
-from dropkit.lab.store import MAX_STATE_PARAMETERS, RunRecord
-from dropkit.lab.training import METRICS, BatchResult, EpochTicker, dropout_window
+from dropkit.lab.plan.comparison import BATCHED_REGULARIZERS
+from dropkit.lab.plan.config import CUSTOM_MODEL, RunConfig
+from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.records import MAX_STATE_PARAMETERS, RunRecord
+from dropkit.lab.plan.splits import has_validation
+from dropkit.lab.train.contract import METRICS, BatchResult, EpochTicker, dropout_window
+from dropkit.lab.train.stacked import RunSettings, train_batch
 
 __all__ = [
     "DEVICES",
     "TRAINERS",
     "batched_settings",
-    "has_validation",
     "is_batched",
     "parse_device",
     "resolve_device",
@@ -138,7 +138,7 @@ def batched_settings(config: RunConfig) -> RunSettings:
     """The :class:`RunSettings` of a config the stacked trainer can train (see :func:`is_batched`).
 
     ``early_dropout`` / ``late_dropout`` of strength ``s`` switch at epoch ``round(s·E)``
-    (:func:`dropkit.lab.training.dropout_window`).
+    (:func:`dropkit.lab.train.contract.dropout_window`).
     """
     patience = config.strength("early_stopping")
     return RunSettings(
@@ -156,12 +156,6 @@ def batched_settings(config: RunConfig) -> RunSettings:
     )
 
 
-def has_validation(spec: DataSpec) -> bool:
-    """Whether runs of ``spec`` hold out validation rows of the training split
-    (``validation > 0`` or ``folds >= 2``; see :func:`dropkit.lab.splits.validation_rows`)."""
-    return spec.validation > 0 or spec.folds >= 2
-
-
 def _validation_rows(
     data: Dataset, configs: Sequence[RunConfig]
 ) -> dict[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] | None:
@@ -169,7 +163,7 @@ def _validation_rows(
     spec = configs[0].data
     if not has_validation(spec):
         return None
-    from dropkit.lab.splits import validation_rows
+    from dropkit.lab.plan.splits import validation_rows
 
     folds = dict.fromkeys(c.fold for c in configs)
     return {fold: validation_rows(data.y_train, spec, fold) for fold in folds}
@@ -179,11 +173,11 @@ def _stopping_rows(
     data: Dataset, configs: Sequence[RunConfig]
 ) -> dict[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] | None:
     """The ``(fit_idx, stop_idx)`` rows of the early-stopping runs of every fold among
-    ``configs`` (:func:`dropkit.lab.splits.stopping_rows`; None: no run stops early)."""
+    ``configs`` (:func:`dropkit.lab.plan.splits.stopping_rows`; None: no run stops early)."""
     folds = dict.fromkeys(c.fold for c in configs if c.strength("early_stopping") is not None)
     if not folds:
         return None
-    from dropkit.lab.splits import stopping_rows
+    from dropkit.lab.plan.splits import stopping_rows
 
     spec = configs[0].data
     return {fold: stopping_rows(data.y_train, spec, fold)[:2] for fold in folds}
@@ -197,7 +191,7 @@ def _module_states(
     data: Dataset, configs: Sequence[RunConfig], pairs: Sequence[Sequence[tuple[Tensor, Tensor]]]
 ) -> list[dict[str, Tensor]]:
     """The final weights of stacked-trainer runs as ``build_model`` state dicts."""
-    from dropkit.lab.models import build_model, load_linear_weights
+    from dropkit.lab.plan.models import build_model, load_linear_weights
 
     states = []
     for config, weights in zip(configs, pairs, strict=True):
@@ -237,17 +231,17 @@ def train_configs(
             the module docstring for what results hold on CUDA.
         model: the model source of custom-model configs (``ModelSpec.kind == "custom"``): an
             object with ``build(p, seed) -> nn.Module``
-            (:class:`dropkit.lab.user_model.ModelSource`); must be None for built-in models.
-        batched, max_batch_memory, log: passed to :func:`dropkit.lab.vmapped.train_custom`
+            (:class:`dropkit.lab.plan.user_model.ModelSource`); must be None for built-in models.
+        batched, max_batch_memory, log: passed to :func:`dropkit.lab.train.vmapped.train_custom`
             for custom-model configs (whether to train the runs as one vmapped computation,
             its memory bound, a callback for notes); unused by the built-in trainers.
 
     With a validation split (``data.validation > 0`` or ``data.folds >= 2``) every run fits
-    on the ``fit_idx`` rows of :func:`dropkit.lab.splits.validation_rows` (of its ``fold``),
+    on the ``fit_idx`` rows of :func:`dropkit.lab.plan.splits.validation_rows` (of its ``fold``),
     its ``train_*`` curves measure those rows, and ``info`` gets ``val_acc`` and ``val_loss``
     of the final epoch (regression: also ``val_rmse`` and ``val_mae``). Early stopping never
     sees the ``val_idx`` rows that choose the winner: its runs train on most of ``fit_idx``
-    and stop on the rest (:func:`dropkit.lab.splits.stopping_rows`), in every trainer.
+    and stop on the rest (:func:`dropkit.lab.plan.splits.stopping_rows`), in every trainer.
 
     Returns:
         Curves, seconds, ``info`` per run, and ``states`` per run when the model has at most
@@ -271,14 +265,14 @@ def train_configs(
         if model is None:
             raise ValueError(
                 f"configs of the custom model {first.model.name!r} need `model`: the model "
-                "source to build their networks from (dropkit.lab.user_model.model_source)"
+                "source to build their networks from (dropkit.lab.plan.user_model.model_source)"
             )
         if trainer == "stacked":
             raise ValueError(
                 "`trainer` is 'stacked' but the stacked trainer trains built-in MLPs only, "
                 f"not the custom model {first.model.name!r}"
             )
-        from dropkit.lab.vmapped import train_custom
+        from dropkit.lab.train.vmapped import train_custom
 
         return train_custom(
             model,
@@ -336,7 +330,7 @@ def train_configs(
                 states[i] = state
         _place(values, info, stacked, part)
     if looped:
-        from dropkit.lab.loop import train_modules
+        from dropkit.lab.train.module_loop import train_modules
 
         part = train_modules(
             data, [configs[i] for i in looped], on_epoch=ticker.part(len(looped)), device=where

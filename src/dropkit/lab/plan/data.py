@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dropkit._validation import check_one_of
-from dropkit.lab.config import DataSpec
+from dropkit.lab.plan.config import DataSpec
 
 __all__ = ["BUILTIN_DATASETS", "DataError", "Dataset", "infer_csv_task", "load_dataset"]
 

@@ -1,7 +1,7 @@
-"""Where batches of runs execute. The driver (:mod:`dropkit.lab.runner`) alone writes the store.
+"""Where batches of runs execute. The driver (:mod:`dropkit.lab.run.runner`) alone writes the store.
 
 Two engines train the same batches with the same function,
-:func:`dropkit.lab.train.train_configs`, so a run's result does not depend on where it ran:
+:func:`dropkit.lab.train.dispatch.train_configs`, so a run's result does not depend on where it ran:
 
 * :class:`InProcessEngine` (the default) trains one batch after another in this process.
 * :class:`RayEngine` ships every batch to a Ray cluster at once, one Ray task per batch (a
@@ -11,9 +11,9 @@ Two engines train the same batches with the same function,
   :class:`BatchFailure` and its runs stay pending for the next invocation.
 
 Both engines train on a ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``; see
-:func:`dropkit.lab.train.resolve_device`) and carry a batch's ``model`` (the model source of a
-user's own model, :class:`BatchJob`) to :func:`~dropkit.lab.train.train_configs`. On Ray the
-device is resolved on the worker: the driver needs no GPU to send batches to GPU workers.
+:func:`dropkit.lab.train.dispatch.resolve_device`) and carry a batch's ``model`` (the model source
+of a user's own model, :class:`BatchJob`) to :func:`~dropkit.lab.train.dispatch.train_configs`. On
+Ray the device is resolved on the worker: the driver needs no GPU to send batches to GPU workers.
 
 Ray is an optional dependency (``pip install "dropkit[ray]"``), imported only when a
 :class:`RayEngine` starts.
@@ -36,10 +36,10 @@ from typing import Any, Protocol
 import torch
 
 from dropkit._validation import check_nonnegative, check_positive, check_positive_int
-from dropkit.lab.config import RunConfig
-from dropkit.lab.data import Dataset
-from dropkit.lab.train import parse_device, resolve_device, train_configs
-from dropkit.lab.training import BatchResult
+from dropkit.lab.plan.config import RunConfig
+from dropkit.lab.plan.data import Dataset
+from dropkit.lab.train.contract import BatchResult
+from dropkit.lab.train.dispatch import parse_device, resolve_device, train_configs
 
 __all__ = [
     "BatchFailure",
@@ -63,7 +63,7 @@ class BatchJob:
 
     ``model``: for runs of a user's own model (``ModelSpec.kind == "custom"``) the model source
     that builds them (an object with ``build(p, seed)``, e.g.
-    :class:`dropkit.lab.user_model.ModelSource`); None for the built-in models. On Ray it is
+    :class:`dropkit.lab.plan.user_model.ModelSource`); None for the built-in models. On Ray it is
     pickled with cloudpickle, so a factory defined in ``__main__`` or a notebook travels by
     value.
     """
@@ -112,8 +112,8 @@ class InProcessEngine:
             cores beside one busy process, the 90-run case-study grid took 60 s with 1 thread
             and 420 s with 2 (docs/performance.md).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, resolved here
-            (:func:`dropkit.lab.train.resolve_device`).
-        batched, max_batch_memory: passed to :func:`dropkit.lab.train.train_configs` for
+            (:func:`dropkit.lab.train.dispatch.resolve_device`).
+        batched, max_batch_memory: passed to :func:`dropkit.lab.train.dispatch.train_configs` for
             batches of a user's own model.
         log: called with one-line messages of training (why a user's model trains one run
             after another, how a batch was split to fit its memory budget).
@@ -399,7 +399,7 @@ class RayEngine:
     Args:
         address: the cluster to join; None starts a local instance.
         num_cpus: CPUs of a local instance (None: all of this machine's).
-        compile: passed to :func:`dropkit.lab.train.train_configs` on the workers.
+        compile: passed to :func:`dropkit.lab.train.dispatch.train_configs` on the workers.
         cpus_per_batch, gpus_per_batch: resources each batch reserves. ``gpus_per_batch``
             None: 1 on a CUDA device, 0 on the CPU (a value > 0 with ``device="cpu"``
             reserves GPUs without using them).
@@ -408,7 +408,7 @@ class RayEngine:
             actor) so that a progress bar moves before the first batch finishes.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (not ``"cuda:N"``: Ray assigns each task
             its GPU).
-        batched, max_batch_memory: passed to :func:`dropkit.lab.train.train_configs` for
+        batched, max_batch_memory: passed to :func:`dropkit.lab.train.dispatch.train_configs` for
             batches of a user's own model.
 
     Raises:

@@ -14,11 +14,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from dropkit.lab.config import DataSpec, RunConfig
-from dropkit.lab.data import Dataset, load_dataset
-from dropkit.lab.engines import BatchFailure, BatchJob, Engine, InProcessEngine
+from dropkit.lab.plan.config import DataSpec, RunConfig
+from dropkit.lab.plan.data import Dataset, load_dataset
+from dropkit.lab.run.engines import BatchFailure, BatchJob, Engine, InProcessEngine
 from dropkit.lab.store import ResultsStore
-from dropkit.lab.train import to_records
+from dropkit.lab.train.dispatch import to_records
 
 __all__ = [
     "IncompleteSweep",
@@ -116,7 +116,7 @@ def run_configs(
     here, in one transaction, as soon as it comes back, so an interrupted sweep keeps every
     finished batch. ``datasets`` may hold data sets already loaded (the CLI loads them first
     to refuse bad data before anything is written); the others are loaded once each. ``model``
-    is the user's model (:class:`~dropkit.lab.user_model.ModelSource`) of ``custom`` runs; it
+    is the user's model (:class:`~dropkit.lab.plan.user_model.ModelSource`) of ``custom`` runs; it
     travels with every batch to the engine. ``notes`` returns the notes so far (of the plan, and
     what training reported): each batch stores them with its runs, in its transaction.
 

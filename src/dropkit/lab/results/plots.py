@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dropkit.lab.stats import ArmSummary
-from dropkit.lab.store import CURVE_METRICS
-from dropkit.lab.summary import chosen_on, loss_name, score_name
+from dropkit.lab.plan.records import CURVE_METRICS
+from dropkit.lab.results import ArmSummary
+from dropkit.lab.results.summary import chosen_on, loss_name, score_name
 
 __all__ = [
     "R2_FLOOR",
@@ -371,7 +371,7 @@ def boundary_figure(
     Args:
         panels: ``(label, predicted class per grid point, shape (ny, nx))`` per model.
         grid: the ``(nx,)`` and ``(ny,)`` coordinates of the grid.
-        data: the :class:`~dropkit.lab.data.Dataset` (2 features).
+        data: the :class:`~dropkit.lab.plan.data.Dataset` (2 features).
     """
     figure, axes = _figure(
         1, len(panels), figsize=(4.6 * len(panels), 4.4), constrained_layout=True, squeeze=False

@@ -1,7 +1,7 @@
 """The arm registry: every regularizer the lab compares, each defined once, here.
 
 An *arm* of a comparison is one regularizer (or several joined by ``+``, see
-:mod:`dropkit.lab.regularizers`). Each :class:`Regularizer` below says, in one place, what
+:mod:`dropkit.lab.plan.comparison`). Each :class:`Regularizer` below says, in one place, what
 the lab needs to know of it:
 
 - ``name``, ``change`` (one line: what it changes) and ``reference`` (its paper);
@@ -11,12 +11,12 @@ the lab needs to know of it:
 - ``acts_on``: where it acts: the ``model`` (a module is added or replaced), the ``loss`` (a
   term or a changed target), the optimizer ``step`` (a constraint after it), the ``loop``
   (which epochs, which weights are kept) or the ``data`` (each training batch perturbed);
-- ``batched``: whether the stacked MLP trainer (:mod:`dropkit.lab.batched`) can run it; runs
-  with an arm it cannot run train in the generic loop (:mod:`dropkit.lab.loop`);
+- ``batched``: whether the stacked MLP trainer (:mod:`dropkit.lab.train.stacked`) can run it; runs
+  with an arm it cannot run train in the generic loop (:mod:`dropkit.lab.train.module_loop`);
 - ``targets``: for an arm that acts on the loss through the training targets, the function
   ``targets(soft, strength, n_classes)`` that maps the targets (``(N,)`` floats in {0, 1} for
   two classes, one-hot rows ``(N, K)`` otherwise) to the ones the loss trains on;
-- how it maps onto a :class:`~dropkit.lab.config.RunConfig`: the dropout rates ``p`` and
+- how it maps onto a :class:`~dropkit.lab.plan.config.RunConfig`: the dropout rates ``p`` and
   ``input_p``, the ``max_norm`` bound, or an ``entry`` of ``RunConfig.regularizers`` holding
   its strength (1.0 for an on/off entry). An entry with ``applies_rate`` says how the hidden
   rate ``p`` is applied (BatchNorm orders, spatial dropout, early dropout, ...): two such

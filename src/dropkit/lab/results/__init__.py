@@ -1,17 +1,23 @@
-"""Statistics over seeds and the diagnosis: does a regularizer help, and what to change.
+"""What the stored runs say: the last stage of the lab's pipeline; it reads the store only.
 
-One import for the three parts, each readable alone:
+``significance → summary → diagnosis → analysis → plots → tables → report → experiment``:
+the tests over seeds, the groups and the best group, the rules of the diagnosis, one
+analysis per experiment of a store, its figures, its tables, the HTML report and the
+:class:`~dropkit.lab.results.experiment.Experiment` a lab call returns. It never imports the
+trainers or the runner: a report can be rebuilt from any store without training.
 
-- :mod:`dropkit.lab.significance`: the tests: t-intervals kept in the metric's range
+This namespace gathers the statistics and the diagnosis, each module readable alone:
+
+- :mod:`dropkit.lab.results.significance`: the tests: t-intervals kept in the metric's range
   (:func:`mean_ci`), the paired (with its sign-test fallback) and Welch's t-tests
   (:func:`paired`, :func:`welch`), Holm's adjustment (:func:`holm`) and power
   (:func:`seeds_needed`, :func:`detectable_difference`), with their formulas;
-- :mod:`dropkit.lab.summary`: runs grouped by config-without-seed (:func:`group_runs`,
+- :mod:`dropkit.lab.results.summary`: runs grouped by config-without-seed (:func:`group_runs`,
   :func:`group_label`), each group summarized over its seeds and compared with the baseline
   (:func:`summarize`, :class:`ArmSummary`, :func:`compare`), the best group by the tie rule
   :data:`CHOICE_RULE` (:func:`best_rate`) and the epochs to converge
   (:func:`epochs_to_converge`);
-- :mod:`dropkit.lab.diagnosis`: what to change, one function per rule (:func:`diagnose`,
+- :mod:`dropkit.lab.results.diagnosis`: what to change, one function per rule (:func:`diagnose`,
   :class:`Diagnosis`, :class:`Thresholds`).
 
 ``Finding`` is the former name of :class:`Diagnosis`, kept as an alias; new code should use
@@ -20,8 +26,8 @@ One import for the three parts, each readable alone:
 
 from __future__ import annotations
 
-from dropkit.lab.diagnosis import RULES, Diagnosis, Rule, Thresholds, diagnose
-from dropkit.lab.significance import (
+from dropkit.lab.results.diagnosis import RULES, Diagnosis, Rule, Thresholds, diagnose
+from dropkit.lab.results.significance import (
     ALPHA,
     MIN_SEEDS_FOR_CLAIM,
     Comparison,
@@ -32,7 +38,7 @@ from dropkit.lab.significance import (
     seeds_needed,
     welch,
 )
-from dropkit.lab.summary import (
+from dropkit.lab.results.summary import (
     CHOICE_RULE,
     CONVERGE_TOL,
     CONVERGE_WINDOW,

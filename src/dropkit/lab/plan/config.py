@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dropkit._validation import check_probability
-from dropkit.lab.arms import CUSTOM_KIND, MODEL_KINDS, RATE_ENTRIES
+from dropkit.lab.plan.arms import CUSTOM_KIND, MODEL_KINDS, RATE_ENTRIES
 
 __all__ = [
     "CUSTOM_MODEL",
@@ -99,7 +99,7 @@ class DataSpec:
 
         The hash makes the file's contents part of every run's identity: an edited CSV is new
         data, and ``data.csv`` and ``./data.csv`` are the same data. (A CSV target's task is
-        inferred by :func:`dropkit.lab.data.infer_csv_task`.)
+        inferred by :func:`dropkit.lab.plan.data.infer_csv_task`.)
         """
         path = Path(name)
         if name.lower().endswith(".csv") and path.is_file():
@@ -129,8 +129,8 @@ class ModelSpec:
         hidden: layer widths. ``mlp``: hidden widths, ReLU, dropout after each hidden layer.
             ``cnn``: convolution channels. ``rnn``: LSTM hidden sizes (one per layer).
             ``custom``: empty.
-        kind: ``mlp``, ``cnn`` or ``rnn`` (see :mod:`dropkit.lab.models`), or ``custom``: a
-            user's model (:mod:`dropkit.lab.user_model`).
+        kind: ``mlp``, ``cnn`` or ``rnn`` (see :mod:`dropkit.lab.plan.models`), or ``custom``: a
+            user's model (:mod:`dropkit.lab.plan.user_model`).
         name: a custom model's name (its factory's or class's qualified name).
         fingerprint: a custom model's identity: a hash of its architecture (the printed module,
             parameter names, shapes and dtypes, and the source of its classes) or the user's
@@ -185,7 +185,7 @@ def arm_name(
 ) -> str:
     """A label for a run's regularization: ``none``, ``dropout``, ``dropout+max_norm+l2``, ...
 
-    The labels are the arm names of :mod:`dropkit.lab.arms`: a regularizer that says
+    The labels are the arm names of :mod:`dropkit.lab.plan.arms`: a regularizer that says
     how the dropout rate ``p`` is applied (``early_dropout``, ``spatial_dropout``, ...) stands
     for the dropout, and BatchNorm with dropout is ``bn_dropout``.
     """
@@ -223,7 +223,7 @@ class RunConfig:
         max_norm: max-norm constraint ``c`` on each hidden unit's incoming weights, or None.
         seed: seeds the weights, the data order and the dropout masks of this run.
         regularizers: the run's other regularizers as ``(name, strength)`` pairs, sorted by
-            name, each name at most once (see :mod:`dropkit.lab.regularizers`).
+            name, each name at most once (see :mod:`dropkit.lab.plan.comparison`).
         fold: with ``data.folds = k``, the fold ``0 .. k-1`` that validates this run (None:
             no folds).
     """

@@ -4,7 +4,7 @@ One table layout serves the CLI, the notebook view of :class:`~dropkit.lab.Exper
 HTML report, so they cannot disagree on what a reader sees first:
 
 - :func:`choice_table`: one row per group on the split that chooses the best group
-  (:func:`~dropkit.lab.summary.chosen_on`): its mean score with the 95% interval, the train
+  (:func:`~dropkit.lab.results.summary.chosen_on`): its mean score with the 95% interval, the train
   score, the train − that split gap and the test against the baseline on that split (for
   regression the split's RMSE and MAE beside R²). Without a validation split this is the test
   set, which then doubles as validation (the published case study's table).
@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dropkit.lab.summary import ArmSummary, BestRate, chosen_on, score_name, selection_score
+from dropkit.lab.results.summary import ArmSummary, BestRate, chosen_on, score_name, selection_score
 
 __all__ = ["Table", "after_choice_table", "choice_table", "to_html"]
 

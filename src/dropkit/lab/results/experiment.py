@@ -3,7 +3,7 @@
 An experiment is a set of runs that share data, model and training settings (the runs of one
 :func:`dropkit.lab.sweep`, :func:`~dropkit.lab.compare` or :func:`~dropkit.lab.demo` call, or
 one experiment of a store read back with :func:`~dropkit.lab.load`). Its statistics are
-computed once, when it is made, from the results store alone (:mod:`dropkit.lab.analysis`);
+computed once, when it is made, from the results store alone (:mod:`dropkit.lab.results.analysis`);
 figures, curves and the HTML report read the store again when asked for, so an experiment
 never holds an open database connection.
 
@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from dropkit.lab.analysis import Analysis
-from dropkit.lab.plots import (
+from dropkit.lab.results import ArmSummary, BestRate, Diagnosis
+from dropkit.lab.results.analysis import Analysis
+from dropkit.lab.results.plots import (
     Curves,
     Figure,
     accuracy_curves_figure,
@@ -29,9 +30,8 @@ from dropkit.lab.plots import (
     rate_figure,
     stack_curves,
 )
-from dropkit.lab.stats import ArmSummary, BestRate, Diagnosis
+from dropkit.lab.results.summary import score_name, seed_curves
 from dropkit.lab.store import StoredRun
-from dropkit.lab.summary import score_name, seed_curves
 
 __all__ = ["Experiment"]
 
@@ -80,7 +80,7 @@ class Experiment:
 
     @property
     def analysis(self) -> Analysis:
-        """The analysis behind every attribute below (:mod:`dropkit.lab.analysis`)."""
+        """The analysis behind every attribute below (:mod:`dropkit.lab.results.analysis`)."""
         return self._analysis
 
     @property
@@ -96,7 +96,7 @@ class Experiment:
 
     @property
     def summaries(self) -> tuple[ArmSummary, ...]:
-        """One :class:`~dropkit.lab.stats.ArmSummary` per group, the baseline first."""
+        """One :class:`~dropkit.lab.results.ArmSummary` per group, the baseline first."""
         return self._analysis.summaries
 
     @property
@@ -262,7 +262,7 @@ class Experiment:
 
     def report(self, path: str | Path = "report.html", *, title: str | None = None) -> Path:
         """Write the self-contained HTML report of this experiment's runs; returns its path."""
-        from dropkit.lab.report import write_report
+        from dropkit.lab.results.report import write_report
         from dropkit.lab.store import ResultsStore
 
         with ResultsStore(self.store) as store:
@@ -290,7 +290,7 @@ class Experiment:
         """The table led by the split that chooses, the best group, the test figures read
         after the choice (when validation chose) and the diagnosis, for a notebook cell that
         ends with ``e``."""
-        from dropkit.lab.tables import after_choice_table, choice_table, to_html
+        from dropkit.lab.results.tables import after_choice_table, choice_table, to_html
 
         tables = to_html(choice_table(self.summaries))
         after = after_choice_table(self.summaries, self.best)

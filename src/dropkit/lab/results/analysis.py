@@ -3,7 +3,7 @@
 An *experiment* is the set of stored runs that share data, model and training settings (the
 folds of a cross-validation included); its runs are grouped (identical configs but for the seed
 and fold), summarized over seeds, compared with the baseline group, and diagnosed
-(:mod:`dropkit.lab.stats`). The CLI's tables and ``--json``, the
+(:mod:`dropkit.lab.results`). The CLI's tables and ``--json``, the
 HTML report and :class:`dropkit.lab.Experiment` all read this one analysis.
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dropkit.lab.config import CUSTOM_MODEL, RunConfig, TrainSpec
-from dropkit.lab.stats import (
+from dropkit.lab.plan.config import CUSTOM_MODEL, RunConfig, TrainSpec
+from dropkit.lab.results import (
     ArmSummary,
     BestRate,
     Diagnosis,
@@ -56,7 +56,7 @@ class Analysis:
         """JSON-ready summary rows, findings and the best group (``name``, ``arm``, ``p``,
         ``evidence``, ``chosen_on``: ``"validation"`` or ``"test"``, ``choice``: the line that
         names the split and the rule, ``top``, ``tied``, ``rule``, ``held_out``,
-        ``provisional``: see :class:`~dropkit.lab.summary.BestRate`)."""
+        ``provisional``: see :class:`~dropkit.lab.results.summary.BestRate`)."""
         return {
             "experiment": self.title,
             "runs": len(self.runs),

@@ -22,7 +22,7 @@ test score: the test set then doubles as validation, as in the published case st
 simplest of them wins; list order never decides.
 
 Intervals. ``mean ± t_{n-1, 0.975} · s / sqrt(n)`` (Student's t, ``n - 1`` degrees of freedom;
-see :mod:`dropkit.lab.significance`), kept inside the metric's range (:data:`SCORE_RANGES`).
+see :mod:`dropkit.lab.results.significance`), kept inside the metric's range (:data:`SCORE_RANGES`).
 
 Diverged runs. A run whose final train/test score or loss is NaN or infinite is counted in
 ``n_nan`` and left out of every statistic of its group (means, intervals, tests).
@@ -39,7 +39,7 @@ per-seed differences have no spread at all the paired t statistic is undefined a
 sign test is made instead (its ``note`` says so); when both unpaired samples are constant no
 test is made (p is NaN). The p-values of all comparisons against the baseline are adjusted
 together with Holm's step-down method (Holm 1979); ``significant`` means adjusted ``p < 0.05``;
-each comparison states its power figures (:func:`~dropkit.lab.significance.with_power`).
+each comparison states its power figures (:func:`~dropkit.lab.results.significance.with_power`).
 
 Epochs to converge. The first epoch at which the trailing moving average of the test score
 (window: 2% of the epochs, at least 1) comes within ``0.01`` of that average's maximum. A run
@@ -57,9 +57,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from dropkit.lab.arms import entry_regularizer
-from dropkit.lab.config import RunConfig
-from dropkit.lab.significance import (
+from dropkit.lab.plan.arms import entry_regularizer
+from dropkit.lab.plan.config import RunConfig
+from dropkit.lab.results.significance import (
     ALPHA,
     MIN_SEEDS_FOR_CLAIM,
     UNBOUNDED,
@@ -623,7 +623,8 @@ def summarize(
         The baseline group first (no ``vs_baseline``), then every other group, compared with it
         on the split that chooses the best group (:func:`chosen_on`: validation when every
         group has a validation score, else test; paired or Welch's t-test, Holm-adjusted over
-        all the groups, with the power figures of :func:`~dropkit.lab.significance.with_power`).
+        all the groups, with the power figures of
+        :func:`~dropkit.lab.results.significance.with_power`).
     """
     grouped = group_runs(runs)
     if not grouped:
@@ -674,7 +675,7 @@ class BestRate:
         held_out: when chosen on validation, the chosen group against the baseline on the
             test set: read once, for the winner only (None otherwise, or for the baseline).
         provisional: fewer usable seeds than
-            :data:`~dropkit.lab.significance.MIN_SEEDS_FOR_CLAIM` in the chosen group or the
+            :data:`~dropkit.lab.results.significance.MIN_SEEDS_FOR_CLAIM` in the chosen group or the
             baseline: the answer is a pointer, not a claim.
     """
 

@@ -2,7 +2,7 @@
 
 :func:`from_user_data` takes what a user passes as ``data=`` and returns the data spec (whose
 ``content_hash`` puts the data's content into every run's key) and the data, checked up front:
-a malformed input is refused with a :class:`~dropkit.lab.data.DataError` that names the
+a malformed input is refused with a :class:`~dropkit.lab.plan.data.DataError` that names the
 argument and the offending value before anything trains.
 """
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from dropkit.lab.config import TASKS, DataSpec
-from dropkit.lab.data import MAX_CLASSES, DataError, Dataset, imbalance_note
-from dropkit.lab.splits import validation_rows
+from dropkit.lab.plan.config import TASKS, DataSpec
+from dropkit.lab.plan.data import MAX_CLASSES, DataError, Dataset, imbalance_note
+from dropkit.lab.plan.splits import validation_rows
 
 __all__ = ["HASH_CHUNK", "content_hash", "from_user_data", "is_user_data", "train_and_test"]
 
@@ -475,7 +475,7 @@ def from_user_data(
         task: ``"classification"``, ``"regression"`` or None (inferred).
         test_size: the test fraction, in (0, 1), for the ``(X, y)`` form.
         split_seed: seed of the train/test split and of the validation rows
-            (:func:`dropkit.lab.splits.validation_rows`).
+            (:func:`dropkit.lab.plan.splits.validation_rows`).
         validation: fraction of the training split held out to choose the best rate or arm,
             in [0, 1) (0: none).
         folds: 0, or ``k >= 2`` for k-fold cross-validation over the training split (then

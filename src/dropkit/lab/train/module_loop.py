@@ -1,26 +1,26 @@
-"""The generic training loop: any network :func:`dropkit.lab.models.build_model` builds.
+"""The generic training loop: any network :func:`dropkit.lab.plan.models.build_model` builds.
 
 :func:`train_modules` trains each run config's module with autograd and ``torch.optim.Adam``:
-the path for CNNs, LSTMs and the MLP arms the stacked trainer (:mod:`dropkit.lab.batched`)
+the path for CNNs, LSTMs and the MLP arms the stacked trainer (:mod:`dropkit.lab.train.stacked`)
 cannot express (BatchNorm, concrete dropout). Per epoch and run:
 
 1. dropout switched on or off for ``early_dropout`` / ``late_dropout`` (the hidden rate ``p``
-   acts in the epochs of :func:`dropkit.lab.training.dropout_window`: ``e < round(s·E)``,
+   acts in the epochs of :func:`dropkit.lab.train.contract.dropout_window`: ``e < round(s·E)``,
    respectively ``e >= round(s·E)``, for strength ``s`` and ``E`` epochs;
    :func:`dropkit.set_dropout` on the hidden dropout modules, and the LSTM's
    ``recurrent_dropout``);
 2. mini-batches of ``train.batch_size`` in an order drawn from the run's generator; each batch
    ``augment``-ed (see :func:`augment_batch`), its loss (binary: one logit and binary
    cross-entropy; more classes: cross-entropy), plus ``λ₁·Σ|w|`` (``l1``) and ``λ₂·Σw²``
-   (``l2``) over :func:`dropkit.lab.models.penalized_weights`, plus the concrete-dropout
-   regularizer; one Adam step (:func:`dropkit.lab.training.make_adam`: ``lr``, ``betas``,
+   (``l2``) over :func:`dropkit.lab.plan.models.penalized_weights`, plus the concrete-dropout
+   regularizer; one Adam step (:func:`dropkit.lab.train.contract.make_adam`: ``lr``, ``betas``,
    ``eps`` of :class:`TrainSpec`, Keras' ``eps = 1e-7``); then the max-norm constraint on the
-   hidden layers (:func:`dropkit.lab.training.bound_unit_norms_`, the rule of
+   hidden layers (:func:`dropkit.lab.train.contract.bound_unit_norms_`, the rule of
    :func:`dropkit.max_norm_`). (With BatchNorm, a last mini-batch of a single sample is
    skipped: it cannot be normalized.)
 3. evaluation in eval mode, in chunks of :data:`EVAL_CHUNK` rows: accuracy and mean
-   cross-entropy (:func:`dropkit.lab.training.sample_scores`, averaged in float64) on the
-   training rows and the test set (:data:`dropkit.lab.training.METRICS`).
+   cross-entropy (:func:`dropkit.lab.train.contract.sample_scores`, averaged in float64) on the
+   training rows and the test set (:data:`dropkit.lab.train.contract.METRICS`).
 
 Regression (``data.task == "regression"``: float targets ``y``, one output). The loss is the
 mean squared error of the single output; the curves hold the score ``R² = 1 − SSE/SST``
@@ -31,20 +31,20 @@ in ``train_loss`` / ``test_loss``, and ``info`` gets ``train_rmse``, ``train_mae
 targets (label smoothing and the like) do not apply and are refused.
 
 A validation split (``data.validation > 0`` or ``data.folds >= 2``): every run fits on the
-``fit_idx`` rows of :func:`dropkit.lab.splits.validation_rows` for its fold (its ``train_*``
+``fit_idx`` rows of :func:`dropkit.lab.plan.splits.validation_rows` for its fold (its ``train_*``
 curves measure them), is evaluated on the ``val_idx`` rows after every epoch, and reports
 ``val_acc`` and ``val_loss`` (regression: also ``val_rmse`` and ``val_mae``) of the final
 epoch in ``info``. These rows choose the winner, so nothing in training reads them.
 
 Early stopping (``early_stopping``, patience ``k`` epochs), as in the stacked trainer: the
-run stops on rows of its own, :func:`dropkit.lab.splits.stopping_rows`. Without a validation
-split they are 20% of the training set (:func:`~dropkit.lab.training.validation_split`:
+run stops on rows of its own, :func:`dropkit.lab.plan.splits.stopping_rows`. Without a validation
+split they are 20% of the training set (:func:`~dropkit.lab.plan.splits.validation_split`:
 stratified, at least one sample per class, the same rows for every run; regression: a plain
-seeded 20%, :func:`dropkit.lab.splits.holdout_rows`); with one, 20% of the fold's ``fit_idx``
+seeded 20%, :func:`dropkit.lab.plan.splits.holdout_rows`); with one, 20% of the fold's ``fit_idx``
 rows (stratified, seeded with ``split_seed``): early stopping never sees the validation rows
 that choose the winner. The run trains on the rest, which is also what its ``train_*`` curves
 measure. After each epoch the loss on the stopping rows goes to
-:class:`~dropkit.lab.training.EarlyStopping`; when it has not fallen below its best for ``k``
+:class:`~dropkit.lab.train.contract.EarlyStopping`; when it has not fallen below its best for ``k``
 epochs the run stops, the weights of the best epoch are restored, and its remaining epochs
 repeat the metrics of those weights. After the last epoch every such run's best weights are
 restored and the last point records them (and ``val_*`` measure them).
@@ -70,7 +70,7 @@ Why one run at a time: ``torch.func`` (``stack_module_state`` + ``vmap(grad(...)
 (4.5 against 15.6 ms, one thread, on a busy 2-core machine), but it cannot carry the runs'
 randomness: dropkit's dropout is an ``autograd.Function`` that functorch transforms refuse,
 and a per-run ``torch.Generator`` cannot be batched by ``vmap``. Keeping every mask a function
-of the run's own seed was worth more; the stacked trainer (:mod:`dropkit.lab.batched`) is the
+of the run's own seed was worth more; the stacked trainer (:mod:`dropkit.lab.train.stacked`) is the
 fast path for the MLP arms.
 """
 
@@ -88,20 +88,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dropkit.concrete import ConcreteDropout, concrete_regularization
-from dropkit.lab.arms import target_transforms
-from dropkit.lab.config import RunConfig
-from dropkit.lab.data import Dataset
-from dropkit.lab.models import (
+from dropkit.lab.plan.arms import target_transforms
+from dropkit.lab.plan.config import RunConfig
+from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.models import (
     build_model,
     constrained_layers,
     hidden_dropout,
     penalized_weights,
 )
-from dropkit.lab.train import has_validation
-from dropkit.lab.training import (
+from dropkit.lab.plan.splits import has_validation
+from dropkit.lab.train.contract import (
     METRICS,
     BatchResult,
     EarlyStopping,
+    augment_batch,
     bound_unit_norms_,
     dropout_on,
     dropout_window,
@@ -115,7 +116,6 @@ from dropkit.surgery import set_dropout
 
 __all__ = [
     "EVAL_CHUNK",
-    "augment_batch",
     "train_modules",
 ]
 
@@ -123,42 +123,6 @@ EVAL_CHUNK = 2048
 """Rows per forward pass when evaluating, so large test sets fit in memory."""
 
 _CPU = torch.device("cpu")
-
-
-def augment_batch(
-    x: Tensor,
-    strength: float,
-    scale: Tensor,
-    input_shape: tuple[int, ...] | None,
-    generator: torch.Generator,
-) -> Tensor:
-    """A randomly perturbed copy of the batch ``x`` ``(N, d)``.
-
-    Images (``input_shape`` ``(C, H, W)``): each sample shifted by ``(dy, dx)`` drawn uniformly
-    from ``{−k, …, k}²``, ``k = max(1, round(strength))`` pixels, the uncovered border filled
-    with 0 (the training mean, for standardized pixels). No flips: the built-in images are
-    digits, and a mirrored digit is another symbol (or none). Tables and sequences: Gaussian
-    jitter ``x + strength · s_j · ε``, ``s_j`` the training-set standard deviation ``scale``
-    ``(d,)`` of feature ``j``, ``ε ~ N(0, 1)``. ``generator`` must be on ``x``'s device.
-    """
-    where = x.device
-    if input_shape is not None and len(input_shape) == 3:
-        channels, height, width = input_shape
-        k = max(1, round(strength))
-        n = x.shape[0]
-        shifts = torch.randint(-k, k + 1, (2, n), generator=generator, device=where)
-        padded = F.pad(x.view(n, channels, height, width), (k, k, k, k))
-        rows = (torch.arange(height, device=where) + k).view(1, height) + shifts[0].view(n, 1)
-        cols = (torch.arange(width, device=where) + k).view(1, width) + shifts[1].view(n, 1)
-        picked = padded[
-            torch.arange(n, device=where).view(n, 1, 1),
-            :,
-            rows.view(n, height, 1),
-            cols.view(n, 1, width),
-        ]  # (N, H, W, C): the advanced indices come first
-        return picked.permute(0, 3, 1, 2).reshape(n, -1)
-    noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=where)
-    return x + strength * scale * noise
 
 
 def _loss(
@@ -171,7 +135,7 @@ def _loss(
     """Binary cross-entropy of one logit, or cross-entropy over the classes; with
     ``regression``, the squared error ``(ŷ − y)²`` of the single output ``(N, 1)``.
 
-    ``targets``: the run's target transforms (:func:`dropkit.lab.arms.target_transforms`),
+    ``targets``: the run's target transforms (:func:`dropkit.lab.plan.arms.target_transforms`),
     applied in order to the targets as probabilities (``(N,)`` for one logit, one-hot
     ``(N, K)`` otherwise) before the loss; none: the labels themselves.
     """
@@ -198,7 +162,7 @@ def _evaluate(
 ) -> list[tuple[float, float]]:
     """Accuracy and mean cross-entropy of ``model`` in eval mode on consecutive segments of
     ``(x, y)`` of the given ``sizes`` (one pass, in chunks of :data:`EVAL_CHUNK` rows; the
-    scores of :func:`~dropkit.lab.training.sample_scores`, their means in float64)."""
+    scores of :func:`~dropkit.lab.train.contract.sample_scores`, their means in float64)."""
     correct, losses = [], []
     with torch.no_grad():
         for begin in range(0, len(y), EVAL_CHUNK):
@@ -306,7 +270,7 @@ def _rows(
     device: torch.device = _CPU,
 ) -> _Rows:
     """Fit rows, the training set's feature standard deviations
-    (:func:`~dropkit.lab.training.feature_scale`), and the evaluation rows: the fit rows,
+    (:func:`~dropkit.lab.train.contract.feature_scale`), and the evaluation rows: the fit rows,
     the test set, then (with ``split``) its early-stopping rows and its validation rows,
     where there are any; on ``device``."""
     x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
@@ -336,17 +300,17 @@ def _rows(
 def _split_of(config: RunConfig, data: Dataset) -> tuple[Hashable, Callable[[], _Split] | None]:
     """Which rows a run fits, stops and validates on: a key shared by runs alike, and the
     function that computes its ``(fit, stop, validation)`` rows (None: all training rows, no
-    validation). Early-stopping runs take theirs from :func:`dropkit.lab.splits.stopping_rows`
-    (never the validation rows); the others from :func:`dropkit.lab.splits.validation_rows`."""
+    validation). Early-stopping runs take theirs from :func:`dropkit.lab.plan.splits.stopping_rows`
+    (never the validation rows); the others from :func:`dropkit.lab.plan.splits.validation_rows`."""
     spec, fold = config.data, config.fold
     stops = config.strength("early_stopping") is not None
     if stops:
-        from dropkit.lab.splits import stopping_rows
+        from dropkit.lab.plan.splits import stopping_rows
 
         key = ("early_stopping", fold) if has_validation(spec) else "early_stopping"
         return key, lambda: stopping_rows(data.y_train, spec, fold)
     if has_validation(spec):
-        from dropkit.lab.splits import validation_rows
+        from dropkit.lab.plan.splits import validation_rows
 
         def split() -> _Split:
             fit, held = validation_rows(data.y_train, spec, fold)
@@ -479,7 +443,7 @@ def train_modules(
     on_epoch: Callable[[int], None] | None = None,
     device: torch.device | str = "cpu",
 ) -> BatchResult:
-    """Train each config's :func:`~dropkit.lab.models.build_model` network on ``data``.
+    """Train each config's :func:`~dropkit.lab.plan.models.build_model` network on ``data``.
 
     See the module docstring for what an epoch does. ``torch.set_num_threads`` is left to the
     caller: for these small models one thread was far faster than two on a busy 2-core machine
