@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from dropkit import __version__
-from dropkit.lab.arms import REGULARIZERS, STRENGTHS, Strength
-from dropkit.lab.config import DEMO_SEEDS
-from dropkit.lab.data import BUILTIN_DATASETS
+from dropkit.lab.plan.arms import REGULARIZERS, STRENGTHS, Strength
+from dropkit.lab.plan.config import DEMO_SEEDS
+from dropkit.lab.plan.data import BUILTIN_DATASETS
 
 if TYPE_CHECKING:  # the rest of the lab is imported when a command runs, not at start-up
     from dropkit.lab.api import Plan
-    from dropkit.lab.experiment import Experiment
-    from dropkit.lab.tables import Table
+    from dropkit.lab.results.experiment import Experiment
+    from dropkit.lab.results.tables import Table
 
 __all__ = ["app", "main"]
 
@@ -249,9 +249,9 @@ def _execute(
     """
     from dropkit._validation import check_positive_int
     from dropkit.lab import run
-    from dropkit.lab.engines import EngineError
-    from dropkit.lab.progress import RichProgress
-    from dropkit.lab.runner import IncompleteSweep
+    from dropkit.lab.run.engines import EngineError
+    from dropkit.lab.run.progress import RichProgress
+    from dropkit.lab.run.runner import IncompleteSweep
     from dropkit.lab.store import ResultsStore, StoreError
 
     if engine not in ENGINES:
@@ -266,7 +266,7 @@ def _execute(
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
     with _usage():
         check_positive_int(runs_per_batch, "runs_per_batch")
-        from dropkit.lab.train import parse_device
+        from dropkit.lab.train.dispatch import parse_device
 
         parse_device(device)
     try:
@@ -311,7 +311,7 @@ def _emit(
 ) -> None:
     """Save the figures, the HTML report and ``OUT/summary.json``; print the JSON or the table,
     the best group's evidence and the diagnosis."""
-    from dropkit.lab.plots import save_png
+    from dropkit.lab.results.plots import save_png
 
     files: dict[str, Path] = {}
     if experiment.groups:
@@ -365,7 +365,7 @@ def _train_and_emit(
 
 
 def _print_experiment(experiment: Experiment) -> None:
-    from dropkit.lab.tables import after_choice_table, choice_table
+    from dropkit.lab.results.tables import after_choice_table, choice_table
 
     _print_table(choice_table(experiment.summaries))
     if experiment.best is not None:
@@ -545,7 +545,7 @@ def report(
     dropkit.lab.load(store).report(path) (or lab.load_all for every experiment).
     """
     from dropkit.lab import load_all
-    from dropkit.lab.report import write_report
+    from dropkit.lab.results.report import write_report
     from dropkit.lab.store import ResultsStore, StoreError
 
     if not store.is_file():
@@ -619,7 +619,7 @@ def _compare(
     """Compare regularizers: every arm trained with the same seeds, tested against 'none'.
 
     Each arm is one documented change to the model, the optimizer or the training loop (the
-    registry dropkit.lab.arms), with its own strength option; arms the stacked trainer can
+    registry dropkit.lab.plan.arms), with its own strength option; arms the stacked trainer can
     express train together as one batched computation. Python: dropkit.lab.compare(...).
     """
     from dropkit.lab import plan_compare
