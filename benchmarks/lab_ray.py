@@ -3,7 +3,7 @@
     python benchmarks/lab_ray.py                 # full grid, both engines, 2 Ray workers
     python benchmarks/lab_ray.py --epochs 500    # a shorter run
 
-Both engines go through :func:`dropkit.lab.run.runner.run_configs` into a fresh SQLite store,
+Both engines go through :func:`dropkit.lab.execute.runner.run_configs` into a fresh SQLite store,
 one after the other in the same invocation. The in-process engine trains the 90 runs as one
 batch, timed twice: with torch's default thread count and with one thread, as a Ray worker
 runs. The Ray engine splits them into one batch per worker CPU (2 x 45) and trains them at
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dropkit.lab.execute.engines import InProcessEngine, RayEngine
+from dropkit.lab.execute.runner import run_configs
 from dropkit.lab.plan.config import DataSpec, ModelSpec, SweepSpec, TrainSpec
-from dropkit.lab.run.engines import InProcessEngine, RayEngine
-from dropkit.lab.run.runner import run_configs
 from dropkit.lab.store import ResultsStore, RunRecord
 
 RATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)

@@ -84,14 +84,14 @@ def test_only_the_cli_names_command_line_flags() -> None:
     assert not offenders, offenders
 
 
-# -- the lab's pipeline: plan -> train -> run -> store -> results, api on top ---------------------
+# -- the lab's pipeline: plan -> train -> execute -> store -> results, api on top ---------------------
 
 LAB = SRC / "lab"
-STAGES = ("plan", "train", "run", "results")
+STAGES = ("plan", "train", "execute", "results")
 
 
 def _stage(path: Path) -> str:
-    """``plan``, ``train``, ``run``, ``results``, ``store``, ``api``, ``lab`` (its ``__init__``)
+    """``plan``, ``train``, ``execute``, ``results``, ``store``, ``api``, ``lab`` (its ``__init__``)
     or ``core`` (the rest of dropkit)."""
     parts = path.relative_to(SRC).parts
     if parts[0] != "lab":
@@ -128,14 +128,14 @@ def _lab_stage_of(module: str) -> str | None:
 ALLOWED = {
     "plan": {"plan"},
     "train": {"plan", "train"},
-    "run": {"plan", "train", "run", "store"},
+    "execute": {"plan", "train", "execute", "store"},
     "store": {"plan", "store"},
     "results": {"plan", "store", "results"},
-    "api": {"plan", "train", "run", "store", "results", "api"},
-    "lab": {"plan", "train", "run", "store", "results", "api", "lab"},
+    "api": {"plan", "train", "execute", "store", "results", "api"},
+    "lab": {"plan", "train", "execute", "store", "results", "api", "lab"},
 }
-"""The lab stages each stage may import (data flows one way: plan -> train -> run -> store ->
-results; the api on top). ``train`` never sees the store, the runner or the results;
+"""The lab stages each stage may import (data flows one way: plan -> train -> execute ->
+store -> results; the api on top). ``train`` never sees the store, the runner or the results;
 ``results`` never sees the trainers or the runner; nothing below ``api`` imports it."""
 
 FORBIDDEN_THIRD_PARTY = {"train": ("rich", "typer"), "plan": ("rich", "typer")}
@@ -157,10 +157,10 @@ def test_each_lab_stage_imports_only_the_stages_before_it() -> None:
 
 
 def test_only_the_runner_writes_the_store() -> None:
-    """``ResultsStore.add_runs`` (the one write of results) is called from ``lab/run`` only."""
+    """``ResultsStore.add_runs`` (the one write of results) is called from ``lab/execute`` only."""
     offenders = []
     for path, tree in _modules():
-        if _stage(path) in ("run", "store"):
+        if _stage(path) in ("execute", "store"):
             continue
         for node in ast.walk(tree):
             if (
@@ -208,8 +208,8 @@ def test_the_lab_folders_read_as_the_pipeline() -> None:
     stems = [p.stem for p in LAB.rglob("*.py") if p.name != "__init__.py"]
     assert len(stems) == len(set(stems)), sorted(s for s in stems if stems.count(s) > 1)
     assert sorted(p.name for p in LAB.iterdir() if p.is_dir() and p.name != "__pycache__") == [
+        "execute",
         "plan",
         "results",
-        "run",
         "train",
     ]

@@ -18,10 +18,10 @@ from torch import nn
 
 import dropkit
 import dropkit.functional as DF
+from dropkit.lab.execute.engines import BatchJob, InProcessEngine
 from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.plan.data import Dataset, load_dataset
 from dropkit.lab.plan.user_model import model_source
-from dropkit.lab.run.engines import BatchJob, InProcessEngine
 from dropkit.lab.train.contract import BatchResult
 from dropkit.lab.train.dispatch import resolve_device, train_configs
 from dropkit.lab.train.stacked import (

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from dropkit import lab
 from dropkit.cli import app
+from dropkit.lab.execute.engines import InProcessEngine
 from dropkit.lab.plan.config import DEMO_SEEDS
 from dropkit.lab.plan.data import BUILTIN_DATASETS
-from dropkit.lab.run.engines import InProcessEngine
 from dropkit.lab.store import ResultsStore, StoreError
 
 TINY: dict[str, Any] = {"epochs": 6, "hidden": 8, "compile": False}
@@ -125,7 +125,7 @@ def test_a_failure_while_training_is_not_a_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The CLI exits 2 for bad arguments or data (the plan), 1 for a failure in training."""
-    import dropkit.lab.run.engines as engines
+    import dropkit.lab.execute.engines as engines
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("a bug deep in training")

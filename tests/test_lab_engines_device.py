@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
+from dropkit.lab.execute import engines
+from dropkit.lab.execute.engines import BatchJob, InProcessEngine, RayEngine
 from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.plan.data import Dataset
 from dropkit.lab.plan.models import build_model
 from dropkit.lab.plan.splits import holdout_rows, stopping_rows, validation_rows
 from dropkit.lab.plan.user_model import model_source
-from dropkit.lab.run import engines
-from dropkit.lab.run.engines import BatchJob, InProcessEngine, RayEngine
 from dropkit.lab.train.contract import BatchResult, sample_scores
 from dropkit.lab.train.dispatch import is_batched, resolve_device, train_configs
 from dropkit.lab.train.vmapped import train_custom

@@ -28,11 +28,11 @@ import pytest
 import torch
 from torch import nn
 
+from dropkit.lab.execute.engines import BatchJob, EngineError, InProcessEngine, RayEngine
+from dropkit.lab.execute.runner import IncompleteSweep, plan_batches, run_configs
 from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.plan.data import load_dataset
 from dropkit.lab.plan.user_model import model_source
-from dropkit.lab.run.engines import BatchJob, EngineError, InProcessEngine, RayEngine
-from dropkit.lab.run.runner import IncompleteSweep, plan_batches, run_configs
 from dropkit.lab.store import ResultsStore
 from dropkit.lab.train.contract import BatchResult
 from dropkit.lab.train.dispatch import train_configs
@@ -298,7 +298,7 @@ _DRIVER = """
 import json, sys
 from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.plan.data import load_dataset
-from dropkit.lab.run.engines import BatchJob, EngineError, RayEngine
+from dropkit.lab.execute.engines import BatchJob, EngineError, RayEngine
 spec = DataSpec("circles")
 configs = tuple(
     RunConfig(spec, ModelSpec((8,)), TrainSpec(epochs=5), p=p, seed=0) for p in (0.0, 0.5)

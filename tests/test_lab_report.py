@@ -17,11 +17,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from dropkit.cli import app
+from dropkit.lab.execute.engines import InProcessEngine
+from dropkit.lab.execute.runner import run_configs
 from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.results.analysis import analyze
 from dropkit.lab.results.report import write_report
-from dropkit.lab.run.engines import InProcessEngine
-from dropkit.lab.run.runner import run_configs
 from dropkit.lab.store import ResultsStore, RunRecord
 
 EPOCHS = 30

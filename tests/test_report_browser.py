@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dropkit.lab.execute.engines import InProcessEngine
+from dropkit.lab.execute.runner import run_configs
 from dropkit.lab.results.report import write_report
-from dropkit.lab.run.engines import InProcessEngine
-from dropkit.lab.run.runner import run_configs
 from dropkit.lab.store import ResultsStore
 from test_lab_report import _configs
 

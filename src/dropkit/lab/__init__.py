@@ -30,20 +30,44 @@ counter-based dropout masks, and the best rate is chosen on a validation split. 
 
 from __future__ import annotations
 
-from dropkit.lab.api import Plan as Plan
-from dropkit.lab.api import compare as compare
-from dropkit.lab.api import demo as demo
-from dropkit.lab.api import load as load
-from dropkit.lab.api import load_all as load_all
-from dropkit.lab.api import plan_compare as plan_compare
-from dropkit.lab.api import plan_demo as plan_demo
-from dropkit.lab.api import plan_sweep as plan_sweep
-from dropkit.lab.api import run as run
-from dropkit.lab.api import sweep as sweep
-from dropkit.lab.plan.arms import REGULARIZERS as REGULARIZERS
-from dropkit.lab.plan.arms import STRENGTHS as STRENGTHS
-from dropkit.lab.results.experiment import Experiment as Experiment
-from dropkit.lab.results.significance import seeds_needed as seeds_needed
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the names below, imported on first use (``import dropkit.lab`` stays cheap)
+    from dropkit.lab.api import Plan as Plan
+    from dropkit.lab.api import compare as compare
+    from dropkit.lab.api import demo as demo
+    from dropkit.lab.api import load as load
+    from dropkit.lab.api import load_all as load_all
+    from dropkit.lab.api import plan_compare as plan_compare
+    from dropkit.lab.api import plan_demo as plan_demo
+    from dropkit.lab.api import plan_sweep as plan_sweep
+    from dropkit.lab.api import run as run
+    from dropkit.lab.api import sweep as sweep
+    from dropkit.lab.plan.arms import REGULARIZERS as REGULARIZERS
+    from dropkit.lab.plan.arms import STRENGTHS as STRENGTHS
+    from dropkit.lab.results.experiment import Experiment as Experiment
+    from dropkit.lab.results.significance import seeds_needed as seeds_needed
+
+_HOMES = {
+    "Plan": "dropkit.lab.api",
+    "compare": "dropkit.lab.api",
+    "demo": "dropkit.lab.api",
+    "load": "dropkit.lab.api",
+    "load_all": "dropkit.lab.api",
+    "plan_compare": "dropkit.lab.api",
+    "plan_demo": "dropkit.lab.api",
+    "plan_sweep": "dropkit.lab.api",
+    "run": "dropkit.lab.api",
+    "sweep": "dropkit.lab.api",
+    "REGULARIZERS": "dropkit.lab.plan.arms",
+    "STRENGTHS": "dropkit.lab.plan.arms",
+    "Experiment": "dropkit.lab.results.experiment",
+    "seeds_needed": "dropkit.lab.results.significance",
+}
+"""Where each public name lives; :func:`__getattr__` imports it on first use (PEP 562), so
+``from dropkit import lab`` costs nothing until the lab is called (SciPy, scikit-learn and the
+trainers load then)."""
 
 __all__ = [
     "REGULARIZERS",
@@ -61,3 +85,16 @@ __all__ = [
     "seeds_needed",
     "sweep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'dropkit.lab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

@@ -38,6 +38,9 @@ from dropkit._validation import (
     check_positive_int,
     check_trainable_rate,
 )
+from dropkit.lab.execute.engines import Engine, InProcessEngine, RayEngine
+from dropkit.lab.execute.progress import progress_sink
+from dropkit.lab.execute.runner import run_configs
 from dropkit.lab.plan.arms import CUSTOM_KIND, MODEL_KINDS, REGULARIZERS, STRENGTHS, Strengths
 from dropkit.lab.plan.comparison import Arm, ArmError, build_configs, default_epochs, parse_arms
 from dropkit.lab.plan.config import (
@@ -60,9 +63,6 @@ from dropkit.lab.plan.user_data import from_user_data, is_user_data, train_and_t
 from dropkit.lab.plan.user_model import ModelSource, model_source
 from dropkit.lab.results.analysis import Analysis, analyze
 from dropkit.lab.results.experiment import Experiment
-from dropkit.lab.run.engines import Engine, InProcessEngine, RayEngine
-from dropkit.lab.run.progress import progress_sink
-from dropkit.lab.run.runner import run_configs
 from dropkit.lab.store import ResultsStore, StoreError
 
 __all__ = [
@@ -675,13 +675,13 @@ def run(
             serves a call whose runs it holds already.
         engine: ``None`` or ``"in-process"`` (train here, batched), ``"ray"`` (a Ray
             cluster: ``address`` joins one, none starts a local instance, shut down after),
-            or an engine object (see :mod:`dropkit.lab.run.engines`) that the caller manages.
+            or an engine object (see :mod:`dropkit.lab.execute.engines`) that the caller manages.
         address: the Ray cluster to join (``"HOST:6379"`` or ``"auto"``).
         compile: fuse the stacked trainer with ``torch.compile`` (None: when a C++ compiler
             is found).
         progress: None (no output), True/``"auto"``/``"tqdm"`` (a ``tqdm.auto`` bar),
             ``"rich"`` or an object with ``begin``/``advance``/``end``
-            (:mod:`dropkit.lab.run.progress`).
+            (:mod:`dropkit.lab.execute.progress`).
         runs_per_batch: most runs trained together as one batch (bounds memory; a killed
             sweep loses at most the batch in flight).
         log: called with one-line messages (how many runs the store already holds); None:
@@ -702,8 +702,8 @@ def run(
     Raises:
         dropkit.lab.store.StoreError: the store cannot be opened, or cannot be written and
             lacks runs of the plan (``permission denied``, with the path).
-        dropkit.lab.run.engines.EngineError: Ray is missing or its cluster unreachable.
-        dropkit.lab.run.runner.IncompleteSweep: some batches failed on the engine (every other
+        dropkit.lab.execute.engines.EngineError: Ray is missing or its cluster unreachable.
+        dropkit.lab.execute.runner.IncompleteSweep: some batches failed on the engine (every other
             batch is stored; call again to train the rest).
         KeyboardInterrupt: propagated; every finished batch is stored.
     """

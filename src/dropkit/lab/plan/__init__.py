@@ -1,6 +1,6 @@
 """What a run is: the first stage of the lab's pipeline.
 
-``plan → train → run → store → results``. This package decides what to train and never trains:
+``plan → train → execute → store → results``. This package decides what to train and never trains:
 
 - :mod:`~dropkit.lab.plan.config`: frozen dataclasses of a run (data, model, training, rates,
   seed) and its stable key;

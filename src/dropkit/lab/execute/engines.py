@@ -1,4 +1,6 @@
-"""Where batches of runs execute. The driver (:mod:`dropkit.lab.run.runner`) alone writes the store.
+"""Where batches of runs execute: in this process or on Ray; only the runner writes the store.
+
+The driver (:mod:`dropkit.lab.execute.runner`) alone writes the store.
 
 Two engines train the same batches with the same function,
 :func:`dropkit.lab.train.dispatch.train_configs`, so a run's result does not depend on where it ran:

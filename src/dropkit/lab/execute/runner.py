@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from dropkit.lab.execute.engines import BatchFailure, BatchJob, Engine, InProcessEngine
 from dropkit.lab.plan.config import DataSpec, RunConfig
 from dropkit.lab.plan.data import Dataset, load_dataset
-from dropkit.lab.run.engines import BatchFailure, BatchJob, Engine, InProcessEngine
 from dropkit.lab.store import ResultsStore
 from dropkit.lab.train.dispatch import to_records
 

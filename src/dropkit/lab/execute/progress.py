@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dropkit.lab.run.runner import NullProgress, Progress
+from dropkit.lab.execute.runner import NullProgress, Progress
 
 __all__ = ["NullProgress", "Progress", "RichProgress", "TqdmProgress", "progress_sink"]
 

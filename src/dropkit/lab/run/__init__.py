@@ -1,7 +1,0 @@
-"""Where batches execute: the third stage of the lab's pipeline, and the only writer of the store.
-
-- :mod:`~dropkit.lab.run.runner`: plans batches, skips runs the store holds, hands the rest to
-  an engine and writes each finished batch in one transaction;
-- :mod:`~dropkit.lab.run.engines`: in this process (batched) or on a Ray cluster;
-- :mod:`~dropkit.lab.run.progress`: the progress sinks (tqdm, rich, or an object of the user's).
-"""
