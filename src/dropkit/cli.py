@@ -249,9 +249,9 @@ def _execute(
     """
     from dropkit._validation import check_positive_int
     from dropkit.lab import run
-    from dropkit.lab.run.engines import EngineError
-    from dropkit.lab.run.progress import RichProgress
-    from dropkit.lab.run.runner import IncompleteSweep
+    from dropkit.lab.execute.engines import EngineError
+    from dropkit.lab.execute.progress import RichProgress
+    from dropkit.lab.execute.runner import IncompleteSweep
     from dropkit.lab.store import ResultsStore, StoreError
 
     if engine not in ENGINES:
