@@ -7,6 +7,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import dropkit.lab
+
 SRC = Path(__file__).parent.parent / "src" / "dropkit"
 
 
@@ -213,3 +215,16 @@ def test_the_lab_folders_read_as_the_pipeline() -> None:
         "results",
         "train",
     ]
+
+
+def test_the_cli_reaches_the_lab_through_dropkit_lab_only() -> None:
+    """The CLI parses, calls ``dropkit.lab`` and prints: it imports none of the lab's modules
+    (``from dropkit.lab import X`` names X, a public name of the lab)."""
+    public = {f"dropkit.lab.{name}" for name in dropkit.lab.__all__}
+    tree = ast.parse((SRC / "cli.py").read_text(encoding="utf-8"))
+    offenders = [
+        f"cli.py:{line}: {module}"
+        for line, module in _imported(tree)
+        if module.startswith("dropkit.lab.") and module not in public
+    ]
+    assert not offenders, offenders

@@ -217,7 +217,7 @@ def test_not_a_store(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--engine", "spark"], "--engine must be in-process or ray, got 'spark'"),
+        (["--engine", "spark"], "--engine must be one of 'in-process', 'ray', got 'spark'"),
         (["--address", "head:6379"], "--address names a Ray cluster; use it with --engine ray"),
     ],
 )

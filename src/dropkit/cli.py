@@ -20,14 +20,10 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from dropkit import __version__
-from dropkit.lab.plan.arms import REGULARIZERS, STRENGTHS, Strength
-from dropkit.lab.plan.config import DEMO_SEEDS
-from dropkit.lab.plan.data import BUILTIN_DATASETS
+from dropkit.lab import BUILTIN_DATASETS, DEMO_SEEDS, REGULARIZERS, STRENGTHS, Strength
 
 if TYPE_CHECKING:  # the rest of the lab is imported when a command runs, not at start-up
-    from dropkit.lab.api import Plan
-    from dropkit.lab.results.experiment import Experiment
-    from dropkit.lab.results.tables import Table
+    from dropkit.lab import Experiment, Plan, Table
 
 __all__ = ["app", "main"]
 
@@ -80,7 +76,6 @@ AddressOpt = Annotated[
         "a local Ray instance)."
     ),
 ]
-ENGINES = ("in-process", "ray")
 DataOpt = Annotated[
     str,
     typer.Option(
@@ -210,7 +205,12 @@ def _flags(message: str, renamed: Mapping[str, str] | None = None) -> str:
             return match.group(0)
         return renamed.get(name, "--" + name.replace("_", "-"))
 
+    def flag_value(match: re.Match[str]) -> str:  # engine='ray' -> --engine ray
+        name = match.group(1)
+        return f"{flag(match)} {match.group(2)}" if name in known else match.group(0)
+
     message = re.sub(r"`([a-z][a-z0-9_]*)`", flag, message)
+    message = re.sub(r"\b([a-z][a-z0-9_]*)='([^' ]+)'", flag_value, message)
     return re.sub(r"\bUse ([a-z][a-z0-9_]*)=", lambda m: f"Use {flag(m)}=", message)
 
 
@@ -247,28 +247,22 @@ def _execute(
     The output folder and the store must be usable before anything trains. Ctrl-C exits 130
     saying how many runs are stored; a batch whose retries ran out exits 1.
     """
-    from dropkit._validation import check_positive_int
-    from dropkit.lab import run
-    from dropkit.lab.execute.engines import EngineError
-    from dropkit.lab.execute.progress import RichProgress
-    from dropkit.lab.execute.runner import IncompleteSweep
-    from dropkit.lab.store import ResultsStore, StoreError
+    from dropkit.lab import EngineError, IncompleteSweep, StoreError, check_run_options, run
 
-    if engine not in ENGINES:
-        _fail(f"--engine must be {' or '.join(ENGINES)}, got {engine!r}")
-    if address is not None and engine != "ray":
-        _fail("--address names a Ray cluster; use it with --engine ray")
+    with _usage():
+        check_run_options(
+            engine=engine,
+            address=address,
+            runs_per_batch=runs_per_batch,
+            device=device,
+            batched=batched,
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         _fail(f"cannot create the output folder {out}: {error}")
     store_path = store_path or out / "runs.sqlite"
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
-    with _usage():
-        check_positive_int(runs_per_batch, "runs_per_batch")
-        from dropkit.lab.train.dispatch import parse_device
-
-        parse_device(device)
     try:
         # Arguments and data passed the plan: an error from here on is a failure (exit 1).
         experiment = run(
@@ -277,7 +271,7 @@ def _execute(
             engine=engine,
             address=address,
             compile=compile,
-            progress=RichProgress() if show_progress else None,
+            progress="rich" if show_progress else None,
             runs_per_batch=runs_per_batch,
             log=None if as_json else typer.echo,
             device=device,
@@ -286,8 +280,7 @@ def _execute(
     except (StoreError, EngineError) as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        with ResultsStore(store_path) as store:
-            stored = len(store.done_keys(plan.keys))
+        stored = plan.stored(store_path)
         typer.echo(
             f"dropkit: interrupted; {stored}/{len(set(plan.keys))} runs are stored in "
             f"{store_path}. Run the same command again to resume.",
@@ -311,7 +304,7 @@ def _emit(
 ) -> None:
     """Save the figures, the HTML report and ``OUT/summary.json``; print the JSON or the table,
     the best group's evidence and the diagnosis."""
-    from dropkit.lab.results.plots import save_png
+    from dropkit.lab import save_png
 
     files: dict[str, Path] = {}
     if experiment.groups:
@@ -365,15 +358,13 @@ def _train_and_emit(
 
 
 def _print_experiment(experiment: Experiment) -> None:
-    from dropkit.lab.results.tables import after_choice_table, choice_table
-
-    _print_table(choice_table(experiment.summaries))
+    choice, *after = experiment.tables()
+    _print_table(choice)
     if experiment.best is not None:
         typer.echo(experiment.best.evidence)
         typer.echo(experiment.best.choice)
-    after = after_choice_table(experiment.summaries, experiment.best)
-    if after is not None:
-        _print_table(after)
+    for table in after:
+        _print_table(table)
     for finding in experiment.findings:
         typer.echo(f"{finding.severity} [{finding.rule}]: {finding.message}")
 
@@ -544,18 +535,13 @@ def report(
     file. A read-only store (file or folder) is read without a change. Python:
     dropkit.lab.load(store).report(path) (or lab.load_all for every experiment).
     """
-    from dropkit.lab import load_all
-    from dropkit.lab.results.report import write_report
-    from dropkit.lab.store import ResultsStore, StoreError
+    from dropkit.lab import StoreError, load_all, report
 
     if not store.is_file():
         _fail(f"no results store at {store}")
     try:
         experiments = load_all(store)
-        with ResultsStore(store) as results:
-            path = write_report(
-                results, out, title=title, analyses=[e.analysis for e in experiments]
-            )
+        path = report(store, out, title=title, experiments=experiments)
     except StoreError as error:
         _fail(str(error))
     except OSError as error:

@@ -34,7 +34,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below, imported on first use (``import dropkit.lab`` stays cheap)
+    from dropkit.lab.api import ENGINES as ENGINES
     from dropkit.lab.api import Plan as Plan
+    from dropkit.lab.api import check_run_options as check_run_options
     from dropkit.lab.api import compare as compare
     from dropkit.lab.api import demo as demo
     from dropkit.lab.api import load as load
@@ -42,15 +44,27 @@ if TYPE_CHECKING:  # the names below, imported on first use (``import dropkit.la
     from dropkit.lab.api import plan_compare as plan_compare
     from dropkit.lab.api import plan_demo as plan_demo
     from dropkit.lab.api import plan_sweep as plan_sweep
+    from dropkit.lab.api import report as report
     from dropkit.lab.api import run as run
     from dropkit.lab.api import sweep as sweep
+    from dropkit.lab.execute.engines import EngineError as EngineError
+    from dropkit.lab.execute.runner import IncompleteSweep as IncompleteSweep
     from dropkit.lab.plan.arms import REGULARIZERS as REGULARIZERS
     from dropkit.lab.plan.arms import STRENGTHS as STRENGTHS
+    from dropkit.lab.plan.arms import Strength as Strength
+    from dropkit.lab.plan.config import DEMO_SEEDS as DEMO_SEEDS
+    from dropkit.lab.plan.data import BUILTIN_DATASETS as BUILTIN_DATASETS
     from dropkit.lab.results.experiment import Experiment as Experiment
+    from dropkit.lab.results.plots import save_png as save_png
     from dropkit.lab.results.significance import seeds_needed as seeds_needed
+    from dropkit.lab.results.tables import Table as Table
+    from dropkit.lab.store import StoreError as StoreError
 
 _HOMES = {
+    "ENGINES": "dropkit.lab.api",
     "Plan": "dropkit.lab.api",
+    "check_run_options": "dropkit.lab.api",
+    "report": "dropkit.lab.api",
     "compare": "dropkit.lab.api",
     "demo": "dropkit.lab.api",
     "load": "dropkit.lab.api",
@@ -60,20 +74,37 @@ _HOMES = {
     "plan_sweep": "dropkit.lab.api",
     "run": "dropkit.lab.api",
     "sweep": "dropkit.lab.api",
+    "EngineError": "dropkit.lab.execute.engines",
+    "IncompleteSweep": "dropkit.lab.execute.runner",
     "REGULARIZERS": "dropkit.lab.plan.arms",
     "STRENGTHS": "dropkit.lab.plan.arms",
+    "Strength": "dropkit.lab.plan.arms",
+    "DEMO_SEEDS": "dropkit.lab.plan.config",
+    "BUILTIN_DATASETS": "dropkit.lab.plan.data",
     "Experiment": "dropkit.lab.results.experiment",
+    "save_png": "dropkit.lab.results.plots",
     "seeds_needed": "dropkit.lab.results.significance",
+    "Table": "dropkit.lab.results.tables",
+    "StoreError": "dropkit.lab.store",
 }
 """Where each public name lives; :func:`__getattr__` imports it on first use (PEP 562), so
 ``from dropkit import lab`` costs nothing until the lab is called (SciPy, scikit-learn and the
 trainers load then)."""
 
 __all__ = [
+    "BUILTIN_DATASETS",
+    "DEMO_SEEDS",
+    "ENGINES",
     "REGULARIZERS",
     "STRENGTHS",
+    "EngineError",
     "Experiment",
+    "IncompleteSweep",
     "Plan",
+    "StoreError",
+    "Strength",
+    "Table",
+    "check_run_options",
     "compare",
     "demo",
     "load",
@@ -81,7 +112,9 @@ __all__ = [
     "plan_compare",
     "plan_demo",
     "plan_sweep",
+    "report",
     "run",
+    "save_png",
     "seeds_needed",
     "sweep",
 ]

@@ -70,6 +70,7 @@ __all__ = [
     "DEFAULT_RATES",
     "ENGINES",
     "Plan",
+    "check_run_options",
     "compare",
     "demo",
     "load",
@@ -77,6 +78,7 @@ __all__ = [
     "plan_compare",
     "plan_demo",
     "plan_sweep",
+    "report",
     "run",
     "sweep",
 ]
@@ -117,6 +119,13 @@ class Plan:
     def keys(self) -> list[str]:
         """The store keys of the runs (hashes of their full configs)."""
         return [c.key() for c in self.configs]
+
+    def stored(self, store: str | Path) -> int:
+        """How many of the plan's runs ``store`` holds finished (0 when there is no store)."""
+        if not Path(store).is_file():
+            return 0
+        with ResultsStore(store) as results:
+            return len(results.done_keys(self.keys))
 
 
 # -- argument checks ---------------------------------------------------------------------------
@@ -617,18 +626,10 @@ def _engine(
     compile: bool | None,
     training: dict[str, Any],
 ) -> Engine:
-    if compile is not None and not isinstance(compile, bool):
-        raise TypeError(f"`compile` must be True, False or None, got {compile!r}")
-    if address is not None and not isinstance(address, str):
-        raise TypeError(f"`address` must be a Ray address such as 'HOST:6379', got {address!r}")
     if engine is None or engine == "in-process":
-        if address is not None:
-            raise ValueError("`address` names a Ray cluster; use it with engine='ray'")
         return InProcessEngine(compile=compile, **training)
     if engine == "ray":
         return RayEngine(address=address, compile=compile, **training)
-    if isinstance(engine, str):
-        check_one_of(engine, "engine", ENGINES)
     if not callable(getattr(engine, "run_batches", None)):
         raise TypeError(
             f"`engine` must be None, 'in-process', 'ray' or an engine object, got {engine!r}"
@@ -648,6 +649,37 @@ def _training_options(device: object, batched: object, max_batch_memory: object)
     if max_batch_memory is not None:
         max_batch_memory = check_positive_int(max_batch_memory, "max_batch_memory")
     return {"device": device, "batched": batched, "max_batch_memory": max_batch_memory}
+
+
+def check_run_options(
+    *,
+    store: object = "runs.sqlite",
+    engine: object = None,
+    address: object = None,
+    compile: object = None,
+    runs_per_batch: object = 128,
+    device: object = "auto",
+    batched: object = None,
+    max_batch_memory: object = None,
+) -> None:
+    """Check :func:`run`'s options without training anything (the checks :func:`run` makes
+    first): a caller can tell a bad option from a failure of training.
+
+    Raises:
+        TypeError, ValueError: an option of the wrong type or value, naming it.
+    """
+    check_positive_int(runs_per_batch, "runs_per_batch")
+    if not isinstance(store, (str, Path)):
+        raise TypeError(f"`store` must be the path of a SQLite file, got {store!r}")
+    _training_options(device, batched, max_batch_memory)
+    if compile is not None and not isinstance(compile, bool):
+        raise TypeError(f"`compile` must be True, False or None, got {compile!r}")
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"`address` must be a Ray address such as 'HOST:6379', got {address!r}")
+    if isinstance(engine, str):
+        check_one_of(engine, "engine", ENGINES)
+    if address is not None and (engine is None or engine == "in-process"):
+        raise ValueError("`address` names a Ray cluster; use it with engine='ray'")
 
 
 def run(
@@ -707,9 +739,16 @@ def run(
             batch is stored; call again to train the rest).
         KeyboardInterrupt: propagated; every finished batch is stored.
     """
-    runs_per_batch = check_positive_int(runs_per_batch, "runs_per_batch")
-    if not isinstance(store, (str, Path)):
-        raise TypeError(f"`store` must be the path of a SQLite file, got {store!r}")
+    check_run_options(
+        store=store,
+        engine=engine,
+        address=address,
+        compile=compile,
+        runs_per_batch=runs_per_batch,
+        device=device,
+        batched=batched,
+        max_batch_memory=max_batch_memory,
+    )
     sink = progress_sink(progress)
     options = _training_options(device, batched, max_batch_memory)
     messages: list[str] = []  # what training says (fallbacks, splits): kept as notes
@@ -1075,6 +1114,31 @@ def _loaded(path: Path, analysis: Analysis, notes: Sequence[str] = ()) -> Experi
     }
     settings.update(_own_settings(data, config.model.name, train))
     return Experiment(path, analysis, command="load", settings=settings, notes=notes)
+
+
+def report(
+    store: str | Path,
+    out: str | Path = "report.html",
+    *,
+    title: str | None = None,
+    experiments: Sequence[Experiment] | None = None,
+) -> Path:
+    """Write ONE self-contained HTML report of every experiment of a results store.
+
+    CLI: ``dropkit report --store STORE --out OUT``. ``experiments``: those of
+    :func:`load_all` when the caller has them already (else they are loaded). A store this
+    process cannot write is read without a change. Returns the report's path.
+
+    Raises:
+        FileNotFoundError: no store at ``store``.
+        dropkit.lab.store.StoreError: the file is not a readable results store.
+        OSError: the report cannot be written.
+    """
+    from dropkit.lab.results.report import write_report
+
+    loaded = list(experiments) if experiments is not None else load_all(store)
+    with ResultsStore(Path(store)) as results:
+        return write_report(results, out, title=title, analyses=[e.analysis for e in loaded])
 
 
 def load(store: str | Path, *, experiment: int | None = None) -> Experiment:

@@ -31,6 +31,7 @@ from dropkit.lab.results.plots import (
     stack_curves,
 )
 from dropkit.lab.results.summary import score_name, seed_curves
+from dropkit.lab.results.tables import Table
 from dropkit.lab.store import StoredRun
 
 __all__ = ["Experiment"]
@@ -286,14 +287,22 @@ class Experiment:
             "store": str(self.store),
         }
 
+    def tables(self) -> list[Table]:
+        """The tables to read, in order: the groups on the split that chooses (validation
+        when there is one, else test), then, when validation chose, every group's test
+        figures read after the choice (:mod:`dropkit.lab.results.tables`)."""
+        from dropkit.lab.results.tables import after_choice_table, choice_table
+
+        after = after_choice_table(self.summaries, self.best)
+        return [choice_table(self.summaries), *([] if after is None else [after])]
+
     def _repr_html_(self) -> str:
         """The table led by the split that chooses, the best group, the test figures read
         after the choice (when validation chose) and the diagnosis, for a notebook cell that
         ends with ``e``."""
-        from dropkit.lab.results.tables import after_choice_table, choice_table, to_html
+        from dropkit.lab.results.tables import to_html
 
-        tables = to_html(choice_table(self.summaries))
-        after = after_choice_table(self.summaries, self.best)
+        choice, *after = self.tables()
         best = (
             ""
             if self.best is None
@@ -306,8 +315,8 @@ class Experiment:
         )
         return (
             f"<div><p>{html.escape(self.title)} · {len(self.runs)} runs · store "
-            f"<code>{html.escape(self.store.name)}</code></p>{tables}{best}"
-            f"{'' if after is None else to_html(after)}"
+            f"<code>{html.escape(self.store.name)}</code></p>{to_html(choice)}{best}"
+            f"{''.join(to_html(t) for t in after)}"
             f"{f'<ul>{findings}</ul>' if findings else ''}</div>"
         )
 
