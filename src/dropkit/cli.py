@@ -8,6 +8,7 @@ traceback. ``--json`` prints exactly one JSON object on stdout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -184,10 +185,11 @@ def _parse_hidden(text: str) -> tuple[int, ...]:
 
 def _argument_names() -> frozenset[str]:
     """The lab's argument names that are also flags of some command (``--name``)."""
-    from dropkit.lab import plan_compare, plan_sweep, run
+    from dropkit.lab import RunOptions, plan_compare, plan_sweep
 
     names = {"data", "target", "impute", "engine", "address", "store", "p", *STRENGTHS}
-    for function in (plan_sweep, plan_compare, run):
+    names |= {field.name for field in dataclasses.fields(RunOptions)}
+    for function in (plan_sweep, plan_compare):
         names |= set(inspect.signature(function).parameters)
     return frozenset(names - {"plan", "log", "strengths", "progress"})
 
@@ -247,26 +249,12 @@ def _execute(
     The output folder and the store must be usable before anything trains. Ctrl-C exits 130
     saying how many runs are stored; a batch whose retries ran out exits 1.
     """
-    from dropkit.lab import EngineError, IncompleteSweep, StoreError, check_run_options, run
+    from dropkit.lab import EngineError, IncompleteSweep, RunOptions, StoreError, run
 
-    with _usage():
-        check_run_options(
-            engine=engine,
-            address=address,
-            runs_per_batch=runs_per_batch,
-            device=device,
-            batched=batched,
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        _fail(f"cannot create the output folder {out}: {error}")
     store_path = store_path or out / "runs.sqlite"
     show_progress = not (quiet or as_json) and sys.stderr.isatty()
-    try:
-        # Arguments and data passed the plan: an error from here on is a failure (exit 1).
-        experiment = run(
-            plan,
+    with _usage():
+        options = RunOptions(
             store=store_path,
             engine=engine,
             address=address,
@@ -277,6 +265,13 @@ def _execute(
             device=device,
             batched=batched,
         )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _fail(f"cannot create the output folder {out}: {error}")
+    try:
+        # Arguments and data passed the plan: an error from here on is a failure (exit 1).
+        experiment = run(plan, options)
     except (StoreError, EngineError) as error:
         _fail(str(error))
     except KeyboardInterrupt:

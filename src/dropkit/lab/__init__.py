@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the names below, imported on first use (``import dropkit.lab`` stays cheap)
     from dropkit.lab.api import ENGINES as ENGINES
     from dropkit.lab.api import Plan as Plan
-    from dropkit.lab.api import check_run_options as check_run_options
+    from dropkit.lab.api import RunOptions as RunOptions
     from dropkit.lab.api import compare as compare
     from dropkit.lab.api import demo as demo
     from dropkit.lab.api import load as load
@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # the names below, imported on first use (``import dropkit.la
 _HOMES = {
     "ENGINES": "dropkit.lab.api",
     "Plan": "dropkit.lab.api",
-    "check_run_options": "dropkit.lab.api",
+    "RunOptions": "dropkit.lab.api",
     "report": "dropkit.lab.api",
     "compare": "dropkit.lab.api",
     "demo": "dropkit.lab.api",
@@ -101,10 +101,10 @@ __all__ = [
     "Experiment",
     "IncompleteSweep",
     "Plan",
+    "RunOptions",
     "StoreError",
     "Strength",
     "Table",
-    "check_run_options",
     "compare",
     "demo",
     "load",

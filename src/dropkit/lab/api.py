@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import numbers
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -69,8 +70,9 @@ __all__ = [
     "DEFAULT_HIDDEN",
     "DEFAULT_RATES",
     "ENGINES",
+    "RUN_OPTIONS",
     "Plan",
-    "check_run_options",
+    "RunOptions",
     "compare",
     "demo",
     "load",
@@ -651,55 +653,12 @@ def _training_options(device: object, batched: object, max_batch_memory: object)
     return {"device": device, "batched": batched, "max_batch_memory": max_batch_memory}
 
 
-def check_run_options(
-    *,
-    store: object = "runs.sqlite",
-    engine: object = None,
-    address: object = None,
-    compile: object = None,
-    runs_per_batch: object = 128,
-    device: object = "auto",
-    batched: object = None,
-    max_batch_memory: object = None,
-) -> None:
-    """Check :func:`run`'s options without training anything (the checks :func:`run` makes
-    first): a caller can tell a bad option from a failure of training.
+@dataclass(frozen=True)
+class RunOptions:
+    """How a plan's runs execute, checked when made (a bad option is a ``TypeError`` or
+    ``ValueError`` naming it, before anything trains) and passed whole to :func:`run`.
 
-    Raises:
-        TypeError, ValueError: an option of the wrong type or value, naming it.
-    """
-    check_positive_int(runs_per_batch, "runs_per_batch")
-    if not isinstance(store, (str, Path)):
-        raise TypeError(f"`store` must be the path of a SQLite file, got {store!r}")
-    _training_options(device, batched, max_batch_memory)
-    if compile is not None and not isinstance(compile, bool):
-        raise TypeError(f"`compile` must be True, False or None, got {compile!r}")
-    if address is not None and not isinstance(address, str):
-        raise TypeError(f"`address` must be a Ray address such as 'HOST:6379', got {address!r}")
-    if isinstance(engine, str):
-        check_one_of(engine, "engine", ENGINES)
-    if address is not None and (engine is None or engine == "in-process"):
-        raise ValueError("`address` names a Ray cluster; use it with engine='ray'")
-
-
-def run(
-    plan: Plan,
-    *,
-    store: str | Path = "runs.sqlite",
-    engine: str | Engine | None = None,
-    address: str | None = None,
-    compile: bool | None = None,
-    progress: object = None,
-    runs_per_batch: int = 128,
-    log: Callable[[str], None] | None = None,
-    device: str = "auto",
-    batched: bool | None = None,
-    max_batch_memory: int | None = None,
-) -> Experiment:
-    """Train the plan's runs that ``store`` does not hold yet; return the experiment.
-
-    Args:
-        plan: from :func:`plan_sweep`, :func:`plan_compare` or :func:`plan_demo`.
+    Attributes:
         store: the SQLite results store (created if missing). Finished runs are found there
             by their config's hash and not trained again. The notes of the call (the plan's,
             and what training reported: why runs trained one by one, ...) are stored with the
@@ -726,6 +685,53 @@ def run(
             trains one run after another.
         max_batch_memory: bytes a batched group of a user's model may take at its peak
             (None: a safe fraction of the device's free memory); larger groups are split.
+    """
+
+    store: str | Path = "runs.sqlite"
+    engine: str | Engine | None = None
+    address: str | None = None
+    compile: bool | None = None
+    progress: object = None
+    runs_per_batch: int = 128
+    log: Callable[[str], None] | None = None
+    device: str = "auto"
+    batched: bool | None = None
+    max_batch_memory: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "runs_per_batch", check_positive_int(self.runs_per_batch, "runs_per_batch")
+        )
+        if not isinstance(self.store, (str, Path)):
+            raise TypeError(f"`store` must be the path of a SQLite file, got {self.store!r}")
+        _training_options(self.device, self.batched, self.max_batch_memory)
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise TypeError(f"`compile` must be True, False or None, got {self.compile!r}")
+        address, engine = self.address, self.engine
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"`address` must be a Ray address such as 'HOST:6379', got {address!r}")
+        if isinstance(engine, str):
+            check_one_of(engine, "engine", ENGINES)
+        if address is not None and (engine is None or engine == "in-process"):
+            raise ValueError("`address` names a Ray cluster; use it with engine='ray'")
+        if self.log is not None and not callable(self.log):
+            raise TypeError(f"`log` must be a function of one message or None, got {self.log!r}")
+        progress_sink(self.progress)  # a bad progress value is refused here
+
+
+RUN_OPTIONS = tuple(f.name for f in dataclasses.fields(RunOptions))
+"""The keyword arguments of :func:`run` (the fields of :class:`RunOptions`)."""
+
+
+def run(plan: Plan, options: RunOptions | None = None, **given: Any) -> Experiment:
+    """Train the plan's runs that the store does not hold yet; return the experiment.
+
+    Args:
+        plan: from :func:`plan_sweep`, :func:`plan_compare` or :func:`plan_demo`.
+        options: a :class:`RunOptions` (store, engine, address, compile, progress,
+            runs_per_batch, log, device, batched, max_batch_memory: see there); or give them
+            as keyword arguments, ``run(plan, store="runs.sqlite", device="cpu")`` (they
+            replace those of ``options`` when both are given).
 
     Returns:
         The :class:`~dropkit.lab.results.experiment.Experiment` of the plan's runs; its ``notes``
@@ -739,16 +745,22 @@ def run(
             batch is stored; call again to train the rest).
         KeyboardInterrupt: propagated; every finished batch is stored.
     """
-    check_run_options(
-        store=store,
-        engine=engine,
-        address=address,
-        compile=compile,
-        runs_per_batch=runs_per_batch,
-        device=device,
-        batched=batched,
-        max_batch_memory=max_batch_memory,
-    )
+    unknown = sorted(set(given) - set(RUN_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"run() got an unexpected keyword argument {unknown[0]!r}; its options are "
+            + ", ".join(RUN_OPTIONS)
+        )
+    if options is not None and not isinstance(options, RunOptions):
+        raise TypeError(f"`options` must be a RunOptions or None, got {options!r}")
+    chosen_options = dataclasses.replace(options or RunOptions(), **given)
+    return _run(plan, chosen_options)
+
+
+def _run(plan: Plan, o: RunOptions) -> Experiment:
+    store, engine, address, compile = o.store, o.engine, o.address, o.compile
+    progress, runs_per_batch, log = o.progress, o.runs_per_batch, o.log
+    device, batched, max_batch_memory = o.device, o.batched, o.max_batch_memory
     sink = progress_sink(progress)
     options = _training_options(device, batched, max_batch_memory)
     messages: list[str] = []  # what training says (fallbacks, splits): kept as notes
@@ -812,6 +824,24 @@ def run(
         trained=outcome.trained,
         already_done=outcome.already_done,
     )
+
+
+def _split_call(
+    arguments: dict[str, Any], planner: Callable[..., Plan]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A user call's arguments (its ``locals()``) split into the planner's and the
+    :class:`RunOptions`': the keyword arguments of :func:`sweep`, :func:`compare` and
+    :func:`demo` are written once, in their signatures. A ``**name`` of the planner
+    (``compare``'s ``**strengths``) is passed on as keywords."""
+    parameters = inspect.signature(planner).parameters
+    spread = {n for n, p in parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD}
+    unknown = set(arguments) - set(parameters) - set(RUN_OPTIONS)
+    if unknown:  # pragma: no cover - a signature that names neither (a programming error)
+        raise AssertionError(f"arguments neither planned nor run options: {sorted(unknown)}")
+    planned = {k: v for k, v in arguments.items() if k in parameters and k not in spread}
+    for name in spread:
+        planned.update(arguments.get(name, {}))
+    return planned, {k: v for k, v in arguments.items() if k in RUN_OPTIONS}
 
 
 # -- the calls users make ----------------------------------------------------------------------
@@ -901,39 +931,8 @@ def sweep(
         >>> [row["p"] for row in e.summary]
         [0.0, 0.4]
     """
-    plan = plan_sweep(
-        data,
-        train=train,
-        test=test,
-        model=model,
-        rates=rates,
-        seeds=seeds,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        hidden=hidden,
-        input_p=input_p,
-        max_norm=max_norm,
-        target=target,
-        impute=impute,
-        task=task,
-        validation=validation,
-        folds=folds,
-        model_id=model_id,
-        data_id=data_id,
-    )
-    return run(
-        plan,
-        store=store,
-        engine=engine,
-        address=address,
-        compile=compile,
-        progress=progress,
-        runs_per_batch=runs_per_batch,
-        device=device,
-        batched=batched,
-        max_batch_memory=max_batch_memory,
-    )
+    planned, options = _split_call(locals(), plan_sweep)
+    return run(plan_sweep(**planned), RunOptions(**options))
 
 
 def compare(
@@ -1001,38 +1000,8 @@ def compare(
         >>> [row["arm"] for row in e.summary]   # the baseline first, then by rates
         ['none', 'l2', 'dropout']
     """
-    plan = plan_compare(
-        data,
-        train=train,
-        test=test,
-        arms=arms,
-        model=model,
-        hidden=hidden,
-        seeds=seeds,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        target=target,
-        impute=impute,
-        task=task,
-        validation=validation,
-        folds=folds,
-        model_id=model_id,
-        data_id=data_id,
-        **strengths,
-    )
-    return run(
-        plan,
-        store=store,
-        engine=engine,
-        address=address,
-        compile=compile,
-        progress=progress,
-        runs_per_batch=runs_per_batch,
-        device=device,
-        batched=batched,
-        max_batch_memory=max_batch_memory,
-    )
+    planned, options = _split_call(locals(), plan_compare)
+    return run(plan_compare(**planned), RunOptions(**options))
 
 
 def demo(
@@ -1056,16 +1025,8 @@ def demo(
     Adam, batch 32, 4000 epochs, with and without dropout over ``seeds`` seeds (30 by
     default: the case study's repeated evaluation). ``device``: see :func:`run`.
     """
-    return run(
-        plan_demo(seeds=seeds, epochs=epochs, p=p),
-        store=store,
-        engine=engine,
-        address=address,
-        compile=compile,
-        progress=progress,
-        runs_per_batch=runs_per_batch,
-        device=device,
-    )
+    planned, options = _split_call(locals(), plan_demo)
+    return run(plan_demo(**planned), RunOptions(**options))
 
 
 def load_all(store: str | Path) -> list[Experiment]:
