@@ -13,20 +13,26 @@ from dropkit import lab
 from dropkit.lab.plan.arms import (
     ACTS_ON,
     ARM_KINDS,
+    ARM_TRAINERS,
     CUSTOM_KIND,
     MODEL_KINDS,
     RATE_ENTRIES,
     REGULARIZERS,
     STRENGTHS,
+    Regularizer,
     Strengths,
     entry_regularizer,
     module_entries,
     target_transforms,
+    trainer_entries,
 )
 from dropkit.lab.plan.comparison import BATCHED_REGULARIZERS, parse_arms
 from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
+from dropkit.lab.plan.effects import RunEffects, run_effects
 from dropkit.lab.results.summary import group_label
 from dropkit.lab.train.dispatch import is_batched, train_configs
+
+ARM_NAMES_WITH_ENTRIES = [name for name, r in REGULARIZERS.items() if r.entry is not None]
 
 
 class TestInvariants:
@@ -61,9 +67,57 @@ class TestInvariants:
             assert (s.default is None) == (s.resolve is not None)
 
     def test_the_stacked_trainer_runs_exactly_the_batched_entries(self) -> None:
-        batched = {r.entry for r in REGULARIZERS.values() if r.batched and r.entry}
+        batched = {r.entry for r in REGULARIZERS.values() if "stacked" in r.trainers and r.entry}
         assert batched == BATCHED_REGULARIZERS
         assert "label_smoothing" not in BATCHED_REGULARIZERS
+
+    def test_the_derived_trainer_sets_are_the_sets_the_trainers_had(self) -> None:
+        """The sets the trainers spelled out before the arms declared their trainers."""
+        from dropkit.lab.train import vmapped
+
+        stacked = {
+            "augment",
+            "early_dropout",
+            "early_stopping",
+            "gaussian_noise",
+            "l1",
+            "l2",
+            "late_dropout",
+        }
+        assert BATCHED_REGULARIZERS == trainer_entries("stacked") == stacked
+        custom = ("augment", "early_dropout", "early_stopping", "l1", "l2", "late_dropout")
+        assert custom == vmapped.SUPPORTED_REGULARIZERS
+        assert trainer_entries("vmapped") == vmapped.VMAPPED_REGULARIZERS
+        assert trainer_entries("vmapped") == {*custom, "label_smoothing"}
+        every = {r.entry for r in REGULARIZERS.values() if r.entry}
+        assert trainer_entries("loop") == every, "the loop runs every built-in arm"
+        with pytest.raises(ValueError, match="`trainer` must be one of stacked, loop, vmapped"):
+            trainer_entries("auto")
+
+    @pytest.mark.parametrize("name", list(REGULARIZERS))
+    def test_the_trainers_follow_the_kinds(self, name: str) -> None:
+        r = REGULARIZERS[name]
+        assert r.trainers and set(r.trainers) <= set(ARM_TRAINERS)
+        assert ("vmapped" in r.trainers) == (CUSTOM_KIND in r.kinds)
+        assert "loop" in r.trainers
+        assert "stacked" not in r.trainers or "mlp" in r.kinds
+        if r.entry is not None:  # arms sharing an entry (batchnorm, bn_dropout) agree on it
+            owner = entry_regularizer(r.entry)
+            assert (r.trainers, r.effect, r.targets) == (
+                owner.trainers,
+                owner.effect,
+                owner.targets,
+            )
+
+    def test_a_definition_that_contradicts_itself_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="vmapped trainer runs exactly"):
+            Regularizer("x", "x", kinds=("mlp",), trainers=("loop", "vmapped"))
+        with pytest.raises(ValueError, match="every built-in model trains in the loop"):
+            Regularizer("x", "x", kinds=("mlp",), trainers=("stacked",))
+        with pytest.raises(ValueError, match="stacked trainer trains MLPs only"):
+            Regularizer("x", "x", kinds=("cnn",), trainers=("stacked", "loop"))
+        with pytest.raises(ValueError, match="an effect belongs to an entry"):
+            Regularizer("x", "x", kinds=("mlp",), effect=lambda s, e: {"l1": s})
 
     def test_rate_entries_exclude_each_other(self) -> None:
         assert {"batchnorm", "dropout_bn", "spatial_dropout"} <= RATE_ENTRIES
@@ -78,6 +132,121 @@ class TestInvariants:
     def test_unknown_entry(self) -> None:
         with pytest.raises(ValueError, match="unknown regularizer 'dropconnect'; known:"):
             entry_regularizer("dropconnect")
+
+
+def _read_by_name(config: RunConfig) -> dict[str, object]:
+    """What the trainers and the model builder read from a config's entries by name before
+    the arms declared their effects: :func:`run_effects` must give the same."""
+    strength, epochs = config.strength, config.train.epochs
+    patience, early, late = (
+        strength(n) for n in ("early_stopping", "early_dropout", "late_dropout")
+    )
+    window = None
+    if early is not None:
+        window = (0, round(early * epochs))
+    elif late is not None:
+        window = (round(late * epochs), epochs)
+    block = strength("dropblock")
+    return {
+        "l1": strength("l1", 0.0) or 0.0,
+        "l2": strength("l2", 0.0) or 0.0,
+        "targets": tuple(target_transforms(config.regularizers)),
+        "patience": None if patience is None else max(1, round(patience)),
+        "dropout_window": window,
+        "augment": strength("augment"),
+        "noise": strength("gaussian_noise"),
+        "batchnorm": "after_layer"
+        if strength("batchnorm") is not None
+        else "after_dropout"
+        if strength("dropout_bn") is not None
+        else None,
+        "dropout_layer": next(
+            (
+                layer
+                for entry, layer in (
+                    ("spatial_dropout", "spatial_dropout"),
+                    ("dropblock", "dropblock"),
+                    ("variational", "locked_dropout"),
+                    ("recurrent_dropout", "recurrent_dropout"),
+                )
+                if strength(entry) is not None
+            ),
+            "dropout",
+        ),
+        "block_size": None if block is None else max(1, round(block)),
+        "concrete": strength("concrete"),
+    }
+
+
+class TestEffects:
+    """Each arm declares its effect once; :func:`run_effects` applies them for every trainer."""
+
+    @pytest.mark.parametrize(
+        "arm",
+        [
+            *ARM_NAMES_WITH_ENTRIES,
+            "dropout+l2+early_stopping+augment",
+            "l1+gaussian_noise+late_dropout",
+            "bn_dropout+label_smoothing",
+        ],
+    )
+    @pytest.mark.parametrize("epochs", [7, 40])
+    def test_the_declared_effects_are_what_the_trainers_read_by_name(
+        self, arm: str, epochs: int
+    ) -> None:
+        (parsed,) = parse_arms(arm)
+        kind = parsed.kinds[0]
+        model = ModelSpec(hidden=(4,), kind=kind)
+        strengths = Strengths(patience=3, switch=0.3, block_size=2).resolved(
+            epochs=epochs, kind=kind, n_train=30
+        )
+        config = RunConfig(model=model, train=TrainSpec(epochs=epochs), **parsed.fields(strengths))
+        effects = run_effects(config)
+        assert isinstance(effects, RunEffects)
+        assert {f: getattr(effects, f) for f in _read_by_name(config)} == _read_by_name(config)
+
+    def test_hand_written_strengths_round_as_before(self) -> None:
+        for entries in (
+            (("early_stopping", 0.4), ("dropblock", 2.6), ("late_dropout", 0.33)),
+            (("early_dropout", 0.5), ("late_dropout", 0.1), ("l1", -0.0), ("augment", 0.0)),
+            (("batchnorm", 1.0), ("gaussian_noise", 0.0), ("concrete", 0.0)),
+        ):
+            config = RunConfig(train=TrainSpec(epochs=9), regularizers=entries)
+            expected = _read_by_name(config)
+            assert {f: getattr(run_effects(config), f) for f in expected} == expected
+
+    def test_no_entry_no_effect(self) -> None:
+        assert run_effects(RunConfig(p=0.4, max_norm=3.0)) == RunEffects()
+
+    def test_an_unknown_entry_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="unknown regularizer 'dropconnect'"):
+            run_effects(RunConfig(regularizers=(("dropconnect", 1.0),)))
+
+    def test_no_trainer_reads_an_entry_by_name(self) -> None:
+        """The trainers and the model builder read :class:`RunEffects`, not entry names:
+        no ``config.strength(...)`` call, no ``"entry" in ...`` test."""
+        import ast
+
+        import dropkit.lab.train as train
+
+        entries = {r.entry for r in REGULARIZERS.values() if r.entry}
+        root = Path(train.__file__).parent
+        files = [*sorted(root.glob("*.py")), root.parent / "plan" / "models.py"]
+        offenders = []
+        for path in files:
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "strength"
+                ) or (
+                    isinstance(node, ast.Compare)
+                    and isinstance(node.left, ast.Constant)
+                    and node.left.value in entries
+                    and isinstance(node.ops[0], ast.In | ast.NotIn)
+                ):
+                    offenders.append(f"{path.name}:{node.lineno}")
+        assert not offenders, offenders
 
 
 class TestStrengths:

@@ -11,8 +11,17 @@ the lab needs to know of it:
 - ``acts_on``: where it acts: the ``model`` (a module is added or replaced), the ``loss`` (a
   term or a changed target), the optimizer ``step`` (a constraint after it), the ``loop``
   (which epochs, which weights are kept) or the ``data`` (each training batch perturbed);
-- ``batched``: whether the stacked MLP trainer (:mod:`dropkit.lab.train.stacked`) can run it; runs
-  with an arm it cannot run train in the generic loop (:mod:`dropkit.lab.train.module_loop`);
+- ``trainers``: the trainers that run it (:data:`ARM_TRAINERS`): ``stacked``, the stacked MLP
+  trainer (:mod:`dropkit.lab.train.stacked`); ``loop``, the generic loop
+  (:mod:`dropkit.lab.train.module_loop`), which every arm of a built-in model lists: runs with an
+  arm the stacked trainer cannot run train there; ``vmapped``, the trainer of a user's own
+  model (:mod:`dropkit.lab.train.vmapped`), which exactly the arms of kind ``custom`` list.
+  :func:`trainer_entries` derives each trainer's entries from this one declaration;
+- ``effect``: what its entry does to a run, as the :class:`~dropkit.lab.plan.effects.RunEffects`
+  fields it sets: ``effect(strength, epochs)`` returns them (``{"l2": strength}``,
+  ``{"dropout_window": (0, round(strength·epochs))}``, ``{"batchnorm": "after_dropout"}``, ...).
+  :func:`dropkit.lab.plan.effects.run_effects` applies the effects of a run's entries, and every
+  trainer and the model builder read that value, never the entries' names;
 - ``targets``: for an arm that acts on the loss through the training targets, the function
   ``targets(soft, strength, n_classes)`` that maps the targets (``(N,)`` floats in {0, 1} for
   two classes, one-hot rows ``(N, K)`` otherwise) to the ones the loss trains on;
@@ -23,7 +32,8 @@ the lab needs to know of it:
   entries exclude each other, and the run's label names the entry instead of ``dropout``.
 
 Config, models, trainers, statistics labels, the CLI's options and help, and argument
-validation all read this registry; adding an arm is one definition here plus its tests.
+validation all read this registry; adding an arm is one definition here plus its tests (and,
+for an effect no arm had before, a field of ``RunEffects`` that the trainers apply).
 """
 
 from __future__ import annotations
@@ -46,17 +56,20 @@ __all__ = [
     "ACTS_ON",
     "ARM_KINDS",
     "ARM_NAMES",
+    "ARM_TRAINERS",
     "CUSTOM_KIND",
     "MODEL_KINDS",
     "RATE_ENTRIES",
     "REGULARIZERS",
     "STRENGTHS",
+    "Effect",
     "Regularizer",
     "Strength",
     "Strengths",
     "entry_regularizer",
     "module_entries",
     "target_transforms",
+    "trainer_entries",
 ]
 
 MODEL_KINDS = ("mlp", "cnn", "rnn")
@@ -66,6 +79,13 @@ on the loss, the optimizer step, the training loop or the data apply to it, and 
 ``p`` of its own dropout; arms that change a built-in model's structure do not."""
 ARM_KINDS = (*MODEL_KINDS, CUSTOM_KIND)
 ACTS_ON = ("model", "loss", "step", "loop", "data")
+ARM_TRAINERS = ("stacked", "loop", "vmapped")
+"""The trainers an arm may declare (``Regularizer.trainers``): the stacked MLP trainer, the
+generic loop over built-in models, the vmapped trainer of a user's own model."""
+
+Effect = Callable[[float, int], dict[str, Any]]
+"""``effect(strength, epochs)``: the :class:`~dropkit.lab.plan.effects.RunEffects` fields an
+entry of that strength sets in a run of ``epochs`` epochs."""
 
 
 @dataclass(frozen=True)
@@ -167,7 +187,7 @@ class Regularizer:
     reference: str = ""
     kinds: tuple[str, ...] = ARM_KINDS
     acts_on: tuple[str, ...] = ()
-    batched: bool = False
+    trainers: tuple[str, ...] = ("loop",)
     sets_p: bool = False
     sets_input_p: bool = False
     sets_max_norm: bool = False
@@ -175,6 +195,7 @@ class Regularizer:
     strength: str | None = None
     applies_rate: bool = False
     targets: Callable[[Tensor, float, int], Tensor] | None = None
+    effect: Effect | None = None
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.acts_on if a not in ACTS_ON]
@@ -182,11 +203,26 @@ class Regularizer:
             raise ValueError(f"regularizer {self.name!r}: bad acts_on or kinds")
         if self.strength is not None and self.strength not in STRENGTHS:
             raise ValueError(f"regularizer {self.name!r}: unknown strength {self.strength!r}")
-        if self.targets is not None and (self.batched or self.entry is None):
+        if any(t not in ARM_TRAINERS for t in self.trainers):
+            raise ValueError(f"regularizer {self.name!r}: trainers must be among {ARM_TRAINERS}")
+        # A user's model trains in the vmapped trainer only, a built-in one falls back to the
+        # loop, and the stacked trainer trains built-in MLPs: the trainers follow the kinds.
+        if ("vmapped" in self.trainers) != (CUSTOM_KIND in self.kinds):
+            raise ValueError(
+                f"regularizer {self.name!r}: the vmapped trainer runs exactly the arms that "
+                f"apply to a {CUSTOM_KIND} model"
+            )
+        if any(k in MODEL_KINDS for k in self.kinds) and "loop" not in self.trainers:
+            raise ValueError(f"regularizer {self.name!r}: every built-in model trains in the loop")
+        if "stacked" in self.trainers and "mlp" not in self.kinds:
+            raise ValueError(f"regularizer {self.name!r}: the stacked trainer trains MLPs only")
+        if self.targets is not None and ("stacked" in self.trainers or self.entry is None):
             raise ValueError(
                 f"regularizer {self.name!r}: a targets function needs an entry, and the stacked "
                 "trainer does not apply one"
             )
+        if self.effect is not None and self.entry is None:
+            raise ValueError(f"regularizer {self.name!r}: an effect belongs to an entry")
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -204,6 +240,22 @@ class Regularizer:
 
 
 _MLP_CNN = ("mlp", "cnn")
+_EVERY_TRAINER = ARM_TRAINERS
+_LOOP = ("loop",)
+_LOOP_VMAPPED = ("loop", "vmapped")
+
+
+def _window(strength: float, epochs: int, early: bool) -> dict[str, Any]:
+    """The hidden dropout acts in epochs ``[0, round(s·E))`` (early) or ``[round(s·E), E)``."""
+    switch = round(strength * epochs)
+    return {"dropout_window": (0, switch) if early else (switch, epochs)}
+
+
+def _batchnorm_after_layer(strength: float, epochs: int) -> dict[str, Any]:
+    """``Linear/Conv → BN → ReLU → drop``: the effect of the ``batchnorm`` entry."""
+    return {"batchnorm": "after_layer"}
+
+
 _SRIVASTAVA = (
     "Srivastava, Hinton, Krizhevsky, Sutskever & Salakhutdinov, Dropout: a simple way to "
     "prevent neural networks from overfitting, JMLR 2014"
@@ -223,14 +275,16 @@ REGULARIZERS: dict[str, Regularizer] = {
     r.name: r
     for r in (
         Regularizer(
-            "none", "nothing: the baseline every other arm is tested against", batched=True
+            "none",
+            "nothing: the baseline every other arm is tested against",
+            trainers=_EVERY_TRAINER,
         ),
         Regularizer(
             "dropout",
             "inverted dropout (rate p) after every hidden layer's activation",
             _SRIVASTAVA,
             acts_on=("model",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             sets_p=True,
         ),
         Regularizer(
@@ -238,7 +292,7 @@ REGULARIZERS: dict[str, Regularizer] = {
             "inverted dropout (rate input_p) on the inputs",
             _SRIVASTAVA,
             acts_on=("model",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             sets_input_p=True,
         ),
         Regularizer(
@@ -246,9 +300,10 @@ REGULARIZERS: dict[str, Regularizer] = {
             "loss + λ·Σ|w| over the weights of every layer (not the biases), λ = l1",
             "Tibshirani, Regression shrinkage and selection via the lasso, JRSS-B 1996",
             acts_on=("loss",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             entry="l1",
             strength="l1",
+            effect=lambda strength, epochs: {"l1": strength},
         ),
         Regularizer(
             "l2",
@@ -256,9 +311,10 @@ REGULARIZERS: dict[str, Regularizer] = {
             "regularizer), λ = l2",
             "Krogh & Hertz, A simple weight decay can improve generalization, NeurIPS 1991",
             acts_on=("loss",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             entry="l2",
             strength="l2",
+            effect=lambda strength, epochs: {"l2": strength},
         ),
         Regularizer(
             "max_norm",
@@ -267,7 +323,7 @@ REGULARIZERS: dict[str, Regularizer] = {
             _SRIVASTAVA,
             kinds=(*_MLP_CNN, CUSTOM_KIND),
             acts_on=("step",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             sets_max_norm=True,
         ),
         Regularizer(
@@ -276,8 +332,10 @@ REGULARIZERS: dict[str, Regularizer] = {
             _IOFFE,
             kinds=_MLP_CNN,
             acts_on=("model",),
+            trainers=_LOOP,
             entry="batchnorm",
             applies_rate=True,
+            effect=_batchnorm_after_layer,
         ),
         Regularizer(
             "bn_dropout",
@@ -285,9 +343,11 @@ REGULARIZERS: dict[str, Regularizer] = {
             _LI,
             kinds=_MLP_CNN,
             acts_on=("model",),
+            trainers=_LOOP,
             sets_p=True,
             entry="batchnorm",
             applies_rate=True,
+            effect=_batchnorm_after_layer,
         ),
         Regularizer(
             "dropout_bn",
@@ -296,9 +356,11 @@ REGULARIZERS: dict[str, Regularizer] = {
             _LI,
             kinds=_MLP_CNN,
             acts_on=("model",),
+            trainers=_LOOP,
             sets_p=True,
             entry="dropout_bn",
             applies_rate=True,
+            effect=lambda strength, epochs: {"batchnorm": "after_dropout"},
         ),
         Regularizer(
             "early_stopping",
@@ -307,9 +369,10 @@ REGULARIZERS: dict[str, Regularizer] = {
             "not improved for `patience` epochs and restores the best weights",
             "Prechelt, Early stopping - but when?, Neural Networks: Tricks of the Trade 1998",
             acts_on=("loop",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             entry="early_stopping",
             strength="patience",
+            effect=lambda strength, epochs: {"patience": max(1, round(strength))},
         ),
         Regularizer(
             "augment",
@@ -318,9 +381,10 @@ REGULARIZERS: dict[str, Regularizer] = {
             "Simard, Steinkraus & Platt, Best practices for convolutional neural networks, "
             "ICDAR 2003",
             acts_on=("data",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             entry="augment",
             strength="augment",
+            effect=lambda strength, epochs: {"augment": strength},
         ),
         Regularizer(
             "gaussian_noise",
@@ -329,9 +393,10 @@ REGULARIZERS: dict[str, Regularizer] = {
             _SRIVASTAVA + " (section 10)",
             kinds=MODEL_KINDS,
             acts_on=("model",),
-            batched=True,
+            trainers=("stacked", "loop"),
             entry="gaussian_noise",
             strength="noise",
+            effect=lambda strength, epochs: {"noise": strength},
         ),
         Regularizer(
             "concrete",
@@ -340,30 +405,34 @@ REGULARIZERS: dict[str, Regularizer] = {
             "Gal, Hron & Kendall, Concrete dropout, NeurIPS 2017",
             kinds=("mlp",),
             acts_on=("model", "loss"),
+            trainers=_LOOP,
             entry="concrete",
             strength="concrete",
+            effect=lambda strength, epochs: {"concrete": strength},
         ),
         Regularizer(
             "early_dropout",
             "dropout p only during the first `switch` fraction of the epochs, none after",
             _LIU,
             acts_on=("loop",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             sets_p=True,
             entry="early_dropout",
             strength="switch",
             applies_rate=True,
+            effect=lambda strength, epochs: _window(strength, epochs, early=True),
         ),
         Regularizer(
             "late_dropout",
             "no dropout during the first `switch` fraction of the epochs, dropout p after",
             _LIU,
             acts_on=("loop",),
-            batched=True,
+            trainers=_EVERY_TRAINER,
             sets_p=True,
             entry="late_dropout",
             strength="switch",
             applies_rate=True,
+            effect=lambda strength, epochs: _window(strength, epochs, early=False),
         ),
         Regularizer(
             "spatial_dropout",
@@ -372,9 +441,11 @@ REGULARIZERS: dict[str, Regularizer] = {
             "convolutional networks, CVPR 2015",
             kinds=("cnn",),
             acts_on=("model",),
+            trainers=_LOOP,
             sets_p=True,
             entry="spatial_dropout",
             applies_rate=True,
+            effect=lambda strength, epochs: {"dropout_layer": "spatial_dropout"},
         ),
         Regularizer(
             "dropblock",
@@ -383,10 +454,15 @@ REGULARIZERS: dict[str, Regularizer] = {
             "Ghiasi, Lin & Le, DropBlock, NeurIPS 2018",
             kinds=("cnn",),
             acts_on=("model",),
+            trainers=_LOOP,
             sets_p=True,
             entry="dropblock",
             strength="block_size",
             applies_rate=True,
+            effect=lambda strength, epochs: {
+                "dropout_layer": "dropblock",
+                "block_size": max(1, round(strength)),
+            },
         ),
         Regularizer(
             "variational",
@@ -395,9 +471,11 @@ REGULARIZERS: dict[str, Regularizer] = {
             _GAL,
             kinds=("rnn",),
             acts_on=("model",),
+            trainers=_LOOP,
             sets_p=True,
             entry="variational",
             applies_rate=True,
+            effect=lambda strength, epochs: {"dropout_layer": "locked_dropout"},
         ),
         Regularizer(
             "recurrent_dropout",
@@ -405,9 +483,11 @@ REGULARIZERS: dict[str, Regularizer] = {
             _GAL,
             kinds=("rnn",),
             acts_on=("model",),
+            trainers=_LOOP,
             sets_p=True,
             entry="recurrent_dropout",
             applies_rate=True,
+            effect=lambda strength, epochs: {"dropout_layer": "recurrent_dropout"},
         ),
         Regularizer(
             "label_smoothing",
@@ -416,6 +496,7 @@ REGULARIZERS: dict[str, Regularizer] = {
             "Szegedy, Vanhoucke, Ioffe, Shlens & Wojna, Rethinking the Inception architecture "
             "for computer vision, CVPR 2016",
             acts_on=("loss",),
+            trainers=_LOOP_VMAPPED,
             entry="label_smoothing",
             strength="smoothing",
             targets=_smooth_targets,
@@ -433,6 +514,17 @@ for _regularizer in REGULARIZERS.values():
 
 RATE_ENTRIES = frozenset(name for name, r in _BY_ENTRY.items() if r.applies_rate)
 """Entries that say how the hidden rate ``p`` is applied (two of them exclude each other)."""
+
+
+def trainer_entries(trainer: str) -> frozenset[str]:
+    """The ``RunConfig.regularizers`` entries whose arm lists ``trainer`` in its ``trainers``.
+
+    Raises:
+        ValueError: ``trainer`` is not one of :data:`ARM_TRAINERS`.
+    """
+    if trainer not in ARM_TRAINERS:
+        raise ValueError(f"`trainer` must be one of {', '.join(ARM_TRAINERS)}, got {trainer!r}")
+    return frozenset(name for name, r in _BY_ENTRY.items() if trainer in r.trainers)
 
 
 def entry_regularizer(entry: str) -> Regularizer:

@@ -20,6 +20,7 @@ from dropkit.lab.plan.arms import (
     STRENGTHS,
     Regularizer,
     Strengths,
+    trainer_entries,
 )
 from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 
@@ -43,11 +44,10 @@ class ArmError(ValueError):
     """An arm list that cannot be used, with a one-line reason naming the argument."""
 
 
-BATCHED_REGULARIZERS = frozenset(
-    r.entry for r in REGULARIZERS.values() if r.entry is not None and r.batched
-)
+BATCHED_REGULARIZERS = trainer_entries("stacked")
 """The ``RunConfig.regularizers`` entries the stacked MLP trainer (:mod:`dropkit.lab.train.stacked`)
-can express; MLP runs with other entries train in :mod:`dropkit.lab.train.module_loop`."""
+can express (derived from the registry: the arms that list ``stacked`` in their ``trainers``);
+MLP runs with other entries train in :mod:`dropkit.lab.train.module_loop`."""
 
 STRENGTH_NAMES: tuple[str, ...] = tuple(STRENGTHS)
 

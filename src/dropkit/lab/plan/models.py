@@ -48,7 +48,10 @@ Kinds (``config.model.kind``) and the arms that change the module
     noise to the last hidden state.
 
 ``input_p`` puts ``Dropout(input_p)`` on the raw inputs of every kind. Arms that do not apply to
-a kind raise ``ValueError``.
+a kind raise ``ValueError``. The builders read what the entries do to the module (BatchNorm's
+place, the layer that applies ``p``, noise, concrete dropout) from
+:func:`dropkit.lab.plan.effects.run_effects`, where each arm's declared effect is applied, not
+from the entries' names.
 
 Initialization: weights come from ``generator`` (a ``torch.Generator`` seeded with
 ``config.seed`` when none is given), so a run's initial weights are a function of its seed:
@@ -74,6 +77,7 @@ from dropkit.concrete import ConcreteDropout
 from dropkit.lab.plan.arms import entry_regularizer, module_entries
 from dropkit.lab.plan.config import RunConfig
 from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.effects import RunEffects, run_effects
 from dropkit.layers import DropBlock2d, Dropout, LockedDropout, SpatialDropout2d
 from dropkit.recurrent import LSTM
 from dropkit.surgery import find_dropout
@@ -188,7 +192,7 @@ def _initialize(module: nn.Module, generator: torch.Generator) -> None:
                     weight.uniform_(-bound, bound, generator=generator)
 
 
-def _arms(config: RunConfig) -> dict[str, float]:
+def _check_arms(config: RunConfig) -> None:
     """The config's regularizer entries, each checked against its model kind (registry).
 
     Raises:
@@ -196,9 +200,8 @@ def _arms(config: RunConfig) -> dict[str, float]:
             both say how the hidden rate is applied (e.g. ``batchnorm`` and ``dropout_bn``).
     """
     kind = config.model.kind
-    arms = dict(config.regularizers)
     rate_entries = []
-    for name in arms:
+    for name, _ in config.regularizers:
         regularizer = entry_regularizer(name)
         if kind not in regularizer.kinds:
             raise ValueError(
@@ -212,7 +215,6 @@ def _arms(config: RunConfig) -> dict[str, float]:
             f"regularizers {' and '.join(map(repr, rate_entries))} each say how the dropout "
             "rate is applied; pick one"
         )
-    return arms
 
 
 def _outputs(data: Dataset) -> int:
@@ -241,63 +243,63 @@ def _input_layers(
 
 
 def _mlp(
-    config: RunConfig, data: Dataset, arms: dict[str, float], generator: torch.Generator | None
+    config: RunConfig, data: Dataset, effects: RunEffects, generator: torch.Generator | None
 ) -> nn.Sequential:
     layers = _input_layers(config, data, generator)
     widths = [data.n_features, *config.model.hidden]
-    concrete = "concrete" in arms
+    concrete = effects.concrete is not None
     weight_reg, _ = ConcreteDropout.regularizers(max(1, len(data.y_train)))
 
     def linear(n_in: int, n_out: int, after_hidden: bool) -> nn.Module:
         """A Linear, whose input a learned-rate dropout drops when it follows a hidden layer."""
         layer = nn.Linear(n_in, n_out)
-        if not (concrete and after_hidden):
+        if effects.concrete is None or not after_hidden:
             return layer
         return ConcreteDropout(
             layer,
             init_p=config.p if 0.0 < config.p < 1.0 else 0.1,
             weight_regularizer=weight_reg,
-            dropout_regularizer=arms["concrete"],
+            dropout_regularizer=effects.concrete,
             generator=generator,
         )
 
     for index, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
         layers.append(linear(n_in, n_out, index > 0))
-        if "batchnorm" in arms:
+        if effects.batchnorm == "after_layer":
             layers.append(nn.BatchNorm1d(n_out))
         layers.append(nn.ReLU())
         if not concrete:
             layers.append(Dropout(config.p, generator=generator))
-        if "dropout_bn" in arms:
+        if effects.batchnorm == "after_dropout":
             layers.append(nn.BatchNorm1d(n_out))
-        if "gaussian_noise" in arms:
-            layers.append(GaussianNoise(arms["gaussian_noise"], generator=generator))
+        if effects.noise is not None:
+            layers.append(GaussianNoise(effects.noise, generator=generator))
     layers.append(linear(widths[-1], _outputs(data), True))
     return nn.Sequential(*layers)
 
 
 def _cnn(
-    config: RunConfig, data: Dataset, arms: dict[str, float], generator: torch.Generator | None
+    config: RunConfig, data: Dataset, effects: RunEffects, generator: torch.Generator | None
 ) -> nn.Sequential:
     layers = _input_layers(config, data, generator)
     assert data.input_shape is not None
     channels, height, width = data.input_shape
     for out in config.model.hidden:
         layers.append(nn.Conv2d(channels, out, 3, padding=1))
-        if "batchnorm" in arms:
+        if effects.batchnorm == "after_layer":
             layers.append(nn.BatchNorm2d(out))
         layers.append(nn.ReLU())
-        if "spatial_dropout" in arms:
+        if effects.dropout_layer == "spatial_dropout":
             layers.append(SpatialDropout2d(config.p, generator=generator))
-        elif "dropblock" in arms:
-            block = max(1, round(arms["dropblock"]))
-            layers.append(DropBlock2d(config.p, block_size=block, generator=generator))
+        elif effects.dropout_layer == "dropblock":
+            assert effects.block_size is not None
+            layers.append(DropBlock2d(config.p, block_size=effects.block_size, generator=generator))
         else:
             layers.append(Dropout(config.p, generator=generator))
-        if "dropout_bn" in arms:
+        if effects.batchnorm == "after_dropout":
             layers.append(nn.BatchNorm2d(out))
-        if "gaussian_noise" in arms:
-            layers.append(GaussianNoise(arms["gaussian_noise"], generator=generator))
+        if effects.noise is not None:
+            layers.append(GaussianNoise(effects.noise, generator=generator))
         if min(height, width) >= 2:
             layers.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2
@@ -311,12 +313,12 @@ def _cnn(
 
 
 def _rnn(
-    config: RunConfig, data: Dataset, arms: dict[str, float], generator: torch.Generator | None
+    config: RunConfig, data: Dataset, effects: RunEffects, generator: torch.Generator | None
 ) -> nn.Sequential:
     layers = _input_layers(config, data, generator)
     assert data.input_shape is not None
-    variational = "variational" in arms
-    recurrent = "recurrent_dropout" in arms
+    variational = effects.dropout_layer == "locked_dropout"
+    recurrent = effects.dropout_layer == "recurrent_dropout"
     if variational:
         layers.append(LockedDropout(config.p, generator=generator))
     layers.append(
@@ -330,8 +332,8 @@ def _rnn(
     )
     if not (variational or recurrent):
         layers.append(Dropout(config.p, generator=generator))
-    if "gaussian_noise" in arms:
-        layers.append(GaussianNoise(arms["gaussian_noise"], generator=generator))
+    if effects.noise is not None:
+        layers.append(GaussianNoise(effects.noise, generator=generator))
     layers.append(nn.Linear(config.model.hidden[-1], _outputs(data)))
     return nn.Sequential(*layers)
 
@@ -355,9 +357,9 @@ def build_model(
     Raises:
         ValueError: an arm that does not apply to the kind, or data of the wrong shape.
     """
-    arms = _arms(config)
+    _check_arms(config)
     builder = {"mlp": _mlp, "cnn": _cnn, "rnn": _rnn}[config.model.kind]
-    model = builder(config, data, arms, generator)
+    model = builder(config, data, run_effects(config), generator)
     init = generator if generator is not None else torch.Generator().manual_seed(config.seed)
     _initialize(model, init)
     return model

@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from dropkit.lab.plan.config import RunConfig, TrainSpec
+from dropkit.lab.plan.effects import run_effects
 from dropkit.lab.plan.records import CURVE_METRICS
 
 __all__ = [
@@ -227,18 +228,13 @@ class EarlyStopping:
 
 
 def dropout_window(config: RunConfig) -> tuple[int, int] | None:
-    """The 0-based epochs ``[start, stop)`` in which the hidden dropout acts, or None (all).
+    """The 0-based epochs ``[start, stop)`` in which the hidden dropout acts, or None (all):
+    ``RunEffects.dropout_window`` of :func:`~dropkit.lab.plan.effects.run_effects`.
 
     ``early_dropout`` of strength ``s`` (a fraction of the ``E`` epochs) is ``(0, round(s·E))``;
-    ``late_dropout`` is ``(round(s·E), E)``.
+    ``late_dropout`` is ``(round(s·E), E)`` (the arms declare it in the registry).
     """
-    epochs = config.train.epochs
-    early, late = config.strength("early_dropout"), config.strength("late_dropout")
-    if early is not None:
-        return (0, round(early * epochs))
-    if late is not None:
-        return (round(late * epochs), epochs)
-    return None
+    return run_effects(config).dropout_window
 
 
 def dropout_on(window: tuple[int, int] | None, epoch: int) -> bool:

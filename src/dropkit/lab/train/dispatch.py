@@ -44,9 +44,10 @@ from torch import Tensor
 from dropkit.lab.plan.comparison import BATCHED_REGULARIZERS
 from dropkit.lab.plan.config import CUSTOM_MODEL, RunConfig
 from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.effects import run_effects
 from dropkit.lab.plan.records import MAX_STATE_PARAMETERS, RunRecord
 from dropkit.lab.plan.splits import has_validation
-from dropkit.lab.train.contract import METRICS, BatchResult, EpochTicker, dropout_window
+from dropkit.lab.train.contract import METRICS, BatchResult, EpochTicker
 from dropkit.lab.train.stacked import RunSettings, train_batch
 
 __all__ = [
@@ -126,7 +127,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def is_batched(config: RunConfig) -> bool:
     """Whether the stacked MLP trainer can train ``config`` (MLP classification runs whose
-    regularizers it expresses)."""
+    entries' arms all list ``stacked`` in their ``trainers``: :data:`BATCHED_REGULARIZERS`)."""
     return (
         config.model.kind == "mlp"
         and config.data.task == "classification"
@@ -135,23 +136,24 @@ def is_batched(config: RunConfig) -> bool:
 
 
 def batched_settings(config: RunConfig) -> RunSettings:
-    """The :class:`RunSettings` of a config the stacked trainer can train (see :func:`is_batched`).
+    """The :class:`RunSettings` of a config the stacked trainer can train (see :func:`is_batched`):
+    its rates and its :func:`~dropkit.lab.plan.effects.run_effects`.
 
     ``early_dropout`` / ``late_dropout`` of strength ``s`` switch at epoch ``round(s·E)``
     (:func:`dropkit.lab.train.contract.dropout_window`).
     """
-    patience = config.strength("early_stopping")
+    effects = run_effects(config)
     return RunSettings(
         seed=config.seed,
         p=config.p,
         input_p=config.input_p,
         max_norm=config.max_norm,
-        l1=config.strength("l1", 0.0) or 0.0,
-        l2=config.strength("l2", 0.0) or 0.0,
-        augment=config.strength("augment", 0.0) or 0.0,
-        noise=config.strength("gaussian_noise", 0.0) or 0.0,
-        dropout_epochs=dropout_window(config),
-        patience=None if patience is None else max(1, round(patience)),
+        l1=effects.l1 or 0.0,
+        l2=effects.l2 or 0.0,
+        augment=effects.augment or 0.0,
+        noise=effects.noise or 0.0,
+        dropout_epochs=effects.dropout_window,
+        patience=effects.patience,
         fold=config.fold,
     )
 
@@ -174,7 +176,7 @@ def _stopping_rows(
 ) -> dict[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]] | None:
     """The ``(fit_idx, stop_idx)`` rows of the early-stopping runs of every fold among
     ``configs`` (:func:`dropkit.lab.plan.splits.stopping_rows`; None: no run stops early)."""
-    folds = dict.fromkeys(c.fold for c in configs if c.strength("early_stopping") is not None)
+    folds = dict.fromkeys(c.fold for c in configs if run_effects(c).patience is not None)
     if not folds:
         return None
     from dropkit.lab.plan.splits import stopping_rows

@@ -91,6 +91,7 @@ from dropkit.concrete import ConcreteDropout, concrete_regularization
 from dropkit.lab.plan.arms import target_transforms
 from dropkit.lab.plan.config import RunConfig
 from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.effects import RunEffects, run_effects
 from dropkit.lab.plan.models import (
     build_model,
     constrained_layers,
@@ -105,7 +106,6 @@ from dropkit.lab.train.contract import (
     augment_batch,
     bound_unit_norms_,
     dropout_on,
-    dropout_window,
     feature_scale,
     make_adam,
     part_means,
@@ -226,6 +226,7 @@ class _Run:
     patience: int | None
     window: tuple[int, int] | None
     history: np.ndarray
+    effects: RunEffects  # what the run's entries do (run_effects), read instead of their names
     regression: bool = False
     reports_validation: bool = False
     stops: bool = False  # the evaluation holds early-stopping rows (see _Rows)
@@ -303,7 +304,7 @@ def _split_of(config: RunConfig, data: Dataset) -> tuple[Hashable, Callable[[], 
     validation). Early-stopping runs take theirs from :func:`dropkit.lab.plan.splits.stopping_rows`
     (never the validation rows); the others from :func:`dropkit.lab.plan.splits.validation_rows`."""
     spec, fold = config.data, config.fold
-    stops = config.strength("early_stopping") is not None
+    stops = run_effects(config).patience is not None
     if stops:
         from dropkit.lab.plan.splits import stopping_rows
 
@@ -339,7 +340,8 @@ def _start(config: RunConfig, data: Dataset, rows: _Rows, device: torch.device =
     generator = torch.Generator().manual_seed(config.seed)
     model = build_model(config, data, generator=generator).to(device)
     model.train()
-    patience = config.strength("early_stopping")
+    effects = run_effects(config)
+    patience = effects.patience
     recurrent = [m for m in model.modules() if isinstance(m, LSTM) and m.recurrent_dropout > 0]
     return _Run(
         config=config,
@@ -352,9 +354,10 @@ def _start(config: RunConfig, data: Dataset, rows: _Rows, device: torch.device =
         evaluation=rows.evaluation,
         switched=hidden_dropout(model, config),
         recurrent=recurrent,
-        patience=None if patience is None else max(1, round(patience)),
-        window=dropout_window(config),
+        patience=patience,
+        window=effects.dropout_window,
         history=np.full((len(METRICS), config.train.epochs), np.nan),
+        effects=effects,
         regression=data.task == "regression",
         reports_validation=has_validation(config.data) and rows.validates,
         stops=rows.stops,
@@ -368,10 +371,9 @@ def _train_epoch(run: _Run, data: Dataset) -> None:
     x, y = run.fit
     n = len(y)
     batch_size = min(config.train.batch_size, n)
-    l1 = config.strength("l1", 0.0) or 0.0
-    l2 = config.strength("l2", 0.0) or 0.0
-    augment = config.strength("augment")
-    targets = target_transforms(config.regularizers)
+    l1, l2 = run.effects.l1, run.effects.l2
+    augment = run.effects.augment
+    targets = run.effects.targets
     concrete = any(isinstance(m, ConcreteDropout) for m in model.modules())
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     constrained = constrained_layers(model) if config.max_norm is not None else []

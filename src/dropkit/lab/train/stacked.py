@@ -30,6 +30,17 @@ hidden noise) comes from the same hash: two streams per site give two 24-bit uni
 Box–Muller turns them into ``N(0, 1)`` (:func:`normal_noise`). Early and late dropout change
 a run's threshold per epoch (0 keeps every unit, with scale 1: exactly no dropout).
 
+Which scheme is the lab's. The lab's counter-based mask scheme is
+:mod:`dropkit.lab.train.counter_masks` (a mask as a pure function of seed, optimizer step,
+dropout layer and element; the vmapped trainer's, for any module): new trainers use it. This
+trainer keeps its own numbering, which came first: the same ``lowbias32`` mixer and the same
+``2**-16`` resolution of ``p``, but keyed by epoch rather than optimizer step, with a unit
+counter that runs over the whole epoch and one hash per unit, so its masks are other numbers.
+It keeps them for the results already stored: a run's identity in the store
+(:meth:`~dropkit.lab.plan.config.RunConfig.key`) does not name the mask scheme, so moving this
+trainer to ``counter_masks`` would give the runs of earlier sweeps different curves under the
+same keys, and a sweep run again (which skips the runs already done) would mix the two.
+
 Devices. ``device`` puts the data, the stacked weights, Adam's state and every per-run knob on
 a CPU or CUDA device. Initial weights and data orders are still drawn from the runs' CPU
 generators (then copied over), and the masks and noise are the counter-based hash, which

@@ -97,9 +97,10 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
-from dropkit.lab.plan.arms import entry_regularizer, target_transforms
+from dropkit.lab.plan.arms import entry_regularizer, trainer_entries
 from dropkit.lab.plan.config import RunConfig
 from dropkit.lab.plan.data import Dataset
+from dropkit.lab.plan.effects import run_effects
 from dropkit.lab.plan.records import MAX_STATE_PARAMETERS
 from dropkit.lab.plan.splits import stopping_rows, validation_rows
 from dropkit.lab.train.contract import (
@@ -110,7 +111,6 @@ from dropkit.lab.train.contract import (
     augment_batch,
     bound_unit_norms_,
     dropout_on,
-    dropout_window,
     feature_scale,
     make_adam,
     sample_scores,
@@ -149,16 +149,16 @@ about as much as that many eager steps)."""
 MEMORY_FRACTION = 0.5
 """Share of the free memory (RAM, or the CUDA device's) a batch may use by default."""
 
-SUPPORTED_REGULARIZERS = (
-    "augment",
-    "early_dropout",
-    "early_stopping",
-    "l1",
-    "l2",
-    "late_dropout",
+VMAPPED_REGULARIZERS = trainer_entries("vmapped")
+"""Regularizer entries a user model's runs may have: derived from the registry
+(:mod:`dropkit.lab.plan.arms`), the arms that list ``vmapped`` in their ``trainers``; the others
+change the built-in models' modules."""
+
+SUPPORTED_REGULARIZERS = tuple(
+    sorted(name for name in VMAPPED_REGULARIZERS if entry_regularizer(name).targets is None)
 )
-"""Regularizer entries a user model's runs may have, besides those that transform the targets
-(``label_smoothing``); the others change the built-in models' modules."""
+"""Of :data:`VMAPPED_REGULARIZERS`, those that leave the targets alone (the rest transform
+them: ``label_smoothing``)."""
 
 _INPUT = "input_dropout"
 _MODEL = "model"
@@ -226,18 +226,13 @@ def _check_configs(configs: Sequence[RunConfig], data: Dataset) -> None:
             )
     for config in configs:
         for name, _ in config.regularizers:
-            if name in SUPPORTED_REGULARIZERS:
-                continue
-            try:
-                transforms = entry_regularizer(name).targets
-            except ValueError:
-                transforms = None
-            if transforms is None:
+            if name not in VMAPPED_REGULARIZERS:
+                transforming = sorted(VMAPPED_REGULARIZERS.difference(SUPPORTED_REGULARIZERS))
                 raise ValueError(
                     f"regularizer {name!r} cannot train a custom model; supported: "
-                    f"{', '.join(SUPPORTED_REGULARIZERS)} and label_smoothing"
+                    f"{', '.join(SUPPORTED_REGULARIZERS)} and {', '.join(transforming)}"
                 )
-            if data.task == "regression":
+            if data.task == "regression" and entry_regularizer(name).targets is not None:
                 raise ValueError(
                     f"regularizer {name!r} transforms class targets; the task is regression"
                 )
@@ -308,7 +303,7 @@ def _prepare(
         reasons, sites = _swap_dropout(wrapped, config.seed)
         wrapped.to(device)
         # Early stopping's rows (splits.stopping_rows) are never the validation rows.
-        stops = config.strength("early_stopping") is not None
+        stops = run_effects(config).patience is not None
         if (config.fold, stops) not in split_cache:
             if stops:
                 rows = stopping_rows(data.y_train, config.data, config.fold)
@@ -762,7 +757,8 @@ class _Group:
         )
         configs = [run.config for run in runs]
         self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
-        self.windows = [dropout_window(c) for c in configs]
+        effects = [run_effects(c) for c in configs]  # what each run's entries do
+        self.windows = [e.dropout_window for e in effects]
         self.fit = torch.stack([run.fit for run in runs])  # (R, n_fit)
         self.val = torch.stack([run.val for run in runs])  # (R, n_val)
         self.stop = torch.stack([run.stop for run in runs])  # (R, n_stop)
@@ -778,22 +774,22 @@ class _Group:
         def vector(values: list[float]) -> Tensor:
             return torch.tensor(values, dtype=shared.dtype, device=device)
 
-        l1 = [c.strength("l1", 0.0) or 0.0 for c in configs]
-        l2 = [c.strength("l2", 0.0) or 0.0 for c in configs]
+        l1 = [e.l1 or 0.0 for e in effects]
+        l2 = [e.l2 or 0.0 for e in effects]
         self.l1 = vector(l1) if any(l1) else None
         self.l2 = vector(l2) if any(l2) else None
         bounds = [math.inf if c.max_norm is None else c.max_norm for c in configs]
         self.bound = vector(bounds) if any(map(math.isfinite, bounds)) else None
-        self.augment = [c.strength("augment") for c in configs]
-        self.targets = [target_transforms(c.regularizers) for c in configs]
+        self.augment = [e.augment for e in effects]
+        self.targets = [e.targets for e in effects]
         self.use_soft = (
             torch.tensor([bool(t) for t in self.targets], device=device)
             if any(self.targets)
             else None
         )
-        patience = [c.strength("early_stopping") for c in configs]
+        patience = [e.patience for e in effects]
         self.watched = torch.tensor([p is not None for p in patience])
-        waits = [max(1, round(p)) for p in patience if p is not None]
+        waits = [p for p in patience if p is not None]
         self.stopper = EarlyStopping(waits, shared.epochs) if waits else None
         self.best: dict[str, Tensor] = {}
         self.layers = [
