@@ -54,7 +54,8 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -510,6 +511,21 @@ def feature_alpha_dropout(
 # --------------------------------------------------------------------------------------------
 
 
+_Fn = TypeVar("_Fn", bound=Callable[..., object])
+
+
+def _assume_constant_result(fn: _Fn) -> _Fn:
+    """:func:`torch.compiler.assume_constant_result` without importing ``torch._dynamo``.
+
+    torch's decorator imports the whole compiler stack (about a second) only to set one
+    attribute, ``_dynamo_marked_constant``, that dynamo reads when it traces a call to ``fn``
+    (dynamo is then imported anyway). Setting it here keeps ``import dropkit`` light; the
+    tests check that torch's decorator sets exactly this attribute.
+    """
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]  # read by dynamo only
+    return fn
+
+
 def _coverage_counts(size: int, block: int) -> Counter[int]:
     """Histogram over the units of one axis of how many block positions cover each unit.
 
@@ -520,7 +536,7 @@ def _coverage_counts(size: int, block: int) -> Counter[int]:
     return Counter(min(u, last) - max(0, u - block + 1) + 1 for u in range(size))
 
 
-@torch.compiler.assume_constant_result  # type: ignore[untyped-decorator]  # torch leaves it untyped
+@_assume_constant_result
 def _drop_block_seed_rate(p: float, spatial: tuple[int, ...], block: tuple[int, ...]) -> float:
     """Cached :func:`_solve_drop_block_seed_rate`, evaluated as a constant under torch.compile."""
     return _solve_drop_block_seed_rate(p, spatial, block)
