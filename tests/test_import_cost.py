@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+import pytest
 import torch
 
 import dropkit.functional as DF
@@ -69,3 +70,31 @@ def test_drop_block_rate_is_a_constant_under_compile() -> None:
     y = compiled(x)
     assert DF._solve_drop_block_seed_rate.cache_info().misses == before + 1
     assert y.shape == x.shape and (y == 0).any()
+
+
+def test_the_command_and_the_namespaces_start_without_torch() -> None:
+    """``import dropkit``, ``from dropkit import lab`` and the ``dropkit`` command's module
+    import no torch (nor SciPy, scikit-learn, matplotlib): their public names load on first
+    use (PEP 562), so ``dropkit --help`` answers without the cost of torch."""
+    code = (
+        "import sys, dropkit, dropkit.cli\n"
+        "from dropkit import lab\n"
+        "heavy = ('torch', 'scipy', 'sklearn', 'matplotlib')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    assert _python("-c", code).stdout.strip() == "[]"
+
+
+def test_every_public_name_resolves_on_first_use() -> None:
+    import dropkit
+    from dropkit import lab
+
+    for namespace in (dropkit, lab):
+        names = set(namespace.__all__) - {"__version__"}
+        assert names == set(namespace._HOMES), names ^ set(namespace._HOMES)
+        assert names <= set(dir(namespace))
+        for name in sorted(names):
+            assert getattr(namespace, name) is not None, name
+    assert dropkit.functional.dropout is DF.dropout
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        dropkit.no_such_name  # noqa: B018 - the attribute access is the test

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Sequence
-from typing import Literal, cast, overload
+from typing import TYPE_CHECKING, Literal, cast, overload
 
-import torch
+if TYPE_CHECKING:  # torch is imported by whoever passes a tensor; argument checks need not
+    import torch
 
 __all__ = [
     "check_batch_output",
@@ -64,7 +66,13 @@ def check_probability(
     if type(value) is float and 0.0 <= value <= 1.0:  # the common case, checked on every op call
         return value
     kind = description or f"the {meaning} probability"
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and not value.is_complex():
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if (
+        torch is not None
+        and isinstance(value, torch.Tensor)
+        and value.ndim == 0
+        and not (value.is_complex())
+    ):
         if value.dtype == torch.bool:
             raise TypeError(f"`{name}` must be a real number in [0, 1] ({kind}), got a bool tensor")
         value = float(value)
@@ -142,6 +150,8 @@ def check_min_ndim(x: torch.Tensor, min_ndim: int, op: str, layout: str, hint: s
 
 def check_generator(generator: object, x: torch.Tensor | None = None) -> None:
     """Check that ``generator`` is ``None`` or a :class:`torch.Generator` (on ``x``'s device)."""
+    import torch
+
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
@@ -197,6 +207,8 @@ def check_positive_int(value: object, name: str, *, optional: bool = False) -> i
 
 def check_tensor(value: object, name: str) -> torch.Tensor:
     """Return ``value`` after checking it is a :class:`torch.Tensor`."""
+    import torch
+
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(value).__name__}")
     return value
@@ -215,6 +227,8 @@ def check_batch_output(
         layout: the expected layout in words, e.g. ``"(N, *, C)"``.
         hint: an extra sentence for a rank below ``min_ndim``.
     """
+    import torch
+
     if not isinstance(output, torch.Tensor):
         raise TypeError(
             f"{op} expects the model to return a torch.Tensor, got {type(output).__name__}; "
@@ -232,6 +246,8 @@ def check_batch_output(
 
 def check_module(value: object, name: str = "model") -> torch.nn.Module:
     """Return ``value`` after checking it is a :class:`torch.nn.Module`."""
+    import torch
+
     if not isinstance(value, torch.nn.Module):
         raise TypeError(
             f"`{name}` must be a torch.nn.Module, got {_describe(value)} "
