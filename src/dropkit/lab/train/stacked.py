@@ -439,38 +439,9 @@ def train_batch(
     start = time.perf_counter()
     where = torch.device(device)
     fused = compiler_available(where) if compile is None else compile
-    n_runs = len(runs)
-    if not n_runs:
-        raise ValueError("`runs` must hold at least one run")
-    folds = list(dict.fromkeys(r.fold for r in runs)) if validation is not None else [None]
-    if validation is not None:
-        missing = [fold for fold in folds if fold not in validation]
-        if missing:
-            raise ValueError(
-                f"`validation` must hold the rows of every run's fold, missing fold {missing[0]!r}"
-            )
-    stopped_folds = dict.fromkeys(r.fold for r in runs if r.patience is not None)
-    if stopping is not None or (validation is not None and stopped_folds):
-        missing = [fold for fold in stopped_folds if stopping is None or fold not in stopping]
-        if missing:
-            raise ValueError(
-                "`stopping` must hold the early-stopping rows of every early-stopping run's "
-                f"fold (with `validation`, early stopping never sees the validation rows), "
-                f"missing fold {missing[0]!r}"
-            )
-    groups = []
-    for fold in folds:
-        mine = [i for i, r in enumerate(runs) if validation is None or r.fold == fold]
-        groups += [
-            group
-            for group in (
-                [i for i in mine if runs[i].patience is None],
-                [i for i in mine if runs[i].patience is not None],
-            )
-            if group
-        ]
-    ticker = EpochTicker(n_runs, train.epochs, on_epoch) if len(groups) > 1 else None
-    values = np.empty((len(METRICS), n_runs, train.epochs))
+    groups = _groups(runs, validation, stopping)
+    ticker = EpochTicker(len(runs), train.epochs, on_epoch) if len(groups) > 1 else None
+    values = np.empty((len(METRICS), len(runs), train.epochs))
     info: list[dict[str, float]] = [{} for _ in runs]
     pairs: list[list[tuple[Tensor, Tensor]]] = [[] for _ in runs]
     for group in groups:
@@ -499,6 +470,48 @@ def train_batch(
     )
 
 
+_FoldRows = Mapping[int | None, tuple[NDArray[np.intp], NDArray[np.intp]]]
+"""Per fold, two arrays of row indices of the training set (see :func:`train_batch`)."""
+
+
+def _groups(
+    runs: Sequence[RunSettings], validation: _FoldRows | None, stopping: _FoldRows | None
+) -> list[list[int]]:
+    """The runs (their positions) that train as one stacked computation: per fold (one fold
+    without ``validation``), those without early stopping, then those with it (their training
+    rows differ). Checks that ``validation`` and ``stopping`` hold the runs' folds."""
+    if not runs:
+        raise ValueError("`runs` must hold at least one run")
+    folds = list(dict.fromkeys(r.fold for r in runs)) if validation is not None else [None]
+    if validation is not None:
+        missing = [fold for fold in folds if fold not in validation]
+        if missing:
+            raise ValueError(
+                f"`validation` must hold the rows of every run's fold, missing fold {missing[0]!r}"
+            )
+    stopped_folds = dict.fromkeys(r.fold for r in runs if r.patience is not None)
+    if stopping is not None or (validation is not None and stopped_folds):
+        missing = [fold for fold in stopped_folds if stopping is None or fold not in stopping]
+        if missing:
+            raise ValueError(
+                "`stopping` must hold the early-stopping rows of every early-stopping run's "
+                f"fold (with `validation`, early stopping never sees the validation rows), "
+                f"missing fold {missing[0]!r}"
+            )
+    groups = []
+    for fold in folds:
+        mine = [i for i, r in enumerate(runs) if validation is None or r.fold == fold]
+        groups += [
+            group
+            for group in (
+                [i for i in mine if runs[i].patience is None],
+                [i for i in mine if runs[i].patience is not None],
+            )
+            if group
+        ]
+    return groups
+
+
 def _no_epoch_callback(_epoch: int) -> None:
     pass
 
@@ -508,6 +521,364 @@ class _GroupResult:
     history: NDArray[np.float64]  # (len(METRICS), R, epochs)
     info: list[dict[str, float]]
     pairs: list[list[tuple[Tensor, Tensor]]]
+
+
+# --- one group: its parts ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """A group's R networks, stacked: per layer ``weights`` ``(R, in, out)`` and ``biases``
+    ``(R, 1, out)`` on the device, ``params`` (the two interleaved, layer by layer), one Adam
+    over them, and the step functions (``fused``: compiled): :func:`_train_step` and
+    :func:`_evaluate`."""
+
+    weights: list[Tensor]
+    biases: list[Tensor]
+    params: list[Tensor]
+    optimizer: torch.optim.Optimizer
+    train_step: Callable[..., list[Tensor]]
+    evaluate: Callable[..., Tensor]
+    fused: bool
+    n_classes: int
+
+
+def _stack(
+    data: Dataset,
+    model: ModelSpec,
+    train: TrainSpec,
+    generators: Sequence[torch.Generator],
+    fused: bool,
+    device: torch.device,
+) -> _Stack:
+    """The runs' initial networks (drawn from their ``generators``), Adam and the steps."""
+    widths = [data.n_features, *model.hidden, data.n_outputs]
+    weights, biases = _init_weights(widths, generators)
+    weights = [w.to(device) for w in weights]
+    biases = [b.to(device) for b in biases]
+    params = [t for pair in zip(weights, biases, strict=True) for t in pair]
+    optimizer = make_adam(params, train)
+    train_step, evaluate = _train_step, _evaluate
+    if fused:
+        train_step = torch.compile(_train_step, dynamic=False, fullgraph=True)
+        evaluate = torch.compile(_evaluate, dynamic=False, fullgraph=True)
+    return _Stack(weights, biases, params, optimizer, train_step, evaluate, fused, data.n_classes)
+
+
+@dataclass(frozen=True)
+class _GroupRows:
+    """A group's rows on the device: ``x_train`` ``(n_train, d)`` and ``y_train`` ``(n_train,)``
+    the runs train on; ``x_eval`` ``(n, d)`` and ``y_eval`` ``(n,)`` an epoch measures: the
+    training rows, ``n_stop`` early-stopping rows, ``n_val`` validation rows, the test rows."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_eval: Tensor
+    y_eval: Tensor
+    n_stop: int
+    n_val: int
+
+    @property
+    def n_train(self) -> int:
+        return self.x_train.shape[0]
+
+
+def _group_rows(
+    data: Dataset,
+    split: tuple[NDArray[np.intp], NDArray[np.intp]] | None,
+    stopping: tuple[NDArray[np.intp], NDArray[np.intp]] | None,
+    stops: bool,
+    device: torch.device,
+) -> _GroupRows:
+    """The rows of a group (see :func:`_train_group` for ``split`` and ``stopping``; ``stops``:
+    its runs stop early)."""
+    x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    x_train, y_train = x_all, y_all
+    x_stop, y_stop = x_val, y_val = x_all[:0], y_all[:0]
+    if split is not None:
+        fit, held = split
+        x_train, y_train, x_val, y_val = x_all[fit], y_all[fit], x_all[held], y_all[held]
+    if stops:  # early stopping's rows: never the validation rows
+        fit, held = stopping if stopping is not None else validation_split(data.y_train)
+        x_train, y_train, x_stop, y_stop = x_all[fit], y_all[fit], x_all[held], y_all[held]
+    x_eval = torch.cat([x_train, x_stop, x_val, torch.from_numpy(data.x_test)]).to(device)
+    y_eval = torch.cat([y_train, y_stop, y_val, torch.from_numpy(data.y_test)]).to(device)
+    return _GroupRows(
+        x_train.to(device), y_train.to(device), x_eval, y_eval, x_stop.shape[0], x_val.shape[0]
+    )
+
+
+@dataclass(frozen=True)
+class _Knobs:
+    """A group's per-run regularization as tensors on the device (None where no run uses one).
+
+    Per site (the inputs, then each hidden layer): ``rates``, the dropout thresholds and
+    scales of :func:`rate_tensors` ``(R, 1, 1)``; ``sigmas``, the noise σ (``(R, 1, d)`` for
+    the input jitter, ``(R, 1, 1)`` for hidden noise); ``index``, the unit counters of
+    :func:`unit_index` ``(1, n_train, width)`` of a site with dropout or noise. ``active``
+    ``(epochs, R, 1, 1)`` bool: whether the hidden dropout acts (early/late dropout);
+    ``penalties``: ``(l1, l2)``, each ``(R, 1, 1)``; ``max_norm`` ``(R, 1, 1)``."""
+
+    seeds: list[int]
+    rates: list[tuple[Tensor, Tensor] | None]
+    sigmas: list[Tensor | None]
+    index: list[Tensor | None]
+    active: Tensor | None
+    penalties: tuple[Tensor, Tensor] | None
+    max_norm: Tensor | None
+
+
+def _knobs(
+    data: Dataset,
+    model: ModelSpec,
+    runs: Sequence[RunSettings],
+    n_train: int,
+    epochs: int,
+    device: torch.device,
+) -> _Knobs:
+    """The :class:`_Knobs` of ``runs`` training on ``n_train`` rows for ``epochs`` epochs."""
+    n_runs, n_hidden = len(runs), len(model.hidden)
+    site_widths = [data.n_features, *model.hidden]
+    site_rates = [[r.input_p for r in runs]] + [[r.p for r in runs]] * n_hidden
+    rates = [rate_tensors(r, device=device) if any(r) else None for r in site_rates]
+    sigmas: list[Tensor | None] = [None] * (1 + n_hidden)
+    if any(r.augment for r in runs):
+        std = feature_scale(data.x_train).to(device)
+        augment = torch.tensor([r.augment for r in runs], device=device)
+        sigmas[0] = augment.view(-1, 1, 1) * std.view(1, 1, -1)
+    if any(r.noise for r in runs):
+        hidden_sigma = torch.tensor([r.noise for r in runs], device=device).view(-1, 1, 1)
+        sigmas[1:] = [hidden_sigma] * n_hidden
+    index = [
+        unit_index(n_train, width, device=device)
+        if rates[s] is not None or sigmas[s] is not None
+        else None
+        for s, width in enumerate(site_widths)
+    ]
+    active: Tensor | None = None
+    if any(r.dropout_epochs is not None for r in runs):
+        active = torch.tensor(
+            [dropout_on(r.dropout_epochs, e) for e in range(epochs) for r in runs], device=device
+        ).view(epochs, n_runs, 1, 1)
+    penalties = None
+    if any(r.l1 for r in runs) or any(r.l2 for r in runs):
+        penalties = (
+            torch.tensor([r.l1 for r in runs], device=device).view(-1, 1, 1),
+            torch.tensor([r.l2 for r in runs], device=device).view(-1, 1, 1),
+        )
+    bounds = [math.inf if r.max_norm is None else r.max_norm for r in runs]
+    max_norm = (
+        torch.tensor(bounds, device=device).view(-1, 1, 1)
+        if any(map(math.isfinite, bounds))
+        else None
+    )
+    seeds = [r.seed for r in runs]
+    return _Knobs(seeds, rates, sigmas, index, active, penalties, max_norm)
+
+
+_Mask = tuple[Tensor, Tensor, Tensor, Tensor]
+"""A site's arguments of :func:`keep_factors` (key, index, thresholds, scales) or of
+:func:`normal_noise` (key, key, index, σ), as :func:`_train_step` takes them."""
+
+
+@dataclass(frozen=True)
+class _EpochMasks:
+    """One epoch's dropout and noise, per site (None where a site has none): ``rates`` (the
+    thresholds and scales after early/late dropout), the mask ``keys`` and the two noise
+    keys ``noise_keys``, each ``(R, 1, 1)``; ``index`` and ``sigmas`` as :class:`_Knobs`."""
+
+    rates: list[tuple[Tensor, Tensor] | None]
+    keys: list[Tensor | None]
+    noise_keys: list[tuple[Tensor, Tensor] | None]
+    index: list[Tensor | None]
+    sigmas: list[Tensor | None]
+
+    def batch(self, rows: slice) -> tuple[list[_Mask | None], list[_Mask | None] | None]:
+        """The masks and noise of the mini-batch at the epoch's positions ``rows``: row ``i``
+        of a site's counters serves the ``i``-th sample of the epoch's order. The noise is
+        None when no site has any."""
+        masks: list[_Mask | None] = [
+            None if key is None or r is None or at is None else (key, at[:, rows], *r)
+            for key, r, at in zip(self.keys, self.rates, self.index, strict=True)
+        ]
+        if all(sigma is None for sigma in self.sigmas):
+            return masks, None
+        noises: list[_Mask | None] = [
+            None if pair is None or sigma is None or at is None else (*pair, at[:, rows], sigma)
+            for pair, sigma, at in zip(self.noise_keys, self.sigmas, self.index, strict=True)
+        ]
+        return masks, noises
+
+
+def _epoch_masks(knobs: _Knobs, epoch: int, device: torch.device) -> _EpochMasks:
+    """The :class:`_EpochMasks` of ``epoch`` (0-based)."""
+    seeds = knobs.seeds
+    rates = list(knobs.rates)
+    hidden_rates = knobs.rates[-1]
+    if knobs.active is not None and hidden_rates is not None:
+        on = knobs.active[epoch]
+        scheduled = (
+            torch.where(on, hidden_rates[0], 0),
+            torch.where(on, hidden_rates[1], 1.0),
+        )
+        rates[1:] = [scheduled] * (len(rates) - 1)
+    keys = [
+        None if r is None else mask_keys(seeds, epoch, site, device=device)
+        for site, r in enumerate(rates)
+    ]
+    noise_keys = [
+        None
+        if sigma is None
+        else (
+            mask_keys(seeds, epoch, _NOISE_SITES + 2 * site, device=device),
+            mask_keys(seeds, epoch, _NOISE_SITES + 2 * site + 1, device=device),
+        )
+        for site, sigma in enumerate(knobs.sigmas)
+    ]
+    return _EpochMasks(rates, keys, noise_keys, knobs.index, knobs.sigmas)
+
+
+class _Stopping:
+    """Early stopping of a group whose runs all stop early: ``stopper`` (patience, best and
+    stop epochs, which runs stopped) and each run's best weights so far, a copy of
+    ``params``."""
+
+    def __init__(
+        self, runs: Sequence[RunSettings], epochs: int, params: list[Tensor], device: torch.device
+    ) -> None:
+        self.stopper = EarlyStopping([r.patience or 0 for r in runs], epochs)
+        self.params, self.device = params, device
+        self.best = [param.clone() for param in params]
+
+    def restore(self, which: Tensor) -> None:
+        """Set the runs ``which`` ``(R,)`` bool back to their best weights."""
+        which = which.to(self.device).view(-1, 1, 1)
+        for param, kept in zip(self.params, self.best, strict=True):
+            param.copy_(torch.where(which, kept, param))
+
+    def update(self, epoch: int, stop_loss: Tensor) -> None:
+        """Record the stopping rows' loss ``(R,)`` after ``epoch`` (0-based) and keep the
+        weights of the runs that improved."""
+        improved, _ = self.stopper.update(epoch + 1, stop_loss.cpu())
+        keep = improved.to(self.device).view(-1, 1, 1)
+        for param, kept in zip(self.params, self.best, strict=True):
+            kept.copy_(torch.where(keep, param, kept))
+
+
+# --- one group: its steps ----------------------------------------------------------------------
+
+
+def _epoch_rows(
+    rows: _GroupRows, generators: Sequence[torch.Generator], shuffle: bool, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Each run's training rows in this epoch's order, ``(R, n_train, d)`` and
+    ``(R, n_train)``: its permutation from its generator (``shuffle``), else as they are."""
+    if shuffle:
+        order = torch.stack([torch.randperm(rows.n_train, generator=g) for g in generators])
+        order = order.to(device)
+        return rows.x_train[order], rows.y_train[order]
+    n_runs = len(generators)
+    return rows.x_train.expand(n_runs, -1, -1), rows.y_train.expand(n_runs, -1)
+
+
+def _train_epoch(
+    stack: _Stack,
+    rows: _GroupRows,
+    knobs: _Knobs,
+    generators: Sequence[torch.Generator],
+    epoch: int,
+    batch_size: int,
+    device: torch.device,
+) -> None:
+    """One epoch (0-based ``epoch``) of mini-batches of ``batch_size`` rows for every run: the
+    gradients of :func:`_train_step`, Adam, then max-norm on the hidden units' weights. The
+    order is drawn only when one batch does not hold every row (else it cannot change the
+    mean gradient)."""
+    n_train = rows.n_train
+    x_epoch, y_epoch = _epoch_rows(rows, generators, batch_size < n_train, device)
+    masks = _epoch_masks(knobs, epoch, device)
+    for begin in range(0, n_train, batch_size):
+        batch = slice(begin, begin + batch_size)
+        site_masks, noises = masks.batch(batch)
+        grads = stack.train_step(
+            stack.weights,
+            stack.biases,
+            x_epoch[:, batch],
+            y_epoch[:, batch],
+            site_masks,
+            stack.n_classes,
+            stack.fused,
+            noises,
+            knobs.penalties,
+        )
+        for param, grad in zip(stack.params, grads, strict=True):
+            param.grad = grad
+        stack.optimizer.step()
+        if knobs.max_norm is not None:
+            for weight in stack.weights[:-1]:  # (R, in, out): a unit's weights span axis 1
+                bound_unit_norms_(weight, knobs.max_norm, (1,))
+
+
+def _measure(stack: _Stack, rows: _GroupRows) -> Tensor:
+    """The metrics of every run on the evaluation rows: :func:`_evaluate`'s ``(m, R)``."""
+    return stack.evaluate(
+        stack.weights,
+        stack.biases,
+        rows.x_eval,
+        rows.y_eval,
+        rows.n_train,
+        stack.n_classes,
+        stack.fused,
+        rows.n_val,
+        rows.n_stop,
+    )
+
+
+def _train_epochs(
+    stack: _Stack,
+    rows: _GroupRows,
+    knobs: _Knobs,
+    generators: Sequence[torch.Generator],
+    train: TrainSpec,
+    on_epoch: Callable[[int], None],
+    stopping: _Stopping | None,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Train every epoch and measure after each. Returns the curves
+    ``(epochs, len(METRICS), R)`` and the last measure's validation rows ``(2, R)`` (loss and
+    accuracy; none without validation rows). Under early stopping, each epoch measures the
+    stopped runs' best weights, once every run has stopped the epochs left repeat that
+    measure, and at the end every run's best weights are restored and measured as its last
+    epoch."""
+    epochs, n_metrics = train.epochs, len(METRICS)
+    history = torch.empty(epochs, n_metrics, len(generators), device=device)
+    val_at = n_metrics + (1 if rows.n_stop else 0)  # the rows of _measure after the curves
+    batch_size = min(train.batch_size, rows.n_train)
+    final = torch.empty(0)
+    for epoch in range(epochs):
+        _train_epoch(stack, rows, knobs, generators, epoch, batch_size, device)
+        if stopping is not None:
+            stopping.restore(stopping.stopper.stopped)  # a stopped run is measured at its best
+        metrics = _measure(stack, rows)
+        history[epoch] = metrics[:n_metrics]
+        final = metrics[val_at:]
+        if stopping is None:
+            on_epoch(epoch + 1)
+            continue
+        stopping.update(epoch, metrics[n_metrics])
+        on_epoch(epoch + 1)
+        if epoch + 1 < epochs and bool(stopping.stopper.stopped.all()):
+            stopping.restore(stopping.stopper.stopped)
+            history[epoch + 1 :] = _measure(stack, rows)[:n_metrics]
+            for later in range(epoch + 2, epochs + 1):  # the epochs it had no need of
+                on_epoch(later)
+            break
+    if stopping is not None:
+        stopping.restore(torch.ones(len(generators), dtype=torch.bool))
+        metrics = _measure(stack, rows)
+        history[-1] = metrics[:n_metrics]
+        final = metrics[val_at:]
+    return history, final
 
 
 def _train_group(
@@ -526,193 +897,26 @@ def _train_group(
     ``split``: the ``(fit, validation)`` rows of a validation split (None: none). ``stopping``:
     the ``(fit, stop)`` rows of early-stopping runs (None: the hold-out of
     :func:`~dropkit.lab.plan.splits.validation_split`)."""
-    n_runs = len(runs)
-    epochs = train.epochs
     generators = [torch.Generator().manual_seed(r.seed) for r in runs]
-    widths = [data.n_features, *model.hidden, data.n_outputs]
-    weights, biases = _init_weights(widths, generators)
-    weights = [w.to(device) for w in weights]
-    biases = [b.to(device) for b in biases]
-    params = [t for pair in zip(weights, biases, strict=True) for t in pair]
-    optimizer = make_adam(params, train)
-    train_step, evaluate = _train_step, _evaluate
-    if fused:
-        train_step = torch.compile(_train_step, dynamic=False, fullgraph=True)
-        evaluate = torch.compile(_evaluate, dynamic=False, fullgraph=True)
-
+    stack = _stack(data, model, train, generators, fused, device)
     stops = runs[0].patience is not None
-    x_all, y_all = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    x_train, y_train = x_all, y_all
-    x_stop, y_stop = x_val, y_val = x_all[:0], y_all[:0]
-    if split is not None:
-        fit, held = split
-        x_train, y_train, x_val, y_val = x_all[fit], y_all[fit], x_all[held], y_all[held]
-    if stops:  # early stopping's rows: never the validation rows
-        fit, held = stopping if stopping is not None else validation_split(data.y_train)
-        x_train, y_train, x_stop, y_stop = x_all[fit], y_all[fit], x_all[held], y_all[held]
-    x_eval = torch.cat([x_train, x_stop, x_val, torch.from_numpy(data.x_test)]).to(device)
-    y_eval = torch.cat([y_train, y_stop, y_val, torch.from_numpy(data.y_test)]).to(device)
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    n_train, n_stop, n_val = x_train.shape[0], x_stop.shape[0], x_val.shape[0]
-    batch_size = min(train.batch_size, n_train)
-    shuffle = batch_size < n_train
-    seeds = [r.seed for r in runs]
-    n_sites = 1 + len(model.hidden)
-    site_widths = [data.n_features, *model.hidden]
-
-    # Per site (inputs, then each hidden layer): dropout rates, or None when no run drops there.
-    site_rates = [[r.input_p for r in runs]] + [[r.p for r in runs]] * len(model.hidden)
-    rates = [rate_tensors(r, device=device) if any(r) else None for r in site_rates]
-    # Per site: noise σ, (R, 1, d) for the input jitter and (R, 1, 1) for hidden noise.
-    sigmas: list[Tensor | None] = [None] * n_sites
-    if any(r.augment for r in runs):
-        std = feature_scale(data.x_train).to(device)
-        augment = torch.tensor([r.augment for r in runs], device=device)
-        sigmas[0] = augment.view(-1, 1, 1) * std.view(1, 1, -1)
-    if any(r.noise for r in runs):
-        hidden_sigma = torch.tensor([r.noise for r in runs], device=device).view(-1, 1, 1)
-        sigmas[1:] = [hidden_sigma] * len(model.hidden)
-    noisy = any(sigma is not None for sigma in sigmas)
-    index = [
-        unit_index(n_train, width, device=device)
-        if rates[s] is not None or sigmas[s] is not None
-        else None
-        for s, width in enumerate(site_widths)
-    ]
-    # Early/late dropout: per epoch and run, whether the hidden dropout acts.
-    active: Tensor | None = None
-    if any(r.dropout_epochs is not None for r in runs):
-        active = torch.tensor(
-            [dropout_on(r.dropout_epochs, e) for e in range(epochs) for r in runs], device=device
-        ).view(epochs, n_runs, 1, 1)
-    penalties = None
-    if any(r.l1 for r in runs) or any(r.l2 for r in runs):
-        penalties = (
-            torch.tensor([r.l1 for r in runs], device=device).view(-1, 1, 1),
-            torch.tensor([r.l2 for r in runs], device=device).view(-1, 1, 1),
-        )
-    bounds = [math.inf if r.max_norm is None else r.max_norm for r in runs]
-    max_norm = (
-        torch.tensor(bounds, device=device).view(-1, 1, 1)
-        if any(map(math.isfinite, bounds))
-        else None
-    )
-    n_metrics = len(METRICS)
-    history = torch.empty(epochs, n_metrics, n_runs, device=device)
-    final_val: Tensor | None = None  # (2, R) validation loss and accuracy of the last measure
-
-    stopper = EarlyStopping([r.patience or 0 for r in runs], epochs) if stops else None
-    best = [param.clone() for param in params] if stops else []
-    val_at = n_metrics + (1 if n_stop else 0)  # the rows of measure() after the curves
-
-    def restore(which: Tensor) -> None:
-        which = which.to(device).view(-1, 1, 1)
-        for param, kept in zip(params, best, strict=True):
-            param.copy_(torch.where(which, kept, param))
-
-    def measure() -> Tensor:
-        return evaluate(
-            weights, biases, x_eval, y_eval, n_train, data.n_classes, fused, n_val, n_stop
-        )
-
+    rows = _group_rows(data, split, stopping, stops, device)
+    knobs = _knobs(data, model, runs, rows.n_train, train.epochs, device)
+    early = _Stopping(runs, train.epochs, stack.params, device) if stops else None
     with torch.no_grad():
-        for epoch in range(epochs):
-            if shuffle:
-                order = torch.stack([torch.randperm(n_train, generator=g) for g in generators])
-                order = order.to(device)
-                x_epoch, y_epoch = x_train[order], y_train[order]
-            else:
-                x_epoch, y_epoch = x_train.expand(n_runs, -1, -1), y_train.expand(n_runs, -1)
-            # Row i of a site's mask and noise serves the i-th sample of this epoch's order.
-            epoch_rates = list(rates)
-            hidden_rates = rates[-1]
-            if active is not None and hidden_rates is not None:
-                on = active[epoch]
-                scheduled = (
-                    torch.where(on, hidden_rates[0], 0),
-                    torch.where(on, hidden_rates[1], 1.0),
-                )
-                epoch_rates[1:] = [scheduled] * len(model.hidden)
-            keys = [
-                None if r is None else mask_keys(seeds, epoch, site, device=device)
-                for site, r in enumerate(epoch_rates)
-            ]
-            noise_keys = [
-                None
-                if sigma is None
-                else (
-                    mask_keys(seeds, epoch, _NOISE_SITES + 2 * site, device=device),
-                    mask_keys(seeds, epoch, _NOISE_SITES + 2 * site + 1, device=device),
-                )
-                for site, sigma in enumerate(sigmas)
-            ]
-            noises: list[tuple[Tensor, Tensor, Tensor, Tensor] | None] | None = None
-            for begin in range(0, n_train, batch_size):
-                rows = slice(begin, begin + batch_size)
-                masks = [
-                    None if key is None or r is None or at is None else (key, at[:, rows], *r)
-                    for key, r, at in zip(keys, epoch_rates, index, strict=True)
-                ]
-                if noisy:
-                    noises = [
-                        None
-                        if pair is None or sigma is None or at is None
-                        else (*pair, at[:, rows], sigma)
-                        for pair, sigma, at in zip(noise_keys, sigmas, index, strict=True)
-                    ]
-                grads = train_step(
-                    weights,
-                    biases,
-                    x_epoch[:, rows],
-                    y_epoch[:, rows],
-                    masks,
-                    data.n_classes,
-                    fused,
-                    noises,
-                    penalties,
-                )
-                for param, grad in zip(params, grads, strict=True):
-                    param.grad = grad
-                optimizer.step()
-                if max_norm is not None:
-                    for weight in weights[:-1]:  # (R, in, out): a unit's weights span axis 1
-                        bound_unit_norms_(weight, max_norm, (1,))
-            if stopper is None:
-                metrics = measure()
-                history[epoch] = metrics[:n_metrics]
-                final_val = metrics[val_at:]
-                on_epoch(epoch + 1)
-                continue
-            restore(stopper.stopped)  # a stopped run keeps (and is measured with) its best
-            metrics = measure()
-            history[epoch] = metrics[:n_metrics]
-            improved, _ = stopper.update(epoch + 1, metrics[n_metrics].cpu())
-            keep = improved.to(device).view(-1, 1, 1)
-            for param, kept in zip(params, best, strict=True):
-                kept.copy_(torch.where(keep, param, kept))
-            on_epoch(epoch + 1)
-            if epoch + 1 < epochs and bool(stopper.stopped.all()):
-                restore(stopper.stopped)
-                history[epoch + 1 :] = measure()[:n_metrics]
-                for later in range(epoch + 2, epochs + 1):  # the epochs it had no need of
-                    on_epoch(later)
-                break
-        if stopper is not None:
-            restore(torch.ones(n_runs, dtype=torch.bool))
-            metrics = measure()
-            history[-1] = metrics[:n_metrics]
-            final_val = metrics[val_at:]
-
-    info: list[dict[str, float]] = [{} for _ in runs] if stopper is None else stopper.info()
-    if split is not None and final_val is not None and n_val:
+        history, final_val = _train_epochs(
+            stack, rows, knobs, generators, train, on_epoch, early, device
+        )
+    info: list[dict[str, float]] = [{} for _ in runs] if early is None else early.stopper.info()
+    if split is not None and rows.n_val:
         val_loss, val_acc = final_val.double().cpu().tolist()
         for run_info, loss, accuracy in zip(info, val_loss, val_acc, strict=True):
             run_info.update(val_acc=accuracy, val_loss=loss)
     pairs = [
         [
             (w[run].T.contiguous().cpu(), b[run, 0].cpu().clone())
-            for w, b in zip(weights, biases, strict=True)
+            for w, b in zip(stack.weights, stack.biases, strict=True)
         ]
-        for run in range(n_runs)
+        for run in range(len(runs))
     ]
     return _GroupResult(history.permute(1, 2, 0).double().cpu().numpy(), info, pairs)

@@ -87,7 +87,7 @@ import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
@@ -348,7 +348,7 @@ def _tensor_bytes(tensors: Iterator[Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-# --- one group ---------------------------------------------------------------------------------
+# --- what every group of a call shares ---------------------------------------------------------
 
 
 @dataclass
@@ -367,6 +367,28 @@ class _Shared:
     epochs: int
     batch_size: int
 
+    @classmethod
+    def of(cls, data: Dataset, runs: list[_Run], device: torch.device) -> _Shared:
+        """The data on ``device`` in the dtype of the first run's first floating-point
+        parameter (float32 without one); targets in it for regression, int64 otherwise."""
+        first = next((t for t in runs[0].module.parameters() if t.is_floating_point()), None)
+        dtype = first.dtype if first is not None else torch.float32
+        y_dtype = dtype if data.task == "regression" else torch.int64
+        train = runs[0].config.train
+        return cls(
+            data=data,
+            device=device,
+            dtype=dtype,
+            x_train=torch.from_numpy(data.x_train).to(device=device, dtype=dtype),
+            y_train=torch.from_numpy(np.asarray(data.y_train)).to(device=device, dtype=y_dtype),
+            x_test=torch.from_numpy(data.x_test).to(device=device, dtype=dtype),
+            y_test=torch.from_numpy(np.asarray(data.y_test)).to(device=device, dtype=y_dtype),
+            x_cpu=torch.from_numpy(data.x_train).to(dtype),
+            scale=feature_scale(data.x_train).to(dtype),
+            epochs=train.epochs,
+            batch_size=train.batch_size,
+        )
+
 
 @dataclass(frozen=True)
 class _Head:
@@ -378,6 +400,16 @@ class _Head:
     width: int
     what: str
     two_logits: bool = False
+
+    @classmethod
+    def of(cls, data: Dataset) -> _Head:
+        """The head of ``data``'s task: ``data.n_outputs`` values per sample."""
+        return cls(
+            data.task,
+            data.n_outputs,
+            "regression target" if data.task == "regression" else f"{data.n_classes} classes",
+            two_logits=data.task == "classification" and data.n_classes == 2,
+        )
 
 
 def _per_run_shape(out: Tensor, head: _Head) -> Tensor:
@@ -422,98 +454,104 @@ def _data_loss(
 # --- the steps (pure functions of their arguments, so torch.compile can take them) -------------
 
 
-def _apply(
-    template: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    shared_rows: bool,
-    vmapped: bool,
-) -> Tensor:
+@dataclass(frozen=True)
+class _Net:
+    """How a group's runs are called: ``template`` is the module tree on the meta device
+    (``functional_call``'s module), ``head`` the output it must give; ``vmapped``: ``vmap``
+    over the runs, else (R = 1) one plain call of run 0. Plain values and a module, so a
+    compiled step specializes on them."""
+
+    template: nn.Module
+    head: _Head
+    vmapped: bool
+
+
+@dataclass(frozen=True)
+class _State:
+    """The runs' stacked tensors, name → ``(R, *shape)``: ``params`` (Adam updates them) and
+    ``buffers`` (BatchNorm's statistics, the counter dropout's seeds, rates and keys)."""
+
+    params: dict[str, Tensor]
+    buffers: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """A step's rows: inputs ``x`` ``(R, b, *sample)`` and targets ``y`` ``(R, b)``, or, when
+    ``shared``, ``(b, *sample)`` and ``(b,)`` for every run (vmap's in_dims None); ``soft``:
+    the runs' smoothed targets ``(R, b)`` or ``(R, b, k)`` (training, None without)."""
+
+    x: Tensor
+    y: Tensor
+    shared: bool
+    soft: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Loss:
+    """What the training loss adds to the mean data loss: ``use_soft`` ``(R,)`` bool, the runs
+    whose targets are :attr:`_Rows.soft`; ``l1`` / ``l2`` ``(R,)`` strengths of ``λ·Σ|w|`` /
+    ``λ·Σw²`` over the weights named ``penalized``. None: no run has one."""
+
+    use_soft: Tensor | None = None
+    l1: Tensor | None = None
+    l2: Tensor | None = None
+    penalized: tuple[str, ...] = ()
+
+
+def _apply(net: _Net, state: _State, x: Tensor, shared_rows: bool) -> Tensor:
     """The model's outputs ``(R, N, …)`` for inputs ``(R, N, *sample)`` (``shared_rows``:
     ``(N, *sample)`` for every run): ``vmap`` of ``functional_call`` over the stacked tensors,
-    or (not ``vmapped``, R = 1) one ``functional_call`` on run 0's."""
+    or (not ``net.vmapped``, R = 1) one ``functional_call`` on run 0's."""
 
     def call(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor) -> Tensor:
-        out = functional_call(template, (p, b), (inputs,))
+        out = functional_call(net.template, (p, b), (inputs,))
         if not isinstance(out, Tensor):
             raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
         return out
 
-    if vmapped:
+    if net.vmapped:
         fn = torch.vmap(call, in_dims=(0, 0, None if shared_rows else 0), randomness="error")
-        out: Tensor = fn(params, buffers, x)
+        out: Tensor = fn(state.params, state.buffers, x)
         return out
     one = call(
-        {k: v[0] for k, v in params.items()},
-        {k: v[0] for k, v in buffers.items()},
+        {k: v[0] for k, v in state.params.items()},
+        {k: v[0] for k, v in state.buffers.items()},
         x if shared_rows else x[0],
     )
     return one.unsqueeze(0)
 
 
-def _outputs(
-    template: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    head: _Head,
-    shared_rows: bool,
-    vmapped: bool,
-) -> tuple[Tensor, Tensor]:
-    """The runs' outputs ``(R, b, k)`` on the rows ``x``, checked against the head, and the
-    targets ``y`` as ``(R, b)`` (broadcast over the runs with ``shared_rows``)."""
-    out = _per_run_shape(_apply(template, params, buffers, x, shared_rows, vmapped), head)
-    return out, (y.expand(out.shape[0], *y.shape) if shared_rows else y)
+def _outputs(net: _Net, state: _State, rows: _Rows) -> tuple[Tensor, Tensor]:
+    """The runs' outputs ``(R, b, k)`` on ``rows``, checked against the head, and the targets
+    as ``(R, b)`` (broadcast over the runs for shared rows)."""
+    out = _per_run_shape(_apply(net, state, rows.x, rows.shared), net.head)
+    y = rows.y
+    return out, (y.expand(out.shape[0], *y.shape) if rows.shared else y)
 
 
-def _train_loss(
-    template: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    soft: Tensor | None,
-    use_soft: Tensor | None,
-    l1: Tensor | None,
-    l2: Tensor | None,
-    penalized: tuple[str, ...],
-    head: _Head,
-    shared_rows: bool,
-    vmapped: bool,
-) -> Tensor:
-    """The summed loss of one mini-batch: per run the mean data loss of its rows ``x``
-    (``(R, b, *sample)``, or ``(b, *sample)`` with ``shared_rows``) against ``y`` (``(R, b)``
-    or ``(b,)``), plus ``l1·Σ|w|`` / ``l2·Σw²`` (``(R,)`` strengths, None when no run has
-    one) over the weights ``penalized``."""
-    out, y = _outputs(template, params, buffers, x, y, head, shared_rows, vmapped)
-    if head.task == "regression":
+def _train_loss(net: _Net, state: _State, rows: _Rows, loss: _Loss) -> Tensor:
+    """The summed loss of one mini-batch: per run the mean data loss of its ``rows`` (soft
+    targets for the runs of ``loss.use_soft``), plus ``l1·Σ|w|`` / ``l2·Σw²`` over the weights
+    ``loss.penalized``; a scalar."""
+    out, y = _outputs(net, state, rows)
+    if net.head.task == "regression":
         y = y.to(out.dtype)
-    loss = _data_loss(out, y, head.task, soft, use_soft).sum()
-    for name in penalized:
-        w = params[name].flatten(1)
-        if l1 is not None:
-            loss = loss + (l1 * w.abs().sum(1)).sum()
-        if l2 is not None:
-            loss = loss + (l2 * w.pow(2).sum(1)).sum()
-    return loss
+    total = _data_loss(out, y, net.head.task, rows.soft, loss.use_soft).sum()
+    for name in loss.penalized:
+        w = state.params[name].flatten(1)
+        if loss.l1 is not None:
+            total = total + (loss.l1 * w.abs().sum(1)).sum()
+        if loss.l2 is not None:
+            total = total + (loss.l2 * w.pow(2).sum(1)).sum()
+    return total
 
 
-def _sample_stats(
-    template: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    head: _Head,
-    shared_rows: bool,
-    vmapped: bool,
-) -> tuple[Tensor, Tensor]:
+def _sample_stats(net: _Net, state: _State, rows: _Rows) -> tuple[Tensor, Tensor]:
     """Per-sample ``(squared error, absolute error)`` or ``(correct, cross-entropy)``,
-    ``(R, n)`` float64, of the rows ``x`` (as :func:`_train_loss`)."""
-    out, y = _outputs(template, params, buffers, x, y, head, shared_rows, vmapped)
-    if head.task == "regression":
+    ``(R, n)`` float64, of ``rows`` (``n`` rows per run)."""
+    out, y = _outputs(net, state, rows)
+    if net.head.task == "regression":
         error = out[..., 0].double() - y.double()
         return error.pow(2), error.abs()
     correct, loss = sample_scores(out, y)
@@ -521,32 +559,18 @@ def _sample_stats(
 
 
 def _train_grads(
-    template: nn.Module,
-    params: dict[str, Tensor],
-    buffers: dict[str, Tensor],
-    x: Tensor,
-    y: Tensor,
-    soft: Tensor | None,
-    use_soft: Tensor | None,
-    l1: Tensor | None,
-    l2: Tensor | None,
-    penalized: tuple[str, ...],
-    head: _Head,
-    shared_rows: bool,
-    vmapped: bool,
+    net: _Net, state: _State, rows: _Rows, loss: _Loss
 ) -> tuple[dict[str, Tensor], Tensor]:
-    """The gradients of :func:`_train_loss` with respect to ``params``, and the loss, by
-    ``torch.func.grad_and_value``: the forward and backward passes as one function, which a
-    compiler fuses into one graph (no activations handed to a separate backward graph)."""
+    """The gradients of :func:`_train_loss` with respect to ``state.params`` (name →
+    ``(R, *shape)``), and the loss, by ``torch.func.grad_and_value``: the forward and backward
+    passes as one function, which a compiler fuses into one graph (no activations handed to a
+    separate backward graph)."""
 
-    def loss(stacked: dict[str, Tensor], state: dict[str, Tensor]) -> Tensor:
-        return _train_loss(
-            template, stacked, state, x, y, soft, use_soft, l1, l2, penalized, head,
-            shared_rows, vmapped,
-        )  # fmt: skip
+    def summed(params: dict[str, Tensor], buffers: dict[str, Tensor]) -> Tensor:
+        return _train_loss(net, _State(params, buffers), rows, loss)
 
     # The buffers are an argument (not captured): BatchNorm updates them in place.
-    grads, value = torch.func.grad_and_value(loss)(params, buffers)
+    grads, value = torch.func.grad_and_value(summed)(state.params, state.buffers)
     return grads, value
 
 
@@ -561,7 +585,7 @@ def _column_product(a: Tensor, b: Tensor) -> Tensor:
 
 
 _KEY_BLOCK = 256
-"""Optimizer steps whose mask keys :meth:`_Group._set_keys` computes at once."""
+"""Optimizer steps whose mask keys :meth:`_Masks.set_keys` computes at once."""
 
 _SMALL_KERNEL = 9
 """Weights per output (``C/groups·kh·kw``) up to which the evaluation step unrolls a 2-d
@@ -711,10 +735,545 @@ def _own_code(function: _Step) -> _Step:
     return cast(_Step, copy)
 
 
+# --- a group's parts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RunRows:
+    """Each run's rows of the training split, ``(R, n)`` int64: ``fit`` (it trains on them),
+    ``val`` (they choose the winner: measured once, after the last epoch) and ``stop`` (early
+    stopping's; no columns without it); ``same``: every run has the same rows (the usual case;
+    k-fold groups mix folds), so they are gathered once (vmap's in_dims None)."""
+
+    fit: Tensor
+    val: Tensor
+    stop: Tensor
+    same: bool
+
+    @classmethod
+    def of(cls, runs: Sequence[_Run]) -> _RunRows:
+        """The rows of ``runs``, stacked (runs of one group have as many of each)."""
+        fit = torch.stack([run.fit for run in runs])
+        val = torch.stack([run.val for run in runs])
+        stop = torch.stack([run.stop for run in runs])
+        same = all(bool((rows == rows[:1]).all()) for rows in (fit, stop, val))
+        return cls(fit, val, stop, same)
+
+    @property
+    def n_fit(self) -> int:
+        return self.fit.shape[1]
+
+    @property
+    def n_val(self) -> int:
+        return self.val.shape[1]
+
+    @property
+    def n_stop(self) -> int:
+        return self.stop.shape[1]
+
+
+class _Compiled:
+    """A group's training and evaluation steps through ``torch.compile`` (none when not
+    ``compiled``): each call returns None where there is no compiled step, and the first
+    failure to compile is logged and leaves the group eager from then on. ``partial``: the
+    smaller last batch of an epoch runs through its own graph (else eagerly)."""
+
+    def __init__(self, compiled: bool, partial: bool, say: Callable[[str], None]) -> None:
+        self.grads_fn: Callable[..., tuple[dict[str, Tensor], Tensor]] | None = None
+        self.stats_fn: Callable[..., tuple[Tensor, Tensor]] | None = None
+        self.partial = partial
+        self.say = say
+        if compiled:
+            self.grads_fn = torch.compile(_own_code(_train_grads), dynamic=False)
+            self.stats_fn = torch.compile(
+                _own_code(_sample_stats), dynamic=False, options=_evaluation_options()
+            )
+
+    def grads(
+        self, net: _Net, state: _State, rows: _Rows, loss: _Loss, full: bool
+    ) -> dict[str, Tensor] | None:
+        """:func:`_train_grads` of one mini-batch (``full``: of the epoch's batch size), name
+        → ``(R, *shape)``, or None: run the step eagerly."""
+        if not (full or self.partial):
+            return None
+        out = self._call(self.grads_fn, net, state, rows, loss)
+        return None if out is None else cast(dict[str, Tensor], out[0])
+
+    def stats(self, net: _Net, state: _State, rows: _Rows) -> tuple[Tensor, Tensor] | None:
+        """:func:`_sample_stats` ``(R, n)`` of one evaluation chunk, or None: run it eagerly."""
+        return cast(tuple[Tensor, Tensor] | None, self._call(self.stats_fn, net, state, rows))
+
+    def _call(self, fn: Callable[..., Any] | None, *args: Any) -> Any:
+        """``fn(*args)`` without a graph around it; None without ``fn`` or when it fails."""
+        if fn is None:
+            return None
+        try:
+            with torch.no_grad():  # grad_and_value's gradients need no graph around them
+                return fn(*args)
+        except Exception as error:  # the compiler's failures come in many types
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self.say(
+                f"torch.compile failed ({type(error).__name__}: {message[:160]}); training eagerly"
+            )
+            self.grads_fn = self.stats_fn = None
+            return None
+
+
+class _Masks:
+    """The counter-based dropout of a group's runs, in its stacked buffers (name → ``(R, …)``):
+    each epoch's rates (early/late dropout: 0 outside a run's window) and each optimizer
+    step's mask keys."""
+
+    def __init__(
+        self,
+        template: nn.Module,
+        buffers: dict[str, Tensor],
+        sites: list[tuple[str, str, float]],
+        windows: list[tuple[int, int] | None],
+        device: torch.device,
+    ) -> None:
+        counters = [
+            (name, m) for name, m in template.named_modules() if isinstance(m, CounterDropout)
+        ]
+        self.buffers, self.windows, self.device = buffers, windows, device
+        self.key_layers = [(f"{name}.key", f"{name}.seed", m.layer) for name, m in counters]
+        self.rate_names = [f"{name}.p" for name, _ in counters if name != _INPUT]
+        self.base_rates = {name: buffers[name].clone() for name in self.rate_names}
+        modules = dict(template.named_modules())
+        self.sites = [(modules[name], attr, rate) for name, attr, rate in sites]
+        self.buffer_names = {f"{n}.{b}" for n, _ in counters for b in ("seed", "p", "key")}
+        self.key_table: tuple[int, list[Tensor]] = (0, [torch.zeros(0)])
+
+    def set_rates(self, epoch: int) -> None:
+        """Every run's rates ``(R,)`` of ``epoch`` (0-based): its own inside its dropout
+        window, 0 outside; unswapped rate sites likewise (R = 1 there)."""
+        if all(window is None for window in self.windows):
+            return
+        on = [dropout_on(window, epoch) for window in self.windows]
+        mask = torch.tensor(on, device=self.device)
+        for name in self.rate_names:
+            base = self.base_rates[name]
+            self.buffers[name].copy_(torch.where(mask, base, torch.zeros_like(base)))
+        for module, attribute, rate in self.sites:  # R = 1 here
+            setattr(module, attribute, rate if on[0] else 0.0)
+
+    def set_keys(self, step: int) -> None:
+        """Set every dropout layer's stacked ``key`` buffer ``(R, 2)`` to the keys of
+        optimizer step ``step``, computed for blocks of :data:`_KEY_BLOCK` steps at once."""
+        if not self.key_layers:
+            return
+        start, table = self.key_table
+        if not start <= step < start + len(table[0]):
+            numbers = torch.arange(step, step + _KEY_BLOCK, device=self.device).view(-1, 1)
+            table = [
+                mask_key(self.buffers[seed], numbers, layer) for _, seed, layer in self.key_layers
+            ]
+            start = step
+            self.key_table = (start, table)
+        for (key, _, _), keys in zip(self.key_layers, table, strict=True):
+            self.buffers[key].copy_(keys[step - start])
+
+
+_Chunk = tuple[Tensor, Tensor, int]
+"""Evaluation rows ``(x, y, real rows)``, see :meth:`_Evaluation.chunks`."""
+
+
+class _Evaluation:
+    """A group's evaluation: the rows each epoch measures (each run's fit rows, early
+    stopping's rows when it reads them every epoch, the test rows), gathered once and cut into
+    chunks, the validation rows (measured once, after the last epoch: they choose the winner,
+    so nothing during training reads them), and the metrics per split."""
+
+    def __init__(
+        self, shared: _Shared, rows: _RunRows, size: int, stop_every_epoch: bool, pad: bool
+    ) -> None:
+        self.shared, self.rows, self.size = shared, rows, size
+        self.regression = shared.data.task == "regression"
+        self.stop_every_epoch = stop_every_epoch
+        self.sst = self._sums_of_squares()
+        parts = [rows.fit, rows.stop] if stop_every_epoch else [rows.fit]
+        self.epoch_chunks = self.chunks(*self.gather(torch.cat(parts, 1), test=True), pad)
+        self.val_chunks = self.chunks(*self.gather(rows.val, test=False), pad=False)
+
+    def gather(self, rows: Tensor, test: bool) -> tuple[Tensor, Tensor]:
+        """Inputs and targets of each run's training-split ``rows`` ``(R, n)`` followed (with
+        ``test``) by the test rows: ``(N, *sample)`` and ``(N,)`` when the runs share their
+        rows, else ``(R, N, *sample)`` and ``(R, N)``."""
+        shared = self.shared
+        shape = shared.data.sample_shape
+        rows = rows.to(shared.device)
+        if self.rows.same:
+            xs, ys = [shared.x_train[rows[0]]], [shared.y_train[rows[0]]]
+            if test:
+                xs.append(shared.x_test)
+                ys.append(shared.y_test)
+            return torch.cat(xs).view(-1, *shape), torch.cat(ys)
+        xs, ys = [shared.x_train[rows]], [shared.y_train[rows]]
+        if test:
+            xs.append(shared.x_test.expand(self.size, *shared.x_test.shape))
+            ys.append(shared.y_test.expand(self.size, -1))
+        return torch.cat(xs, 1).view(self.size, -1, *shape), torch.cat(ys, 1)
+
+    def chunks(self, x: Tensor, y: Tensor, pad: bool) -> list[_Chunk]:
+        """Rows ``x``, ``y`` (as :meth:`gather` gives them) cut into equal chunks of at most
+        :data:`EVAL_CHUNK` rows per run: ``(x, y, real rows)`` (views but the last); ``pad``:
+        the last chunk padded to the others' size with copies of its first row (whose results
+        are dropped), so one compiled graph serves every chunk."""
+        axis = 0 if self.rows.same else 1
+        n = x.shape[axis]
+        size = max(1, math.ceil(n / max(1, math.ceil(n / EVAL_CHUNK))))
+        chunks = []
+        for begin in range(0, n, size):
+            part_x, part_y = (
+                x.narrow(axis, begin, min(size, n - begin)),
+                y.narrow(axis, begin, min(size, n - begin)),
+            )
+            real = part_x.shape[axis]
+            if pad and real < size:
+                rows = torch.zeros(size, dtype=torch.int64, device=x.device)
+                rows[:real] = torch.arange(real, device=x.device)
+                part_x, part_y = part_x.index_select(axis, rows), part_y.index_select(axis, rows)
+            chunks.append((part_x, part_y, real))
+        return chunks
+
+    def _sums_of_squares(self) -> dict[str, Tensor]:
+        """``Σ (y − ȳ)²`` per run of each split, ``(R,)`` float64 (for R²; regression only)."""
+        if not self.regression:
+            return {}
+        data, rows = self.shared.data, self.rows
+        y = torch.from_numpy(np.asarray(data.y_train, dtype=np.float64))
+        y_test = torch.from_numpy(np.asarray(data.y_test, dtype=np.float64))
+
+        def sst(values: Tensor) -> Tensor:
+            return (values - values.mean(-1, keepdim=True)).pow(2).sum(-1)
+
+        sums = {
+            "train": sst(y[rows.fit]),
+            "val": sst(y[rows.val]) if rows.n_val else torch.full((self.size,), math.nan),
+            "stop": sst(y[rows.stop]) if rows.n_stop else torch.full((self.size,), math.nan),
+            "test": sst(y_test).expand(self.size),
+        }
+        return {split: value.to(self.shared.device) for split, value in sums.items()}
+
+    def stats(
+        self, net: _Net, state: _State, chunks: list[_Chunk], compiled: _Compiled | None
+    ) -> tuple[Tensor, Tensor]:
+        """:func:`_sample_stats` ``(R, n)`` of the rows of :meth:`chunks` (through the
+        compiled step where ``compiled`` has one)."""
+        first: list[Tensor] = []
+        second: list[Tensor] = []
+        for x, y, real in chunks:
+            rows = _Rows(x, y, self.rows.same)
+            stats = None if compiled is None else compiled.stats(net, state, rows)
+            if stats is None:
+                stats = _sample_stats(net, state, rows)
+            first.append(stats[0][:, :real])
+            second.append(stats[1][:, :real])
+        return torch.cat(first, 1), torch.cat(second, 1)
+
+    def metrics(self, a: Tensor, b: Tensor, split: str) -> dict[str, Tensor]:
+        """A split's metrics, each ``(R,)``, from its per-sample statistics ``(R, n)`` (see
+        :meth:`epoch`)."""
+        count = a.shape[1]
+        if not count:
+            nan = torch.full((self.size,), math.nan, dtype=torch.float64, device=a.device)
+            return {"score": nan, "loss": nan, "rmse": nan, "mae": nan}
+        first_sum = a.sum(1)
+        second_mean = b.sum(1) / count
+        if self.regression:  # a: squared errors, b: absolute errors
+            mse = first_sum / count
+            return {
+                "score": 1.0 - first_sum / self.sst[split],
+                "loss": mse,
+                "rmse": mse.sqrt(),
+                "mae": second_mean,
+            }
+        return {"score": first_sum / count, "loss": second_mean}  # a: correct, b: CE
+
+    @torch.no_grad()
+    def epoch(self, net: _Net, state: _State, compiled: _Compiled) -> dict[str, dict[str, Tensor]]:
+        """Eval-mode metrics per split (``train``: the fit rows, ``test``, ``stop``: early
+        stopping's rows): ``score`` (accuracy or R²), ``loss`` (cross-entropy or MSE) and, for
+        regression, ``rmse`` and ``mae``; each ``(R,)`` float64 on the device (NaN for an
+        empty split). One pass over the epoch's rows; the stopping metrics are NaN without
+        early stopping. The validation rows are not measured here (:meth:`validation`)."""
+        net.template.eval()
+        a, b = self.stats(net, state, self.epoch_chunks, compiled)
+        net.template.train()
+        n_fit = self.rows.n_fit
+        stop_end = n_fit + (self.rows.n_stop if self.stop_every_epoch else 0)
+        parts = {
+            "train": (a[:, :n_fit], b[:, :n_fit]),
+            "stop": (a[:, n_fit:stop_end], b[:, n_fit:stop_end]),
+            "test": (a[:, stop_end:], b[:, stop_end:]),
+        }
+        return {split: self.metrics(*pair, split) for split, pair in parts.items()}
+
+    @torch.no_grad()
+    def validation(self, net: _Net, state: _State) -> dict[str, Tensor]:
+        """Eval-mode metrics of the validation rows (as :meth:`epoch`), eagerly."""
+        net.template.eval()
+        a, b = self.stats(net, state, self.val_chunks, compiled=None)
+        net.template.train()
+        return self.metrics(a, b, "val")
+
+
+_CURVES = {
+    "train_acc": ("train", "score"),
+    "test_acc": ("test", "score"),
+    "train_loss": ("train", "loss"),
+    "test_loss": ("test", "loss"),
+}
+"""Each curve of :data:`~dropkit.lab.train.contract.METRICS` as (split, metric) of
+:meth:`_Evaluation.epoch`."""
+
+
+class _History:
+    """The curves of a group's runs, ``table`` ``(R, len(METRICS), epochs)`` float64, NaN
+    until recorded."""
+
+    def __init__(self, runs: int, epochs: int) -> None:
+        self.table = np.full((runs, len(METRICS), epochs), np.nan)
+
+    def record(self, metrics: dict[str, dict[str, Tensor]], which: Tensor, slots: slice) -> None:
+        """Record ``metrics`` (as :meth:`_Evaluation.epoch` gives them) for the runs
+        ``which`` ``(R,)`` bool at the epochs ``slots``."""
+        values = torch.stack([metrics[s][k] for s, k in (_CURVES[m] for m in METRICS)])
+        table = values.cpu().numpy().T  # (R, metrics)
+        if bool(which.all()):
+            self.table[:, :, slots] = table[:, :, None]
+            return
+        rows = which.nonzero().flatten().numpy()
+        self.table[rows, :, slots] = table[rows][:, :, None]
+
+
+def _inputs(shared: _Shared, rows: Tensor) -> Tensor:
+    """Model inputs ``(R, b, *sample)`` of training rows ``(R, b)`` (``(b, *sample)`` for rows
+    ``(b,)``)."""
+    x = shared.x_train[rows.to(shared.device)]
+    return x.view(*rows.shape, *shared.data.sample_shape)
+
+
+class _Batches:
+    """The mini-batches of a group's epochs: each run's order of its fit rows (from its
+    generator), its inputs (jittered where ``augment``, from the same generator) and its
+    targets (smoothed where ``targets`` transform them; ``use_soft`` ``(R,)`` says which)."""
+
+    def __init__(
+        self,
+        shared: _Shared,
+        rows: _RunRows,
+        generators: list[torch.Generator],
+        augment: list[float | None],
+        targets: list[Any],
+        use_soft: Tensor | None,
+        bn: bool,
+    ) -> None:
+        self.shared, self.rows, self.generators = shared, rows, generators
+        self.augment, self.targets, self.use_soft, self.bn = augment, targets, use_soft, bn
+        self.fit_rows: tuple[Tensor, Tensor] | None = None  # shared rows, gathered once
+
+    def order(self, batch: int) -> tuple[Tensor, bool]:
+        """This epoch's fit rows in training order, ``(R, n_fit)``, and whether the runs share
+        their batches (vmap's in_dims None). A run draws its order from its generator; when
+        one batch of ``batch`` rows holds every fit row the order changes nothing but the row
+        a mask element falls on, so it is not drawn (the rows are then shared by the runs that
+        share them and transform neither inputs nor targets)."""
+        fit, n_fit = self.rows.fit, self.rows.n_fit
+        shuffle = batch < n_fit
+        if shuffle:
+            order = torch.stack(
+                [fit[r][torch.randperm(n_fit, generator=g)] for r, g in enumerate(self.generators)]
+            )
+        else:
+            order = fit
+        plain = all(s is None for s in self.augment) and self.use_soft is None
+        return order, not shuffle and self.rows.same and plain
+
+    def starts(self, batch: int) -> list[int]:
+        """The first positions of an epoch's mini-batches of ``batch`` rows."""
+        n_fit = self.rows.n_fit
+        return [
+            begin
+            for begin in range(0, n_fit, batch)
+            # BatchNorm cannot normalize a batch of one sample (as the loop)
+            if not (self.bn and min(batch, n_fit - begin) == 1 and begin > 0)
+        ]
+
+    def step(self, order: Tensor, begin: int, batch: int, shared_rows: bool, width: int) -> _Rows:
+        """The mini-batch of ``order`` ``(R, n_fit)`` at ``begin`` for a model of ``width``
+        outputs: inputs, targets and soft targets (shapes: :class:`_Rows`)."""
+        shared = self.shared
+        if shared_rows:
+            if self.fit_rows is None:  # the same every epoch
+                rows = order[0]
+                self.fit_rows = (_inputs(shared, rows), shared.y_train[rows.to(shared.device)])
+            x, y = self.fit_rows
+        else:
+            rows = order[:, begin : begin + batch]
+            x, y = self._augmented(rows), shared.y_train[rows.to(shared.device)]
+        soft = None
+        if self.use_soft is not None:
+            soft = self._soft_targets(y, width)
+        return _Rows(x, y, shared_rows, soft)
+
+    def _augmented(self, rows: Tensor) -> Tensor:
+        """Model inputs ``(R, b, *sample)`` of training rows ``(R, b)``, each run's jittered
+        (``augment``) from its generator."""
+        x = _inputs(self.shared, rows)
+        if not any(s is not None for s in self.augment):
+            return x
+        shared = self.shared
+        parts = []
+        for r, strength in enumerate(self.augment):
+            if strength is None:
+                parts.append(x[r])
+                continue
+            moved = augment_batch(
+                shared.x_cpu[rows[r]],
+                strength,
+                shared.scale,
+                shared.data.input_shape,
+                self.generators[r],
+            )
+            parts.append(moved.to(shared.device).view(x.shape[1:]))
+        return torch.stack(parts)
+
+    def _soft_targets(self, y: Tensor, width: int) -> Tensor:
+        """Each run's targets ``(R, b)`` as its target transforms make them: ``(R, b)`` for
+        one output, ``(R, b, k)`` for ``k``."""
+        classes = 2 if width == 1 else width
+        rows = []
+        for r, transforms in enumerate(self.targets):
+            soft = (
+                y[r].to(self.shared.dtype)
+                if width == 1
+                else F.one_hot(y[r], classes).to(self.shared.dtype)
+            )
+            for transform, strength in transforms:
+                soft = transform(soft, strength, classes)
+            rows.append(soft)
+        return torch.stack(rows)
+
+
+class _Stopping:
+    """Early stopping's bookkeeping for a group: ``stopper`` (the state machine of the runs
+    it ``watched``, ``(R,)`` bool; None: no run stops early) and the best ``tensors`` of every
+    run so far (name → ``(R, …)``: the weights and statistics, not the dropout's buffers)."""
+
+    def __init__(
+        self,
+        stopper: EarlyStopping | None,
+        watched: Tensor,
+        tensors: dict[str, Tensor],
+        device: torch.device,
+    ) -> None:
+        self.stopper, self.watched, self.tensors, self.device = stopper, watched, tensors, device
+        self.best: dict[str, Tensor] = {}
+
+    def start(self) -> None:
+        """Take the current tensors as every run's best (before the first epoch)."""
+        if self.stopper is not None:
+            self.best = {n: t.detach().clone() for n, t in self.tensors.items()}
+
+    def keep(self, which: Tensor) -> None:
+        """Copy the current tensors of the runs ``which`` ``(R,)`` bool into their best."""
+        if not bool(which.any()):
+            return
+        index = which.to(self.device)
+        with torch.no_grad():
+            for name, tensor in self.tensors.items():
+                self.best[name][index] = tensor.detach()[index]
+
+    def restore(self, which: Tensor) -> None:
+        """Set the runs ``which`` ``(R,)`` bool back to their best."""
+        index = which.to(self.device)
+        with torch.no_grad():
+            for name, tensor in self.tensors.items():
+                tensor[index] = self.best[name][index]
+
+    def update(self, epoch: int, metrics: dict[str, dict[str, Tensor]], stopped: Tensor) -> Tensor:
+        """After ``epoch`` (0-based), on the stopping rows' loss in ``metrics`` of the runs not
+        ``stopped`` ``(R,)`` bool: keep the improved runs' tensors, restore those whose
+        patience ran out; those, ``(R,)`` bool."""
+        assert self.stopper is not None
+        stop_loss = metrics["stop"]["loss"].cpu()
+        reported = torch.where(~stopped & self.watched, stop_loss, math.nan)
+        improved, newly = self.stopper.update(epoch + 1, reported[self.watched])
+        self.keep(_scatter(improved, self.watched))
+        newly_all = _scatter(newly, self.watched)
+        if bool(newly_all.any()):
+            self.restore(newly_all)
+        return newly_all
+
+
+# --- probing a model (can vmap run it, what does it cost) --------------------------------------
+
+
+def _forward(net: _Net, state: _State, x: Tensor, vmapped: bool | None = None) -> Tensor:
+    """Outputs ``(R, N, k)`` for inputs ``(R, N, *sample)``, eagerly; ``vmapped``: instead of
+    the net's (False: one call of run 0's tensors, R = 1)."""
+    net = net if vmapped is None else replace(net, vmapped=vmapped)
+    return _per_run_shape(_apply(net, state, x, shared_rows=False), net.head)
+
+
+def _output_width(net: _Net, state: _State, x: Tensor) -> int:
+    """Outputs per sample of run 0's model on its first rows of ``x`` ``(R, n, *sample)``
+    (training mode, no vmap): a wrong shape raises here, before any vmap."""
+    net.template.train()
+    with torch.no_grad():
+        buffers = {k: v[:1] for k, v in state.buffers.items()}
+        out = _forward(net, _State(state.params, buffers), x[:1], vmapped=False)
+    return int(out.shape[-1])
+
+
+def _vmap_failure(net: _Net, state: _State, x: Tensor) -> str | None:
+    """Why ``vmap`` cannot run the model (one forward and backward in training mode, one
+    forward in evaluation mode on ``x`` ``(R, n, *sample)``), or None."""
+    try:
+        out = _forward(net, state, x)
+        grads = torch.autograd.grad(out.sum(), list(state.params.values()), allow_unused=True)
+        del grads
+        net.template.eval()
+        with torch.no_grad():
+            _forward(net, state, x)
+    except Exception as error:  # vmap's refusals are RuntimeErrors and others
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"torch.vmap cannot run the model ({type(error).__name__}: {message[:160]})"
+    finally:
+        net.template.train()
+    return None
+
+
+def _saved_per_row(net: _Net, state: _State, x: Tensor, device: torch.device) -> float:
+    """Bytes run 0's training forward pass on ``x`` ``(1, b, *sample)`` saves for the
+    backward, per row (eagerly, torch's RNG on ``device`` restored)."""
+    saved = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    net.template.train()
+    with _rng_restored(device), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _forward(net, state, x, vmapped=False).sum()
+    return saved / max(1, x.shape[1])
+
+
+# --- the group ---------------------------------------------------------------------------------
+
+
 class _Group:
     """R runs of one structure trained as one computation (``vmapped``) or, with R = 1, on
     the same functions without vmap; ``compiled``: the training and evaluation steps run
-    through ``torch.compile`` (a failure to compile is logged and the steps run eagerly)."""
+    through ``torch.compile`` (a failure to compile is logged and the steps run eagerly).
+
+    Its parts: ``net`` and ``state`` (the template and the stacked tensors the steps take),
+    ``rows`` (each run's fit, validation and stopping rows), ``batches`` (each epoch's
+    mini-batches), ``masks`` (the counter dropout's rates and keys), ``loss`` and ``bound``
+    (the penalties and max-norm, per run), ``compiled`` (the compiled steps), ``evaluation``
+    and ``stopping`` (early stopping's bookkeeping)."""
 
     def __init__(
         self,
@@ -725,51 +1284,25 @@ class _Group:
         compiled: bool = False,
         log: Callable[[str], None] | None = None,
     ) -> None:
-        self.runs, self.shared, self.vmapped = runs, shared, vmapped
+        self.runs, self.shared = runs, shared
         self.size = len(runs)
         self.say = log if log is not None else (lambda _line: None)
         device = shared.device
         data = shared.data
-        self.head = _Head(
-            data.task,
-            data.n_outputs,
-            "regression target" if data.task == "regression" else f"{data.n_classes} classes",
-            two_logits=data.task == "classification" and data.n_classes == 2,
-        )
         self.out_width = runs[0].width or data.n_outputs
-        self.params, self.buffers = stack_module_state([run.module for run in runs])
-        self.template: nn.Module = copy.deepcopy(runs[0].module).to("meta")
+        params, buffers = stack_module_state([run.module for run in runs])
+        template: nn.Module = copy.deepcopy(runs[0].module).to("meta")
+        self.net = _Net(template, _Head.of(data), vmapped)
+        self.state = _State(params, buffers)
         if release:  # the stacked tensors are the runs' weights from now on
             for run in runs:
                 run.module.to("meta")
-        counters = [
-            (name, m) for name, m in self.template.named_modules() if isinstance(m, CounterDropout)
-        ]
-        self.key_layers = [(f"{name}.key", f"{name}.seed", m.layer) for name, m in counters]
-        self.rate_names = [f"{name}.p" for name, _ in counters if name != _INPUT]
-        self.base_rates = {name: self.buffers[name].clone() for name in self.rate_names}
-        modules = dict(self.template.named_modules())
-        self.sites = [(modules[name], attr, rate) for name, attr, rate in runs[0].sites]
-        counter_buffers = {f"{n}.{b}" for n, _ in counters for b in ("seed", "p", "key")}
-        self.state_names = [n for n in (*self.params, *self.buffers) if n not in counter_buffers]
-        self.bn = any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.template.modules()
-        )
+        self.bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in template.modules())
+        self.rows = _RunRows.of(runs)
         configs = [run.config for run in runs]
         self.generators = [torch.Generator().manual_seed(c.seed) for c in configs]
         effects = [run_effects(c) for c in configs]  # what each run's entries do
         self.windows = [e.dropout_window for e in effects]
-        self.fit = torch.stack([run.fit for run in runs])  # (R, n_fit)
-        self.val = torch.stack([run.val for run in runs])  # (R, n_val)
-        self.stop = torch.stack([run.stop for run in runs])  # (R, n_stop)
-        self.n_fit, self.n_val = self.fit.shape[1], self.val.shape[1]
-        self.n_stop = self.stop.shape[1]
-        self.n_test = len(shared.y_test)
-        # Every run trains and is measured on the same rows: one copy of them, vmap's
-        # in_dims None (the usual case; k-fold groups mix folds).
-        self.same_rows = all(
-            bool((rows == rows[:1]).all()) for rows in (self.fit, self.stop, self.val)
-        )
 
         def vector(values: list[float]) -> Tensor:
             return torch.tensor(values, dtype=shared.dtype, device=device)
@@ -791,123 +1324,48 @@ class _Group:
         self.watched = torch.tensor([p is not None for p in patience])
         waits = [p for p in patience if p is not None]
         self.stopper = EarlyStopping(waits, shared.epochs) if waits else None
-        self.best: dict[str, Tensor] = {}
+
+        self.masks = _Masks(template, buffers, runs[0].sites, self.windows, device)
+        kept = [n for n in (*params, *buffers) if n not in self.masks.buffer_names]
+        tensors = {n: (params[n] if n in params else buffers[n]) for n in kept}
+        self.stopping = _Stopping(self.stopper, self.watched, tensors, device)
+        self.batches = _Batches(
+            shared, self.rows, self.generators, self.augment, self.targets, self.use_soft, self.bn
+        )
         self.layers = [
             f"{name}.weight"
-            for name, m in self.template.named_modules()
-            if isinstance(m, nn.Linear | nn.modules.conv._ConvNd)
-            and f"{name}.weight" in self.params
+            for name, m in template.named_modules()
+            if isinstance(m, nn.Linear | nn.modules.conv._ConvNd) and f"{name}.weight" in params
         ]
-        self.penalized = tuple(self.layers) if self.l1 is not None or self.l2 is not None else ()
-        self.optimizer = make_adam(list(self.params.values()), configs[0].train)
+        penalized = tuple(self.layers) if self.l1 is not None or self.l2 is not None else ()
+        self.loss = _Loss(self.use_soft, self.l1, self.l2, penalized)
+        self.optimizer = make_adam(list(params.values()), configs[0].train)
         self.step = 0
-        self.key_table: tuple[int, list[Tensor]] = (0, [torch.zeros(0)])
-        self.sst = self._sums_of_squares()
-        self.grads_fn: Callable[..., tuple[dict[str, Tensor], Tensor]] | None = None
-        self.stats_fn: Callable[..., tuple[Tensor, Tensor]] | None = None
-        self.compile_partial = shared.epochs >= COMPILE_PARTIAL_EPOCHS
-        self.fit_rows: tuple[Tensor, Tensor] | None = None
-        if compiled:
-            self.grads_fn = torch.compile(_own_code(_train_grads), dynamic=False)
-            self.stats_fn = torch.compile(
-                _own_code(_sample_stats), dynamic=False, options=_evaluation_options()
-            )
-        self._eval_rows()
+        self.compiled = _Compiled(compiled, shared.epochs >= COMPILE_PARTIAL_EPOCHS, self.say)
+        stop_every_epoch = self.stopper is not None and self.rows.n_stop > 0
+        self.evaluation = _Evaluation(shared, self.rows, self.size, stop_every_epoch, compiled)
 
-    # -- forward ------------------------------------------------------------------------------
-
-    def forward(
-        self, x: Tensor, shared_rows: bool = False, buffers: dict[str, Tensor] | None = None
-    ) -> Tensor:
-        """Outputs ``(R, N, k)`` for inputs ``(R, N, *sample)`` (``shared_rows``: ``(N, …)``
-        for every run), eagerly."""
-        buffers = self.buffers if buffers is None else buffers
-        out = _apply(self.template, self.params, buffers, x, shared_rows, self.vmapped)
-        return _per_run_shape(out, self.head)
-
-    def _compiled(self, fn: Callable[..., Any] | None, *args: Any) -> Any:
-        """``fn(*args)`` for a compiled step ``fn``; None when there is none, or when it fails
-        (logged once: the group's steps run eagerly from then on)."""
-        if fn is None:
-            return None
-        try:
-            with torch.no_grad():  # grad_and_value's gradients need no graph around them
-                return fn(*args)
-        except Exception as error:  # the compiler's failures come in many types
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            self.say(
-                f"torch.compile failed ({type(error).__name__}: {message[:160]}); training eagerly"
-            )
-            self.grads_fn = self.stats_fn = None
-            return None
-
-    def _inputs(self, rows: Tensor) -> Tensor:
-        """Model inputs ``(R, b, *sample)`` of training rows ``(R, b)`` (``(b, *sample)`` for
-        rows ``(b,)``)."""
-        x = self.shared.x_train[rows.to(self.shared.device)]
-        return x.view(*rows.shape, *self.shared.data.sample_shape)
+    # -- probing: can vmap run the model, and what does a run cost ----------------------------
 
     def check(self) -> str | None:
         """Check the output shape on a two-row slice, then (vmapped) try one forward and
         backward under vmap; the reason vmap cannot run the model, or None. Nothing changes:
         the buffers are copies and torch's RNG state is restored."""
         with _rng_restored(self.shared.device):
-            return self._check()
-
-    def _check(self) -> str | None:
-        rows = self.fit[:, : min(2, self.n_fit)]
-        x = self._inputs(rows)
-        scratch = {k: v.clone() for k, v in self.buffers.items()}
-        self.template.train()
-        vmapped, self.vmapped = self.vmapped, False
-        try:
-            with torch.no_grad():
-                out = self.forward(x[:1], buffers={k: v[:1] for k, v in scratch.items()})
-            self.out_width = int(out.shape[-1])
+            x = _inputs(self.shared, self.rows.fit[:, : min(2, self.rows.n_fit)])
+            scratch = {k: v.clone() for k, v in self.state.buffers.items()}
+            state = _State(self.state.params, scratch)
+            self.out_width = _output_width(self.net, state, x)
             for run in self.runs:
                 run.width = self.out_width
-        finally:
-            self.vmapped = vmapped
-        if not vmapped:
-            return None
-        try:
-            out = self.forward(x, buffers=scratch)
-            grads = torch.autograd.grad(out.sum(), list(self.params.values()), allow_unused=True)
-            del grads
-            self.template.eval()
-            with torch.no_grad():
-                self.forward(x, buffers=scratch)
-        except Exception as error:  # vmap's refusals are RuntimeErrors and others
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            return f"torch.vmap cannot run the model ({type(error).__name__}: {message[:160]})"
-        finally:
-            self.template.train()
-        return None
+            return _vmap_failure(self.net, state, x) if self.net.vmapped else None
 
     def _saved_per_row(self) -> float:
         """Bytes one run's training batch saves for the backward pass, per row (measured on
         a forward pass of run 0, eagerly)."""
-        rows = self.fit[:1, : min(self.shared.batch_size, self.n_fit)]
-        x = self._inputs(rows)
-        saved = 0
-
-        def pack(t: Tensor) -> Tensor:
-            nonlocal saved
-            saved += t.numel() * t.element_size()
-            return t
-
-        vmapped, self.vmapped = self.vmapped, False
-        scratch = {k: v[:1].clone() for k, v in self.buffers.items()}
-        try:
-            self.template.train()
-            with (
-                _rng_restored(self.shared.device),
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
-            ):
-                self.forward(x, buffers=scratch).sum()
-        finally:
-            self.vmapped = vmapped
-        return saved / max(1, rows.shape[1])
+        x = _inputs(self.shared, self.rows.fit[:1, : min(self.shared.batch_size, self.rows.n_fit)])
+        scratch = {k: v[:1].clone() for k, v in self.state.buffers.items()}
+        return _saved_per_row(self.net, _State(self.state.params, scratch), x, self.shared.device)
 
     def peak_bytes(self) -> int:
         """A rough upper estimate of one run's memory while training: parameters ×5 (weights,
@@ -915,384 +1373,124 @@ class _Group:
         training batch saves for the backward ×2 (the mask hashing's temporaries), and one
         evaluation chunk's activations (at the training batch's bytes per row)."""
         per_row = self._saved_per_row()
-        saved = per_row * min(self.shared.batch_size, self.n_fit)
-        eval_rows = min(EVAL_CHUNK, self.n_fit + self.n_stop + self.n_val + self.n_test)
-        params = _tensor_bytes(iter(self.params.values())) // self.size
-        buffers = _tensor_bytes(iter(self.buffers.values())) // self.size
+        n_fit, n_test = self.rows.n_fit, len(self.shared.y_test)
+        saved = per_row * min(self.shared.batch_size, n_fit)
+        eval_rows = min(EVAL_CHUNK, n_fit + self.rows.n_stop + self.rows.n_val + n_test)
+        params = _tensor_bytes(iter(self.state.params.values())) // self.size
+        buffers = _tensor_bytes(iter(self.state.buffers.values())) // self.size
         return int(5 * params + 2 * buffers + 2 * saved + per_row * eval_rows)
 
     def work_bytes(self) -> float:
         """A rough measure of one run's work: the bytes its training batches save for the
         backward over all epochs, ×3 (forward, backward, masks), plus its evaluations'
         activations at the same bytes per row."""
-        rows = 3 * self.n_fit + self.n_fit + self.n_test
+        n_fit = self.rows.n_fit
+        rows = 3 * n_fit + n_fit + len(self.shared.y_test)
         return self._saved_per_row() * rows * self.shared.epochs
-
-    # -- evaluation ---------------------------------------------------------------------------
-
-    def _gather(self, rows: Tensor, test: bool) -> tuple[Tensor, Tensor]:
-        """Inputs and targets of each run's training-split ``rows`` ``(R, n)`` followed (with
-        ``test``) by the test rows: ``(N, *sample)`` and ``(N,)`` when the runs share their
-        rows, else ``(R, N, *sample)`` and ``(R, N)``."""
-        shared = self.shared
-        shape = shared.data.sample_shape
-        rows = rows.to(shared.device)
-        if self.same_rows:
-            xs, ys = [shared.x_train[rows[0]]], [shared.y_train[rows[0]]]
-            if test:
-                xs.append(shared.x_test)
-                ys.append(shared.y_test)
-            return torch.cat(xs).view(-1, *shape), torch.cat(ys)
-        xs, ys = [shared.x_train[rows]], [shared.y_train[rows]]
-        if test:
-            xs.append(shared.x_test.expand(self.size, *shared.x_test.shape))
-            ys.append(shared.y_test.expand(self.size, -1))
-        return torch.cat(xs, 1).view(self.size, -1, *shape), torch.cat(ys, 1)
-
-    def _eval_rows(self) -> None:
-        """The rows every epoch's evaluation measures, gathered once: each run's fit rows,
-        its early-stopping rows when early stopping reads them every epoch, and the test rows.
-        The validation rows are measured once, after the last epoch: they choose the winner,
-        so nothing during training reads them."""
-        self.stop_every_epoch = self.stopper is not None and self.n_stop > 0
-        parts = [self.fit, self.stop] if self.stop_every_epoch else [self.fit]
-        pad = self.stats_fn is not None
-        self.eval_chunks = self._chunks(*self._gather(torch.cat(parts, 1), test=True), pad)
-        self.val_chunks = self._chunks(*self._gather(self.val, test=False), pad=False)
-
-    def _sums_of_squares(self) -> dict[str, Tensor]:
-        """``Σ (y − ȳ)²`` per run of each split (float64, for R²; regression only)."""
-        if self.shared.data.task != "regression":
-            return {}
-        y = torch.from_numpy(np.asarray(self.shared.data.y_train, dtype=np.float64))
-        y_test = torch.from_numpy(np.asarray(self.shared.data.y_test, dtype=np.float64))
-
-        def sst(values: Tensor) -> Tensor:
-            return (values - values.mean(-1, keepdim=True)).pow(2).sum(-1)
-
-        sums = {
-            "train": sst(y[self.fit]),
-            "val": sst(y[self.val]) if self.n_val else torch.full((self.size,), math.nan),
-            "stop": sst(y[self.stop]) if self.n_stop else torch.full((self.size,), math.nan),
-            "test": sst(y_test).expand(self.size),
-        }
-        return {split: value.to(self.shared.device) for split, value in sums.items()}
-
-    def _chunks(self, x: Tensor, y: Tensor, pad: bool) -> list[tuple[Tensor, Tensor, int]]:
-        """Rows ``x``, ``y`` (as :meth:`_gather` gives them) cut into equal chunks of at most
-        :data:`EVAL_CHUNK` rows per run: ``(x, y, real rows)`` (views but the last); ``pad``:
-        the last chunk padded to the others' size with copies of its first row (whose results
-        are dropped), so one compiled graph serves every chunk."""
-        axis = 0 if self.same_rows else 1
-        n = x.shape[axis]
-        size = max(1, math.ceil(n / max(1, math.ceil(n / EVAL_CHUNK))))
-        chunks = []
-        for begin in range(0, n, size):
-            part_x, part_y = (
-                x.narrow(axis, begin, min(size, n - begin)),
-                y.narrow(axis, begin, min(size, n - begin)),
-            )
-            real = part_x.shape[axis]
-            if pad and real < size:
-                rows = torch.zeros(size, dtype=torch.int64, device=x.device)
-                rows[:real] = torch.arange(real, device=x.device)
-                part_x, part_y = part_x.index_select(axis, rows), part_y.index_select(axis, rows)
-            chunks.append((part_x, part_y, real))
-        return chunks
-
-    def _stats(
-        self, chunks: list[tuple[Tensor, Tensor, int]], compiled: bool
-    ) -> tuple[Tensor, Tensor]:
-        """:func:`_sample_stats` ``(R, n)`` of the rows of :meth:`_chunks` (through the
-        compiled step when ``compiled`` and there is one)."""
-        first: list[Tensor] = []
-        second: list[Tensor] = []
-        for x, y, real in chunks:
-            args = (self.template, self.params, self.buffers, x, y, self.head)
-            stats = None
-            if compiled:
-                stats = self._compiled(self.stats_fn, *args, self.same_rows, self.vmapped)
-            if stats is None:
-                stats = _sample_stats(*args, self.same_rows, self.vmapped)
-            first.append(stats[0][:, :real])
-            second.append(stats[1][:, :real])
-        return torch.cat(first, 1), torch.cat(second, 1)
-
-    def _metrics(self, a: Tensor, b: Tensor, split: str) -> dict[str, Tensor]:
-        """A split's metrics from its per-sample statistics ``(R, n)`` (see
-        :meth:`evaluate`)."""
-        count = a.shape[1]
-        if not count:
-            nan = torch.full((self.size,), math.nan, dtype=torch.float64, device=a.device)
-            return {"score": nan, "loss": nan, "rmse": nan, "mae": nan}
-        first_sum = a.sum(1)
-        second_mean = b.sum(1) / count
-        if self.head.task == "regression":  # a: squared errors, b: absolute errors
-            mse = first_sum / count
-            return {
-                "score": 1.0 - first_sum / self.sst[split],
-                "loss": mse,
-                "rmse": mse.sqrt(),
-                "mae": second_mean,
-            }
-        return {"score": first_sum / count, "loss": second_mean}  # a: correct, b: CE
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, dict[str, Tensor]]:
-        """Eval-mode metrics per split (``train``: the fit rows, ``test``, ``stop``: early
-        stopping's rows): ``score`` (accuracy or R²), ``loss`` (cross-entropy or MSE) and, for
-        regression, ``rmse`` and ``mae``; each ``(R,)`` float64 on the device (NaN for an
-        empty split). One pass over the epoch's rows (:meth:`_eval_rows`); the stopping metrics
-        are NaN without early stopping. The validation rows are not measured here
-        (:meth:`train` measures them after the last epoch)."""
-        self.template.eval()
-        a, b = self._stats(self.eval_chunks, compiled=True)
-        self.template.train()
-        stop_end = self.n_fit + (self.n_stop if self.stop_every_epoch else 0)
-        parts = {
-            "train": (a[:, : self.n_fit], b[:, : self.n_fit]),
-            "stop": (a[:, self.n_fit : stop_end], b[:, self.n_fit : stop_end]),
-            "test": (a[:, stop_end:], b[:, stop_end:]),
-        }
-        return {split: self._metrics(*pair, split) for split, pair in parts.items()}
 
     # -- training -----------------------------------------------------------------------------
 
-    def _set_rates(self, epoch: int) -> None:
-        if all(window is None for window in self.windows):
-            return
-        on = [dropout_on(window, epoch) for window in self.windows]
-        mask = torch.tensor(on, device=self.shared.device)
-        for name in self.rate_names:
-            base = self.base_rates[name]
-            self.buffers[name].copy_(torch.where(mask, base, torch.zeros_like(base)))
-        for module, attribute, rate in self.sites:  # R = 1 here
-            setattr(module, attribute, rate if on[0] else 0.0)
+    def evaluate(self) -> dict[str, dict[str, Tensor]]:
+        """This epoch's metrics per split, ``(R,)`` each: :meth:`_Evaluation.epoch`."""
+        return self.evaluation.epoch(self.net, self.state, self.compiled)
 
-    def _set_keys(self) -> None:
-        """Set every dropout layer's stacked ``key`` buffer ``(R, 2)`` to the keys of the
-        current step, computed for blocks of :data:`_KEY_BLOCK` steps at once."""
-        if not self.key_layers:
-            return
-        start, table = self.key_table
-        if not start <= self.step < start + len(table[0]):
-            device = self.shared.device
-            numbers = torch.arange(self.step, self.step + _KEY_BLOCK, device=device).view(-1, 1)
-            table = [
-                mask_key(self.buffers[seed], numbers, layer) for _, seed, layer in self.key_layers
-            ]
-            start = self.step
-            self.key_table = (start, table)
-        for (key, _, _), keys in zip(self.key_layers, table, strict=True):
-            self.buffers[key].copy_(keys[self.step - start])
-
-    def _soft_targets(self, y: Tensor, width: int) -> Tensor | None:
-        if self.use_soft is None:
-            return None
-        classes = 2 if width == 1 else width
-        rows = []
-        for r, transforms in enumerate(self.targets):
-            soft = (
-                y[r].to(self.shared.dtype)
-                if width == 1
-                else F.one_hot(y[r], classes).to(self.shared.dtype)
-            )
-            for transform, strength in transforms:
-                soft = transform(soft, strength, classes)
-            rows.append(soft)
-        return torch.stack(rows)
-
-    def _batch(self, rows: Tensor) -> Tensor:
-        x = self._inputs(rows)
-        if not any(s is not None for s in self.augment):
-            return x
-        shared = self.shared
-        parts = []
-        for r, strength in enumerate(self.augment):
-            if strength is None:
-                parts.append(x[r])
-                continue
-            moved = augment_batch(
-                shared.x_cpu[rows[r]],
-                strength,
-                shared.scale,
-                shared.data.input_shape,
-                self.generators[r],
-            )
-            parts.append(moved.to(shared.device).view(x.shape[1:]))
-        return torch.stack(parts)
+    def _step(self, rows: _Rows, full: bool) -> None:
+        """One optimizer step of every run on ``rows`` (``full``: a batch of the epoch's batch
+        size): the gradients (compiled, or by autograd), Adam, then max-norm."""
+        grads = self.compiled.grads(self.net, self.state, rows, self.loss, full)
+        if grads is None:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = _train_loss(self.net, self.state, rows, self.loss)
+            loss.backward()  # type: ignore[no-untyped-call]
+        else:
+            for name, param in self.state.params.items():
+                param.grad = _laid_out_as(grads[name], param)
+        self.optimizer.step()
+        if self.bound is not None:
+            for name in self.layers:
+                w = self.state.params[name]
+                bound_unit_norms_(w, self.bound.view(-1, *([1] * (w.ndim - 1))), range(2, w.ndim))
 
     def train_epoch(self, epoch: int, stopped: Tensor) -> None:
-        """One epoch of mini-batches. A run draws its epoch order from its generator; when
-        one batch holds every fit row the order changes nothing but the row a mask element
-        falls on, so it is not drawn (the rows are then shared by the runs that share them)."""
-        shared = self.shared
-        self._set_rates(epoch)
-        self.template.train()
-        batch = min(shared.batch_size, self.n_fit)
-        starts = [
-            begin
-            for begin in range(0, self.n_fit, batch)
-            # BatchNorm cannot normalize a batch of one sample (as the loop)
-            if not (self.bn and min(batch, self.n_fit - begin) == 1 and begin > 0)
-        ]
-        shuffle = batch < self.n_fit
-        if shuffle:
-            order = torch.stack(
-                [
-                    self.fit[r][torch.randperm(self.n_fit, generator=g)]
-                    for r, g in enumerate(self.generators)
-                ]
-            )
-        else:
-            order = self.fit
-        plain = all(s is None for s in self.augment) and self.use_soft is None
-        shared_rows = not shuffle and self.same_rows and plain
+        """One epoch of mini-batches (``epoch`` 0-based); the runs ``stopped`` ``(R,)`` bool
+        keep their best weights (restored after every step)."""
+        self.masks.set_rates(epoch)
+        self.net.template.train()
+        batch = min(self.shared.batch_size, self.rows.n_fit)
+        order, shared_rows = self.batches.order(batch)
         frozen = bool(stopped.any())
-        for begin in starts:
-            self._set_keys()
-            rows = order[0] if shared_rows else order[:, begin : begin + batch]
-            if shared_rows:
-                if self.fit_rows is None:  # the same every epoch
-                    self.fit_rows = (self._inputs(rows), shared.y_train[rows.to(shared.device)])
-                x, y = self.fit_rows
-            else:
-                x, y = self._batch(rows), shared.y_train[rows.to(shared.device)]
-            soft = None
-            if self.use_soft is not None:
-                soft = self._soft_targets(y, self.out_width)
-            args = (
-                self.template,
-                self.params,
-                self.buffers,
-                x,
-                y,
-                soft,
-                self.use_soft,
-                self.l1,
-                self.l2,
-                self.penalized,
-                self.head,
-                shared_rows,
-                self.vmapped,
-            )
-            full = rows.shape[-1] == batch
-            grads = self._compiled(self.grads_fn, *args) if full or self.compile_partial else None
-            if grads is None:
-                self.optimizer.zero_grad(set_to_none=True)
-                _train_loss(*args).backward()  # type: ignore[no-untyped-call]
-            else:
-                for name, param in self.params.items():
-                    param.grad = _laid_out_as(grads[0][name], param)
-            self.optimizer.step()
-            if self.bound is not None:
-                for name in self.layers:
-                    w = self.params[name]
-                    bound_unit_norms_(
-                        w, self.bound.view(-1, *([1] * (w.ndim - 1))), range(2, w.ndim)
-                    )
+        for begin in self.batches.starts(batch):
+            self.masks.set_keys(self.step)
+            rows = self.batches.step(order, begin, batch, shared_rows, self.out_width)
+            self._step(rows, full=min(batch, self.rows.n_fit - begin) == batch)
             if frozen:
-                self.restore(stopped)
+                self.stopping.restore(stopped)
             self.step += 1
 
-    # -- early stopping -----------------------------------------------------------------------
-
-    def _state(self) -> dict[str, Tensor]:
-        return {
-            n: (self.params[n] if n in self.params else self.buffers[n]) for n in self.state_names
-        }
-
-    def keep(self, best: dict[str, Tensor], which: Tensor) -> None:
-        if not bool(which.any()):
-            return
-        index = which.to(self.shared.device)
-        with torch.no_grad():
-            for name, tensor in self._state().items():
-                best[name][index] = tensor.detach()[index]
-
-    def restore(self, which: Tensor) -> None:
-        index = which.to(self.shared.device)
-        with torch.no_grad():
-            for name, tensor in self._state().items():
-                tensor[index] = self.best[name][index]
-
-    def export(self, r: int) -> dict[str, Tensor]:
-        """Run ``r``'s weights as the ``state_dict`` of its original module, CPU tensors."""
-        run = self.runs[r]
-        stacked = {**self.params, **self.buffers}
-        return {
-            key: stacked[run.canonical[f"{_MODEL}.{key}"]][r].detach().cpu().clone()
-            for key in run.state_keys
-        }
-
     def train(self, ticker: EpochTicker) -> list[_Output]:
-        shared = self.shared
-        epochs = shared.epochs
-        histories = np.full((self.size, len(METRICS), epochs), np.nan)
+        """Train every epoch (each run until it stops early), then measure the final weights:
+        one :class:`_Output` per run."""
+        epochs = self.shared.epochs
+        history = _History(self.size, epochs)
         stopped = torch.zeros(self.size, dtype=torch.bool)
-        if self.stopper is not None:
-            self.best = {n: t.detach().clone() for n, t in self._state().items()}
+        self.stopping.start()
         tick = ticker.part(self.size)
-        names = {
-            "train_acc": ("train", "score"),
-            "test_acc": ("test", "score"),
-            "train_loss": ("train", "loss"),
-            "test_loss": ("test", "loss"),
-        }
-
-        def record(metrics: dict[str, dict[str, Tensor]], which: Tensor, slots: slice) -> None:
-            values = torch.stack([metrics[s][k] for s, k in (names[m] for m in METRICS)])
-            table = values.cpu().numpy().T  # (R, metrics)
-            if bool(which.all()):
-                histories[:, :, slots] = table[:, :, None]
-                return
-            rows = which.nonzero().flatten().numpy()
-            histories[rows, :, slots] = table[rows][:, :, None]
-
         finished = epochs
         for epoch in range(epochs):
             self.train_epoch(epoch, stopped)
             metrics = self.evaluate()
-            running = ~stopped
-            record(metrics, running, slice(epoch, epoch + 1))
+            history.record(metrics, ~stopped, slice(epoch, epoch + 1))
             if self.stopper is not None:
-                stop_loss = metrics["stop"]["loss"].cpu()
-                reported = torch.where(running & self.watched, stop_loss, math.nan)
-                improved, newly = self.stopper.update(epoch + 1, reported[self.watched])
-                self.keep(self.best, _scatter(improved, self.watched))
-                newly_all = _scatter(newly, self.watched)
-                if bool(newly_all.any()):
-                    stopped = stopped | newly_all
-                    self.restore(newly_all)
-                    if epoch + 1 < epochs:
-                        record(self.evaluate(), newly_all, slice(epoch + 1, epochs))
+                newly = self.stopping.update(epoch, metrics, stopped)
+                if bool(newly.any()):
+                    stopped = stopped | newly
+                    if epoch + 1 < epochs:  # the restored weights, for the epochs left
+                        history.record(self.evaluate(), newly, slice(epoch + 1, epochs))
             tick(epoch + 1)
             if bool(stopped.all()):
                 finished = epoch + 1
                 break
         if finished < epochs:
             ticker.advance(self.size * (epochs - finished))
-        if self.stopper is not None:
-            self.restore(self.watched)
-            final = self.evaluate()
-            record(final, self.watched, slice(epochs - 1, epochs))
-        else:
-            final = metrics
-        if self.n_val:  # measured once, after the last epoch (the restored weights)
-            with torch.no_grad():
-                self.template.eval()
-                val = self._stats(self.val_chunks, compiled=False)
-                self.template.train()
-            final = {**final, "val": self._metrics(*val, "val")}
-        return self._outputs(histories, final)
+        return self._results(history.table, self._final(metrics, history))
 
-    def _outputs(
+    # -- results ------------------------------------------------------------------------------
+
+    def _final(
+        self, last: dict[str, dict[str, Tensor]], history: _History
+    ) -> dict[str, dict[str, Tensor]]:
+        """The metrics the results report, per split ``(R,)``: the ``last`` epoch's, or under
+        early stopping the restored best weights' (the watched runs' last epoch, recorded),
+        and the validation rows', measured once, now."""
+        epochs, final = self.shared.epochs, last
+        if self.stopper is not None:
+            self.stopping.restore(self.watched)
+            final = self.evaluate()
+            history.record(final, self.watched, slice(epochs - 1, epochs))
+        if self.rows.n_val:  # measured once, after the last epoch (the restored weights)
+            final = {**final, "val": self.evaluation.validation(self.net, self.state)}
+        return final
+
+    def export(self, r: int) -> dict[str, Tensor]:
+        """Run ``r``'s weights as the ``state_dict`` of its original module, CPU tensors."""
+        run = self.runs[r]
+        stacked = {**self.state.params, **self.state.buffers}
+        return {
+            key: stacked[run.canonical[f"{_MODEL}.{key}"]][r].detach().cpu().clone()
+            for key in run.state_keys
+        }
+
+    def _results(
         self, histories: NDArray[np.float64], final: dict[str, dict[str, Tensor]]
     ) -> list[_Output]:
-        shared = self.shared
+        """Per run: its curves ``(len(METRICS), epochs)``, its ``info`` (early stopping's
+        epochs; validation and regression metrics) and its ``state_dict`` (None when too
+        large)."""
+        task = self.shared.data.task
         stop_info = self.stopper.info() if self.stopper is not None else []
         watched = self.watched.nonzero().flatten().tolist()
-        keep_states = sum(t[0].numel() for t in self._state().values()) <= MAX_STATE_PARAMETERS
+        tensors = self.stopping.tensors.values()
+        keep_states = sum(t[0].numel() for t in tensors) <= MAX_STATE_PARAMETERS
         numbers = {
             split: {key: value.cpu().tolist() for key, value in values.items()}
             for split, values in final.items()
@@ -1306,7 +1504,7 @@ class _Group:
             if has_validation:
                 info["val_acc"] = float(numbers["val"]["score"][r])
                 info["val_loss"] = float(numbers["val"]["loss"][r])
-            if shared.data.task == "regression":
+            if task == "regression":
                 splits = ("test", "train", "val") if has_validation else ("test", "train")
                 for split in splits:
                     info[f"{split}_rmse"] = float(numbers[split]["rmse"][r])
@@ -1457,6 +1655,37 @@ def train_custom(
     start = time.perf_counter()
     say = log if log is not None else (lambda _line: None)
     _check_configs(configs, data)
+    _check_options(batched, max_batch_memory)
+    device = torch.device(device)
+    runs = _prepare(source, data, configs, device)
+    shared = _Shared.of(data, runs, device)
+    alone, together = _sort_runs(runs, batched, say)
+    ticker = EpochTicker(len(runs), shared.epochs, on_epoch)
+    outputs: dict[int, _Output] = {}
+    for members in together:
+        plan = _plan_group(members, shared, batched, max_batch_memory, compile, say)
+        if plan is None:
+            alone.extend(members)
+            continue
+        chunks, compiled = plan
+        for chunk in chunks:
+            group = _Group(chunk, shared, vmapped=True, compiled=compiled, log=say)
+            with warnings.catch_warnings():  # said above, once
+                warnings.filterwarnings("ignore", message=_LOOPED_WARNING)
+                trained = group.train(ticker)
+            for run, output in zip(chunk, trained, strict=True):
+                outputs[run.index] = output
+    for run in sorted(alone, key=lambda r: r.index):
+        with _seeded(run.config.seed, device):
+            group = _Group([run], shared, vmapped=False)
+            group.check()
+            outputs[run.index] = group.train(ticker)[0]
+    ticker.finish()
+    return _batch_result([outputs[i] for i in range(len(runs))], time.perf_counter() - start)
+
+
+def _check_options(batched: bool | None, max_batch_memory: int | None) -> None:
+    """Refuse a ``batched`` or ``max_batch_memory`` of :func:`train_custom` out of range."""
     if batched is not None and not isinstance(batched, bool):
         raise TypeError(f"`batched` must be None, True or False, got {batched!r}")
     if max_batch_memory is not None and (
@@ -1467,26 +1696,13 @@ def train_custom(
         raise ValueError(
             f"`max_batch_memory` must be None or an int >= 1 (bytes), got {max_batch_memory!r}"
         )
-    device = torch.device(device)
-    runs = _prepare(source, data, configs, device)
-    first_param = next((t for t in runs[0].module.parameters() if t.is_floating_point()), None)
-    dtype = first_param.dtype if first_param is not None else torch.float32
-    regression = data.task == "regression"
-    y_dtype = dtype if regression else torch.int64
-    shared = _Shared(
-        data=data,
-        device=device,
-        dtype=dtype,
-        x_train=torch.from_numpy(data.x_train).to(device=device, dtype=dtype),
-        y_train=torch.from_numpy(np.asarray(data.y_train)).to(device=device, dtype=y_dtype),
-        x_test=torch.from_numpy(data.x_test).to(device=device, dtype=dtype),
-        y_test=torch.from_numpy(np.asarray(data.y_test)).to(device=device, dtype=y_dtype),
-        x_cpu=torch.from_numpy(data.x_train).to(dtype),
-        scale=feature_scale(data.x_train).to(dtype),
-        epochs=configs[0].train.epochs,
-        batch_size=configs[0].train.batch_size,
-    )
 
+
+def _sort_runs(
+    runs: list[_Run], batched: bool | None, say: Callable[[str], None]
+) -> tuple[list[_Run], list[list[_Run]]]:
+    """The runs to train alone (a fallback reason, or ``batched=False``; logged) and the
+    others by structure (:attr:`_Run.signature`), each list in the runs' order."""
     alone: list[_Run] = []
     together: dict[tuple[Any, ...], list[_Run]] = {}
     for run in runs:
@@ -1502,69 +1718,67 @@ def train_custom(
             together.setdefault(run.signature, []).append(run)
     if batched is False:
         say("training run by run (batched=False)")
+    return alone, list(together.values())
 
-    ticker = EpochTicker(len(runs), shared.epochs, on_epoch)
-    outputs: dict[int, _Output] = {}
 
-    for members in together.values():
-        probe = _Group(members[:2], shared, vmapped=True, release=False)
-        looped: list[str] = []  # torch's vmap warnings, as the ops it loops over: one note
-        with _vmap_loops(looped):
-            failure = probe.check()
-        for run in members:
-            run.width = probe.out_width
-        if failure is not None:
-            if batched:
-                raise ValueError(f"`batched=True` but it cannot be batched: {failure}")
-            also = f"; torch also lacks a batching rule for {', '.join(looped)}" if looped else ""
-            say(f"training run by run: {failure}{also}")
-            alone.extend(members)
-            continue
-        if looped:
-            say(
-                f"{len(members)} runs vmapped, but torch has no batching rule for "
-                f"{', '.join(looped)} and loops over the runs there (slower; the same results)"
-            )
-        chunks = [members]
-        if len(members) > 1:
-            budget = max_batch_memory
-            if budget is None:
-                budget = int(MEMORY_FRACTION * _free_memory(device))
-            per_run = probe.peak_bytes()
-            size = max(1, min(len(members), budget // max(1, per_run)))
-            chunks = [members[i : i + size] for i in range(0, len(members), size)]
-            say(
-                f"{len(members)} runs in {len(chunks)} group(s) of at most {size} "
-                f"(about {per_run / 2**20:.2f} MiB per run, budget {budget / 2**20:.2f} MiB)"
-            )
-        if compile is None:
-            work = probe.work_bytes()
-            compiled = work >= COMPILE_MIN_WORK and compiler_available(device)
-        else:
-            compiled = compile
-        if compiled:
-            say(f"{len(members)} runs: compiling the training and evaluation steps")
-        del probe
-        for chunk in chunks:
-            group = _Group(chunk, shared, vmapped=True, compiled=compiled, log=say)
-            with warnings.catch_warnings():  # said above, once
-                warnings.filterwarnings("ignore", message=_LOOPED_WARNING)
-                trained = group.train(ticker)
-            for run, output in zip(chunk, trained, strict=True):
-                outputs[run.index] = output
-    for run in sorted(alone, key=lambda r: r.index):
-        with _seeded(run.config.seed, device):
-            group = _Group([run], shared, vmapped=False)
-            group.check()
-            outputs[run.index] = group.train(ticker)[0]
-    ticker.finish()
+def _plan_group(
+    members: list[_Run],
+    shared: _Shared,
+    batched: bool | None,
+    max_batch_memory: int | None,
+    compile: bool | None,
+    say: Callable[[str], None],
+) -> tuple[list[list[_Run]], bool] | None:
+    """How runs of one structure train: probed on two of them (can vmap run the model, the
+    memory and work per run), the consecutive groups that fit the memory budget and whether
+    their steps are compiled; None: vmap cannot run it (logged), so they train run by run.
+    Each decision is logged."""
+    probe = _Group(members[:2], shared, vmapped=True, release=False)
+    looped: list[str] = []  # torch's vmap warnings, as the ops it loops over: one note
+    with _vmap_loops(looped):
+        failure = probe.check()
+    for run in members:
+        run.width = probe.out_width
+    if failure is not None:
+        if batched:
+            raise ValueError(f"`batched=True` but it cannot be batched: {failure}")
+        also = f"; torch also lacks a batching rule for {', '.join(looped)}" if looped else ""
+        say(f"training run by run: {failure}{also}")
+        return None
+    if looped:
+        say(
+            f"{len(members)} runs vmapped, but torch has no batching rule for "
+            f"{', '.join(looped)} and loops over the runs there (slower; the same results)"
+        )
+    chunks = [members]
+    if len(members) > 1:
+        budget = max_batch_memory
+        if budget is None:
+            budget = int(MEMORY_FRACTION * _free_memory(shared.device))
+        per_run = probe.peak_bytes()
+        size = max(1, min(len(members), budget // max(1, per_run)))
+        chunks = [members[i : i + size] for i in range(0, len(members), size)]
+        say(
+            f"{len(members)} runs in {len(chunks)} group(s) of at most {size} "
+            f"(about {per_run / 2**20:.2f} MiB per run, budget {budget / 2**20:.2f} MiB)"
+        )
+    if compile is None:
+        work = probe.work_bytes()
+        compiled = work >= COMPILE_MIN_WORK and compiler_available(shared.device)
+    else:
+        compiled = compile
+    if compiled:
+        say(f"{len(members)} runs: compiling the training and evaluation steps")
+    return chunks, compiled
 
-    ordered = [outputs[i] for i in range(len(runs))]
+
+def _batch_result(ordered: list[_Output], seconds: float) -> BatchResult:
+    """The runs' outputs, in the configs' order, as one :class:`BatchResult`."""
     history = np.stack([o.history for o in ordered], axis=1)  # (metrics, R, epochs)
     states = [o.state for o in ordered]
     return BatchResult(
         curves={name: history[i] for i, name in enumerate(METRICS)},
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         states=None if any(s is None for s in states) else [s for s in states if s is not None],
         info=[o.info for o in ordered],
     )
