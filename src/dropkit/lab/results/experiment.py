@@ -14,7 +14,6 @@ R² (with the test RMSE and MAE) for regression.
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,15 +29,11 @@ from dropkit.lab.results.plots import (
     rate_figure,
     stack_curves,
 )
-from dropkit.lab.results.summary import score_name, seed_curves
+from dropkit.lab.results.summary import json_ready, score_name, seed_curves
 from dropkit.lab.results.tables import Table
 from dropkit.lab.store import StoredRun
 
 __all__ = ["Experiment"]
-
-
-def _json_float(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 class Experiment:
@@ -138,20 +133,22 @@ class Experiment:
             if c is None:
                 continue
             rows.append(
-                {
-                    "group": s.name,
-                    "baseline": c.baseline,
-                    "difference": _json_float(c.difference),
-                    "test": c.test,
-                    "p_value": _json_float(c.p_value),
-                    "p_adjusted": _json_float(c.p_adjusted),
-                    "significant": c.significant,
-                    "n": c.n,
-                    "compared_on": c.compared_on,
-                    "detectable": _json_float(c.detectable),
-                    "seeds_needed": c.seeds_needed,
-                    "note": c.note,
-                }
+                json_ready(
+                    {
+                        "group": s.name,
+                        "baseline": c.baseline,
+                        "difference": c.difference,
+                        "test": c.test,
+                        "p_value": c.p_value,
+                        "p_adjusted": c.p_adjusted,
+                        "significant": c.significant,
+                        "n": c.n,
+                        "compared_on": c.compared_on,
+                        "detectable": c.detectable,
+                        "seeds_needed": c.seeds_needed,
+                        "note": c.note,
+                    }
+                )
             )
         return rows
 

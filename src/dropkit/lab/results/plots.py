@@ -285,6 +285,19 @@ def rate_figure(families: Sequence[tuple[str, Sequence[ArmSummary]]], *, title: 
     return figure
 
 
+def _dots(
+    axis: Any, y: NDArray[np.int64], scored: Sequence[tuple[float, tuple[float, float]]], label: str
+) -> NDArray[np.float64]:
+    """Each group's mean (a dot at height ``y``) with its 95% CI as a horizontal error bar;
+    returns the means."""
+    means = np.array([mean for mean, _ in scored])
+    intervals = np.array([ci for _, ci in scored], dtype=float).reshape(-1, 2)
+    axis.errorbar(
+        means, y, xerr=_errors(means, intervals), fmt="o", color="tab:blue", capsize=3, label=label
+    )
+    return means
+
+
 def arm_figure(summaries: Sequence[ArmSummary], *, title: str) -> Figure:
     """Each group's mean final score on the split that chooses (validation when there is one,
     else test) with its 95% CI (dots, bars) and its mean train score (hollow squares); the
@@ -296,12 +309,7 @@ def arm_figure(summaries: Sequence[ArmSummary], *, title: str) -> Figure:
     on, word = _on(summaries)
     figure, axis = _figure(figsize=(9, 1.2 + 0.38 * count), constrained_layout=True)
     y = np.arange(len(summaries))[::-1]
-    scored = [_score(s, on) for s in summaries]
-    means = np.array([mean for mean, _ in scored])
-    intervals = np.array([ci for _, ci in scored], dtype=float).reshape(-1, 2)
-    axis.errorbar(
-        means, y, xerr=_errors(means, intervals), fmt="o", color="tab:blue", capsize=3, label=word
-    )
+    means = _dots(axis, y, [_score(s, on) for s in summaries], word)
     train = np.array([s.train_acc_mean for s in summaries])
     axis.plot(train, y, "s", mfc="none", color="tab:orange", label="train")
     if summaries and math.isfinite(means[0]):
@@ -320,20 +328,10 @@ def _regression_arm_figure(summaries: Sequence[ArmSummary], count: int, title: s
         1, 2, figsize=(11, 1.2 + 0.38 * count), constrained_layout=True, sharey=True
     )
     y = np.arange(len(summaries))[::-1]
-    scored = [_score(s, on) for s in summaries]
-    means = np.array([mean for mean, _ in scored])
-    intervals = np.array([ci for _, ci in scored], dtype=float).reshape(-1, 2)
-    left.errorbar(
-        means, y, xerr=_errors(means, intervals), fmt="o", color="tab:blue", capsize=3, label=word
-    )
+    means = _dots(left, y, [_score(s, on) for s in summaries], word)
     train = np.array([s.train_acc_mean for s in summaries])
     left.plot(train, y, "s", mfc="none", color="tab:orange", label="train")
-    errors = [_rmse(s, on) for s in summaries]
-    rmse = np.array([mean for mean, _ in errors])
-    rmse_ci = np.array([ci for _, ci in errors], dtype=float).reshape(-1, 2)
-    right.errorbar(
-        rmse, y, xerr=_errors(rmse, rmse_ci), fmt="o", color="tab:blue", capsize=3, label=word
-    )
+    rmse = _dots(right, y, [_rmse(s, on) for s in summaries], word)
     if summaries:
         for axis, value in ((left, means[0]), (right, rmse[0])):
             if math.isfinite(value):

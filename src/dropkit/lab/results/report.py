@@ -45,7 +45,7 @@ from dropkit.lab.results.summary import (
     seed_curves,
     selection_score,
 )
-from dropkit.lab.results.tables import after_choice_table, to_html
+from dropkit.lab.results.tables import after_choice_table, interval_text, number, to_html
 from dropkit.lab.store import ResultsStore, StoredRun
 
 __all__ = ["render", "write_report"]
@@ -90,17 +90,6 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _num(value: float, digits: int = 3) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-def _ci(interval: tuple[float, float], digits: int = 3) -> str:
-    low, high = interval
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "n/a"
-    return f"[{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def _p(value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
@@ -141,27 +130,27 @@ def _summary_table(summaries: Sequence[ArmSummary]) -> str:
     )
     rows = []
     for s in summaries:
-        stop = f"{_num(s.stop_epoch_mean, 0)} ({s.n_stopped})" if s.n_stopped else "–"
+        stop = f"{number(s.stop_epoch_mean, '.0f')} ({s.n_stopped})" if s.n_stopped else "–"
         if on == "validation":
-            lead = f"<td>{_num(s.val_acc_mean)}</td><td>{_ci(s.val_acc_ci95)}</td>"
+            lead = f"<td>{number(s.val_acc_mean)}</td><td>{interval_text(s.val_acc_ci95)}</td>"
             errors = (s.val_rmse_mean, s.val_rmse_ci95, s.val_mae_mean, s.val_mae_ci95)
             gap, gap_ci = s.val_gap_mean, s.val_gap_ci95
             test = ""
         else:
-            lead = f"<td>{_num(s.test_acc_mean)}</td><td>{_ci(s.test_acc_ci95)}</td>"
+            lead = f"<td>{number(s.test_acc_mean)}</td><td>{interval_text(s.test_acc_ci95)}</td>"
             errors = (s.test_rmse_mean, s.test_rmse_ci95, s.test_mae_mean, s.test_mae_ci95)
             gap, gap_ci = s.gap_mean, s.gap_ci95
-            test = f"<td>{_num(s.best_test_acc_mean)}</td><td>{_num(s.test_loss_mean)}</td>"
+            test = f"<td>{number(s.best_test_acc_mean)}</td><td>{number(s.test_loss_mean)}</td>"
         if regression:
             rmse, rmse_ci, mae, mae_ci = errors
             lead += (
-                f"<td>{_num(rmse, 4)}</td><td>{_ci(rmse_ci, 4)}</td>"
-                f"<td>{_num(mae, 4)}</td><td>{_ci(mae_ci, 4)}</td>"
+                f"<td>{number(rmse, '.4f')}</td><td>{interval_text(rmse_ci, '.4f')}</td>"
+                f"<td>{number(mae, '.4f')}</td><td>{interval_text(mae_ci, '.4f')}</td>"
             )
         rows.append(
             f"<tr><td class=l>{_e(s.name)}</td><td>{s.n_seeds}</td><td>{s.n_nan}</td>"
-            f"<td>{_num(s.train_acc_mean)}</td>{lead}{test}<td>{_num(gap)}</td>"
-            f"<td>{_ci(gap_ci)}</td><td>{_num(s.converge_epoch_mean, 0)}</td>"
+            f"<td>{number(s.train_acc_mean)}</td>{lead}{test}<td>{number(gap)}</td>"
+            f"<td>{interval_text(gap_ci)}</td><td>{number(s.converge_epoch_mean, '.0f')}</td>"
             f"<td>{stop}</td></tr>"
         )
     return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>"
@@ -203,12 +192,12 @@ def _comparison_table(summaries: Sequence[ArmSummary]) -> str:
             else "<span class=no>no test</span>"
         )
         power = (
-            f"<td>{'±' + _num(c.detectable) if math.isfinite(c.detectable) else 'n/a'}</td>"
+            f"<td>{'±' + number(c.detectable) if math.isfinite(c.detectable) else 'n/a'}</td>"
             f"<td>{c.seeds_needed if c.seeds_needed is not None else '–'}</td>"
         )
         rows.append(
             f"<tr><td class=l>{_e(s.name)}</td><td>{c.difference:+.3f}</td>"
-            f"<td>{_e(c.test_name)}</td><td>{c.n}</td><td>{_num(c.t_statistic, 2)}</td>"
+            f"<td>{_e(c.test_name)}</td><td>{c.n}</td><td>{number(c.t_statistic, '.2f')}</td>"
             f"<td>{_p(c.p_value)}</td><td>{_p(c.p_adjusted)}</td><td>{verdict}</td>{power}</tr>"
             if math.isfinite(c.difference)
             else f"<tr><td class=l>{_e(s.name)}</td><td>n/a</td><td>{_e(c.test_name)}</td>"
@@ -393,7 +382,7 @@ def _two_d_section(store: ResultsStore, experiment: Analysis) -> str:
             notes.append(f"{label}: cannot predict with it ({type(error).__name__}: {error})")
             continue
         models[name] = (model, label)
-        panels.append((f"{label}\nmean test acc {_num(summaries[name].test_acc_mean)}", classes))
+        panels.append((f"{label}\nmean test acc {number(summaries[name].test_acc_mean)}", classes))
     parts = ["<h3>Decision boundaries</h3>"]
     if panels:
         parts.append(

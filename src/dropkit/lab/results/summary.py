@@ -568,27 +568,32 @@ def compare(
     ``p_adjusted`` is this test alone's p-value.
     """
     group, baseline = seed_runs(group), seed_runs(baseline)
-    seeds_a = [r.config.seed for r in group]
-    seeds_b = [r.config.seed for r in baseline]
-    same_shape = {r.config.shape_key() for r in group} == {r.config.shape_key() for r in baseline}
-    if (
-        same_shape
-        and len({r.config.shape_key() for r in group}) == 1
-        and sorted(seeds_a) == sorted(seeds_b)
-        and len(set(seeds_a)) == len(seeds_a)
-    ):
-        by_seed = {r.config.seed: r for r in baseline}
-        ordered = sorted(group, key=lambda r: r.config.seed)
-        result = paired(
-            [_score_on(r, on) for r in ordered],
-            [_score_on(by_seed[r.config.seed], on) for r in ordered],
-            baseline_name,
-        )
-    else:
-        result = welch(
-            [_score_on(r, on) for r in group], [_score_on(r, on) for r in baseline], baseline_name
-        )
+    shapes = {r.config.shape_key() for r in group}
+    result = _seed_test(
+        [(r.config.seed, _score_on(r, on)) for r in group],
+        [(r.config.seed, _score_on(r, on)) for r in baseline],
+        baseline_name,
+        pairable=len(shapes) == 1 and shapes == {r.config.shape_key() for r in baseline},
+    )
     return replace(result, compared_on=on)
+
+
+def _seed_test(
+    a: Sequence[tuple[int, float]],
+    b: Sequence[tuple[int, float]],
+    name: str,
+    *,
+    pairable: bool = True,
+) -> Comparison:
+    """``(seed, score)`` pairs of a group against another's: the paired t-test by seed when
+    both hold the same seeds, each once (and the runs are ``pairable``: same data, model and
+    training), else Welch's t-test on the scores in the order given."""
+    seeds = [seed for seed, _ in a]
+    if pairable and sorted(seeds) == sorted(seed for seed, _ in b) and len(set(seeds)) == len(a):
+        partner = dict(b)
+        ordered = sorted(a, key=lambda pair: pair[0])
+        return paired([v for _, v in ordered], [partner[seed] for seed, _ in ordered], name)
+    return welch([v for _, v in a], [v for _, v in b], name)
 
 
 def compare_scores(
@@ -597,15 +602,17 @@ def compare_scores(
     """``group``'s per-seed scores on split ``on`` against ``other``'s, from the summaries:
     paired by seed when both hold the same seeds (the groups of one experiment share data,
     model and training), else Welch's t-test; with its power figures (one comparison)."""
-    a, b = group.scores(on), other.scores(on)
-    label = other.name if name is None else name
-    if sorted(group.seeds) == sorted(other.seeds) and len(set(group.seeds)) == len(group.seeds):
-        by_seed = dict(zip(other.seeds, b, strict=True))
-        ordered = sorted(zip(group.seeds, a, strict=True))
-        result = paired([v for _, v in ordered], [by_seed[seed] for seed, _ in ordered], label)
-    else:
-        result = welch(list(a), list(b), label)
-    return with_power(replace(result, compared_on=on))
+    return with_power(_scores_test(group, other, on, other.name if name is None else name))
+
+
+def _scores_test(group: ArmSummary, other: ArmSummary, on: str, name: str) -> Comparison:
+    """:func:`compare_scores` without the power figures (the tie rule reads p only)."""
+    result = _seed_test(
+        list(zip(group.seeds, group.scores(on), strict=True)),
+        list(zip(other.seeds, other.scores(on), strict=True)),
+        name,
+    )
+    return replace(result, compared_on=on)
 
 
 def summarize(
@@ -786,7 +793,7 @@ def tied_with(top: ArmSummary, summaries: Sequence[ArmSummary], on: str) -> list
         if s is top:
             tied.append(s)
             continue
-        test = compare_scores(s, top, on)
+        test = _scores_test(s, top, on, top.name)
         if math.isfinite(test.p_value):
             if test.p_value >= ALPHA:
                 tied.append(s)

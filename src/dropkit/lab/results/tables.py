@@ -22,7 +22,14 @@ from dataclasses import dataclass
 
 from dropkit.lab.results.summary import ArmSummary, BestRate, chosen_on, score_name, selection_score
 
-__all__ = ["Table", "after_choice_table", "choice_table", "to_html"]
+__all__ = [
+    "Table",
+    "after_choice_table",
+    "choice_table",
+    "interval_text",
+    "number",
+    "to_html",
+]
 
 
 @dataclass(frozen=True)
@@ -35,20 +42,24 @@ class Table:
     rows: tuple[tuple[str, ...], ...]
 
 
-def _fmt(value: float, spec: str = ".3f") -> str:
-    return "n/a" if not math.isfinite(value) else f"{value:{spec}}"
+def number(value: float | None, spec: str = ".3f") -> str:
+    """``value`` formatted with ``spec``; ``"n/a"`` for None, NaN or an infinity."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:{spec}}"
 
 
-def _ci(interval: tuple[float, float], spec: str = ".3f") -> str:
+def interval_text(interval: tuple[float, float], spec: str = ".3f") -> str:
+    """``"[low, high]"`` with ``spec``; ``"n/a"`` when an end is not finite (no interval)."""
     low, high = interval
-    return "n/a" if not math.isfinite(low) else f"[{low:{spec}}, {high:{spec}}]"
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    return f"[{low:{spec}}, {high:{spec}}]"
 
 
 def _versus(s: ArmSummary) -> str:
     c = s.vs_baseline
     if c is None:
         return "baseline"
-    text = _fmt(c.difference, "+.3f")
+    text = number(c.difference, "+.3f")
     if math.isfinite(c.p_adjusted):
         text += f" (adj. p={c.p_adjusted:.2g}{'*' if c.significant else ''})"
     return text
@@ -74,13 +85,13 @@ def choice_table(summaries: Sequence[ArmSummary]) -> Table:
     for s in summaries:
         interval = s.val_acc_ci95 if on == "validation" else s.test_acc_ci95
         seeds = f"{s.n_seeds}" + (f" ({s.n_nan} NaN)" if s.n_nan else "")
-        cells = [s.name, seeds, _fmt(s.train_acc_mean), _fmt(selection_score(s, on))]
-        cells.append(_ci(interval))
+        cells = [s.name, seeds, number(s.train_acc_mean), number(selection_score(s, on))]
+        cells.append(interval_text(interval))
         if regression:
             rmse = s.val_rmse_mean if on == "validation" else s.test_rmse_mean
             mae = s.val_mae_mean if on == "validation" else s.test_mae_mean
-            cells += [_fmt(rmse, ".4g"), _fmt(mae, ".4g")]
-        cells += [_fmt(s.gap(on)), _versus(s)]
+            cells += [number(rmse, ".4g"), number(mae, ".4g")]
+        cells += [number(s.gap(on)), _versus(s)]
         rows.append(tuple(cells))
     score = score_name(task)
     if on == "validation":
@@ -109,9 +120,9 @@ def after_choice_table(summaries: Sequence[ArmSummary], best: BestRate | None) -
     rows = []
     for s in summaries:
         chosen = s.name == best.summary.name
-        cells = [s.name, _fmt(s.test_acc_mean), _ci(s.test_acc_ci95) if chosen else "–"]
+        cells = [s.name, number(s.test_acc_mean), interval_text(s.test_acc_ci95) if chosen else "–"]
         if regression:
-            cells += [_fmt(s.test_rmse_mean, ".4g"), _fmt(s.test_mae_mean, ".4g")]
+            cells += [number(s.test_rmse_mean, ".4g"), number(s.test_mae_mean, ".4g")]
         cells.append("the chosen group's held-out estimate" if chosen else "after the choice")
         rows.append(tuple(cells))
     return Table(
