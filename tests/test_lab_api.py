@@ -241,6 +241,26 @@ def test_run_refuses_bad_engine_and_address(tmp_path: Path) -> None:
     assert not (tmp_path / "s.sqlite").exists(), "nothing is written before the arguments pass"
 
 
+def test_run_options_as_one_value(tmp_path: Path) -> None:
+    """RunOptions is checked when made; run takes it whole or as keywords, the same runs."""
+    with pytest.raises(ValueError, match="`progress` must be None, True"):
+        lab.RunOptions(progress="loud")
+    with pytest.raises(ValueError, match="`runs_per_batch` must be an int >= 1"):
+        lab.RunOptions(runs_per_batch=0)
+    plan = lab.plan_sweep(rates=[0.0, 0.5], seeds=2, epochs=2, hidden=4)
+    store = tmp_path / "s.sqlite"
+    with pytest.raises(TypeError, match="unexpected keyword argument 'stroe'; its options are"):
+        lab.run(plan, stroe=store)
+    with pytest.raises(TypeError, match="`options` must be a RunOptions or None"):
+        lab.run(plan, {"store": store})  # type: ignore[arg-type]
+    assert plan.stored(store) == 0  # no store yet
+    first = lab.run(plan, lab.RunOptions(store=store, compile=False))
+    assert (first.trained, first.already_done) == (4, 0) and plan.stored(store) == 4
+    again = lab.run(plan, lab.RunOptions(store=tmp_path / "other.sqlite"), store=store)
+    assert (again.trained, again.already_done) == (0, 4)  # keywords replace the value's fields
+    assert again.summary == first.summary
+
+
 class TestLoad:
     def test_missing_store(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError, match="`store`: no results store"):
