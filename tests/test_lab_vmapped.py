@@ -766,17 +766,33 @@ def test_early_stopping_beside_folds_stops_on_fit_rows_and_equals_alone() -> Non
     assert_same_runs(mlp(), data, runs)
 
 
-def test_gradients_reach_the_fused_adam_laid_out_as_the_parameters() -> None:
+def test_adam_steps_parameters_laid_out_as_their_gradients() -> None:
     torch.manual_seed(0)
-    grad = torch.randn(3, 4)
-    transposed = grad.t().contiguous().t()  # the same values, column-major
+    grad = torch.randn(2, 3, 4)
+    transposed = grad.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major
+    start = torch.randn(2, 3, 4)
     for given in (grad, transposed):
-        param = torch.zeros(3, 4, requires_grad=True)
-        param.grad = vmapped._laid_out_as(given, param)
-        assert param.grad.stride() == param.stride() and torch.equal(param.grad, grad)
-        make_adam([param], TrainSpec()).step()
+        param = start.clone().requires_grad_()
+        adam = vmapped._DenseAdam({"w": param}, TrainSpec())
+        adam.step({"w": given})
+        # the parameter now has the gradient's layout, its values unchanged by the move
+        assert param.stride() == given.stride() and param.grad is None
         # Adam's first step moves every weight by lr against the sign of its gradient
-        torch.testing.assert_close(param.detach(), -1e-3 * grad.sign(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(param.detach(), start - 1e-3 * grad.sign(), atol=1e-6, rtol=0)
+        # a later gradient in another layout is copied into the parameter's
+        other = grad.contiguous() if given is transposed else transposed
+        reference = start.clone().requires_grad_()
+        plain = make_adam([reference], TrainSpec())
+        for g in (grad, other):
+            reference.grad = g.clone(memory_format=torch.contiguous_format)
+            plain.step()
+        adam.step({"w": other})
+        torch.testing.assert_close(param.detach(), reference.detach(), atol=0, rtol=0)
+    # autograd's gradients (None: read from .grad) take the same path
+    param = start.clone().requires_grad_()
+    (param * grad).sum().backward()  # type: ignore[no-untyped-call]
+    vmapped._DenseAdam({"w": param}, TrainSpec()).step(None)
+    torch.testing.assert_close(param.detach(), start - 1e-3 * grad.sign(), atol=1e-6, rtol=0)
 
 
 def failing_compile(function: Callable[..., object], **_options: object) -> Callable[..., object]:

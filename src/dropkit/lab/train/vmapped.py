@@ -79,6 +79,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import math
 import os
 import re
@@ -98,7 +99,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 from dropkit.lab.plan.arms import entry_regularizer, trainer_entries
-from dropkit.lab.plan.config import RunConfig
+from dropkit.lab.plan.config import RunConfig, TrainSpec
 from dropkit.lab.plan.data import Dataset
 from dropkit.lab.plan.effects import run_effects
 from dropkit.lab.plan.records import MAX_STATE_PARAMETERS
@@ -241,21 +242,34 @@ def _check_configs(configs: Sequence[RunConfig], data: Dataset) -> None:
 
 
 def _swap_dropout(wrapped: _Wrapped, seed: int) -> tuple[list[str], list[tuple[str, str, float]]]:
-    """Replace the model's dropout modules by counter-based ones (layers 1, 2, … in
-    registration order); return the reasons that keep the run off vmap and the unswapped rate
-    sites (names relative to ``wrapped``)."""
+    """Make the model's dropout counter-based: its dropout modules become
+    :class:`~dropkit.lab.train.counter_masks.CounterDropout` (layers 1, 2, … in registration
+    order), then attention and recurrent modules whose rates are floats used in their own code
+    become their batchable twins (:mod:`~dropkit.lab.train.attention_twins`,
+    :mod:`~dropkit.lab.train.recurrent_twins`; the layers after). Return the reasons that keep
+    the run off vmap and the rate sites left as they were (names relative to ``wrapped``)."""
+    from dropkit.lab.train.attention_twins import rewrite_attention
+    from dropkit.lab.train.recurrent_twins import rewrite_recurrent
+
     reasons: list[str] = []
     unswapped: list[tuple[str, str, float]] = []
     replacements: dict[int, nn.Module] = {}
-    layer = 0
+    layers = itertools.count(1)
+    for site in find_dropout_sites(wrapped.model):
+        if not site.is_module:
+            continue
+        counter = counter_module(site.module, seed, next(layers))
+        if counter is not None:
+            replacements[id(site.module)] = counter
+    for parent in wrapped.modules():
+        for key, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacements:
+                parent._modules[key] = replacements[id(child)]
+    rewrite_attention(wrapped.model, seed, layers)
+    rewrite_recurrent(wrapped.model, seed, layers)
     for site in find_dropout_sites(wrapped.model):
         name = f"{_MODEL}.{site.module_name}" if site.module_name else _MODEL
         if site.is_module:
-            layer += 1
-            counter = counter_module(site.module, seed, layer)
-            if counter is not None:
-                replacements[id(site.module)] = counter
-                continue
             what = f"dropout module `{site.name}` ({type(site.module).__name__})"
             detail = "has no counter-based equivalent"
         else:
@@ -264,10 +278,6 @@ def _swap_dropout(wrapped: _Wrapped, seed: int) -> tuple[list[str], list[tuple[s
         unswapped.append((name, site.attribute, site.p))
         if site.p > 0:
             reasons.append(f"{what} {detail}: it draws from torch's RNG")
-    for parent in wrapped.modules():
-        for key, child in list(parent._modules.items()):
-            if child is not None and id(child) in replacements:
-                parent._modules[key] = replacements[id(child)]
     return reasons, unswapped
 
 
@@ -1339,7 +1349,7 @@ class _Group:
         ]
         penalized = tuple(self.layers) if self.l1 is not None or self.l2 is not None else ()
         self.loss = _Loss(self.use_soft, self.l1, self.l2, penalized)
-        self.optimizer = make_adam(list(params.values()), configs[0].train)
+        self.optimizer = _DenseAdam(params, configs[0].train)
         self.step = 0
         self.compiled = _Compiled(compiled, shared.epochs >= COMPILE_PARTIAL_EPOCHS, self.say)
         stop_every_epoch = self.stopper is not None and self.rows.n_stop > 0
@@ -1399,13 +1409,9 @@ class _Group:
         size): the gradients (compiled, or by autograd), Adam, then max-norm."""
         grads = self.compiled.grads(self.net, self.state, rows, self.loss, full)
         if grads is None:
-            self.optimizer.zero_grad(set_to_none=True)
             loss = _train_loss(self.net, self.state, rows, self.loss)
             loss.backward()  # type: ignore[no-untyped-call]
-        else:
-            for name, param in self.state.params.items():
-                param.grad = _laid_out_as(grads[name], param)
-        self.optimizer.step()
+        self.optimizer.step(grads)
         if self.bound is not None:
             for name in self.layers:
                 w = self.state.params[name]
@@ -1476,7 +1482,7 @@ class _Group:
         run = self.runs[r]
         stacked = {**self.state.params, **self.state.buffers}
         return {
-            key: stacked[run.canonical[f"{_MODEL}.{key}"]][r].detach().cpu().clone()
+            key: stacked[run.canonical[f"{_MODEL}.{key}"]][r].detach().cpu().contiguous().clone()
             for key in run.state_keys
         }
 
@@ -1528,13 +1534,65 @@ def _canonical_names(module: nn.Module) -> dict[str, str]:
     return names
 
 
-def _laid_out_as(grad: Tensor, param: Tensor) -> Tensor:
-    """``grad`` with ``param``'s strides. torch's fused CPU Adam pairs a parameter's elements
-    with its gradient's in memory order, so a gradient laid out otherwise (a compiled graph
-    may return a transposed one) would update the wrong elements."""
-    if grad.stride() == param.stride():
-        return grad
-    return torch.empty_like(param).copy_(grad)
+class _DenseAdam:
+    """ONE Adam (:func:`~dropkit.lab.train.contract.make_adam`) over a group's stacked
+    parameters ``(R, *shape)``, stepping each in its own dense memory order.
+
+    torch's fused CPU Adam pairs a parameter's elements with its gradient's in memory order and
+    copies a tensor that is not contiguous. A compiled step returns a weight's gradient in the
+    layout its batched product writes, ``(R, out, in)`` transposed in memory, and copying it into
+    the parameter's layout at every step costs as much as the step's products at large widths.
+    So on the first step each parameter is laid out as its gradient, once (the values are
+    unchanged; the compiled step retraces for the new strides and keeps them), and Adam steps
+    contiguous views of the parameters and gradients (a permutation of their axes, sharing their
+    memory). Element-wise, it is the same optimizer. A gradient in another layout later (the
+    eager path's, e.g.) is copied into the parameter's."""
+
+    def __init__(self, params: dict[str, Tensor], train: TrainSpec) -> None:
+        self.params, self.train = params, train
+        self.orders: dict[str, list[int]] = {}
+        self.views: dict[str, Tensor] = {}
+        self.adam: torch.optim.Optimizer | None = None
+
+    def _start(self, grads: dict[str, Tensor] | None) -> None:
+        """Lay each parameter out as its first gradient and make Adam over contiguous views."""
+        with torch.no_grad():
+            for name, param in self.params.items():
+                grad = param.grad if grads is None else grads[name]
+                layout = param if grad is None else grad
+                order = sorted(range(param.ndim), key=lambda d: -layout.stride(d))
+                dense = (
+                    grad is not None
+                    and grad.stride() != param.stride()
+                    and grad.permute(order).is_contiguous()
+                )
+                if dense:
+                    assert grad is not None
+                    param.data = torch.empty_strided(
+                        grad.shape, grad.stride(), dtype=param.dtype, device=param.device
+                    ).copy_(param)
+                if not param.permute(order).is_contiguous():
+                    param.data = param.contiguous()
+                    order = list(range(param.ndim))
+                self.orders[name] = order
+                self.views[name] = param.detach().permute(order)
+        self.adam = make_adam(list(self.views.values()), self.train)
+
+    def step(self, grads: dict[str, Tensor] | None) -> None:
+        """One Adam step with ``grads`` (name → ``(R, *shape)``), or the parameters' ``.grad``
+        (None: autograd's), which are then cleared."""
+        if self.adam is None:
+            self._start(grads)
+        assert self.adam is not None
+        for name, param in self.params.items():
+            grad = param.grad if grads is None else grads[name]
+            if grad is not None and grad.stride() != param.stride():
+                grad = torch.empty_like(param).copy_(grad)
+            self.views[name].grad = None if grad is None else grad.permute(self.orders[name])
+            param.grad = None
+        self.adam.step()
+        for view in self.views.values():
+            view.grad = None
 
 
 def _scatter(values: Tensor, where: Tensor) -> Tensor:
