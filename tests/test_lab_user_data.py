@@ -468,3 +468,19 @@ class TestCsvRegression:
         with pytest.raises(DataError, match="built-in data set 'moons' is a classification task"):
             load_dataset(DataSpec("moons", task="regression"))
         assert load_dataset(DataSpec("moons")).task == "classification"
+
+
+def test_integer_features_are_marked_when_float32_holds_them_exactly() -> None:
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    ids = rng.integers(0, 50, size=(40, 4))
+    for x, marked in (
+        (ids, True),
+        (ids.astype(np.int32), True),
+        (ids.astype(np.float64), False),  # floats stay floats, whatever their values
+        (ids + 2**24, False),  # not exact in float32: as before, floats
+        (ids > 3, False),  # booleans are features, not ids
+    ):
+        _, data = from_user_data((x, y), validation=0.0)
+        assert data.integer_inputs is marked, x.dtype
+        assert data.x_train.dtype == np.float32

@@ -869,3 +869,67 @@ def test_compiled_regression_with_validation_and_penalties_equals_eager(
     ]
     runs = configs(settings, epochs=4, batch_size=128, data=spec)
     assert_compiled_equals_eager(mlp(1), table("regression"), runs, monkeypatch)
+
+
+# --- integer inputs and options ----------------------------------------------------------------
+
+
+def tokens(n: int = 120, length: int = 6, vocab: int = 12) -> Dataset:
+    """Token-id sequences (integer features): class 1 when token 3 occurs."""
+    from dropkit.lab.plan.user_data import from_user_data
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, vocab, size=(n, length))
+    y = (x == 3).any(1).astype(np.int64)
+    _, data = from_user_data((x, y), validation=0.0, name="tokens")
+    return data
+
+
+class Bag(nn.Module):
+    """Token ids ``(N, T)`` int64 → an embedding bag with dropout → two logits."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 8)
+        self.drop = nn.Dropout(p)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        assert ids.dtype == torch.int64, ids.dtype
+        out: Tensor = self.head(self.drop(self.embed(ids)).mean(1))
+        return out
+
+
+def test_integer_features_reach_a_model_as_int64_and_batch() -> None:
+    data = tokens()
+    assert data.integer_inputs and data.x_train.dtype == np.float32
+    runs = configs(
+        [{"p": 0.0, "seed": 1}, {"p": 0.3, "seed": 1}, {"p": 0.3, "seed": 2}],
+        epochs=3,
+        data=DataSpec("tokens"),
+    )
+    assert_same_runs(Factory(Bag), data, runs)
+
+
+def test_integer_features_a_model_refuses_as_int64_reach_it_as_floats() -> None:
+    data = tokens()
+    lines: list[str] = []
+    runs = configs([{"p": 0.2, "seed": 1}], epochs=2, data=DataSpec("tokens"))
+    net = Factory(
+        lambda p: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Dropout(p), nn.Linear(8, 2))
+    )
+    result = train_custom(net, data, runs, log=lines.append)
+    assert any("integer inputs reach the model as float32: it refused int64" in x for x in lines)
+    assert np.isfinite(result.curves["test_acc"]).all()
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_compile_option_reaches_the_custom_model_trainer(compile: bool) -> None:
+    from dropkit.lab.train.dispatch import train_configs
+
+    if compile and not compiler_available():
+        pytest.skip("torch.compile needs a C++ compiler on the CPU")
+    lines: list[str] = []
+    runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}], epochs=1)
+    train_configs(table(), runs, model=mlp(), compile=compile, log=lines.append)
+    assert any("compiling" in line for line in lines) == compile, lines

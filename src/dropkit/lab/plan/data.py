@@ -55,6 +55,9 @@ class Dataset:
     # imbalanced classes), one sentence each; the CLI prints them.
     notes: tuple[str, ...] = ()
     task: str = "classification"
+    # The user's features were integers (token ids, indices, counts): still stored as float32
+    # (exact, every |x| < 2**24), and handed to a user's own model as int64.
+    integer_inputs: bool = False
 
     @property
     def n_features(self) -> int:

@@ -256,6 +256,18 @@ def _features(x: NDArray[Any], role: str) -> NDArray[np.float32]:
     return converted
 
 
+_EXACT_INTEGERS = 2**24
+"""float32 holds every integer of magnitude below this exactly."""
+
+
+def _exact_integers(x: NDArray[Any]) -> bool:
+    """Whether ``X`` has an integer dtype and every value is exact in float32 (token ids,
+    indices): a user's model then receives it as int64."""
+    if x.dtype.kind not in "iu" or not x.size:
+        return False
+    return bool(x.min() > -_EXACT_INTEGERS and x.max() < _EXACT_INTEGERS)
+
+
 def _targets(y: NDArray[Any], n: int, role: str, x_role: str) -> NDArray[Any]:
     """``y`` checked (one value per row, numbers or strings, finite) as a 1-d array."""
     if y.ndim == 2 and y.shape[1] == 1:
@@ -456,6 +468,8 @@ def from_user_data(
     The data is used as given: **no standardization** or other scaling (scale it first if the
     model needs it). Rows become float32 ``(n, d)`` in C order with ``input_shape`` the sample
     shape when it has more than one axis (None for tables); features are named ``x0, x1, ..``.
+    Integer ``X`` (token ids, indices; every value below ``2**24`` in magnitude, so exact in
+    float32) is marked ``integer_inputs``: a model of your own receives it as int64.
 
     Task: ``task`` or, when None, inferred from ``y`` and stated in ``Dataset.notes``: floats
     that are not all integers, or integers with more than 100 distinct values, are a regression
@@ -504,6 +518,7 @@ def from_user_data(
     )
     default_name, parts = _unpack(data)
     xs = [_features(x, x_role) for x, _, x_role, _ in parts]
+    integer_inputs = all(_exact_integers(x) for x, *_ in parts)
     ys = [
         _targets(y, len(x), y_role, x_role)
         for x, (_, y, x_role, y_role) in zip(xs, parts, strict=True)
@@ -588,6 +603,7 @@ def from_user_data(
         input_shape=sample if len(sample) > 1 else None,
         notes=tuple(notes),
         task=task_name,
+        integer_inputs=integer_inputs,
     )
     return spec, dataset
 

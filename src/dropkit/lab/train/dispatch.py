@@ -220,8 +220,9 @@ def train_configs(
     Args:
         data: the loaded data set of the configs.
         configs: runs sharing ``data``, ``model`` and ``train``.
-        compile: fuse the stacked trainer's steps with ``torch.compile`` (None: when a C++
-            compiler exists).
+        compile: fuse the training and evaluation steps with ``torch.compile`` (None: the
+            stacked trainer when a C++ compiler exists, the custom-model trainer when the runs'
+            work also repays compiling; False: never; True: always, where a compiler exists).
         on_epoch: called with the number of finished epochs of the whole batch after each
             epoch (once per epoch even when the batch trains in parts).
         trainer: ``"auto"``: the stacked trainer for the configs it can train
@@ -285,6 +286,7 @@ def train_configs(
             max_batch_memory=max_batch_memory,
             on_epoch=on_epoch,
             log=log,
+            compile=compile,
         )
     if model is not None:
         raise ValueError(

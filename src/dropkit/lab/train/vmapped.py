@@ -400,6 +400,36 @@ class _Shared:
         )
 
 
+def _integer_inputs(shared: _Shared, runs: list[_Run], say: Callable[[str], None]) -> _Shared:
+    """``shared`` with the inputs as int64 when the user's features were integers
+    (``Dataset.integer_inputs``: token ids, indices) and the model takes them so (one
+    evaluation-mode forward pass of run 0 on two rows); else as they were (floats), said once
+    with the reason when the model refused them or a run jitters its inputs (``augment``)."""
+    if not shared.data.integer_inputs:
+        return shared
+    if any(run_effects(run.config).augment for run in runs):
+        say("integer inputs reach the model as floats: `augment` jitters them")
+        return shared
+    ids = shared.x_train[:2].to(torch.int64).view(-1, *shared.data.sample_shape)
+    module = runs[0].module
+    try:
+        module.eval()
+        with torch.no_grad(), _rng_restored(shared.device):
+            module(ids)
+    except Exception as error:  # a model for float features refuses int64 in many ways
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        say(
+            f"integer inputs reach the model as {str(shared.dtype).removeprefix('torch.')}: "
+            f"it refused int64 ({type(error).__name__}: {message[:120]})"
+        )
+        return shared
+    finally:
+        module.train()
+    return replace(
+        shared, x_train=shared.x_train.to(torch.int64), x_test=shared.x_test.to(torch.int64)
+    )
+
+
 @dataclass(frozen=True)
 class _Head:
     """What the model's output must be: ``width`` values per sample (``what`` names them) for
@@ -1716,7 +1746,7 @@ def train_custom(
     _check_options(batched, max_batch_memory)
     device = torch.device(device)
     runs = _prepare(source, data, configs, device)
-    shared = _Shared.of(data, runs, device)
+    shared = _integer_inputs(_Shared.of(data, runs, device), runs, say)
     alone, together = _sort_runs(runs, batched, say)
     ticker = EpochTicker(len(runs), shared.epochs, on_epoch)
     outputs: dict[int, _Output] = {}
