@@ -190,19 +190,19 @@ class TestBadInput:
             lab.plan_sweep(data=(x, y), model=mlp, lr=0)
 
 
-class Attention(nn.Module):
-    """Self-attention over the two features as two tokens: its dropout is a float rate."""
+class OwnDropout(nn.Module):
+    """Dropout at a float rate in the module's own code (``F.dropout(h, self.dropout_p)``):
+    no counter-based equivalent, so its runs train one by one."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
-        self.embed = nn.Linear(1, 8)
-        self.attention = nn.MultiheadAttention(8, 2, dropout=p, batch_first=True)
+        self.dropout_p = p
+        self.body = nn.Linear(2, 16)
         self.head = nn.Linear(16, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(x.unsqueeze(-1))
-        mixed, _ = self.attention(tokens, tokens, tokens)
-        return self.head(mixed.flatten(1))
+        h = torch.relu(self.body(x))
+        return self.head(torch.nn.functional.dropout(h, self.dropout_p, self.training))
 
 
 def test_a_fallback_is_said_in_the_notes(tmp_path: Path) -> None:
@@ -210,7 +210,7 @@ def test_a_fallback_is_said_in_the_notes(tmp_path: Path) -> None:
     x, y = _moons()
     heard: list[str] = []
     store = tmp_path / "runs.sqlite"
-    plan = lab.plan_sweep(data=(x, y), model=Attention, rates=[0.0, 0.2], seeds=2, epochs=2)
+    plan = lab.plan_sweep(data=(x, y), model=OwnDropout, rates=[0.0, 0.2], seeds=2, epochs=2)
     e = lab.run(plan, store=store, log=heard.append)
     assert e.trained == 4
     said = [note for note in e.notes if "run by run" in note]

@@ -518,26 +518,27 @@ def test_batched_false_trains_alone_with_the_same_results() -> None:
             torch.testing.assert_close(a[key], b[key], atol=ATOL, rtol=0)
 
 
-class Attention(nn.Module):
+class OwnRate(nn.Module):
+    """Dropout at a float rate in the module's own code: no counter-based equivalent."""
+
     def __init__(self, p: float) -> None:
         super().__init__()
-        self.embed = nn.Linear(1, 8)
-        self.attention = nn.MultiheadAttention(8, 2, dropout=p, batch_first=True)
+        self.attn_drop = p
+        self.body = nn.Linear(5, 8)
         self.head = nn.Linear(8, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.embed(x.unsqueeze(-1))  # (N, 5, 8): each feature a token
-        h, _ = self.attention(h, h, h, need_weights=False)
-        out: Tensor = self.head(h.mean(1))
+        h = F.dropout(torch.tanh(self.body(x)), self.attn_drop, self.training)
+        out: Tensor = self.head(h)
         return out
 
 
-def test_float_rate_attention_dropout_trains_run_by_run_on_seeded_torch_rng() -> None:
+def test_a_float_rate_of_the_models_own_code_trains_run_by_run_on_seeded_torch_rng() -> None:
     lines: list[str] = []
     runs = configs([{"p": 0.3, "seed": 1}, {"p": 0.3, "seed": 2}], epochs=2)
-    first = train_custom(Factory(Attention), table(), runs, log=lines.append)
-    again = train_custom(Factory(Attention), table(), runs)
-    assert any("attention.dropout" in line and "torch's RNG" in line for line in lines), lines
+    first = train_custom(Factory(OwnRate), table(), runs, log=lines.append)
+    again = train_custom(Factory(OwnRate), table(), runs)
+    assert any("attn_drop" in line and "torch's RNG" in line for line in lines), lines
     assert first.states is not None and again.states is not None
     for a, b in zip(first.states, again.states, strict=True):  # seeded: reproducible
         for key in a:
@@ -545,14 +546,14 @@ def test_float_rate_attention_dropout_trains_run_by_run_on_seeded_torch_rng() ->
     # the run's RNG is torch's, seeded with its seed: the plain loop under that seed agrees
     for state, config in zip(first.states, runs, strict=True):
         with torch.random.fork_rng():
-            model_seeded = Factory(Attention)
+            model_seeded = Factory(OwnRate)
             torch.manual_seed(config.seed)
             expected = plain_loop_seeded(model_seeded, table(), config)
         for key, value in expected.items():
             torch.testing.assert_close(state[key], value, atol=ATOL, rtol=0)
     assert not torch.allclose(first.states[0]["head.weight"], first.states[1]["head.weight"])
-    with pytest.raises(ValueError, match=r"batched=True.*attention\.dropout"):
-        train_custom(Factory(Attention), table(), runs, batched=True)
+    with pytest.raises(ValueError, match=r"batched=True.*attn_drop"):
+        train_custom(Factory(OwnRate), table(), runs, batched=True)
 
 
 def test_dropout_without_counter_equivalent_trains_run_by_run() -> None:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
@@ -108,11 +108,14 @@ class InProcessEngine:
     Args:
         compile: fuse the training step with ``torch.compile`` (None: when a C++ compiler
             is available).
-        threads: torch's intra-op threads while a batch trains (restored afterwards); None
-            leaves torch's setting alone. The default is 1: the lab's models are small, and
-            torch's threads wait on each other whenever another process wants a core. On 2
-            cores beside one busy process, the 90-run case-study grid took 60 s with 1 thread
-            and 420 s with 2 (docs/performance.md).
+        threads: torch's intra-op threads while a batch trains (restored afterwards): an int,
+            None (torch's setting as it is) or ``"auto"`` (the default): the built-in trainers
+            train with 1 thread (the lab's models are small, and torch's threads wait on each
+            other whenever another process wants a core: on 2 cores beside one busy process,
+            the 90-run case-study grid took 60 s with 1 thread and 420 s with 2,
+            docs/performance.md), and a user's model's batched runs time their epochs with 1
+            and with torch's setting, and keep the faster, checked again while they train
+            (:class:`dropkit.lab.train.threads.ThreadChooser`).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, resolved here
             (:func:`dropkit.lab.train.dispatch.resolve_device`).
         batched, max_batch_memory: passed to :func:`dropkit.lab.train.dispatch.train_configs` for
@@ -130,14 +133,19 @@ class InProcessEngine:
         self,
         *,
         compile: bool | None = None,
-        threads: int | None = 1,
+        threads: int | str | None = "auto",
         device: str | torch.device = "cpu",
         batched: bool | None = None,
         max_batch_memory: int | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
         self.compile = compile
-        self.threads = None if threads is None else check_positive_int(threads, "threads")
+        if threads is None or threads == "auto":
+            self.threads: int | str | None = threads
+        elif isinstance(threads, str):
+            raise ValueError(f"`threads` must be an int >= 1, None or 'auto', got {threads!r}")
+        else:
+            self.threads = check_positive_int(threads, "threads")
         self.device = resolve_device(device)
         self.batched = batched
         self.max_batch_memory = max_batch_memory
@@ -151,7 +159,9 @@ class InProcessEngine:
         model: Any = None,
     ) -> BatchResult:
         """Train one batch; ``on_epoch`` is called with the number of finished epochs."""
-        with _torch_threads(self.threads):
+        most = torch.get_num_threads() if self.threads == "auto" else None
+        fixed = 1 if self.threads == "auto" else self.threads
+        with _torch_threads(cast(int | None, fixed)):
             return train_configs(
                 data,
                 configs,
@@ -162,6 +172,7 @@ class InProcessEngine:
                 batched=self.batched,
                 max_batch_memory=self.max_batch_memory,
                 log=self.log,
+                threads=most,
             )
 
     def run_batches(

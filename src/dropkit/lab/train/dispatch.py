@@ -214,6 +214,7 @@ def train_configs(
     batched: bool | None = None,
     max_batch_memory: int | None = None,
     log: Callable[[str], None] | None = None,
+    threads: int | None = None,
 ) -> BatchResult:
     """Train ``configs`` (one shape key) on ``data``; results come back in the order of ``configs``.
 
@@ -238,6 +239,10 @@ def train_configs(
         batched, max_batch_memory, log: passed to :func:`dropkit.lab.train.vmapped.train_custom`
             for custom-model configs (whether to train the runs as one vmapped computation,
             its memory bound, a callback for notes); unused by the built-in trainers.
+        threads: for custom-model configs on the CPU, the most intra-op threads their
+            vmapped groups may choose, by timing their epochs, against one
+            (:class:`dropkit.lab.train.threads.ThreadChooser`); None: torch's setting as it is.
+            The built-in trainers train with torch's setting.
 
     With a validation split (``data.validation > 0`` or ``data.folds >= 2``) every run fits
     on the ``fit_idx`` rows of :func:`dropkit.lab.plan.splits.validation_rows` (of its ``fold``),
@@ -287,6 +292,7 @@ def train_configs(
             on_epoch=on_epoch,
             log=log,
             compile=compile,
+            threads=threads,
         )
     if model is not None:
         raise ValueError(

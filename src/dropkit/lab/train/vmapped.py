@@ -118,6 +118,7 @@ from dropkit.lab.train.contract import (
 )
 from dropkit.lab.train.counter_masks import CounterDropout, counter_module, mask_key
 from dropkit.lab.train.stacked import compiler_available
+from dropkit.lab.train.threads import ThreadChooser
 from dropkit.surgery import find_dropout_sites
 
 __all__ = [
@@ -1323,8 +1324,10 @@ class _Group:
         release: bool = True,
         compiled: bool = False,
         log: Callable[[str], None] | None = None,
+        threads: ThreadChooser | None = None,
     ) -> None:
         self.runs, self.shared = runs, shared
+        self.threads = threads if threads is not None else ThreadChooser(None)
         self.size = len(runs)
         self.say = log if log is not None else (lambda _line: None)
         device = shared.device
@@ -1473,8 +1476,9 @@ class _Group:
         tick = ticker.part(self.size)
         finished = epochs
         for epoch in range(epochs):
-            self.train_epoch(epoch, stopped)
-            metrics = self.evaluate()
+            with self.threads.epoch():
+                self.train_epoch(epoch, stopped)
+                metrics = self.evaluate()
             history.record(metrics, ~stopped, slice(epoch, epoch + 1))
             if self.stopper is not None:
                 newly = self.stopping.update(epoch, metrics, stopped)
@@ -1590,7 +1594,8 @@ class _DenseAdam:
             for name, param in self.params.items():
                 grad = param.grad if grads is None else grads[name]
                 layout = param if grad is None else grad
-                order = sorted(range(param.ndim), key=lambda d: -layout.stride(d))
+                strides = layout.stride()
+                order = sorted(range(param.ndim), key=lambda d: -strides[d])
                 dense = (
                     grad is not None
                     and grad.stride() != param.stride()
@@ -1689,6 +1694,7 @@ def train_custom(
     on_epoch: Callable[[int], None] | None = None,
     log: Callable[[str], None] | None = None,
     compile: bool | None = None,
+    threads: int | None = None,
 ) -> BatchResult:
     """Train the runs ``configs`` of a user's model on ``data``, batched where possible.
 
@@ -1726,6 +1732,10 @@ def train_custom(
             (:func:`~dropkit.lab.train.stacked.compiler_available`) and a run's work is at least
             :data:`COMPILE_MIN_WORK`, enough to repay compiling. Runs trained run by run
             (fallbacks, ``batched=False``) always run eagerly.
+        threads: on the CPU, the most intra-op threads a vmapped group may use: it trains
+            with 1 or ``threads``, whichever its epochs take less time with, timed while it
+            trains (:class:`~dropkit.lab.train.threads.ThreadChooser`); torch's setting is
+            restored afterwards. None: torch's setting as it is.
 
     Returns:
         Curves ``(R, epochs)`` per :data:`~dropkit.lab.train.contract.METRICS` name (for regression
@@ -1757,10 +1767,14 @@ def train_custom(
             continue
         chunks, compiled = plan
         for chunk in chunks:
-            group = _Group(chunk, shared, vmapped=True, compiled=compiled, log=say)
-            with warnings.catch_warnings():  # said above, once
-                warnings.filterwarnings("ignore", message=_LOOPED_WARNING)
-                trained = group.train(ticker)
+            chooser = ThreadChooser(threads if device.type == "cpu" else None, say)
+            group = _Group(chunk, shared, vmapped=True, compiled=compiled, log=say, threads=chooser)
+            try:
+                with warnings.catch_warnings():  # said above, once
+                    warnings.filterwarnings("ignore", message=_LOOPED_WARNING)
+                    trained = group.train(ticker)
+            finally:
+                chooser.restore()
             for run, output in zip(chunk, trained, strict=True):
                 outputs[run.index] = output
     for run in sorted(alone, key=lambda r: r.index):
