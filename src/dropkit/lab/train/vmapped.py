@@ -1807,20 +1807,30 @@ def _sort_runs(
     others by structure (:attr:`_Run.signature`), each list in the runs' order."""
     alone: list[_Run] = []
     together: dict[tuple[Any, ...], list[_Run]] = {}
+    reasons: dict[str, int] = {}  # one line per reason, not per run
     for run in runs:
         if run.reasons:
             reason = f"run with seed {run.config.seed}: {run.reasons[0]}"
             if batched:
                 raise ValueError(f"`batched=True` but it cannot be batched: {reason}")
-            say(f"training run by run: {run.reasons[0]}")  # one line per reason, not per run
+            reasons[run.reasons[0]] = reasons.get(run.reasons[0], 0) + 1
             alone.append(run)
         elif batched is False:
             alone.append(run)
         else:
             together.setdefault(run.signature, []).append(run)
+    for reason, count in reasons.items():
+        say(f"training run by run: {reason} ({_cost_of_alone(count)})")
     if batched is False:
         say("training run by run (batched=False)")
     return alone, list(together.values())
+
+
+def _cost_of_alone(count: int) -> str:
+    """The expected cost of training ``count`` runs one after another, in words."""
+    if count == 1:
+        return "1 run"
+    return f"{count} runs, one after another: about {count}x the time of one"
 
 
 def _plan_group(
@@ -1845,7 +1855,7 @@ def _plan_group(
         if batched:
             raise ValueError(f"`batched=True` but it cannot be batched: {failure}")
         also = f"; torch also lacks a batching rule for {', '.join(looped)}" if looped else ""
-        say(f"training run by run: {failure}{also}")
+        say(f"training run by run: {failure}{also} ({_cost_of_alone(len(members))})")
         return None
     if looped:
         say(
