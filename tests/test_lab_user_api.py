@@ -274,3 +274,17 @@ def test_experiments_on_your_data_are_titled_apart(tmp_path: Path) -> None:
     assert titles[1] == f"{first.title} · data {hashes[1][:8]}"
     assert titles[2] == "tensors · mlp · 2 epochs, batch 32, lr 0.01, validation 0.2"
     assert titles[3] == "tensors · mlp (mlp-v2) · 2 epochs, batch 32, validation 0.2"
+
+
+def test_curves_measured_every_kth_epoch_are_stored_loaded_and_drawn(tmp_path: Path) -> None:
+    x, y = _moons()
+    store = tmp_path / "runs.sqlite"
+    e = lab.sweep(
+        data=(x, y), model=mlp, rates=[0.0, 0.3], seeds=2, epochs=5, eval_every=2, store=store
+    )
+    curves = e.curves("none")["none"]["test_acc"]  # (seeds, epochs)
+    assert np.isnan(curves[:, [0, 2]]).all() and np.isfinite(curves[:, [1, 3, 4]]).all()
+    page = lab.load(store).report(tmp_path / "report.html").read_text()
+    assert "<img" in page or "<svg" in page
+    with pytest.raises(ValueError, match="eval_every"):
+        lab.RunOptions(eval_every=0)

@@ -934,3 +934,63 @@ def test_compile_option_reaches_the_custom_model_trainer(compile: bool) -> None:
     runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}], epochs=1)
     train_configs(table(), runs, model=mlp(), compile=compile, log=lines.append)
     assert any("compiling" in line for line in lines) == compile, lines
+
+
+def test_eval_every_measures_every_kth_epoch_and_the_last() -> None:
+    runs = configs([{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}], epochs=7)
+    every = train_custom(mlp(), table(), runs, eval_every=1)
+    thinned = train_custom(mlp(), table(), runs, eval_every=3)
+    measured = [2, 5, 6]  # 0-based epochs 3, 6 and the last
+    for name, curve in thinned.curves.items():
+        assert np.isfinite(curve[:, measured]).all()
+        assert np.isnan(np.delete(curve, measured, axis=1)).all()
+        # the same training: the measured points are those of a run measured every epoch
+        np.testing.assert_array_equal(curve[:, measured], every.curves[name][:, measured])
+    assert every.states is not None and thinned.states is not None
+    for a, b in zip(every.states, thinned.states, strict=True):
+        for key in a:
+            assert torch.equal(a[key], b[key])
+    with pytest.raises(ValueError, match="eval_every"):
+        train_custom(mlp(), table(), runs, eval_every=0)
+
+
+def test_early_stopping_runs_are_measured_every_epoch() -> None:
+    runs = configs([{"p": 0.2, "seed": 1, "regularizers": (("early_stopping", 2.0),)}], epochs=6)
+    result = train_custom(mlp(), table(), runs, eval_every=4)
+    assert np.isfinite(result.curves["test_acc"]).all()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("train_s", "eval_s", "epochs", "every"),
+    [
+        (1.0, 0.05, 1000, 1),  # evaluating is cheap: every epoch
+        (1.0, 0.35, 1000, 4),  # 0.35 / (0.1 * 1.0) -> every 4th
+        (1.0, 5.0, 1000, 40),  # 5 / 0.1 = 50, capped at 1000 // 25 = 40 points' spacing
+        (1.0, 5.0, 20, 1),  # a short training keeps every point
+    ],
+)
+def test_the_automatic_curve_resolution_keeps_evaluation_a_small_share(
+    monkeypatch: pytest.MonkeyPatch, train_s: float, eval_s: float, epochs: int, every: int
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(vmapped.time, "perf_counter", clock)
+    schedule = vmapped._EvalSchedule(None, epochs)
+    due = []
+    for epoch in range(epochs):
+        with schedule.training():
+            clock.now += train_s * (20 if epoch == 0 else 1)  # the first epoch compiles
+        due.append(schedule.due(epoch))
+        if due[-1]:
+            with schedule.evaluating():
+                clock.now += eval_s
+    assert schedule.every == every
+    assert all(due[:3]) and due[-1]
+    assert sum(due) == 3 + len([e for e in range(3, epochs - 1) if (e + 1) % every == 0]) + 1

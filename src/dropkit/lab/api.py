@@ -492,6 +492,7 @@ _COMPARE_ARGUMENTS = (
     "device",
     "batched",
     "max_batch_memory",
+    "eval_every",
     "store",
     "engine",
     "address",
@@ -641,8 +642,11 @@ def _engine(
     return engine  # type: ignore[return-value]
 
 
-def _training_options(device: object, batched: object, max_batch_memory: object) -> dict[str, Any]:
-    """The engine's training options, checked: ``device``, ``batched``, ``max_batch_memory``."""
+def _training_options(
+    device: object, batched: object, max_batch_memory: object, eval_every: object = None
+) -> dict[str, Any]:
+    """The engine's training options, checked: ``device``, ``batched``, ``max_batch_memory``,
+    ``eval_every``."""
     from dropkit.lab.train.dispatch import parse_device
 
     parse_device(device)  # type: ignore[arg-type]  # the engine resolves it (a Ray driver needs no GPU)
@@ -650,7 +654,14 @@ def _training_options(device: object, batched: object, max_batch_memory: object)
         raise TypeError(f"`batched` must be True, False or None, got {batched!r}")
     if max_batch_memory is not None:
         max_batch_memory = check_positive_int(max_batch_memory, "max_batch_memory")
-    return {"device": device, "batched": batched, "max_batch_memory": max_batch_memory}
+    if eval_every is not None:
+        eval_every = check_positive_int(eval_every, "eval_every")
+    return {
+        "device": device,
+        "batched": batched,
+        "max_batch_memory": max_batch_memory,
+        "eval_every": eval_every,
+    }
 
 
 @dataclass(frozen=True)
@@ -685,6 +696,10 @@ class RunOptions:
             trains one run after another.
         max_batch_memory: bytes a batched group of a user's model may take at its peak
             (None: a safe fraction of the device's free memory); larger groups are split.
+        eval_every: for a user's model, the curves' resolution: the fit and test rows are
+            measured after every ``eval_every``-th epoch and the last (NaN between). None:
+            every epoch while that costs under a tenth of the training time, else as rarely as
+            keeps it so (at least 25 points a curve). The final figures are the last epoch's.
     """
 
     store: str | Path = "runs.sqlite"
@@ -697,6 +712,7 @@ class RunOptions:
     device: str = "auto"
     batched: bool | None = None
     max_batch_memory: int | None = None
+    eval_every: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -704,7 +720,7 @@ class RunOptions:
         )
         if not isinstance(self.store, (str, Path)):
             raise TypeError(f"`store` must be the path of a SQLite file, got {self.store!r}")
-        _training_options(self.device, self.batched, self.max_batch_memory)
+        _training_options(self.device, self.batched, self.max_batch_memory, self.eval_every)
         if self.compile is not None and not isinstance(self.compile, bool):
             raise TypeError(f"`compile` must be True, False or None, got {self.compile!r}")
         address, engine = self.address, self.engine
@@ -762,7 +778,7 @@ def _run(plan: Plan, o: RunOptions) -> Experiment:
     progress, runs_per_batch, log = o.progress, o.runs_per_batch, o.log
     device, batched, max_batch_memory = o.device, o.batched, o.max_batch_memory
     sink = progress_sink(progress)
-    options = _training_options(device, batched, max_batch_memory)
+    options = _training_options(device, batched, max_batch_memory, o.eval_every)
     messages: list[str] = []  # what training says (fallbacks, splits): kept as notes
 
     def heard(message: str) -> None:
@@ -877,6 +893,7 @@ def sweep(
     device: str = "auto",
     batched: bool | None = None,
     max_batch_memory: int | None = None,
+    eval_every: int | None = None,
 ) -> Experiment:
     """Grid-search the dropout rate of a model: every rate × every seed, batched, stored.
 
@@ -919,7 +936,7 @@ def sweep(
         model_id, data_id: your own identity for the model or the data in run keys instead
             of the computed fingerprint and content hash (change it when they change).
         store, engine, address, progress, runs_per_batch, compile, device, batched,
-            max_batch_memory: see :func:`run`.
+            max_batch_memory, eval_every: see :func:`run`.
 
     Returns:
         The :class:`~dropkit.lab.results.experiment.Experiment`: ``.summary``, ``.best``,
@@ -963,6 +980,7 @@ def compare(
     device: str = "auto",
     batched: bool | None = None,
     max_batch_memory: int | None = None,
+    eval_every: int | None = None,
     **strengths: Any,
 ) -> Experiment:
     """Compare regularizers: every arm trained with the same seeds, tested against ``none``.
@@ -985,7 +1003,7 @@ def compare(
         batch_size, lr, target, impute, task, validation, folds, model_id, data_id: as in
             :func:`sweep`.
         store, engine, address, progress, runs_per_batch, compile, device, batched,
-            max_batch_memory: see :func:`run`.
+            max_batch_memory, eval_every: see :func:`run`.
         **strengths: the arms' strengths by name, e.g. ``p=0.4``, ``l2=1e-3``,
             ``max_norm=3``, ``patience=50`` (every name of
             :data:`dropkit.lab.plan.arms.STRENGTHS`, with its default and range).

@@ -118,8 +118,8 @@ class InProcessEngine:
             (:class:`dropkit.lab.train.threads.ThreadChooser`).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``, resolved here
             (:func:`dropkit.lab.train.dispatch.resolve_device`).
-        batched, max_batch_memory: passed to :func:`dropkit.lab.train.dispatch.train_configs` for
-            batches of a user's own model.
+        batched, max_batch_memory, eval_every: passed to
+            :func:`dropkit.lab.train.dispatch.train_configs` for batches of a user's own model.
         log: called with one-line messages of training (why a user's model trains one run
             after another, how a batch was split to fit its memory budget).
 
@@ -138,6 +138,7 @@ class InProcessEngine:
         batched: bool | None = None,
         max_batch_memory: int | None = None,
         log: Callable[[str], None] | None = None,
+        eval_every: int | None = None,
     ) -> None:
         self.compile = compile
         if threads is None or threads == "auto":
@@ -150,6 +151,7 @@ class InProcessEngine:
         self.batched = batched
         self.max_batch_memory = max_batch_memory
         self.log = log
+        self.eval_every = eval_every
 
     def run_batch(
         self,
@@ -173,6 +175,7 @@ class InProcessEngine:
                 max_batch_memory=self.max_batch_memory,
                 log=self.log,
                 threads=most,
+                eval_every=self.eval_every,
             )
 
     def run_batches(
@@ -222,6 +225,7 @@ def _train_on_worker(
     model: Any = None,
     batched: bool | None = None,
     max_batch_memory: int | None = None,
+    eval_every: int | None = None,
 ) -> BatchResult:
     """The body of a Ray task: :func:`train_configs` with the driver's arguments.
 
@@ -251,6 +255,7 @@ def _train_on_worker(
         model=model,
         batched=batched,
         max_batch_memory=max_batch_memory,
+        eval_every=eval_every,
     )
 
 
@@ -421,7 +426,8 @@ class RayEngine:
             actor) so that a progress bar moves before the first batch finishes.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (not ``"cuda:N"``: Ray assigns each task
             its GPU).
-        batched, max_batch_memory: passed to :func:`dropkit.lab.train.dispatch.train_configs` for
+        batched, max_batch_memory, eval_every: passed to
+            :func:`dropkit.lab.train.dispatch.train_configs` for
             batches of a user's own model.
 
     Raises:
@@ -444,6 +450,7 @@ class RayEngine:
         device: str | torch.device = "cpu",
         batched: bool | None = None,
         max_batch_memory: int | None = None,
+        eval_every: int | None = None,
     ) -> None:
         if num_cpus is not None and address is not None:
             raise ValueError("`num_cpus` sizes a local Ray instance; leave it out with `address`")
@@ -472,6 +479,7 @@ class RayEngine:
         self.live_progress = live_progress
         self.batched = batched
         self.max_batch_memory = max_batch_memory
+        self.eval_every = eval_every
         self._ray: Any = None
         self._started = False
         self._token_mode = False
@@ -615,6 +623,7 @@ class RayEngine:
                 put(job.model),
                 self.batched,
                 self.max_batch_memory,
+                self.eval_every,
             )
             pending[ref] = number
         shown = dict.fromkeys(range(len(jobs)), 0)  # run-epochs reported per job

@@ -96,6 +96,17 @@ def stack_curves(curves: Sequence[Mapping[str, NDArray[np.float64]]]) -> Curves:
     return stacked
 
 
+def _measured(
+    values: NDArray[np.float64],
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """The epochs (1-based) where some run of ``values`` ``(runs, epochs)`` was measured, with
+    the mean and band there (:func:`_mean_band`): curves measured every ``k``-th epoch
+    (``eval_every``) are drawn through their points, not as gaps."""
+    mean, half = _mean_band(values)
+    kept = np.isfinite(mean)
+    return np.arange(1, values.shape[1] + 1)[kept], mean[kept], half[kept]
+
+
 def _mean_band(values: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Per-epoch mean over runs and the half-width of its 95% t-interval (NaN: not computed).
 
@@ -172,8 +183,7 @@ def learning_curves_figure(
             values = curves[metric]
             if values.size == 0:
                 continue
-            epochs = np.arange(1, values.shape[1] + 1)
-            mean, half = _mean_band(values)
+            epochs, mean, half = _measured(values)
             lowest = min(lowest, float(np.nanmin(mean, initial=math.inf)))
             axis.plot(epochs, mean, color=color, lw=1.2, label=label)
             if np.isfinite(half).any():
@@ -207,8 +217,7 @@ def accuracy_curves_figure(
     for color, (label, curves) in zip(_colors(len(present)), present, strict=True):
         for metric, style in (("train_acc", "--"), ("test_acc", "-")):
             values = curves[metric]
-            epochs = np.arange(1, values.shape[1] + 1)
-            mean, half = _mean_band(values)
+            epochs, mean, half = _measured(values)
             lowest = min(lowest, float(np.nanmin(mean, initial=math.inf)))
             name = "train" if metric == "train_acc" else "test"
             axis.plot(epochs, mean, style, color=color, lw=1.4, label=f"{label}: {name}")

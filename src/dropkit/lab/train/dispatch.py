@@ -215,6 +215,7 @@ def train_configs(
     max_batch_memory: int | None = None,
     log: Callable[[str], None] | None = None,
     threads: int | None = None,
+    eval_every: int | None = None,
 ) -> BatchResult:
     """Train ``configs`` (one shape key) on ``data``; results come back in the order of ``configs``.
 
@@ -243,6 +244,9 @@ def train_configs(
             vmapped groups may choose, by timing their epochs, against one
             (:class:`dropkit.lab.train.threads.ThreadChooser`); None: torch's setting as it is.
             The built-in trainers train with torch's setting.
+        eval_every: for custom-model configs, the curves' resolution
+            (:func:`dropkit.lab.train.vmapped.train_custom`); the built-in trainers measure
+            every epoch.
 
     With a validation split (``data.validation > 0`` or ``data.folds >= 2``) every run fits
     on the ``fit_idx`` rows of :func:`dropkit.lab.plan.splits.validation_rows` (of its ``fold``),
@@ -293,6 +297,7 @@ def train_configs(
             log=log,
             compile=compile,
             threads=threads,
+            eval_every=eval_every,
         )
     if model is not None:
         raise ValueError(

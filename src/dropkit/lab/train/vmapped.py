@@ -125,7 +125,9 @@ __all__ = [
     "COMPILE_MIN_WORK",
     "COMPILE_PARTIAL_EPOCHS",
     "EVAL_CHUNK",
+    "EVAL_SHARE",
     "MEMORY_FRACTION",
+    "MIN_CURVE_POINTS",
     "SUPPORTED_REGULARIZERS",
     "ModelSource",
     "train_custom",
@@ -147,6 +149,13 @@ COMPILE_PARTIAL_EPOCHS = 50
 """In a compiled group, the smaller last batch of each epoch runs through its own compiled
 graph from this many epochs on; with fewer it runs eagerly (tracing a second graph costs
 about as much as that many eager steps)."""
+
+EVAL_SHARE = 0.1
+"""Share of a group's training time its per-epoch evaluation may take by default
+(``eval_every=None``): beyond it, the curves are evaluated every ``k``-th epoch."""
+
+MIN_CURVE_POINTS = 25
+"""Fewest points a curve keeps by default (``eval_every=None``)."""
 
 MEMORY_FRACTION = 0.5
 """Share of the free memory (RAM, or the CUDA device's) a batch may use by default."""
@@ -1248,6 +1257,50 @@ class _Stopping:
         return newly_all
 
 
+class _EvalSchedule:
+    """Which epochs a group evaluates (its curves' points): every ``every``-th and the last;
+    ``every=None`` (automatic): every epoch until two epochs after the first (compiling) have
+    been timed, then every ``k``-th with ``k`` the smallest that keeps evaluating under
+    :data:`EVAL_SHARE` of the training time, at most ``epochs // MIN_CURVE_POINTS`` (a curve
+    keeps at least that many points). The epochs left out are NaN in the curves."""
+
+    def __init__(self, every: int | None, epochs: int) -> None:
+        self.every, self.epochs = every, epochs
+        self.seconds = {"train": 0.0, "eval": 0.0}
+        self.timed = 0  # epochs timed (after the first)
+        self.started = 0  # epochs trained
+
+    @contextmanager
+    def training(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.started += 1
+        if self.every is None and self.started > 1:
+            self.seconds["train"] += time.perf_counter() - start
+
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.every is None and self.started > 1:
+            self.seconds["eval"] += time.perf_counter() - start
+            self.timed += 1
+            if self.timed == 2:
+                self.every = self._chosen()
+
+    def _chosen(self) -> int:
+        most = max(1, self.epochs // MIN_CURVE_POINTS)
+        train, evaluate = self.seconds["train"], self.seconds["eval"]
+        needed = math.ceil(evaluate / (EVAL_SHARE * train)) if train > 0 else 1
+        return max(1, min(most, needed))
+
+    def due(self, epoch: int) -> bool:
+        """Whether ``epoch`` (0-based) is evaluated."""
+        if epoch + 1 == self.epochs or self.every is None:
+            return True
+        return (epoch + 1) % self.every == 0
+
+
 # --- probing a model (can vmap run it, what does it cost) --------------------------------------
 
 
@@ -1325,8 +1378,10 @@ class _Group:
         compiled: bool = False,
         log: Callable[[str], None] | None = None,
         threads: ThreadChooser | None = None,
+        eval_every: int | None = 1,
     ) -> None:
         self.runs, self.shared = runs, shared
+        self.eval_every = eval_every
         self.threads = threads if threads is not None else ThreadChooser(None)
         self.size = len(runs)
         self.say = log if log is not None else (lambda _line: None)
@@ -1475,10 +1530,17 @@ class _Group:
         self.stopping.start()
         tick = ticker.part(self.size)
         finished = epochs
+        schedule = _EvalSchedule(1 if self.stopper is not None else self.eval_every, epochs)
+        metrics: dict[str, dict[str, Tensor]] = {}
         for epoch in range(epochs):
             with self.threads.epoch():
-                self.train_epoch(epoch, stopped)
-                metrics = self.evaluate()
+                with schedule.training():
+                    self.train_epoch(epoch, stopped)
+                if not schedule.due(epoch):
+                    tick(epoch + 1)
+                    continue
+                with schedule.evaluating():
+                    metrics = self.evaluate()
             history.record(metrics, ~stopped, slice(epoch, epoch + 1))
             if self.stopper is not None:
                 newly = self.stopping.update(epoch, metrics, stopped)
@@ -1695,6 +1757,7 @@ def train_custom(
     log: Callable[[str], None] | None = None,
     compile: bool | None = None,
     threads: int | None = None,
+    eval_every: int | None = None,
 ) -> BatchResult:
     """Train the runs ``configs`` of a user's model on ``data``, batched where possible.
 
@@ -1736,6 +1799,12 @@ def train_custom(
             with 1 or ``threads``, whichever its epochs take less time with, timed while it
             trains (:class:`~dropkit.lab.train.threads.ThreadChooser`); torch's setting is
             restored afterwards. None: torch's setting as it is.
+        eval_every: the curves' resolution: measure the fit and test rows after every
+            ``eval_every``-th epoch and the last (the others are NaN in the curves). None
+            (automatic): every epoch while evaluating costs under :data:`EVAL_SHARE` of the
+            training time, else every ``k``-th (timed on the first epochs; a curve keeps at
+            least :data:`MIN_CURVE_POINTS` points). Runs that stop early evaluate every epoch.
+            The final figures are the last epoch's either way.
 
     Returns:
         Curves ``(R, epochs)`` per :data:`~dropkit.lab.train.contract.METRICS` name (for regression
@@ -1754,6 +1823,10 @@ def train_custom(
     say = log if log is not None else (lambda _line: None)
     _check_configs(configs, data)
     _check_options(batched, max_batch_memory)
+    if eval_every is not None and (
+        isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every < 1
+    ):
+        raise ValueError(f"`eval_every` must be None or an int >= 1, got {eval_every!r}")
     device = torch.device(device)
     runs = _prepare(source, data, configs, device)
     shared = _integer_inputs(_Shared.of(data, runs, device), runs, say)
@@ -1768,7 +1841,15 @@ def train_custom(
         chunks, compiled = plan
         for chunk in chunks:
             chooser = ThreadChooser(threads if device.type == "cpu" else None, say)
-            group = _Group(chunk, shared, vmapped=True, compiled=compiled, log=say, threads=chooser)
+            group = _Group(
+                chunk,
+                shared,
+                vmapped=True,
+                compiled=compiled,
+                log=say,
+                threads=chooser,
+                eval_every=eval_every,
+            )
             try:
                 with warnings.catch_warnings():  # said above, once
                     warnings.filterwarnings("ignore", message=_LOOPED_WARNING)
@@ -1779,7 +1860,7 @@ def train_custom(
                 outputs[run.index] = output
     for run in sorted(alone, key=lambda r: r.index):
         with _seeded(run.config.seed, device):
-            group = _Group([run], shared, vmapped=False)
+            group = _Group([run], shared, vmapped=False, eval_every=eval_every)
             group.check()
             outputs[run.index] = group.train(ticker)[0]
     ticker.finish()
