@@ -994,3 +994,42 @@ def test_the_automatic_curve_resolution_keeps_evaluation_a_small_share(
     assert schedule.every == every
     assert all(due[:3]) and due[-1]
     assert sum(due) == 3 + len([e for e in range(3, epochs - 1) if (e + 1) % every == 0]) + 1
+
+
+class Tied(nn.Module):
+    """Tied weights: the output layer is the embedding's transpose (as language models)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 8)
+        self.drop = nn.Dropout(p)
+        self.out = nn.Linear(8, 12, bias=False)
+        self.out.weight = self.embed.weight
+        self.head = nn.Linear(12, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        logits: Tensor = self.head(self.out(self.drop(self.embed(ids))).mean(1))
+        return logits
+
+
+def test_tied_weights_stay_tied_in_a_batch() -> None:
+    data = tokens()
+    runs = configs(
+        [{"p": 0.0, "seed": 1}, {"p": 0.3, "seed": 2}], epochs=3, data=DataSpec("tokens")
+    )
+    assert_same_runs(Factory(Tied), data, runs)
+    # and a batch computes the plain model: with a step too small to move a weight, the first
+    # epoch's test loss is the untrained model's
+    still = [
+        RunConfig(
+            DataSpec("tokens"), MODEL, TrainSpec(epochs=1, batch_size=16, lr=1e-30), p=0.0, seed=s
+        )
+        for s in (1, 2)
+    ]
+    result = train_custom(Factory(Tied), data, still)
+    for r, config in enumerate(still):
+        model = Factory(Tied).build(0.0, config.seed).eval()
+        with torch.no_grad():
+            logits = model(torch.from_numpy(data.x_test).long())
+            loss = F.cross_entropy(logits, torch.from_numpy(data.y_test)).item()
+        assert result.curves["test_loss"][r, 0] == pytest.approx(loss, rel=1e-5)

@@ -508,12 +508,15 @@ def _data_loss(
 class _Net:
     """How a group's runs are called: ``template`` is the module tree on the meta device
     (``functional_call``'s module), ``head`` the output it must give; ``vmapped``: ``vmap``
-    over the runs, else (R = 1) one plain call of run 0. Plain values and a module, so a
-    compiled step specializes on them."""
+    over the runs, else (R = 1) one plain call of run 0; ``aliases``: (name, stacked name) of
+    every tensor the model reaches under a second name (tied weights: moving the template to
+    the meta device unties them, so each name is passed its tensor). Plain values and a
+    module, so a compiled step specializes on them."""
 
     template: nn.Module
     head: _Head
     vmapped: bool
+    aliases: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -555,7 +558,10 @@ def _apply(net: _Net, state: _State, x: Tensor, shared_rows: bool) -> Tensor:
     or (not ``net.vmapped``, R = 1) one ``functional_call`` on run 0's."""
 
     def call(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor) -> Tensor:
-        out = functional_call(net.template, (p, b), (inputs,))
+        if net.aliases:  # tied weights: every name of a tensor gets it
+            stacked = {**p, **b}
+            p = {**p, **{alias: stacked[name] for alias, name in net.aliases}}
+        out = functional_call(net.template, (p, b), (inputs,), tie_weights=False)
         if not isinstance(out, Tensor):
             raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
         return out
@@ -1390,7 +1396,8 @@ class _Group:
         self.out_width = runs[0].width or data.n_outputs
         params, buffers = stack_module_state([run.module for run in runs])
         template: nn.Module = copy.deepcopy(runs[0].module).to("meta")
-        self.net = _Net(template, _Head.of(data), vmapped)
+        aliases = tuple((n, c) for n, c in runs[0].canonical.items() if n != c)
+        self.net = _Net(template, _Head.of(data), vmapped, aliases)
         self.state = _State(params, buffers)
         if release:  # the stacked tensors are the runs' weights from now on
             for run in runs:
