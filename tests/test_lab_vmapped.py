@@ -1033,3 +1033,29 @@ def test_tied_weights_stay_tied_in_a_batch() -> None:
             logits = model(torch.from_numpy(data.x_test).long())
             loss = F.cross_entropy(logits, torch.from_numpy(data.y_test)).item()
         assert result.curves["test_loss"][r, 0] == pytest.approx(loss, rel=1e-5)
+
+
+class Padded(nn.Module):
+    """Token ids with a padding id (0): its embedding row never learns."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(12, 8, padding_idx=0)
+        self.drop = nn.Dropout(p)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out: Tensor = self.head(self.drop(self.embed(ids)).mean(1))
+        return out
+
+
+def test_an_embeddings_padding_row_stays_out_of_every_runs_gradient() -> None:
+    data = tokens()
+    runs = configs([{"p": 0.1, "seed": s} for s in (1, 2, 3)], epochs=2, data=DataSpec("tokens"))
+    assert_same_runs(Factory(Padded), data, runs)
+    result = train_custom(Factory(Padded), data, runs)
+    assert result.states is not None
+    for state, config in zip(result.states, runs, strict=True):
+        start = Factory(Padded).build(config.p, config.seed).embed.weight
+        assert torch.equal(state["embed.weight"][0], start[0].detach())  # zeros, untouched
+        assert not torch.equal(state["embed.weight"][1:], start[1:].detach())

@@ -53,6 +53,12 @@ Covered by :func:`rewrite_attention`:
   themselves after reading the padding mask's values, which ``vmap`` cannot do).
   transformers is imported only for a model that holds modules of it.
 
+Token embeddings: ``nn.Embedding(padding_idx=i)`` keeps row ``i`` out of the gradient, but
+``vmap``'s rule for it does so for the first run of a batch only when each run has its own
+rows (torch 2.13): :func:`rewrite_embeddings` makes such modules :class:`EmbeddingTwin`, which
+detaches that row itself (the same forward; no ``max_norm``, whose in-place renormalization
+``vmap`` cannot batch either: those are left alone).
+
 Left to the batched trainer's fallback (their float rates still listed by
 :func:`dropkit.find_dropout_sites`): subclasses of ``nn.MultiheadAttention`` (their own
 ``forward`` may differ), attention modules of other libraries, and Hugging Face modules whose
@@ -84,6 +90,7 @@ from dropkit.lab.train.counter_masks import CounterDropout, counter_module
 
 __all__ = [
     "ATTENTION_IMPLEMENTATION",
+    "EmbeddingTwin",
     "MultiheadAttentionTwin",
     "TransformerDecoderTwin",
     "TransformerEncoderLayerTwin",
@@ -91,6 +98,7 @@ __all__ = [
     "counter_attention",
     "register_attention",
     "rewrite_attention",
+    "rewrite_embeddings",
 ]
 
 ATTENTION_IMPLEMENTATION = "dropkit_counter"
@@ -618,4 +626,29 @@ def rewrite_attention(model: nn.Module, seed: int, layers: Iterator[int]) -> lis
             counted_attention = True
     if counted_attention:
         _use_counter_attention(model)
+    return rewritten
+
+
+class EmbeddingTwin(nn.Embedding):
+    """``nn.Embedding`` with ``padding_idx`` whose padding row is detached in its own forward
+    (``where(row == padding_idx, W.detach(), W)``, then ``F.embedding`` without
+    ``padding_idx``): the same outputs, and no gradient reaches the row under ``vmap`` either."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        weight = self.weight
+        if self.padding_idx is not None:
+            rows = torch.arange(self.num_embeddings, device=weight.device).unsqueeze(1)
+            weight = torch.where(rows == self.padding_idx, weight.detach(), weight)
+        return F.embedding(input, weight, None, None, 2.0, self.scale_grad_by_freq, self.sparse)
+
+
+def rewrite_embeddings(model: nn.Module) -> list[str]:
+    """Make every ``nn.Embedding`` (exactly that class) with a ``padding_idx`` and no
+    ``max_norm`` of ``model`` an :class:`EmbeddingTwin`, in place; their qualified names."""
+    rewritten = []
+    for name, module in model.named_modules():
+        kind = type(module)
+        if kind is nn.Embedding and module.padding_idx is not None and module.max_norm is None:
+            module.__class__ = EmbeddingTwin
+            rewritten.append(name)
     return rewritten

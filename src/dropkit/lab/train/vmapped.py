@@ -258,7 +258,7 @@ def _swap_dropout(wrapped: _Wrapped, seed: int) -> tuple[list[str], list[tuple[s
     become their batchable twins (:mod:`~dropkit.lab.train.attention_twins`,
     :mod:`~dropkit.lab.train.recurrent_twins`; the layers after). Return the reasons that keep
     the run off vmap and the rate sites left as they were (names relative to ``wrapped``)."""
-    from dropkit.lab.train.attention_twins import rewrite_attention
+    from dropkit.lab.train.attention_twins import rewrite_attention, rewrite_embeddings
     from dropkit.lab.train.recurrent_twins import rewrite_recurrent
 
     reasons: list[str] = []
@@ -277,6 +277,7 @@ def _swap_dropout(wrapped: _Wrapped, seed: int) -> tuple[list[str], list[tuple[s
                 parent._modules[key] = replacements[id(child)]
     rewrite_attention(wrapped.model, seed, layers)
     rewrite_recurrent(wrapped.model, seed, layers)
+    rewrite_embeddings(wrapped.model)
     for site in find_dropout_sites(wrapped.model):
         name = f"{_MODEL}.{site.module_name}" if site.module_name else _MODEL
         if site.is_module:
