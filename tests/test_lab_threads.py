@@ -86,3 +86,19 @@ def test_with_one_thread_to_choose_it_changes_nothing(clock: Clock, most: int | 
     used = train(chooser, clock, lambda _e, _t: 0.5, 10)
     chooser.restore()
     assert used == [before] * 10 and torch.get_num_threads() == before
+
+
+def test_the_first_window_of_each_setting_warms_it_up(clock: Clock) -> None:
+    """A compiled step compiles again for each thread count: those epochs do not decide."""
+    chooser = ThreadChooser(2)
+    seen: set[int] = set()
+
+    def cost(_epoch: int, t: int) -> float:
+        first = t not in seen
+        seen.add(t)
+        return 30.0 if first and t == 2 else (0.4 if t == 1 else 0.35)
+
+    used = train(chooser, clock, cost, 12)
+    chooser.restore()
+    # close timings (0.4 against 0.35): a second round, then two threads
+    assert used[:7] == [1, 1, 2, 1, 2, 1, 2] and chooser.chosen == 2

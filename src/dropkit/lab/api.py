@@ -298,15 +298,22 @@ def _model(
 
     source = model_source(model, model_id=model_id, rates=rates)  # type: ignore[arg-type]
     module = source.build(max(rates, default=0.0), 0).eval()
-    rows = torch.from_numpy(dataset.x_train[:2]).reshape(-1, *dataset.sample_shape)
-    try:
-        with torch.no_grad():
-            output = module(rows)
-    except Exception as error:
-        raise ValueError(
-            f"`model` {source.name} fails on the data: a batch of shape "
-            f"{tuple(rows.shape)} raised {type(error).__name__}: {error}"
-        ) from None
+    floats = torch.from_numpy(dataset.x_train[:2]).reshape(-1, *dataset.sample_shape)
+    # integer features reach the model as int64 when it takes them (token ids), else floats
+    tried = [floats.long(), floats] if dataset.integer_inputs else [floats]
+    failures: list[str] = []
+    for rows in tried:
+        try:
+            with torch.no_grad():
+                output = module(rows)
+            break
+        except Exception as error:
+            failures.append(
+                f"a batch of shape {tuple(rows.shape)} ({str(rows.dtype).removeprefix('torch.')})"
+                f" raised {type(error).__name__}: {error}"
+            )
+    else:
+        raise ValueError(f"`model` {source.name} fails on the data: {failures[0]}") from None
     wanted = dataset.n_outputs
     shape = tuple(getattr(output, "shape", ()))
     allowed = {(2, wanted)} | ({(2,)} if wanted == 1 else set())

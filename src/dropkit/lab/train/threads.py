@@ -7,9 +7,11 @@ two. A compute-bound model (an MLP 30-1024-1024-2) is the other way round: its m
 are long enough to share, and one thread leaves half the machine idle. So the loop measures:
 
 1. the first epoch (compiling, allocating) runs with one thread and is not timed;
-2. then windows of at least :data:`WINDOW_S` seconds (whole epochs) alternate between one
-   thread and ``most`` threads, twice each; the setting with the lower median seconds per
-   epoch is chosen;
+2. then windows of at least :data:`WINDOW_S` seconds (whole epochs) try one thread and
+   ``most`` threads: the first window of each warms it up and is not counted (``torch.compile``
+   keys its graphs on the thread count, so a compiled step compiles again for the second
+   setting), then one timed window each; when one is :data:`CLEAR_RATIO` times faster it is
+   chosen, else one more window each decides (the lower median seconds per epoch);
 3. the other setting is probed again, one window at a time, so that probing costs about
    :data:`PROBE_SHARE` of the time: after a probe that lost by a factor ``r`` (its seconds per
    epoch over the chosen one's) the next comes ``ceil(r / PROBE_SHARE)`` windows later. A probe
@@ -30,13 +32,16 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["PROBE_SHARE", "SWITCH_MARGIN", "WINDOW_S", "ThreadChooser"]
+__all__ = ["CLEAR_RATIO", "PROBE_SHARE", "SWITCH_MARGIN", "WINDOW_S", "ThreadChooser"]
 
 WINDOW_S = 0.3
 """Shortest timed window, seconds: whole epochs are added until it is reached."""
 
 PROBE_SHARE = 0.05
 """Share of the training time spent probing the setting not chosen."""
+
+CLEAR_RATIO = 1.5
+"""A first timing this lopsided decides without a second round."""
 
 SWITCH_MARGIN = 0.9
 """A probe becomes the setting when its seconds per epoch are below this share of the chosen
@@ -59,8 +64,11 @@ class ThreadChooser:
         self.say = say if say is not None else (lambda _line: None)
         self.before = torch.get_num_threads()
         self.active = self.most > 1
-        # the plan of the first windows: 1, most, 1, most, then the chosen setting
-        self.queue = [1, self.most, 1, self.most] if self.active else []
+        # the first windows: (threads, counted): each setting warmed up, then timed
+        self.queue = [(1, False), (self.most, False), (1, True), (self.most, True)]
+        if not self.active:
+            self.queue = []
+        self.counted = False  # whether the current window is timed
         self.timings: dict[int, list[float]] = {1: [], self.most: []}
         self.chosen: int | None = None
         self.current = 1
@@ -97,9 +105,14 @@ class ThreadChooser:
     def _close(self, threads: int, per_epoch: float) -> None:
         """A window of ``threads`` took ``per_epoch`` seconds per epoch: record, decide."""
         if self.chosen is None:
-            self.timings[threads].append(per_epoch)
+            if self.counted:
+                self.timings[threads].append(per_epoch)
             if not self.queue:
                 one, many = (statistics.median(self.timings[t]) for t in (1, self.most))
+                if len(self.timings[1]) == 1 and max(one, many) < CLEAR_RATIO * min(one, many):
+                    self.queue = [(1, True), (self.most, True)]  # close: one more round
+                    self._next_window()
+                    return
                 self.chosen = 1 if one <= many else self.most
                 self.say(
                     f"torch threads: {self.chosen} ({one:.3g} s per epoch with 1, "
@@ -130,7 +143,7 @@ class ThreadChooser:
 
     def _next_window(self) -> None:
         if self.queue:
-            self.current = self.queue.pop(0)
+            self.current, self.counted = self.queue.pop(0)
         elif self.chosen is not None:
             self.current = self.other if self.until_probe <= 0 else self.chosen
 
