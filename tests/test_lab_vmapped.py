@@ -767,7 +767,16 @@ def test_early_stopping_beside_folds_stops_on_fit_rows_and_equals_alone() -> Non
     assert_same_runs(mlp(), data, runs)
 
 
-def test_adam_steps_parameters_laid_out_as_their_gradients() -> None:
+def test_adam_steps_parameters_laid_out_as_their_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # small gradients are copied into the parameter's layout (cheaper than a retrace)
+    param = torch.zeros(2, 3, 4, requires_grad=True)
+    small = torch.randn(2, 4, 3).transpose(1, 2)
+    vmapped._DenseAdam({"w": param}, TrainSpec()).step({"w": small})
+    assert param.is_contiguous()
+    torch.testing.assert_close(param.detach(), -1e-3 * small.sign(), atol=1e-6, rtol=0)
+    monkeypatch.setattr(vmapped, "RELAYOUT_BYTES", 0)  # from here on, every size moves
     torch.manual_seed(0)
     grad = torch.randn(2, 3, 4)
     transposed = grad.transpose(1, 2).contiguous().transpose(1, 2)  # same values, column-major

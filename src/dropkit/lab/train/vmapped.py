@@ -41,7 +41,8 @@ from :func:`dropkit.lab.plan.splits.stopping_rows` (20% of the fit rows with a v
 of the training split without), as the other trainers do: early stopping never sees the rows
 that choose the winner.
 
-Compiling (``compile``, by default for runs with enough work, :data:`COMPILE_MIN_WORK`). The
+Compiling (``compile``; by default when the eager steps it replaces, timed on a few steps, cost
+:data:`COMPILE_PAYBACK` times its estimated cost, :data:`COMPILE_SECONDS_PER_OP`). The
 training step is ``torch.func.grad_and_value`` of the summed loss, so forward and backward are
 one graph; ``torch.compile`` fuses the mask hashing, the activations and their gradients into
 a few loops around the BLAS and convolution calls. (A compiled forward with autograd's
@@ -122,12 +123,14 @@ from dropkit.lab.train.threads import ThreadChooser
 from dropkit.surgery import find_dropout_sites
 
 __all__ = [
-    "COMPILE_MIN_WORK",
     "COMPILE_PARTIAL_EPOCHS",
+    "COMPILE_PAYBACK",
+    "COMPILE_SECONDS_PER_OP",
     "EVAL_CHUNK",
     "EVAL_SHARE",
     "MEMORY_FRACTION",
     "MIN_CURVE_POINTS",
+    "RELAYOUT_BYTES",
     "SUPPORTED_REGULARIZERS",
     "ModelSource",
     "train_custom",
@@ -139,11 +142,22 @@ Small enough that a CNN's activations for tens of runs stay in reused heap memor
 allocator maps and faults in fresh pages for every buffer over 32 MiB, which costs more than
 the convolution)."""
 
-COMPILE_MIN_WORK = 2**30
-"""Work per run (:meth:`_Group.work_bytes`, bytes) from which a group's steps are compiled by
-default (``compile=None``): compiling costs seconds (tracing, and on the first use of a
-structure, building its kernels), repaid by runs with about this much memory traffic or more.
-It does not depend on the number of runs, so a run is compiled alone as in a batch."""
+COMPILE_SECONDS_PER_OP = 0.08
+"""Compiling's cost by default (``compile=None``), in seconds per operation of one training
+step (forward and backward, counted on one run): a 2-layer Transformer's ~770 operations took
+about 60 s to compile with an empty kernel cache (the training and evaluation steps), an MLP's
+~100 a few seconds. A group compiles when the eager training it would replace (timed on a few
+steps) is at least :data:`COMPILE_PAYBACK` times that."""
+
+COMPILE_PAYBACK = 2.0
+"""How many times its expected cost compiling must save, at least, to be chosen by default:
+compiled steps took about half the eager time on the lab's benchmarks, so a group compiles
+when its eager training would take ``2x`` the compile time or more."""
+
+RELAYOUT_BYTES = 2**24
+"""Bytes of weight gradients per step from which :class:`_DenseAdam` lays the parameters out
+as the compiled step's gradients (one retrace) instead of copying the gradients (a copy of
+a few MiB costs less than compiling the step again)."""
 
 COMPILE_PARTIAL_EPOCHS = 50
 """In a compiled group, the smaller last batch of each epoch runs through its own compiled
@@ -1362,6 +1376,29 @@ def _saved_per_row(net: _Net, state: _State, x: Tensor, device: torch.device) ->
     return saved / max(1, x.shape[1])
 
 
+def _count_ops(net: _Net, state: _State, x: Tensor) -> int:
+    """Operations of one run's training step (forward and backward, eagerly, no vmap) on ``x``
+    ``(1, b, *sample)``: torch's dispatched ops, counted."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):  # type: ignore[no-untyped-call]
+        count = 0
+
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    one = _State(
+        {k: v[:1] for k, v in state.params.items()}, {k: v[:1] for k, v in state.buffers.items()}
+    )
+    with Counter():  # type: ignore[no-untyped-call]
+        out = _forward(net, one, x, vmapped=False)
+        torch.autograd.grad(out.sum(), list(one.params.values()), allow_unused=True)
+    return Counter.count
+
+
 # --- the group ---------------------------------------------------------------------------------
 
 
@@ -1486,13 +1523,37 @@ class _Group:
         buffers = _tensor_bytes(iter(self.state.buffers.values())) // self.size
         return int(5 * params + 2 * buffers + 2 * saved + per_row * eval_rows)
 
-    def work_bytes(self) -> float:
-        """A rough measure of one run's work: the bytes its training batches save for the
-        backward over all epochs, ×3 (forward, backward, masks), plus its evaluations'
-        activations at the same bytes per row."""
-        n_fit = self.rows.n_fit
-        rows = 3 * n_fit + n_fit + len(self.shared.y_test)
-        return self._saved_per_row() * rows * self.shared.epochs
+    def compile_pays(self, runs: int) -> tuple[bool, float, float]:
+        """Whether compiling the steps of a group of ``runs`` runs should repay its cost, with
+        the estimated eager training seconds and compile seconds: a few eager training steps
+        of this (probe) group are timed, scaled per run to ``runs`` runs and to every step of
+        every epoch (plus a third for the evaluations), and weighed against
+        :data:`COMPILE_SECONDS_PER_OP` per operation of one step (counted). Nothing changes:
+        gradients are dropped and the buffers are copies."""
+        batch = min(self.shared.batch_size, self.rows.n_fit)
+        x = _inputs(self.shared, self.rows.fit[:, :batch])
+        y = self.shared.y_train[self.rows.fit[:, :batch].to(self.shared.device)]
+        rows = _Rows(x, y, shared=False)
+        scratch = _State(self.state.params, {k: v.clone() for k, v in self.state.buffers.items()})
+        self.net.template.train()
+
+        def step() -> None:
+            loss = _train_loss(self.net, scratch, rows, _Loss())
+            torch.autograd.grad(loss, list(scratch.params.values()), allow_unused=True)
+
+        with _rng_restored(self.shared.device):
+            step()  # warm up
+            start = time.perf_counter()
+            for _ in range(3):
+                step()
+            if self.shared.device.type == "cuda":
+                torch.cuda.synchronize(self.shared.device)
+            per_step = (time.perf_counter() - start) / 3 / self.size
+            ops = _count_ops(self.net, scratch, x[:1])
+        steps = len(self.batches.starts(batch)) * self.shared.epochs
+        eager = per_step * runs * steps * 4 / 3
+        cost = COMPILE_SECONDS_PER_OP * ops
+        return eager >= COMPILE_PAYBACK * cost, eager, cost
 
     # -- training -----------------------------------------------------------------------------
 
@@ -1659,7 +1720,17 @@ class _DenseAdam:
         self.adam: torch.optim.Optimizer | None = None
 
     def _start(self, grads: dict[str, Tensor] | None) -> None:
-        """Lay each parameter out as its first gradient and make Adam over contiguous views."""
+        """Lay each parameter out as its first gradient (when the gradients laid out otherwise
+        make :data:`RELAYOUT_BYTES` or more) and make Adam over contiguous views."""
+        given = grads if grads is not None else {}
+        relayout = (
+            sum(
+                g.numel() * g.element_size()
+                for name, g in given.items()
+                if g.stride() != self.params[name].stride()
+            )
+            >= RELAYOUT_BYTES
+        )
         with torch.no_grad():
             for name, param in self.params.items():
                 grad = param.grad if grads is None else grads[name]
@@ -1667,7 +1738,8 @@ class _DenseAdam:
                 strides = layout.stride()
                 order = sorted(range(param.ndim), key=lambda d: -strides[d])
                 dense = (
-                    grad is not None
+                    relayout
+                    and grad is not None
                     and grad.stride() != param.stride()
                     and grad.permute(order).is_contiguous()
                 )
@@ -1800,9 +1872,10 @@ def train_custom(
         compile: run each vmapped group's training and evaluation steps through
             ``torch.compile`` (its masks are the same; the numbers agree with the eager steps
             to float rounding); None: when a compiler is found
-            (:func:`~dropkit.lab.train.stacked.compiler_available`) and a run's work is at least
-            :data:`COMPILE_MIN_WORK`, enough to repay compiling. Runs trained run by run
-            (fallbacks, ``batched=False``) always run eagerly.
+            (:func:`~dropkit.lab.train.stacked.compiler_available`) and the eager training it
+            replaces (timed on a few steps) costs :data:`COMPILE_PAYBACK` times compiling's
+            estimate (:data:`COMPILE_SECONDS_PER_OP` per operation of a step). Runs trained run
+            by run (fallbacks, ``batched=False``) always run eagerly.
         threads: on the CPU, the most intra-op threads a vmapped group may use: it trains
             with 1 or ``threads``, whichever its epochs take less time with, timed while it
             trains (:class:`~dropkit.lab.train.threads.ThreadChooser`); torch's setting is
@@ -1963,11 +2036,17 @@ def _plan_group(
             f"{len(members)} runs in {len(chunks)} group(s) of at most {size} "
             f"(about {per_run / 2**20:.2f} MiB per run, budget {budget / 2**20:.2f} MiB)"
         )
-    if compile is None:
-        work = probe.work_bytes()
-        compiled = work >= COMPILE_MIN_WORK and compiler_available(shared.device)
-    else:
-        compiled = compile
+    if compile is None and compiler_available(shared.device):
+        with warnings.catch_warnings():  # said above, once
+            warnings.filterwarnings("ignore", message=_LOOPED_WARNING)
+            compiled, eager, cost = probe.compile_pays(max(len(chunk) for chunk in chunks))
+        verdict = "compiling" if compiled else "not compiling"
+        say(
+            f"{len(members)} runs: {verdict} the training and evaluation steps (about "
+            f"{eager:.3g} s of eager training against about {cost:.3g} s to compile)"
+        )
+        return chunks, compiled
+    compiled = bool(compile)
     if compiled:
         say(f"{len(members)} runs: compiling the training and evaluation steps")
     return chunks, compiled
