@@ -6,9 +6,11 @@ below builds a tiny BERT classifier from such a config with both rates set to ``
 downloaded: the weights are initialized from the run's seed). The task: is the count of the
 token 1 in a random sequence of 12 tokens above 3?
 
-BERT's attention applies its dropout as a float rate inside its own forward pass (not as a
-dropout module), so the lab cannot swap in its counter-based masks there: it trains these runs
-one after another, each with torch's generator seeded from the run's seed, and says so.
+BERT applies its attention dropout inside its attention function, from a float rate. The lab
+switches the model to an attention implementation of its own (the same computation, with
+counter-based masks: a function of run seed, step, layer and element), so the runs train as
+one batched computation and each gives the result it gives alone. The token ids are int64 and
+reach the model as int64.
 
 Needs ``pip install "transformers[torch]"``. Run: ``python examples/transformer_from_config.py``.
 """
@@ -46,13 +48,13 @@ class Classifier(nn.Module):
         self.bert = BertForSequenceClassification(config)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.bert(input_ids=tokens.long()).logits
+        return self.bert(input_ids=tokens).logits
 
 
 def make_data(n: int = 600, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, VOCAB, (n, LENGTH), generator=generator)
-    return tokens.float(), ((tokens == 1).sum(1) > 1).long()
+    return tokens, ((tokens == 1).sum(1) > 1).long()
 
 
 def main(store: str = "bert-runs.sqlite") -> lab.Experiment:

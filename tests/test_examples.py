@@ -39,3 +39,18 @@ def test_transformer_from_config(tmp_path: Path) -> None:
     module = _load("transformer_from_config")
     e = module.main(str(tmp_path / "runs.sqlite"))
     assert len(e.summary) == 2 and e.trained == 4
+    assert not [note for note in e.notes if "run by run" in note], e.notes
+
+
+def test_transformer_on_tokens(tmp_path: Path) -> None:
+    module = _load("transformer_on_tokens")
+    e = module.main(str(tmp_path / "runs.sqlite"), epochs=3)
+    assert [row["p"] for row in e.summary] == [0.0, 0.1, 0.2] and e.trained == 9
+    assert not [note for note in e.notes if "run by run" in note], e.notes
+
+
+def test_lstm_on_sequences(tmp_path: Path) -> None:
+    module = _load("lstm_on_sequences")
+    e = module.main(str(tmp_path / "runs.sqlite"), epochs=3)
+    assert [row["p"] for row in e.summary] == [0.0, 0.2, 0.4] and e.trained == 9
+    assert not [note for note in e.notes if "run by run" in note], e.notes
