@@ -1,5 +1,5 @@
 """The thread chooser of the batched trainer (``dropkit.lab.train.threads``), on a fake clock:
-each epoch takes the seconds a cost function gives for the thread count it runs with."""
+each step takes the seconds a cost function gives for the thread count it runs with."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def train(
     """Run ``epochs`` epochs, each ``cost(epoch, threads)`` seconds; the thread counts used."""
     used = []
     for epoch in range(epochs):
-        with chooser.epoch():
+        with chooser.timed():
             used.append(torch.get_num_threads())
             clock.now += cost(epoch, used[-1])
     return used

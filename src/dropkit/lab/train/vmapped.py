@@ -1585,7 +1585,9 @@ class _Group:
         for begin in self.batches.starts(batch):
             self.masks.set_keys(self.step)
             rows = self.batches.step(order, begin, batch, shared_rows, self.out_width)
-            self._step(rows, full=min(batch, self.rows.n_fit - begin) == batch)
+            full = min(batch, self.rows.n_fit - begin) == batch
+            with self.threads.timed() if full else contextlib.nullcontext():
+                self._step(rows, full=full)
             if frozen:
                 self.stopping.restore(stopped)
             self.step += 1
@@ -1602,14 +1604,13 @@ class _Group:
         schedule = _EvalSchedule(1 if self.stopper is not None else self.eval_every, epochs)
         metrics: dict[str, dict[str, Tensor]] = {}
         for epoch in range(epochs):
-            with self.threads.epoch():
-                with schedule.training():
-                    self.train_epoch(epoch, stopped)
-                if not schedule.due(epoch):
-                    tick(epoch + 1)
-                    continue
-                with schedule.evaluating():
-                    metrics = self.evaluate()
+            with schedule.training():
+                self.train_epoch(epoch, stopped)
+            if not schedule.due(epoch):
+                tick(epoch + 1)
+                continue
+            with schedule.evaluating():
+                metrics = self.evaluate()
             history.record(metrics, ~stopped, slice(epoch, epoch + 1))
             if self.stopper is not None:
                 newly = self.stopping.update(epoch, metrics, stopped)
