@@ -20,7 +20,24 @@ tensors (and early/late dropout is a per-run rate of 0 outside the window). Inve
 ``x·m / (1 − p)``: ``p = 0`` gives ``x`` exactly, ``p = 1`` zeros. Covered: ``nn.Dropout``,
 ``nn.Dropout1d/2d/3d`` (one draw per (sample, channel)), ``nn.AlphaDropout``,
 ``nn.FeatureAlphaDropout``, dropkit's ``Dropout``, ``SpatialDropout1d/2d/3d``,
-``AlphaDropout``, ``FeatureAlphaDropout``, ``DropPath`` and ``LockedDropout``.
+``AlphaDropout``, ``FeatureAlphaDropout``, ``DropPath`` and ``LockedDropout``. Modules that
+apply dropout in their own code or that ``vmap`` cannot run become *batchable twins* of
+themselves (the same parameters under the same names, the same outputs in evaluation mode,
+their dropout counter-based): attention (``nn.MultiheadAttention``, the ``nn.Transformer*``
+modules without their fused fast paths, Hugging Face attention through an attention function
+of the lab's, :mod:`~dropkit.lab.train.attention_twins`), recurrent layers (``nn.LSTM``,
+``nn.GRU``, ``nn.RNN`` and dropkit's variational ``LSTM``/``GRU`` unrolled over time,
+:mod:`~dropkit.lab.train.recurrent_twins`) and embeddings with a padding row (whose gradient
+``vmap``'s rule leaks for every run but the first). Tied weights stay tied: every name of a
+tensor is passed its stacked tensor. Integer features (``Dataset.integer_inputs``: token ids)
+reach the model as int64.
+
+How it runs is chosen from what it costs: whether the steps are compiled (a few eager steps
+timed against the operations a compile would trace, :data:`COMPILE_SECONDS_PER_OP`), the
+thread count (:class:`~dropkit.lab.train.threads.ThreadChooser`: one or torch's, timed on the
+training steps and checked again while training), the groups' size (a memory budget), and how
+often the curves are measured (``eval_every``, :data:`EVAL_SHARE`). Adam steps the stacked
+parameters in their gradients' memory layout (:class:`_DenseAdam`), so no step copies them.
 
 Each run's epoch order comes from ``torch.Generator().manual_seed(seed)`` (drawn outside vmap),
 as do its input jitter (``augment``), so its data and its masks are functions of its config.
@@ -62,11 +79,14 @@ counter masks, hence the same results), each with a one-line reason passed to ``
 - a model ``vmap`` cannot run (data-dependent control flow, ``.item()``, random ops of its
   own): found by trying one forward and backward on a two-row slice under
   ``vmap(randomness="error")``, not by guessing;
-- dropout that cannot be swapped: a float rate used inside a module's own code
-  (``nn.MultiheadAttention(dropout=...)``, ``F.dropout(x, self.p)``, listed by
+- dropout that cannot be swapped: a float rate used inside a module's own code that no twin
+  covers (``F.dropout(x, self.p)``, attention modules of other libraries, listed by
   :func:`dropkit.find_dropout_sites`) or a dropout module with no counter equivalent
   (Gaussian dropout, DropBlock): these draw from PyTorch's RNG, which is seeded with the
   run's seed for the run (``torch.random.fork_rng`` + ``torch.manual_seed``).
+
+Each reason is said once, with the number of runs it trains one after another and what that
+costs; torch's warnings on the way are folded into that line, never shown raw.
 
 ``batched=True`` turns a fallback into a ``ValueError`` naming the reason; ``batched=False``
 trains every run alone. (BatchNorm needs no fallback: ``vmap`` updates stacked running
@@ -266,10 +286,11 @@ def _check_configs(configs: Sequence[RunConfig], data: Dataset) -> None:
 
 
 def _swap_dropout(wrapped: _Wrapped, seed: int) -> tuple[list[str], list[tuple[str, str, float]]]:
-    """Make the model's dropout counter-based: its dropout modules become
-    :class:`~dropkit.lab.train.counter_masks.CounterDropout` (layers 1, 2, … in registration
-    order), then attention and recurrent modules whose rates are floats used in their own code
-    become their batchable twins (:mod:`~dropkit.lab.train.attention_twins`,
+    """Make the model's dropout counter-based and its modules batchable: its dropout modules
+    become :class:`~dropkit.lab.train.counter_masks.CounterDropout` (layers 1, 2, … in
+    registration order), then attention modules (whose rates are floats used in their own
+    code), recurrent modules (which ``vmap`` cannot run, whatever their rates) and embeddings
+    with a padding row become their batchable twins (:mod:`~dropkit.lab.train.attention_twins`,
     :mod:`~dropkit.lab.train.recurrent_twins`; the layers after). Return the reasons that keep
     the run off vmap and the rate sites left as they were (names relative to ``wrapped``)."""
     from dropkit.lab.train.attention_twins import rewrite_attention, rewrite_embeddings
