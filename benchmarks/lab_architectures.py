@@ -1,6 +1,6 @@
 """The lab on one model per architecture against a plain PyTorch loop, measured in the same run.
 
-    python benchmarks/lab_architectures.py                      # every row (about 25 min)
+    python benchmarks/lab_architectures.py                      # every row (see below)
     python benchmarks/lab_architectures.py --quick              # a smoke version (< 2 min)
     python benchmarks/lab_architectures.py --only bc256,cnn     # some rows
     python benchmarks/lab_architectures.py --plain-budget 300   # time more runs of the peer
@@ -52,6 +52,9 @@ synthetic task: 600 sequences of 16 token ids (int64) over a vocabulary of 50, e
 tokens 7 and 3 once at random places; the label says whether 7 comes first. Their models call
 ``.long()`` on the ids, which is a no-op for int64 ids and makes them work where the lab hands
 the inputs over as float32.
+
+Every row takes about 6.5 minutes on 2 quiet cores, and took 27 while other processes kept
+them busy (the peer with 2 threads then dominates); ``--quick`` takes under 2 minutes.
 
 Results go to benchmarks/results/lab_architectures.json (under ``full`` or ``quick``; a row
 measured again replaces its entry).
