@@ -117,3 +117,26 @@ class TestFingerprint:
     def test_neither_factory_nor_module(self) -> None:
         with pytest.raises(TypeError, match="factory f\\(p\\) -> nn.Module or an nn.Module"):
             model_source("mlp")  # type: ignore[arg-type]
+
+
+def test_a_one_layer_rnns_inert_dropout_rate_is_not_reported() -> None:
+    """torch drops the outputs of every layer but the last: one layer has nothing to drop."""
+    from torch import nn
+
+    from dropkit.lab.plan.user_model import model_source
+
+    class Reader(nn.Module):
+        def __init__(self, p: float, layers: int) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, num_layers=layers, batch_first=True)
+            self.drop = nn.Dropout(p)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out, _ = self.rnn(x)
+            return self.head(self.drop(out[:, -1]))
+
+    one = model_source(lambda p: Reader(p, 1), rates=[0.0, 0.3])
+    assert not [n for n in one.notes if "rnn.dropout" in n], one.notes
+    two = model_source(lambda p: Reader(p, 2), rates=[0.0, 0.3])
+    assert [n for n in two.notes if "'rnn.dropout' at 0" in n], two.notes

@@ -156,6 +156,16 @@ def _call_factory(factory: Callable[[float], nn.Module], p: float) -> nn.Module:
     return module
 
 
+def _inert(module: nn.Module, attribute: str) -> bool:
+    """Whether a rate site does nothing whatever its rate: the between-layers ``dropout`` of a
+    one-layer ``nn.LSTM``/``GRU``/``RNN`` (torch drops the outputs of all layers but the last)."""
+    return (
+        isinstance(module, nn.RNNBase)
+        and attribute == "dropout"
+        and getattr(module, "num_layers", 2) == 1
+    )
+
+
 def _rate_notes(source: ModelSource) -> tuple[list[str], bool]:
     """Notes on sites whose rate does not follow ``p``; whether the model has any site."""
     built = {p: find_dropout_sites(source.build(p, 0)) for p in _PROBES}
@@ -165,7 +175,7 @@ def _rate_notes(source: ModelSource) -> tuple[list[str], bool]:
     fixed = [
         f"{a.name!r} at {a.p:g}"
         for a, b in zip(first, second, strict=True)
-        if not (a.p == _PROBES[0] and b.p == _PROBES[1])
+        if not (a.p == _PROBES[0] and b.p == _PROBES[1]) and not _inert(a.module, a.attribute)
     ]
     notes = []
     if fixed:

@@ -463,10 +463,9 @@ def _integer_inputs(shared: _Shared, runs: list[_Run], say: Callable[[str], None
         with torch.no_grad(), _rng_restored(shared.device):
             module(ids)
     except Exception as error:  # a model for float features refuses int64 in many ways
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
         say(
             f"integer inputs reach the model as {str(shared.dtype).removeprefix('torch.')}: "
-            f"it refused int64 ({type(error).__name__}: {message[:120]})"
+            f"it refused int64 ({_error_line(error, 120)})"
         )
         return shared
     finally:
@@ -903,10 +902,7 @@ class _Compiled:
             with torch.no_grad():  # grad_and_value's gradients need no graph around them
                 return fn(*args)
         except Exception as error:  # the compiler's failures come in many types
-            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            self.say(
-                f"torch.compile failed ({type(error).__name__}: {message[:160]}); training eagerly"
-            )
+            self.say(f"torch.compile failed ({_error_line(error, 160)}); training eagerly")
             self.grads_fn = self.stats_fn = None
             return None
 
@@ -1374,8 +1370,7 @@ def _vmap_failure(net: _Net, state: _State, x: Tensor) -> str | None:
         with torch.no_grad():
             _forward(net, state, x)
     except Exception as error:  # vmap's refusals are RuntimeErrors and others
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"torch.vmap cannot run the model ({type(error).__name__}: {message[:160]})"
+        return f"torch.vmap cannot run the model ({_error_line(error, 160)})"
     finally:
         net.template.train()
     return None
@@ -1792,6 +1787,15 @@ class _DenseAdam:
         self.adam.step()
         for view in self.views.values():
             view.grad = None
+
+
+def _error_line(error: BaseException, limit: int) -> str:
+    """``Type: first line of the message``, cut at a word before ``limit`` characters (``…``)."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else ""
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"
+    return f"{type(error).__name__}: {line}"
 
 
 def _scatter(values: Tensor, where: Tensor) -> Tensor:
