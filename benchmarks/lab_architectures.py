@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -80,29 +81,14 @@ from torch import nn
 from dropkit import lab
 from dropkit.lab.plan.splits import validation_rows
 
+sys.path.insert(0, str(Path(__file__).parent))
+from lab_user_model import case_study_mlp, digits_cnn  # the same models as that benchmark
+
 RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 SEQ_RATES = [0.0, 0.1, 0.2, 0.3, 0.4]
 VOCAB, LENGTH, SEQUENCES = 50, 16, 600
 
 # -- the models ------------------------------------------------------------------------------
-
-
-def case_study_mlp(p: float) -> nn.Module:
-    return nn.Sequential(nn.Linear(2, 500), nn.ReLU(), nn.Dropout(p), nn.Linear(500, 1))
-
-
-def digits_cnn(p: float) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.ReLU(),
-        nn.Dropout(p),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Dropout(p),
-        nn.Flatten(),
-        nn.Linear(16 * 4 * 4, 10),
-    )
 
 
 def wide_mlp(width: int) -> Callable[[float], nn.Module]:

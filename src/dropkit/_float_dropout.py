@@ -204,7 +204,7 @@ class _Usage:
     other: list[int]
 
 
-def _self_attribute(node: ast.AST) -> str | None:
+def self_attribute(node: ast.AST) -> str | None:
     """``name`` for a read of ``self.name``, else None."""
     if (
         isinstance(node, ast.Attribute)
@@ -218,13 +218,13 @@ def _self_attribute(node: ast.AST) -> str | None:
 
 def _is_rate(node: ast.AST) -> bool:
     """A read of ``self.<rate>`` or ``self.<child>.p``."""
-    name = _self_attribute(node)
+    name = self_attribute(node)
     if name is not None:
         return name != "training" and is_rate_name(name)
     return (
         isinstance(node, ast.Attribute)
         and node.attr == "p"
-        and _self_attribute(node.value) is not None
+        and self_attribute(node.value) is not None
     )
 
 
@@ -273,7 +273,7 @@ def _scan(tree: ast.Module) -> _Usage:
     parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
     usage = _Usage(set(), set(), 0, [])
     for node in ast.walk(tree):
-        name = _self_attribute(node)
+        name = self_attribute(node)
         if name == "training":
             if _gates(node, parents):
                 usage.gating += 1
@@ -282,7 +282,7 @@ def _scan(tree: ast.Module) -> _Usage:
         elif name is not None and is_rate_name(name):
             usage.rates.add(name)
         if isinstance(node, ast.Attribute) and node.attr == "p":
-            owner = _self_attribute(node.value)
+            owner = self_attribute(node.value)
             if owner is not None:
                 usage.child_rates.add(owner)
     return usage

@@ -86,6 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dropkit._float_dropout import self_attribute
 from dropkit.lab.train.counter_masks import CounterDropout, counter_module
 
 __all__ = [
@@ -358,18 +359,6 @@ class _DropoutArgument:
     elsewhere: frozenset[str]
 
 
-def _self_attribute(node: ast.AST) -> str | None:
-    """``name`` for a read of ``self.name``, else None."""
-    if (
-        isinstance(node, ast.Attribute)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "self"
-        and isinstance(node.ctx, ast.Load)
-    ):
-        return node.attr
-    return None
-
-
 def _method_trees(klass: type) -> Iterator[ast.Module | None]:
     """The syntax trees of the functions ``klass`` defines (under their decorators; None for
     one whose source cannot be read), ``__init__`` aside."""
@@ -422,16 +411,16 @@ def _dropout_argument(cls: type) -> _DropoutArgument | None:
                     for node in ast.walk(keyword.value):
                         inside.add(id(node))
                         if isinstance(node, ast.Attribute) and node.attr == "p":
-                            owner = _self_attribute(node.value)
+                            owner = self_attribute(node.value)
                             if owner is not None:
                                 children[owner] = None
                                 owners.add(id(node.value))
                     for node in ast.walk(keyword.value):
-                        name = _self_attribute(node)
+                        name = self_attribute(node)
                         if name not in (None, "training") and id(node) not in owners:
                             rates[name] = None
             for node in ast.walk(tree):
-                name = _self_attribute(node)
+                name = self_attribute(node)
                 if name is not None and id(node) not in inside:
                     elsewhere.add(name)
     if not children and not rates:

@@ -495,24 +495,22 @@ class LSTMTwin(_TorchTwin):
         return out, (h_n, c_n)
 
 
-class GRUTwin(_TorchTwin):
+class _OneStateTwin(_TorchTwin):
+    """A twin whose module keeps one state (``nn.GRU``, ``nn.RNN``): ``(output, h_n)``."""
+
+    def forward(
+        self, input: Tensor | PackedSequence, hx: Tensor | None = None
+    ) -> tuple[Tensor | PackedSequence, Tensor]:
+        out, (h_n,) = self._run(input, None if hx is None else [hx])
+        return out, h_n
+
+
+class GRUTwin(_OneStateTwin):
     """``nn.GRU`` that ``vmap`` runs; returns ``(output, h_n)`` like ``nn.GRU``."""
 
-    def forward(
-        self, input: Tensor | PackedSequence, hx: Tensor | None = None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
-        out, (h_n,) = self._run(input, None if hx is None else [hx])
-        return out, h_n
 
-
-class RNNTwin(_TorchTwin):
+class RNNTwin(_OneStateTwin):
     """``nn.RNN`` (tanh or ReLU) that ``vmap`` runs; returns ``(output, h_n)``."""
-
-    def forward(
-        self, input: Tensor | PackedSequence, hx: Tensor | None = None
-    ) -> tuple[Tensor | PackedSequence, Tensor]:
-        out, (h_n,) = self._run(input, None if hx is None else [hx])
-        return out, h_n
 
 
 # --- dropkit's variational modules --------------------------------------------------------------
