@@ -684,6 +684,20 @@ def test_hugging_face_rate_read_elsewhere_is_left_to_the_fallback() -> None:
     assert float_rates(model) == [("0.attention_dropout", 0.2)]
 
 
+def test_a_transformers_without_attention_interfaces_keeps_its_modules(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An older transformers (no attention and mask interfaces to register with): its modules
+    are left as they are, their float rates listed, so those runs fall back, not fail."""
+    import dropkit.lab.train.attention_twins as twins
+
+    pytest.importorskip("transformers")
+    monkeypatch.setattr(twins, "_attention_interfaces", lambda: False)
+    model = Vit(0.2)
+    assert rewrite_attention(model, 0, itertools.count(1)) == []
+    assert [rate for _, rate in float_rates(model)] == [0.2]
+
+
 # --- end to end through the batched trainer ------------------------------------------------------
 
 MODEL = ModelSpec(hidden=(), kind="custom", name="test", fingerprint="0123456789abcdef")

@@ -572,6 +572,18 @@ def register_attention() -> None:
     )
 
 
+@functools.cache
+def _attention_interfaces() -> bool:
+    """Whether the installed transformers registers attention and mask functions
+    (``AttentionInterface`` and ``AttentionMaskInterface``); with a version without them, its
+    modules are left as they are (their float rates then train run by run)."""
+    try:
+        from transformers import AttentionInterface, AttentionMaskInterface  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _use_counter_attention(model: nn.Module) -> None:
     """Switch the attention implementation of every config of ``model``'s modules."""
     register_attention()
@@ -608,8 +620,10 @@ def rewrite_attention(model: nn.Module, seed: int, layers: Iterator[int]) -> lis
         elif kind in _TORCH_TWINS:
             module.__class__ = _TORCH_TWINS[kind]
             rewritten.append(name)
-        elif kind.__module__.startswith("transformers.") and _rewrite_transformers_module(
-            module, seed, layers
+        elif (
+            kind.__module__.startswith("transformers.")
+            and _attention_interfaces()
+            and _rewrite_transformers_module(module, seed, layers)
         ):
             rewritten.append(name)
             counted_attention = True
