@@ -54,3 +54,11 @@ def test_lstm_on_sequences(tmp_path: Path) -> None:
     e = module.main(str(tmp_path / "runs.sqlite"), epochs=3)
     assert [row["p"] for row in e.summary] == [0.0, 0.2, 0.4] and e.trained == 9
     assert not [note for note in e.notes if "run by run" in note], e.notes
+
+
+def test_mc_dropout_on_bert() -> None:
+    pytest.importorskip("transformers")
+    pred = _load("mc_dropout_on_bert").main(epochs=1)
+    assert pred.samples.shape == (30, 8, 2) and pred.entropy is not None
+    assert pred.mutual_info is not None and bool((pred.mutual_info > 0).any())
+    assert bool((pred.mutual_info <= pred.entropy + 1e-6).all())  # BALD is part of the entropy

@@ -430,3 +430,26 @@ class TestOtherStochasticModules:
             > 0
         )
         assert self._spread(Head(dropkit.LSTM(4, 6, recurrent_dropout=0.3)), sequences) > 0
+
+
+def test_mc_predict_takes_a_model_output_objects_logits() -> None:
+    """A Hugging Face-style output object (``.logits``) is summarized like the tensor."""
+
+    class Output:
+        def __init__(self, logits: torch.Tensor) -> None:
+            self.logits = logits
+
+    class Wrapped(nn.Module):
+        def __init__(self, net: nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> Output:
+            return Output(self.net(x))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+    x = torch.randn(5, 4)
+    plain = mc_predict(net, x, n_samples=10, generator=torch.Generator().manual_seed(1))
+    wrapped = mc_predict(Wrapped(net), x, n_samples=10, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain.samples, wrapped.samples)

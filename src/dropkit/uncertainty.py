@@ -209,7 +209,8 @@ def mc_predict(
 
     Args:
         model: the network, trained with dropout. Its output must be one tensor with the batch
-            axis first.
+            axis first, or a Hugging Face output object whose ``logits`` are (a
+            ``BertForSequenceClassification`` called on token ids, say).
         x: a batch of inputs, shape ``(N, *)``, on the model's device.
         n_samples: T, the number of Monte Carlo samples (>= 1). Default: 50.
         generator: makes the result reproducible. A seed is drawn from it and the passes run
@@ -261,7 +262,7 @@ def mc_predict(
             # an in-place dropout on the input must not write into the caller's x.
             repeated = x.repeat(k, *(1,) * (x.ndim - 1))
             output = check_batch_output(
-                model(repeated),
+                _model_output(model(repeated)),
                 k * rows,
                 _OP,
                 min_ndim=2 if classify else 1,
@@ -283,6 +284,13 @@ def mc_predict(
     expected, _ = _mean_std(entropies[1:])
     mutual_info = (entropy - expected).clamp_min(0.0)
     return MCPrediction(mean=mean, std=std, samples=probs, entropy=entropy, mutual_info=mutual_info)
+
+
+def _model_output(output: object) -> object:
+    """The tensor to summarize: ``output``, or its ``logits`` for a Hugging Face model's output
+    object (``SequenceClassifierOutput`` and the like)."""
+    logits = getattr(output, "logits", None)
+    return logits if not isinstance(output, Tensor) and isinstance(logits, Tensor) else output
 
 
 @contextlib.contextmanager
