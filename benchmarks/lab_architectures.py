@@ -4,6 +4,8 @@
     python benchmarks/lab_architectures.py --quick              # a smoke version (< 2 min)
     python benchmarks/lab_architectures.py --only bc256,cnn     # some rows
     python benchmarks/lab_architectures.py --plain-budget 300   # time more runs of the peer
+    python benchmarks/lab_architectures.py --memory --only transformer,lstm2,bert
+                                    # peak memory: 20 runs batched against 20 x one run
 
 Each row is a user's model, given as a factory ``f(p) -> nn.Module``, swept over rates × seeds
 (at least 20 runs) by ``lab.sweep`` with its default settings, as a user calls it: the time is
@@ -82,7 +84,12 @@ from dropkit import lab
 from dropkit.lab.plan.splits import validation_rows
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lab_user_model import case_study_mlp, digits_cnn  # the same models as that benchmark
+from lab_user_model import (  # the same models and memory probes as that benchmark
+    _reset_peak,
+    _status_bytes,
+    case_study_mlp,
+    digits_cnn,
+)
 
 RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
 SEQ_RATES = [0.0, 0.1, 0.2, 0.3, 0.4]
@@ -607,6 +614,60 @@ def write_json(results: list[dict[str, Any]], quick: bool, header: str) -> Path:
     return out
 
 
+def _peak_growth(name: str, runs: int, threads: int, queue: Any) -> None:
+    """In a fresh process: the growth of the peak resident set (``VmHWM``, reset first) while
+    ``lab.sweep`` trains ``runs`` runs of row ``name`` (one seed per run, at the row's highest
+    rate), batched, over the resident set before."""
+    torch.set_num_threads(threads)
+    row = next(r for r in ROWS if r.name == name)
+    data = row.data()
+    with tempfile.TemporaryDirectory() as folder:
+        if not _reset_peak():
+            queue.put(None)
+            return
+        before = _status_bytes("VmRSS") or 0
+        lab.sweep(
+            data=data,
+            model=row.factory,
+            rates=[max(row.rates)],
+            seeds=runs,
+            epochs=row.quick_epochs,
+            batch_size=row.batch_size,
+            store=str(Path(folder) / "runs.sqlite"),
+            batched=True,
+        )
+        queue.put((_status_bytes("VmHWM") or 0) - before)
+
+
+def peak_memory(names: list[str], runs: int) -> list[dict[str, Any]]:
+    """Per row: the peak growth of one run and of ``runs`` runs batched, each in a fresh
+    process, and their ratio to ``runs`` times one run (goal <= 1.5)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for name in names:
+        growth: dict[int, int | None] = {}
+        for count in (1, runs):
+            queue = context.Queue()
+            process = context.Process(
+                target=_peak_growth, args=(name, count, torch.get_num_threads(), queue)
+            )
+            process.start()
+            growth[count] = queue.get()
+            process.join()
+        one, many = growth[1], growth[runs]
+        ratio = None if not one or many is None else many / (runs * one)
+        results.append({"row": name, "runs": runs, "one_run": one, "batched": many, "ratio": ratio})
+        shown = "n/a" if ratio is None else f"{ratio:.2f}x"
+        print(
+            f"{name}: one run +{(one or 0) / 2**20:.1f} MiB, {runs} runs batched "
+            f"+{(many or 0) / 2**20:.1f} MiB: {shown} of {runs} x one run (goal <= 1.5x)",
+            flush=True,
+        )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few epochs: a smoke test")
@@ -621,6 +682,12 @@ def main() -> None:
         default=30.0,
         help="seconds after which the plain loop stops timing more runs of a row, per thread "
         "count (at least one run is timed)",
+    )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead of speed: the peak memory of 20 runs batched against 20 x one run, per "
+        "chosen row (fresh processes)",
     )
     args = parser.parse_args()
     chosen = ROWS
@@ -637,6 +704,12 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}"
     )
     print(header + (" (quick)" if args.quick else ""))
+    if args.memory:
+        memory = peak_memory([r.name for r in chosen], 20)
+        out = Path(__file__).parent / "results" / "lab_architectures_memory.json"
+        out.write_text(json.dumps({"machine": header, "rows": memory}, indent=2) + "\n")
+        print(f"\nwrote {out.name}")
+        return
     results = []
     start = time.perf_counter()
     for row in chosen:
