@@ -13,6 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below, imported on first use (``import dropkit`` stays cheap)
+    from dropkit import calibration as calibration
     from dropkit import functional as functional
     from dropkit.checks import Finding as Finding
     from dropkit.checks import check_model as check_model
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # the names below, imported on first use (``import dropkit`` 
 __version__ = "0.1.0"
 
 _HOMES = {
+    "calibration": "dropkit.calibration",
     "functional": "dropkit.functional",
     "Finding": "dropkit.checks",
     "check_model": "dropkit.checks",
@@ -117,6 +119,7 @@ __all__ = [
     "SpatialDropout3d",
     "WeightDrop",
     "__version__",
+    "calibration",
     "check_model",
     "concrete_regularization",
     "find_dropout",
