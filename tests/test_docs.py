@@ -48,3 +48,17 @@ def test_api_page_lists_every_public_name() -> None:
     for module, names in (("dropkit", dropkit.__all__), ("dropkit.lab", lab.__all__)):
         missing = [n for n in names if f"`{n}" not in text]
         assert not missing, f"docs/api.md lacks {module} names: {missing}"
+
+
+def test_tools_calibration_example_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/tools.md's calibration example, and the output it shows."""
+    section = _section(DOCS / "tools.md", "## Calibration metrics (`dropkit.calibration`)")
+    (block,) = _python_blocks(section)
+    exec(compile(block, "docs/tools.md", "exec"), {})
+    shown = re.findall(r"```text\n(.*?)```", section, flags=re.DOTALL)[0]
+    printed = capsys.readouterr().out
+    # the same CPU build prints the same digits; elsewhere float rounding may move a last digit
+    for line, expected in zip(printed.splitlines(), shown.splitlines(), strict=True):
+        got = [float(v) for v in re.findall(r"\d+\.\d+", line)]
+        want = [float(v) for v in re.findall(r"\d+\.\d+", expected)]
+        assert got == pytest.approx(want, abs=0.002), (line, expected)
