@@ -1068,3 +1068,35 @@ def test_an_embeddings_padding_row_stays_out_of_every_runs_gradient() -> None:
         start = Factory(Padded).build(config.p, config.seed).embed.weight
         assert torch.equal(state["embed.weight"][0], start[0].detach())  # zeros, untouched
         assert not torch.equal(state["embed.weight"][1:], start[1:].detach())
+
+
+class SdpaAttention(nn.Module):
+    """Attention that passes its dropout module's rate to torch's fused kernel (as timm's
+    ``Attention`` does): the rate must stay a float, so its runs fall back, not fail."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.embed = nn.Linear(1, 8)
+        self.qkv = nn.Linear(8, 24)
+        self.attn_drop = nn.Dropout(p)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.qkv(self.embed(x.unsqueeze(-1))).chunk(3, dim=-1)
+        drop = self.attn_drop.p if self.training else 0.0
+        h = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        out: Tensor = self.head(h.mean(1))
+        return out
+
+
+def test_a_dropout_rate_its_parent_applies_itself_falls_back_to_seeded_runs() -> None:
+    lines: list[str] = []
+    runs = configs([{"p": 0.3, "seed": 1}, {"p": 0.0, "seed": 2}], epochs=2)
+    first = train_custom(Factory(SdpaAttention), table(), runs, log=lines.append)
+    again = train_custom(Factory(SdpaAttention), table(), runs)
+    said = [line for line in lines if "run by run" in line]
+    assert len(said) == 1 and "attn_drop" in said[0] and "parent" in said[0], lines
+    assert first.states is not None and again.states is not None
+    for a, b in zip(first.states, again.states, strict=True):  # seeded: reproducible
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)

@@ -119,6 +119,7 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
+from dropkit._float_dropout import class_usage
 from dropkit.lab.plan.arms import entry_regularizer, trainer_entries
 from dropkit.lab.plan.config import RunConfig, TrainSpec
 from dropkit.lab.plan.data import Dataset
@@ -299,6 +300,7 @@ def _swap_dropout(wrapped: _Wrapped, seed: int) -> tuple[list[str], list[tuple[s
     reasons: list[str] = []
     unswapped: list[tuple[str, str, float]] = []
     replacements: dict[int, nn.Module] = {}
+    read_by_parent: list[tuple[str, nn.Module]] = []  # (name, original): its parent reads .p
     layers = itertools.count(1)
     for site in find_dropout_sites(wrapped.model):
         if not site.is_module:
@@ -306,15 +308,31 @@ def _swap_dropout(wrapped: _Wrapped, seed: int) -> tuple[list[str], list[tuple[s
         counter = counter_module(site.module, seed, next(layers))
         if counter is not None:
             replacements[id(site.module)] = counter
+            if _rate_read_by_parent(wrapped.model, site.module_name):
+                read_by_parent.append((site.module_name, site.module))
     for parent in wrapped.modules():
         for key, child in list(parent._modules.items()):
             if child is not None and id(child) in replacements:
                 parent._modules[key] = replacements[id(child)]
-    rewrite_attention(wrapped.model, seed, layers)
+    rewritten = set(rewrite_attention(wrapped.model, seed, layers))
     rewrite_recurrent(wrapped.model, seed, layers)
     rewrite_embeddings(wrapped.model)
+    # A dropout module whose parent reads its `p` and applies the rate itself (a float for
+    # `F.scaled_dot_product_attention(dropout_p=self.attn_drop.p)`) stays as it was unless a
+    # twin took the parent over: its rate must stay a float there.
+    for name, original in read_by_parent:
+        parent_name, _, local = name.rpartition(".")
+        if parent_name not in rewritten:
+            wrapped.model.get_submodule(parent_name)._modules[local] = original
     for site in find_dropout_sites(wrapped.model):
         name = f"{_MODEL}.{site.module_name}" if site.module_name else _MODEL
+        if site.is_module and site.p > 0 and _rate_read_by_parent(wrapped.model, site.module_name):
+            unswapped.append((name, site.attribute, site.p))
+            reasons.append(
+                f"the rate of dropout module `{site.name}` is applied by its parent's own "
+                "code: it draws from torch's RNG"
+            )
+            continue
         if site.is_module:
             what = f"dropout module `{site.name}` ({type(site.module).__name__})"
             detail = "has no counter-based equivalent"
@@ -325,6 +343,14 @@ def _swap_dropout(wrapped: _Wrapped, seed: int) -> tuple[list[str], list[tuple[s
         if site.p > 0:
             reasons.append(f"{what} {detail}: it draws from torch's RNG")
     return reasons, unswapped
+
+
+def _rate_read_by_parent(model: nn.Module, name: str) -> bool:
+    """Whether the parent of the dropout module ``name`` reads its rate (``self.<child>.p``)
+    in its own code, to apply it there (:func:`dropkit._float_dropout.class_usage`)."""
+    parent_name, _, local = name.rpartition(".")
+    parent: type = type(model.get_submodule(parent_name))
+    return local in class_usage(parent).child_rates
 
 
 def _signature(module: nn.Module) -> tuple[Any, ...]:
