@@ -6,6 +6,8 @@
     python benchmarks/lab_architectures.py --plain-budget 300   # time more runs of the peer
     python benchmarks/lab_architectures.py --memory --only transformer,lstm2,bert
                                     # peak memory: 20 runs batched against 20 x one run
+    python benchmarks/lab_architectures.py --device cuda --seeds 25 --only mlp,cnn,transformer,lstm
+                                    # on a GPU: 100-run grids, the plain loop on the same GPU
 
 Each row is a user's model, given as a factory ``f(p) -> nn.Module``, swept over rates × seeds
 (at least 20 runs) by ``lab.sweep`` with its default settings, as a user calls it: the time is
@@ -293,6 +295,9 @@ class Split:
     x_test: torch.Tensor
     y_test: torch.Tensor
 
+    def to(self, device: str) -> Split:
+        return Split(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
 
 def lab_split(plan: Any, ids: bool) -> Split:
     """The fit, validation and test rows of ``plan`` (``ids``: inputs as int64 token ids)."""
@@ -335,13 +340,14 @@ def plain_run(
     """One run the ordinary way, measuring the fit and test rows after the epochs
     ``measured`` (0-based; the last is always among them); returns its final test accuracy."""
     torch.manual_seed(seed)
-    model = factory(p)
+    device = rows.y_fit.device
+    model = factory(p).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     n = len(rows.y_fit)
     history = []
     for epoch in range(epochs):
         model.train()
-        order = torch.randperm(n)
+        order = torch.randperm(n, device=device)
         for begin in range(0, n, batch_size):
             batch = order[begin : begin + batch_size]
             optimizer.zero_grad()
@@ -472,10 +478,14 @@ def _mode(notes: tuple[str, ...]) -> str:
     return mode + (", compiled" if compiled else "")
 
 
-def measure(row: Row, quick: bool, budget: float) -> dict[str, Any]:
-    """One row: the lab's sweep, then the plain loop with 1 and with 2 threads."""
+def measure(
+    row: Row, quick: bool, budget: float, device: str = "cpu", seeds: int | None = None
+) -> dict[str, Any]:
+    """One row: the lab's sweep, then the plain loop with 1 and with 2 threads (on CUDA: the
+    plain loop once, on the same GPU); ``seeds`` replaces the row's."""
     epochs = row.quick_epochs if quick else row.epochs
-    seeds = row.quick_seeds if quick and row.quick_seeds else row.seeds
+    if seeds is None:
+        seeds = row.quick_seeds if quick and row.quick_seeds else row.seeds
     data = row.data()
     ids = isinstance(data, tuple) and data[0].dtype == torch.int64
     settings: dict[str, Any] = {
@@ -490,7 +500,7 @@ def measure(row: Row, quick: bool, budget: float) -> dict[str, Any]:
     runs = len(plan.configs)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        experiment = lab.sweep(data, store=Path(folder) / "runs.sqlite", **settings)
+        experiment = lab.sweep(data, store=Path(folder) / "runs.sqlite", device=device, **settings)
         lab_s = time.perf_counter() - start
     lab_acc = float(np.mean([r.test_acc for r in experiment.runs]))
     # The epochs whose fit and test rows the lab measured, per run (its default curve
@@ -504,7 +514,13 @@ def measure(row: Row, quick: bool, budget: float) -> dict[str, Any]:
     }
     points = sorted({len(e) for e in measured.values()})
     timed = 1 if quick else row.plain_runs
-    plain = {t: time_plain(row, rows, epochs, measured, timed, budget, t) for t in (1, 2)}
+    thread_counts = (1, 2) if device == "cpu" else (torch.get_num_threads(),)
+    on_device = rows.to(device)
+    plain = {
+        t: time_plain(row, on_device, epochs, measured, timed, budget, t) for t in thread_counts
+    }
+    plain.setdefault(1, plain[thread_counts[0]])
+    plain.setdefault(2, plain[thread_counts[-1]])
     best = min(plain[1][2], plain[2][2])
     result: dict[str, Any] = {
         "row": row.name,
@@ -528,7 +544,8 @@ def measure(row: Row, quick: bool, budget: float) -> dict[str, Any]:
         result[f"{name}_measured_s"] = seconds
         result[f"{name}_s"] = total
         result[f"{name}_mean_test_acc"] = acc
-    if row.name == "bc1024":
+    result["device"] = device
+    if row.name == "bc1024" and device == "cpu":
         rates = matmul_rates(1024, row.batch_size, runs, 0.3 if quick else 1.0)
         counts = [len(e) for e in measured.values()]
         flops = mlp_flops(row.factory(0.0), rows, epochs, counts)
@@ -602,11 +619,14 @@ def print_table(results: list[dict[str, Any]]) -> None:
             )
 
 
-def write_json(results: list[dict[str, Any]], quick: bool, header: str) -> Path:
+def write_json(
+    results: list[dict[str, Any]], quick: bool, header: str, device: str = "cpu"
+) -> Path:
     out = Path(__file__).with_name("results") / "lab_architectures.json"
     out.parent.mkdir(exist_ok=True)
     stored: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
-    mode = stored.setdefault("quick" if quick else "full", {"machine": header, "rows": {}})
+    section = ("quick" if quick else "full") + ("" if device == "cpu" else f"-{device}")
+    mode = stored.setdefault(section, {"machine": header, "rows": {}})
     mode["machine"] = header
     for r in results:
         mode["rows"][r["row"]] = r
@@ -684,6 +704,14 @@ def main() -> None:
         "count (at least one run is timed)",
     )
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where both sides train: cpu (default) or cuda (the plain loop on the same GPU)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds per rate instead of each row's"
+    )
+    parser.add_argument(
         "--memory",
         action="store_true",
         help="instead of speed: the peak memory of 20 runs batched against 20 x one run, per "
@@ -713,7 +741,7 @@ def main() -> None:
     results = []
     start = time.perf_counter()
     for row in chosen:
-        result = measure(row, args.quick, args.plain_budget)
+        result = measure(row, args.quick, args.plain_budget, args.device, args.seeds)
         results.append(result)
         print(
             f"{row.name}: lab {result['lab_s']:.1f} s ({result['lab_mode']}), plain "
@@ -722,7 +750,7 @@ def main() -> None:
             flush=True,
         )
     print_table(results)
-    print(f"\nwrote {write_json(results, args.quick, header).name}")
+    print(f"\nwrote {write_json(results, args.quick, header, args.device).name}")
 
 
 if __name__ == "__main__":
