@@ -9,7 +9,12 @@
   masks (a run computes the same in a batch as alone);
 - :mod:`~dropkit.lab.train.module_loop`: one run at a time, the generic loop;
 - :mod:`~dropkit.lab.train.counter_masks`: masks as a pure function of (seed, step, layer,
-  element).
+  element);
+- :mod:`~dropkit.lab.train.attention_twins` and :mod:`~dropkit.lab.train.recurrent_twins`:
+  attention, Transformer, Hugging Face, LSTM/GRU/RNN and embedding modules rewritten as
+  batchable twins of themselves (the same weights and outputs, counter-based dropout) for the
+  vmapped trainer;
+- :mod:`~dropkit.lab.train.threads`: one thread or torch's, chosen by timing the steps.
 
 It imports the plan and dropkit's core; it never imports the store, the runner, the results,
 rich or the CLI. Trainers return :class:`~dropkit.lab.plan.records.RunRecord` values; writing
