@@ -69,7 +69,7 @@ names (parametrized ones).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import cast
 
 import torch
@@ -116,6 +116,34 @@ def _g_doubled(t: Tensor) -> Tensor:
     return torch.cat((i, f, g * 2.0, o), 0)
 
 
+_Cell = Callable[[Tensor, list[Tensor]], list[Tensor]]
+"""One time step: the input projection of the step ``(N, G)`` and the state → the new state,
+whose first tensor is the step's output."""
+
+
+def _scan(
+    cell: _Cell,
+    gi: Sequence[Tensor],
+    state: Sequence[Tensor],
+    reverse: bool,
+    valid: Sequence[Tensor] | None,
+) -> tuple[Tensor, list[Tensor]]:
+    """``cell`` over the steps of ``gi`` (backwards when ``reverse``): the outputs (T, N, ·) in
+    time order and the final state. In a packed batch (``valid``: (N, 1) per step) a sequence
+    past its end keeps its state."""
+    current = list(state)
+    outputs = []
+    for t in _order(len(gi), reverse):
+        new = cell(gi[t], current)
+        outputs.append(new[0])
+        if valid is not None:
+            new = [torch.where(valid[t], n, c) for n, c in zip(new, current, strict=True)]
+        current = new
+    if reverse:
+        outputs.reverse()
+    return torch.stack(outputs), current
+
+
 def _lstm(
     x: Tensor,
     state: Sequence[Tensor],
@@ -130,22 +158,15 @@ def _lstm(
     bias = None if b_ih is None or b_hh is None else _g_doubled(b_ih + b_hh)
     gi = _projected(x, _g_doubled(w_ih), bias).unbind(0)
     w = _g_doubled(w_hh).t()
-    h, c = state
-    outputs = []
-    for t in _order(len(gi), reverse):
-        i, f, g2, o = torch.sigmoid(gi[t] + (h if m_h is None else h * m_h) @ w).chunk(4, -1)
+
+    def cell(g: Tensor, state: list[Tensor]) -> list[Tensor]:
+        h, c = state
+        i, f, g2, o = torch.sigmoid(g + (h if m_h is None else h * m_h) @ w).chunk(4, -1)
         c_t = torch.addcmul(f * c - i, i, g2, value=2.0)  # f·c + i·(2σ(2a) − 1)
         h_t = o * torch.tanh(c_t)
-        if w_hr is not None:
-            h_t = h_t @ w_hr.t()
-        if valid is None:
-            h, c = h_t, c_t
-        else:  # a packed batch: a sequence past its end keeps its state
-            h, c = torch.where(valid[t], h_t, h), torch.where(valid[t], c_t, c)
-        outputs.append(h_t)
-    if reverse:
-        outputs.reverse()
-    return torch.stack(outputs), [h, c]
+        return [h_t if w_hr is None else h_t @ w_hr.t(), c_t]
+
+    return _scan(cell, gi, state, reverse, valid)
 
 
 def _gru(
@@ -162,21 +183,18 @@ def _gru(
     w_ih, w_hh, b_ih, b_hh, _ = weights
     hidden = w_hh.shape[1]
     gi = _projected(x, w_ih, b_ih).unbind(0)
-    (h,) = state
-    outputs = []
-    for t in _order(len(gi), reverse):
+
+    def cell(g: Tensor, state: list[Tensor]) -> list[Tensor]:
+        (h,) = state
         gh_rz, gh_n = F.linear(h if m_h is None else h * m_h, w_hh, b_hh).split_with_sizes(
             [2 * hidden, hidden], -1
         )
-        gi_rz, gi_n = gi[t].split_with_sizes([2 * hidden, hidden], -1)
+        gi_rz, gi_n = g.split_with_sizes([2 * hidden, hidden], -1)
         r, z = torch.sigmoid(gi_rz + gh_rz).chunk(2, -1)
         n = torch.tanh(torch.addcmul(gi_n, r, gh_n))
-        h_t = torch.lerp(n, h, z)  # n + z·(h − n)
-        h = h_t if valid is None else torch.where(valid[t], h_t, h)
-        outputs.append(h_t)
-    if reverse:
-        outputs.reverse()
-    return torch.stack(outputs), [h]
+        return [torch.lerp(n, h, z)]  # n + z·(h − n)
+
+    return _scan(cell, gi, state, reverse, valid)
 
 
 def _rnn(
@@ -193,16 +211,13 @@ def _rnn(
     bias = None if b_ih is None or b_hh is None else b_ih + b_hh
     gi = _projected(x, w_ih, bias).unbind(0)
     w = w_hh.t()
-    (h,) = state
-    outputs = []
-    for t in _order(len(gi), reverse):
-        pre = gi[t] + (h if m_h is None else h * m_h) @ w
-        h_t = torch.relu(pre) if relu else torch.tanh(pre)
-        h = h_t if valid is None else torch.where(valid[t], h_t, h)
-        outputs.append(h_t)
-    if reverse:
-        outputs.reverse()
-    return torch.stack(outputs), [h]
+
+    def cell(g: Tensor, state: list[Tensor]) -> list[Tensor]:
+        (h,) = state
+        pre = g + (h if m_h is None else h * m_h) @ w
+        return [torch.relu(pre) if relu else torch.tanh(pre)]
+
+    return _scan(cell, gi, state, reverse, valid)
 
 
 def _stack(
