@@ -155,7 +155,7 @@ class VariationalRNN(nn.Module):
         self._flat_names: list[str] = []
         gate_size = self._gates * self.hidden_size
         for layer in range(self.num_layers):
-            layer_input = self.input_size if layer == 0 else self.hidden_size * self.directions
+            layer_input = self._layer_inputs(layer)
             for direction in range(self.directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
                 shapes: list[tuple[int, ...]] = [
@@ -242,6 +242,10 @@ class VariationalRNN(nn.Module):
         super().__setstate__(state)  # type: ignore[no-untyped-call]
         self.flatten_parameters()
 
+    def _layer_inputs(self, layer: int) -> int:
+        """Features of layer ``layer``'s input: the module's, then both directions' outputs."""
+        return self.input_size if layer == 0 else self.hidden_size * self.directions
+
     def _weights(self, index: int) -> list[Tensor]:
         per = 4 if self.bias else 2
         names = self._flat_names[index * per : (index + 1) * per]
@@ -269,7 +273,7 @@ class VariationalRNN(nn.Module):
             check_generator(self.generator, torch.empty(0, device=where))
         masks: RNNMasks = []
         for layer in range(self.num_layers):
-            features = self.input_size if layer == 0 else self.hidden_size * self.directions
+            features = self._layer_inputs(layer)
             for _ in range(self.directions):
                 m_x = _draw_mask(rows, features, self.dropout, self.generator, where, kind)
                 m_h = _draw_mask(
@@ -287,7 +291,7 @@ class VariationalRNN(nn.Module):
             )
         for index, (m_x, m_h) in enumerate(masks):
             layer = index // self.directions
-            features = self.input_size if layer == 0 else self.hidden_size * self.directions
+            features = self._layer_inputs(layer)
             if m_x is not None:
                 check_shape(m_x, (rows, features), f"masks[{index}][0]", self._mode)
             if m_h is not None:

@@ -585,7 +585,7 @@ class _VariationalTwin(VariationalRNN):
         masks: RNNMasks = []
         for index, (m_x, m_h) in enumerate(zip(self.input_masks, self.hidden_masks, strict=True)):
             layer = index // self.directions
-            features = self.input_size if layer == 0 else self.hidden_size * self.directions
+            features = self._layer_inputs(layer)
             masks.append(
                 (
                     _scaled_mask(cast(CounterDropout, m_x), (rows, features), where, kind),
