@@ -91,6 +91,7 @@ from lab_user_model import (  # the same models and memory probes as that benchm
     _status_bytes,
     case_study_mlp,
     digits_cnn,
+    peak_growths,
 )
 
 RATES = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
@@ -662,20 +663,9 @@ def _peak_growth(name: str, runs: int, threads: int, queue: Any) -> None:
 def peak_memory(names: list[str], runs: int) -> list[dict[str, Any]]:
     """Per row: the peak growth of one run and of ``runs`` runs batched, each in a fresh
     process, and their ratio to ``runs`` times one run (goal <= 1.5)."""
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")
     results = []
     for name in names:
-        growth: dict[int, int | None] = {}
-        for count in (1, runs):
-            queue = context.Queue()
-            process = context.Process(
-                target=_peak_growth, args=(name, count, torch.get_num_threads(), queue)
-            )
-            process.start()
-            growth[count] = queue.get()
-            process.join()
+        growth = peak_growths(_peak_growth, (1, runs), name)
         one, many = growth[1], growth[runs]
         ratio = None if not one or many is None else many / (runs * one)
         results.append({"row": name, "runs": runs, "one_run": one, "batched": many, "ratio": ratio})

@@ -171,7 +171,7 @@ def _reset_peak() -> bool:
     return _status_bytes("VmHWM") is not None
 
 
-def _peak_growth(runs: int, epochs: int, threads: int, queue: Any) -> None:
+def _peak_growth(epochs: int, runs: int, threads: int, queue: Any) -> None:
     """In a fresh process: the growth of the peak resident set while ``runs`` CNN runs train
     (over the resident set before; ``ru_maxrss`` growth where ``VmHWM`` cannot be reset)."""
     torch.set_num_threads(threads)
@@ -189,17 +189,24 @@ def _peak_growth(runs: int, epochs: int, threads: int, queue: Any) -> None:
     queue.put((after - before) * 1024)  # ru_maxrss is in KiB on Linux
 
 
-def peak_memory(runs: int, epochs: int) -> list[dict[str, Any]]:
+def peak_growths(target: Any, counts: tuple[int, ...], *args: Any) -> dict[int, Any]:
+    """``target(*args, count, threads, queue)`` in a fresh (spawned) process per ``count``: what
+    each put on the queue (its peak memory growth), with this process's torch threads."""
     context = multiprocessing.get_context("spawn")
     growth = {}
-    for count in (1, runs):
+    for count in counts:
         queue = context.Queue()
         process = context.Process(
-            target=_peak_growth, args=(count, epochs, torch.get_num_threads(), queue)
+            target=target, args=(*args, count, torch.get_num_threads(), queue)
         )
         process.start()
         growth[count] = queue.get()
         process.join()
+    return growth
+
+
+def peak_memory(runs: int, epochs: int) -> list[dict[str, Any]]:
+    growth = peak_growths(_peak_growth, (1, runs), epochs)
     return [
         {"method": "peak growth, one run", "runs": 1, "bytes": growth[1]},
         {"method": f"peak growth, {runs} runs batched", "runs": runs, "bytes": growth[runs]},
