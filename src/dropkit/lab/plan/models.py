@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -265,17 +265,31 @@ def _mlp(
 
     for index, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
         layers.append(linear(n_in, n_out, index > 0))
-        if effects.batchnorm == "after_layer":
-            layers.append(nn.BatchNorm1d(n_out))
-        layers.append(nn.ReLU())
-        if not concrete:
-            layers.append(Dropout(config.p, generator=generator))
-        if effects.batchnorm == "after_dropout":
-            layers.append(nn.BatchNorm1d(n_out))
-        if effects.noise is not None:
-            layers.append(GaussianNoise(effects.noise, generator=generator))
+        dropout = None if concrete else Dropout(config.p, generator=generator)
+        _activated(layers, n_out, effects, nn.BatchNorm1d, dropout, generator)
     layers.append(linear(widths[-1], _outputs(data), True))
     return nn.Sequential(*layers)
+
+
+def _activated(
+    layers: list[nn.Module],
+    width: int,
+    effects: RunEffects,
+    norm: Callable[[int], nn.Module],
+    dropout: nn.Module | None,
+    generator: torch.Generator | None,
+) -> None:
+    """Append what follows a hidden layer of ``width`` units: BatchNorm (``norm``) before or
+    after the dropout as the arm says, ReLU, ``dropout`` (None: none), Gaussian noise."""
+    if effects.batchnorm == "after_layer":
+        layers.append(norm(width))
+    layers.append(nn.ReLU())
+    if dropout is not None:
+        layers.append(dropout)
+    if effects.batchnorm == "after_dropout":
+        layers.append(norm(width))
+    if effects.noise is not None:
+        layers.append(GaussianNoise(effects.noise, generator=generator))
 
 
 def _cnn(
@@ -286,20 +300,15 @@ def _cnn(
     channels, height, width = data.input_shape
     for out in config.model.hidden:
         layers.append(nn.Conv2d(channels, out, 3, padding=1))
-        if effects.batchnorm == "after_layer":
-            layers.append(nn.BatchNorm2d(out))
-        layers.append(nn.ReLU())
+        dropout: nn.Module
         if effects.dropout_layer == "spatial_dropout":
-            layers.append(SpatialDropout2d(config.p, generator=generator))
+            dropout = SpatialDropout2d(config.p, generator=generator)
         elif effects.dropout_layer == "dropblock":
             assert effects.block_size is not None
-            layers.append(DropBlock2d(config.p, block_size=effects.block_size, generator=generator))
+            dropout = DropBlock2d(config.p, block_size=effects.block_size, generator=generator)
         else:
-            layers.append(Dropout(config.p, generator=generator))
-        if effects.batchnorm == "after_dropout":
-            layers.append(nn.BatchNorm2d(out))
-        if effects.noise is not None:
-            layers.append(GaussianNoise(effects.noise, generator=generator))
+            dropout = Dropout(config.p, generator=generator)
+        _activated(layers, out, effects, nn.BatchNorm2d, dropout, generator)
         if min(height, width) >= 2:
             layers.append(nn.MaxPool2d(2))
             height, width = height // 2, width // 2
