@@ -41,6 +41,7 @@ from dropkit.lab.train.attention_twins import (
 )
 from dropkit.lab.train.counter_masks import CounterDropout, counter_module, key_keep_mask
 from dropkit.lab.train.vmapped import train_custom
+from test_lab_vmapped import Factory, images, tokens  # the shared builders
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -703,18 +704,6 @@ def test_a_transformers_without_attention_interfaces_keeps_its_modules(
 MODEL = ModelSpec(hidden=(), kind="custom", name="test", fingerprint="0123456789abcdef")
 
 
-class Factory:
-    """``build(p, seed)``: ``make(p)`` under torch's RNG seeded with ``seed``."""
-
-    def __init__(self, make: Callable[[float], nn.Module]) -> None:
-        self.make = make
-
-    def build(self, p: float, seed: int) -> nn.Module:
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            return self.make(p)
-
-
 def table(n: int = 60) -> Dataset:
     rng = np.random.default_rng(7)
     x = rng.standard_normal((n + 30, 5)).astype(np.float32)
@@ -722,19 +711,6 @@ def table(n: int = 60) -> Dataset:
     y = np.searchsorted(np.quantile(score, [1 / 3, 2 / 3]), score).astype(np.int64)
     names = tuple(f"f{i}" for i in range(5))
     return Dataset("table", x[:n], y[:n], x[n:], y[n:], 3, names)
-
-
-def images() -> Dataset:
-    """3-class 1×6×6 images: a bright bar in the top, middle or bottom rows, plus noise."""
-    rng = np.random.default_rng(3)
-    n = 72
-    y = rng.integers(0, 3, n).astype(np.int64)
-    x = 0.3 * rng.standard_normal((n, 1, 6, 6)).astype(np.float32)
-    for i, label in enumerate(y):
-        x[i, 0, 2 * label : 2 * label + 2, :] += 1.0
-    flat = x.reshape(n, -1)
-    names = tuple(f"px{i}" for i in range(36))
-    return Dataset("img", flat[:48], y[:48], flat[48:], y[48:], 3, names, input_shape=(1, 6, 6))
 
 
 def configs() -> list[RunConfig]:
@@ -843,18 +819,7 @@ def test_trainer_batches_transformers_with_the_results_of_each_run_alone(
 @needs_transformers
 def test_trainer_batches_hugging_face_models_with_the_results_of_each_run_alone() -> None:
     assert_same_runs(Factory(TokenBert), table(), configs())
-    assert_same_runs(Factory(Vit), images(), configs())
-
-
-def token_ids(n: int = 60, length: int = 6, vocab: int = 12) -> Dataset:
-    """Token-id sequences (integer features, id 0 pads): class 1 when token 3 occurs."""
-    from dropkit.lab.plan.user_data import from_user_data
-
-    rng = np.random.default_rng(5)
-    x = rng.integers(0, vocab, size=(n, length))
-    y = (x == 3).any(1).astype(np.int64)
-    _, data = from_user_data((x, y), validation=0.0, name="tokens")
-    return data
+    assert_same_runs(Factory(Vit), images(72), configs())
 
 
 class IdsBert(nn.Module):
@@ -908,7 +873,7 @@ def test_trainer_batches_hugging_face_models_on_token_ids(
     train = TrainSpec(epochs=2, batch_size=16)
     settings = [{"p": 0.2, "seed": 1}, {"p": 0.4, "seed": 2}, {"p": 0.0, "seed": 3}]
     runs = [RunConfig(DataSpec("tokens"), MODEL, train, **s) for s in settings]  # type: ignore[arg-type]
-    assert_same_runs(Factory(make), token_ids(), runs)
+    assert_same_runs(Factory(make), tokens(60), runs)
 
 
 class Attention(nn.Module):

@@ -75,17 +75,18 @@ def table(task: str = "classification", n_classes: int = 3, n: int = 90) -> Data
     return Dataset("table", x[:n], y[:n], x[n:], y[n:], n_classes, names, task=task)
 
 
-def images() -> Dataset:
-    """3-class 1x6x6 images: a bright bar in the top, middle or bottom rows, plus noise."""
+def images(n: int = 96) -> Dataset:
+    """3-class 1x6x6 images: a bright bar in the top, middle or bottom rows, plus noise; the
+    first two thirds of the ``n`` train."""
     rng = np.random.default_rng(3)
-    n = 96
     y = rng.integers(0, 3, n).astype(np.int64)
     x = 0.3 * rng.standard_normal((n, 1, 6, 6)).astype(np.float32)
     for i, label in enumerate(y):
         x[i, 0, 2 * label : 2 * label + 2, :] += 1.0
     flat = x.reshape(n, -1)
     names = tuple(f"px{i}" for i in range(36))
-    return Dataset("img", flat[:64], y[:64], flat[64:], y[64:], 3, names, input_shape=(1, 6, 6))
+    fit = 2 * n // 3
+    return Dataset("img", flat[:fit], y[:fit], flat[fit:], y[fit:], 3, names, input_shape=(1, 6, 6))
 
 
 def configs(
