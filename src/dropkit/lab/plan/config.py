@@ -22,6 +22,8 @@ from dropkit.lab.plan.arms import CUSTOM_KIND, MODEL_KINDS, RATE_ENTRIES
 __all__ = [
     "CUSTOM_MODEL",
     "DEMO_SEEDS",
+    "EVALUATIONS",
+    "MC_SAMPLES",
     "TASKS",
     "DataSpec",
     "ModelSpec",
@@ -35,6 +37,14 @@ __all__ = [
 
 TASKS = ("classification", "regression")
 """What a lab run learns: class labels or a numeric target."""
+
+EVALUATIONS = ("deterministic", "mc", "both")
+"""What a run measures after training besides its curves (``TrainSpec.evaluate``): the
+deterministic network's calibration (dropout off), Monte Carlo dropout's (the mean of
+``mc_samples`` stochastic passes), or both."""
+
+MC_SAMPLES = 30
+"""Stochastic passes of Monte Carlo dropout by default (uncertainty-baselines' 30)."""
 
 DEMO_SEEDS = 30
 """Seeds of the reference case study (``dropkit demo``): its "repeated evaluation" of 30 runs
@@ -160,6 +170,22 @@ class TrainSpec:
     The defaults are the case study's Keras settings: Adam with Keras' defaults
     (``lr=1e-3``, ``betas=(0.9, 0.999)``, ``eps=1e-7``), Glorot-uniform weights and zero biases,
     batch size 32, 4000 epochs.
+
+    What a run measures once trained, besides its curves (:mod:`dropkit.lab.train.predictive`):
+
+    Args:
+        evaluate: None (the curves only: accuracy or R² and the loss), ``"deterministic"``
+            (also the calibration of the network with dropout off: NLL, Brier score, ECE and
+            its reliability bins; for regression the Gaussian NLL and interval coverage),
+            ``"mc"`` (the same of Monte Carlo dropout: the mean of ``mc_samples`` stochastic
+            passes, Gal & Ghahramani 2016) or ``"both"``.
+        mc_samples: stochastic passes ``T`` of Monte Carlo dropout (``>= 2``).
+        mc_consistent: the same ``T`` masks for every test row (baal's ``ConsistentDropout``)
+            instead of fresh masks per row.
+
+    The evaluation fields are left out of a run's key at their defaults (the keys of runs
+    stored before them do not change), and the Monte Carlo ones whenever ``evaluate`` has no
+    Monte Carlo part.
     """
 
     epochs: int = 4000
@@ -167,6 +193,9 @@ class TrainSpec:
     lr: float = 1e-3
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-7
+    evaluate: str | None = None
+    mc_samples: int = MC_SAMPLES
+    mc_consistent: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -175,6 +204,32 @@ class TrainSpec:
                 raise ValueError(f"`{name}` must be an int >= 1, got {value!r}")
         if not self.lr > 0:
             raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
+        if self.evaluate is not None and self.evaluate not in EVALUATIONS:
+            raise ValueError(
+                f"`evaluate` must be None or one of {', '.join(EVALUATIONS)}, "
+                f"got {self.evaluate!r}"
+            )
+        samples = self.mc_samples
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+            raise ValueError(f"`mc_samples` must be an int >= 2, got {samples!r}")
+        if not isinstance(self.mc_consistent, bool):
+            raise TypeError(f"`mc_consistent` must be True or False, got {self.mc_consistent!r}")
+        if not self.monte_carlo and (samples != MC_SAMPLES or self.mc_consistent):
+            raise ValueError(
+                "`mc_samples` and `mc_consistent` set Monte Carlo dropout: they need "
+                f"evaluate='mc' or 'both', got evaluate={self.evaluate!r}"
+            )
+
+    @property
+    def monte_carlo(self) -> bool:
+        """Whether runs are measured with Monte Carlo dropout (``evaluate`` "mc" or "both")."""
+        return self.evaluate in ("mc", "both")
+
+    @property
+    def deterministic(self) -> bool:
+        """Whether the deterministic network's calibration is measured ("deterministic" or
+        "both")."""
+        return self.evaluate in ("deterministic", "both")
 
 
 def arm_name(
@@ -284,6 +339,13 @@ class RunConfig:
                 del data["data"][name]
         if self.fold is None:
             del data["fold"]
+        train = data["train"]
+        if self.train.evaluate is None:
+            del train["evaluate"]
+        if not self.train.monte_carlo:
+            del train["mc_samples"], train["mc_consistent"]
+        elif not self.train.mc_consistent:
+            del train["mc_consistent"]
         return data
 
     @classmethod

@@ -331,6 +331,12 @@ class CounterDropout(nn.Module):
             get their own draw (``{3: 2, 2: 1}`` for ``nn.Dropout1d``: ``(N, C, L)`` batched,
             ``(C, L)`` unbatched); a rank not listed is refused.
         name: the replaced module's class name, for error messages.
+
+    Attributes:
+        consistent: draw one mask for all rows of a pass (the rows' axis of the mask has size
+            1; Monte Carlo dropout's consistent masks, as baal's ``ConsistentDropout``).
+            Plain attribute, off by default.
+        batch_axis: the rows' axis of the input (0; 1 for time-first sequences).
     """
 
     SCALINGS: ClassVar[tuple[str, ...]] = ("inverted", "classic", "unscaled", "alpha")
@@ -366,6 +372,15 @@ class CounterDropout(nn.Module):
         self.scaling = scaling
         self.channel_axes = dict(channel_axes or {})
         self.name = name
+        self.consistent = False
+        self.batch_axis = 1 if kind == "locked_time_first" else 0
+
+    def draw_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``shape`` of a mask as drawn: with :attr:`consistent`, size 1 on the rows' axis."""
+        axis = self.batch_axis
+        if not self.consistent or len(shape) <= axis:
+            return shape
+        return (*shape[:axis], 1, *shape[axis + 1 :])
 
     @property
     def step(self) -> int:
@@ -394,7 +409,7 @@ class CounterDropout(nn.Module):
         p = self.p.to(x.dtype)
         if not self.training:
             return x * (1.0 - p) if self.scaling == "classic" else x
-        keep = key_keep_mask(self.key, self.p, self._shape(x), x.device)
+        keep = key_keep_mask(self.key, self.p, self.draw_shape(self._shape(x)), x.device)
         zero = x.new_zeros(())
         compiling = torch.compiler.is_compiling()
         if self.scaling in ("classic", "unscaled"):

@@ -34,6 +34,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -319,10 +320,12 @@ def train_configs(
         )
         raise ValueError(f"`trainer` is 'stacked' but the stacked trainer cannot train {what}")
     epochs = first.train.epochs
+    measured = first.train.evaluate is not None  # the final weights are measured
     ticker = EpochTicker(len(configs), epochs, on_epoch)
     values = np.empty((len(METRICS), len(configs), epochs))
     info: list[dict[str, float]] = [{} for _ in configs]
     states: list[dict[str, Tensor] | None] = [None] * len(configs)
+    final: list[dict[str, Tensor] | None] = [None] * len(configs)
     if stacked:
         part = train_batch(
             data,
@@ -331,7 +334,7 @@ def train_configs(
             [batched_settings(configs[i]) for i in stacked],
             compile=compile,
             on_epoch=ticker.part(len(stacked)),
-            keep_weights=small,
+            keep_weights=small or measured,
             device=where,
             validation=_validation_rows(data, [configs[i] for i in stacked]),
             stopping=_stopping_rows(data, [configs[i] for i in stacked]),
@@ -342,7 +345,8 @@ def train_configs(
                 _module_states(data, [configs[i] for i in stacked], part.pairs),
                 strict=True,
             ):
-                states[i] = state
+                states[i] = state if small else None
+                final[i] = state
         _place(values, info, stacked, part)
     if looped:
         from dropkit.lab.train.module_loop import train_modules
@@ -351,10 +355,13 @@ def train_configs(
             data, [configs[i] for i in looped], on_epoch=ticker.part(len(looped)), device=where
         )
         for i, state in zip(looped, part.states or [], strict=False):
+            final[i] = state
             if sum(v.numel() for v in state.values()) <= MAX_STATE_PARAMETERS:
                 states[i] = state
         _place(values, info, looped, part)
     ticker.finish()
+    if measured:
+        _measure(data, configs, final, info, where, log)
     kept = [s for s in states if s is not None]
     return BatchResult(
         curves={name: values[m] for m, name in enumerate(METRICS)},
@@ -362,6 +369,34 @@ def train_configs(
         states=kept if len(kept) == len(states) else None,
         info=info,
     )
+
+
+def _measure(
+    data: Dataset,
+    configs: Sequence[RunConfig],
+    final: Sequence[dict[str, Tensor] | None],
+    info: list[dict[str, float]],
+    device: torch.device,
+    log: Callable[[str], None] | None,
+) -> None:
+    """Add the predictive metrics of the runs' final weights to their ``info``
+    (:func:`dropkit.lab.train.vmapped.measure_modules`; ``TrainSpec.evaluate``)."""
+    from dropkit.lab.plan.models import build_model
+    from dropkit.lab.train.vmapped import measure_modules
+
+    modules = []
+    for config, state in zip(configs, final, strict=True):
+        if state is None:  # pragma: no cover - every trainer hands its weights back
+            raise RuntimeError(f"run with seed {config.seed} returned no weights to measure")
+        module = build_model(config, data)
+        module.load_state_dict(state)
+        modules.append(module)
+    # the built models carry their own input dropout: no second one around them
+    plain = [replace(c, input_p=0.0) for c in configs]
+    for entry, measured in zip(
+        info, measure_modules(modules, data, plain, device=device, log=log), strict=True
+    ):
+        entry.update(measured)
 
 
 def _place(

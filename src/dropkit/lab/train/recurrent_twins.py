@@ -320,7 +320,7 @@ def _scaled_mask(
 ) -> Tensor:
     """A variational mask of ``shape`` from ``counter``'s key and rate: ``1 / (1 − p)`` where
     kept, 0 where dropped (all 0 at ``p = 1``)."""
-    keep = key_keep_mask(counter.key, counter.p, shape, device)
+    keep = key_keep_mask(counter.key, counter.p, counter.draw_shape(shape), device)
     p = counter.p.to(dtype)
     scale = torch.where(p < 1.0, 1.0 / torch.where(p < 1.0, 1.0 - p, 1.0), 0.0)
     return torch.where(keep, scale, 0.0)
@@ -379,6 +379,8 @@ class _TorchTwin(nn.Module):
         module.__class__ = cls
         twin = cast(_TorchTwin, module)
         twin._twin_names = names
+        for counter in between:  # they drop the (T, N, D·H) outputs: rows on axis 1
+            counter.batch_axis = 1
         twin.between = nn.ModuleList(between)
         return True
 

@@ -139,9 +139,11 @@ from dropkit.lab.train.contract import (
     sample_scores,
 )
 from dropkit.lab.train.counter_masks import CounterDropout, counter_module, mask_key
+from dropkit.lab.train.predictive import CHUNK_ROWS, Evaluation, Predictor, Split, measure
 from dropkit.lab.train.stacked import compiler_available
 from dropkit.lab.train.threads import ThreadChooser
 from dropkit.surgery import find_dropout_sites
+from dropkit.uncertainty import mc_dropout
 
 __all__ = [
     "COMPILE_PARTIAL_EPOCHS",
@@ -154,6 +156,7 @@ __all__ = [
     "RELAYOUT_BYTES",
     "SUPPORTED_REGULARIZERS",
     "ModelSource",
+    "measure_modules",
     "train_custom",
 ]
 
@@ -613,10 +616,9 @@ class _Loss:
     penalized: tuple[str, ...] = ()
 
 
-def _apply(net: _Net, state: _State, x: Tensor, shared_rows: bool) -> Tensor:
-    """The model's outputs ``(R, N, …)`` for inputs ``(R, N, *sample)`` (``shared_rows``:
-    ``(N, *sample)`` for every run): ``vmap`` of ``functional_call`` over the stacked tensors,
-    or (not ``net.vmapped``, R = 1) one ``functional_call`` on run 0's."""
+def _call(net: _Net) -> Callable[[dict[str, Tensor], dict[str, Tensor], Tensor], Tensor]:
+    """One run's forward pass as a function of its tensors: ``functional_call`` of the
+    template, every name of a tied tensor given it."""
 
     def call(p: dict[str, Tensor], b: dict[str, Tensor], inputs: Tensor) -> Tensor:
         if net.aliases:  # tied weights: every name of a tensor gets it
@@ -627,6 +629,14 @@ def _apply(net: _Net, state: _State, x: Tensor, shared_rows: bool) -> Tensor:
             raise TypeError(f"the model must return a Tensor, got {type(out).__name__}")
         return out
 
+    return call
+
+
+def _apply(net: _Net, state: _State, x: Tensor, shared_rows: bool) -> Tensor:
+    """The model's outputs ``(R, N, …)`` for inputs ``(R, N, *sample)`` (``shared_rows``:
+    ``(N, *sample)`` for every run): ``vmap`` of ``functional_call`` over the stacked tensors,
+    or (not ``net.vmapped``, R = 1) one ``functional_call`` on run 0's."""
+    call = _call(net)
     if net.vmapped:
         fn = torch.vmap(call, in_dims=(0, 0, None if shared_rows else 0), randomness="error")
         out: Tensor = fn(state.params, state.buffers, x)
@@ -1666,7 +1676,13 @@ class _Group:
                 break
         if finished < epochs:
             ticker.advance(self.size * (epochs - finished))
-        return self._results(history.table, self._final(metrics, history))
+        outputs = self._results(history.table, self._final(metrics, history))
+        evaluation = Evaluation.of(self.runs[0].config.train)
+        if evaluation is not None:
+            measured = _measure(self.net, self.state, self.runs, self.shared, self.rows, evaluation)
+            for output, info in zip(outputs, measured, strict=True):
+                output.info.update(info)
+        return outputs
 
     # -- results ------------------------------------------------------------------------------
 
@@ -1875,6 +1891,214 @@ def _vmap_loops(ops: list[str]) -> Iterator[None]:
 
 
 # --- entry point -------------------------------------------------------------------------------
+
+
+# --- measuring the trained runs (lab.train.predictive) ------------------------------------------
+
+
+@contextmanager
+def _monte_carlo(template: nn.Module, consistent: bool) -> Iterator[None]:
+    """Within the body, the template's dropout draws masks and every other module evaluates
+    (:func:`dropkit.mc_dropout`'s choice, the counter dropout included); ``consistent``: one
+    mask per pass for all rows. Flags restored on exit."""
+    counters = [m for m in template.modules() if isinstance(m, CounterDropout)]
+    with mc_dropout(template):
+        for counter in counters:
+            counter.training = True
+            counter.consistent = consistent
+        try:
+            yield
+        finally:
+            for counter in counters:
+                counter.consistent = False
+
+
+class _StackedPredictor:
+    """The :class:`~dropkit.lab.train.predictive.Predictor` of a group's stacked runs: its
+    Monte Carlo passes ``vmap`` over the samples inside the ``vmap`` over the runs, the
+    samples batching only the counter dropout's ``key`` buffers (so what comes before the
+    first dropout is computed once per run); a group that trains run by run (R = 1, no vmap)
+    loops over the samples."""
+
+    def __init__(self, net: _Net, state: _State) -> None:
+        self.net, self.state = net, state
+        tensors = [*state.params.values(), *state.buffers.values()]
+        self.runs = int(tensors[0].shape[0]) if tensors else 1
+        self.keys = [
+            (f"{name}.key", f"{name}.seed", m.layer)
+            for name, m in net.template.named_modules()
+            if isinstance(m, CounterDropout)
+        ]
+
+    def outputs(self, x: Tensor, shared: bool) -> Tensor:
+        self.net.template.eval()
+        try:
+            return _per_run_shape(_apply(self.net, self.state, x, shared), self.net.head)
+        finally:
+            self.net.template.train()
+
+    def samples(self, x: Tensor, shared: bool, steps: Tensor, consistent: bool) -> Tensor:
+        buffers = self.state.buffers
+        steps = steps.to(next(iter(buffers.values())).device if buffers else x.device)
+        keys = {
+            key: mask_key(buffers[seed].view(-1, 1), steps.view(1, -1), layer)  # (R, T, 2)
+            for key, seed, layer in self.keys
+        }
+        fixed = {k: v for k, v in buffers.items() if k not in keys}
+        call = _call(self.net)
+        count = len(steps)
+        with _monte_carlo(self.net.template, consistent):
+            if self.net.vmapped:
+
+                def run(
+                    p: dict[str, Tensor], b: dict[str, Tensor], k: dict[str, Tensor], xs: Tensor
+                ) -> Tensor:
+                    def sample(one: dict[str, Tensor]) -> Tensor:
+                        return call(p, {**b, **one}, xs)
+
+                    return torch.vmap(sample, randomness="error")(k)
+
+                dims = (0, 0, 0, None if shared else 0)
+                out = torch.vmap(run, in_dims=dims, randomness="error")(
+                    self.state.params, fixed, keys, x
+                )
+            else:  # R = 1: a model vmap cannot run, or dropout drawn from torch's RNG
+                passes = []
+                for t in range(count):
+                    state = _State(
+                        self.state.params, {**fixed, **{k: v[:, t] for k, v in keys.items()}}
+                    )
+                    passes.append(_apply(self.net, state, x, shared))
+                out = torch.stack(passes, 1)
+        flat = _per_run_shape(out.flatten(0, 1), self.net.head)
+        return flat.view(self.runs, count, *flat.shape[1:])
+
+    def part(self, start: int, stop: int) -> Predictor:
+        state = _State(
+            {k: v[start:stop] for k, v in self.state.params.items()},
+            {k: v[start:stop] for k, v in self.state.buffers.items()},
+        )
+        return _StackedPredictor(self.net, state)
+
+
+MC_MEMORY = 2**28
+"""Bytes of activations one Monte Carlo pass over a chunk may hold (runs × samples × rows),
+by default: the runs of a group are measured in parts that fit."""
+
+
+def _measure(
+    net: _Net,
+    state: _State,
+    runs: Sequence[_Run],
+    shared: _Shared,
+    rows: _RunRows,
+    evaluation: Evaluation,
+) -> list[dict[str, float]]:
+    """The predictive metrics of a group's trained runs
+    (:func:`dropkit.lab.train.predictive.measure`) on the test rows and each run's validation
+    rows (regression: with the noise variance of its fit rows), as ``info`` entries."""
+    data = shared.data
+    shape = data.sample_shape
+
+    def split(which: Tensor, prefix: str) -> Split:
+        if rows.same:
+            picked = which[0].to(shared.device)
+            return Split(
+                shared.x_train[picked].view(-1, *shape), shared.y_train[picked], True, prefix
+            )
+        return Split(_inputs(shared, which), shared.y_train[which.to(shared.device)], False, prefix)
+
+    splits = [Split(shared.x_test.view(-1, *shape), shared.y_test, True, "", bins=True)]
+    if rows.n_val:
+        splits.append(split(rows.val, "val_"))
+    regression = data.task == "regression"
+    per_run = None
+    if evaluation.monte_carlo:
+        x = _inputs(shared, rows.fit[:1, : min(CHUNK_ROWS, rows.n_fit)])
+        scratch = {k: v[:1].clone() for k, v in state.buffers.items()}
+        per_row = _saved_per_row(net, _State(state.params, scratch), x, shared.device)
+        per_run = max(1, int(MC_MEMORY // max(1.0, per_row * CHUNK_ROWS * evaluation.samples)))
+    return measure(
+        _StackedPredictor(net, state),
+        evaluation,
+        splits,
+        classes=0 if regression else data.n_classes,
+        fit=split(rows.fit, "") if regression else None,
+        runs_per_pass=per_run,
+    )
+
+
+def measure_modules(
+    modules: Sequence[nn.Module],
+    data: Dataset,
+    configs: Sequence[RunConfig],
+    *,
+    device: str | torch.device = "cpu",
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, float]]:
+    """The predictive metrics (:mod:`dropkit.lab.train.predictive`) of trained modules, one per
+    config (its ``train.evaluate`` says what to measure), as ``info`` entries.
+
+    For the runs the built-in trainers trained: the modules' dropout becomes counter-based as
+    in :func:`train_custom` and runs of one structure are measured together (a ``vmap`` over
+    the runs and one over the Monte Carlo samples); a module ``vmap`` cannot run, or whose
+    dropout draws from torch's RNG, is measured alone, under its run's seed.
+
+    Args:
+        modules: the trained networks (as :func:`dropkit.lab.plan.models.build_model` builds
+            them), in the order of ``configs``; they are changed (their dropout swapped).
+        data: the data they trained on.
+        configs: their runs (one shape key).
+        device: where to measure.
+        log: receives one line per fallback.
+    """
+    say = log if log is not None else (lambda _line: None)
+    where = torch.device(device)
+    evaluation = Evaluation.of(configs[0].train)
+    if evaluation is None:
+        return [{} for _ in configs]
+    source = _Built(list(modules))
+    runs = _prepare(source, data, configs, where)
+    shared = _integer_inputs(_Shared.of(data, runs, where), runs, say)
+    together: dict[tuple[Any, ...], list[_Run]] = {}
+    alone: list[_Run] = []
+    for run in runs:
+        (alone if run.reasons else together.setdefault(run.signature, [])).append(run)
+    infos: dict[int, dict[str, float]] = {}
+    for members in together.values():
+        params, buffers = stack_module_state([run.module for run in members])
+        template = copy.deepcopy(members[0].module).to("meta")
+        aliases = tuple((n, c) for n, c in members[0].canonical.items() if n != c)
+        net = _Net(template, _Head.of(data), True, aliases)
+        state = _State(params, buffers)
+        probe = _RunRows.of(members[:1])
+        x = _inputs(shared, probe.fit[:, : min(2, probe.n_fit)])
+        if _vmap_failure(net, _State(params, {k: v.clone() for k, v in buffers.items()}), x):
+            alone.extend(members)
+            continue
+        measured = _measure(net, state, members, shared, _RunRows.of(members), evaluation)
+        for run, info in zip(members, measured, strict=True):
+            infos[run.index] = info
+    for run in alone:
+        params, buffers = stack_module_state([run.module])
+        template = copy.deepcopy(run.module).to("meta")
+        aliases = tuple((n, c) for n, c in run.canonical.items() if n != c)
+        net = _Net(template, _Head.of(data), False, aliases)
+        with _seeded(run.config.seed, where):
+            infos[run.index] = _measure(
+                net, _State(params, buffers), [run], shared, _RunRows.of([run]), evaluation
+            )[0]
+    return [infos[i] for i in range(len(runs))]
+
+
+class _Built:
+    """A :class:`ModelSource` that hands out given modules in order (one per config)."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.modules = iter(modules)
+
+    def build(self, p: float, seed: int) -> nn.Module:
+        return next(self.modules)
 
 
 def train_custom(
