@@ -391,12 +391,13 @@ def _measure(
         module = build_model(config, data)
         module.load_state_dict(state)
         modules.append(module)
-    # the built models carry their own input dropout: no second one around them
+    # The built models take flat rows (they reshape them themselves) and carry their own
+    # input dropout: no second one around them.
+    flat = replace(data, input_shape=None)
     plain = [replace(c, input_p=0.0) for c in configs]
-    for entry, measured in zip(
-        info, measure_modules(modules, data, plain, device=device, log=log), strict=True
-    ):
-        entry.update(measured)
+    measured = measure_modules(modules, flat, plain, device=device, log=log)
+    for entry, values in zip(info, measured, strict=True):
+        entry.update(values)
 
 
 def _place(
