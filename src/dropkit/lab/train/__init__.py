@@ -14,7 +14,10 @@
   attention, Transformer, Hugging Face, LSTM/GRU/RNN and embedding modules rewritten as
   batchable twins of themselves (the same weights and outputs, counter-based dropout) for the
   vmapped trainer;
-- :mod:`~dropkit.lab.train.threads`: one thread or torch's, chosen by timing the steps.
+- :mod:`~dropkit.lab.train.threads`: one thread or torch's, chosen by timing the steps;
+- :mod:`~dropkit.lab.train.predictive`: what a trained run predicts, measured (``TrainSpec.
+  evaluate``): the deterministic network and Monte Carlo dropout's calibration, batched over
+  runs and samples.
 
 It imports the plan and dropkit's core; it never imports the store, the runner, the results,
 rich or the CLI. Trainers return :class:`~dropkit.lab.plan.records.RunRecord` values; writing

@@ -264,7 +264,7 @@ def _measure_split(
                 _add_classification(sums, mean_p, y, binary, split.bins)
                 entropy = _entropy(mean_p)
                 sums.entropy += entropy.sum(-1)
-                sums.mi += (entropy - _entropy(p).mean(1)).sum(-1)
+                sums.mi += (entropy - _entropy(p).mean(1)).clamp_min(0.0).sum(-1)
             else:
                 values = out[..., 0].double()  # (R, T, n)
                 mean = values.mean(1)
