@@ -1,7 +1,8 @@
 """What the stored runs say: the last stage of the lab's pipeline; it reads the store only.
 
-``significance → summary → diagnosis → analysis → plots → tables → report → experiment``:
-the tests over seeds, the groups and the best group, the rules of the diagnosis, one
+``significance → calibration_metrics → summary → calibration_stats → diagnosis → analysis →
+plots → tables → report → experiment``: the tests over seeds, the calibration metrics' names,
+the groups and the best group, the groups' calibration, the rules of the diagnosis, one
 analysis per experiment of a store, its figures, its tables, the HTML report and the
 :class:`~dropkit.lab.results.experiment.Experiment` a lab call returns. It never imports the
 trainers or the runner: a report can be rebuilt from any store without training.
@@ -17,6 +18,12 @@ This namespace gathers the statistics and the diagnosis, each module readable al
   (:func:`summarize`, :class:`ArmSummary`, :func:`compare`), the best group by the tie rule
   :data:`CHOICE_RULE` (:func:`best_rate`) and the epochs to converge
   (:func:`epochs_to_converge`);
+- :mod:`dropkit.lab.results.calibration_metrics`: the calibration metrics a run records in its
+  ``info`` (per mode: deterministic, MC dropout), their ranges and the names ``choose_by``
+  takes (:func:`check_choose_by`);
+- :mod:`dropkit.lab.results.calibration_stats`: each group's calibration over seeds, its tests
+  against the baseline and of MC dropout against the deterministic network, and its pooled
+  reliability bins (:func:`summarize_calibration`, :class:`CalibrationSummary`);
 - :mod:`dropkit.lab.results.diagnosis`: what to change, one function per rule (:func:`diagnose`,
   :class:`Diagnosis`, :class:`Thresholds`).
 
@@ -26,6 +33,13 @@ This namespace gathers the statistics and the diagnosis, each module readable al
 
 from __future__ import annotations
 
+from dropkit.lab.results.calibration_metrics import check_choose_by, choose_by_names
+from dropkit.lab.results.calibration_stats import (
+    CalibrationSummary,
+    MetricStats,
+    PooledBins,
+    summarize_calibration,
+)
 from dropkit.lab.results.diagnosis import RULES, Diagnosis, Rule, Thresholds, diagnose
 from dropkit.lab.results.significance import (
     ALPHA,
@@ -61,12 +75,17 @@ __all__ = [
     "RULES",
     "ArmSummary",
     "BestRate",
+    "CalibrationSummary",
     "Comparison",
     "Diagnosis",
     "Finding",
+    "MetricStats",
+    "PooledBins",
     "Rule",
     "Thresholds",
     "best_rate",
+    "check_choose_by",
+    "choose_by_names",
     "compare",
     "detectable_difference",
     "diagnose",
@@ -78,6 +97,7 @@ __all__ = [
     "paired",
     "seeds_needed",
     "summarize",
+    "summarize_calibration",
     "welch",
 ]
 

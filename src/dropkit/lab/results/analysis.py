@@ -30,6 +30,7 @@ from dropkit.lab.results import (
     group_runs,
     summarize,
 )
+from dropkit.lab.results.calibration_stats import CalibrationSummary, summarize_calibration
 from dropkit.lab.store import ResultsStore, StoredRun
 
 __all__ = ["Analysis", "analyze", "experiment_title", "experiment_titles"]
@@ -37,7 +38,12 @@ __all__ = ["Analysis", "analyze", "experiment_title", "experiment_titles"]
 
 @dataclass(frozen=True)
 class Analysis:
-    """Runs that share data, model and training settings, with their statistics."""
+    """Runs that share data, model and training settings, with their statistics.
+
+    ``calibration``: each group's calibration metrics over seeds, the baseline first
+    (:func:`~dropkit.lab.results.calibration_stats.summarize_calibration`); empty when no run
+    recorded them.
+    """
 
     title: str
     runs: tuple[StoredRun, ...]
@@ -46,6 +52,7 @@ class Analysis:
     findings: tuple[Diagnosis, ...]
     best: BestRate | None
     curves: dict[str, dict[str, NDArray[np.float64]]]
+    calibration: tuple[CalibrationSummary, ...] = ()
 
     @property
     def task(self) -> str:
@@ -56,14 +63,19 @@ class Analysis:
         """JSON-ready summary rows, findings and the best group (``name``, ``arm``, ``p``,
         ``evidence``, ``chosen_on``: ``"validation"`` or ``"test"``, ``choice``: the line that
         names the split and the rule, ``top``, ``tied``, ``rule``, ``held_out``,
-        ``provisional``: see :class:`~dropkit.lab.results.summary.BestRate`)."""
-        return {
+        ``provisional``: see :class:`~dropkit.lab.results.summary.BestRate`) and, when
+        the runs recorded calibration metrics, ``calibration``: one
+        :meth:`~dropkit.lab.results.calibration_stats.CalibrationSummary.to_dict` per group."""
+        result: dict[str, Any] = {
             "experiment": self.title,
             "runs": len(self.runs),
             "summary": [s.to_dict() for s in self.summaries],
             "findings": [f.to_dict() for f in self.findings],
             "best": None if self.best is None else self.best.to_dict(),
         }
+        if self.calibration:
+            result["calibration"] = [c.to_dict() for c in self.calibration]
+        return result
 
 
 def experiment_title(config: RunConfig) -> str:
@@ -158,11 +170,18 @@ def analyze(
     keys: Sequence[str] | None = None,
     *,
     thresholds: Thresholds | None = None,
+    choose_by: str = "score",
 ) -> list[Analysis]:
     """The stored runs (all, or ``keys``) split into experiments, summarized and diagnosed.
 
     Titles are distinct among all the store's experiments (:func:`experiment_titles`), also
-    when ``keys`` selects some of them.
+    when ``keys`` selects some of them. ``choose_by``: what chooses each experiment's best
+    group (:func:`~dropkit.lab.results.summary.best_rate`): ``"score"`` (accuracy or R²) or
+    a calibration metric such as ``"nll"`` or ``"mc_ece"``.
+
+    Raises:
+        ValueError: an unknown ``choose_by``, or a calibration metric an experiment's runs did
+            not record.
     """
     runs = store.runs(None if keys is None else list(keys))
     by_shape: dict[str, list[StoredRun]] = {}
@@ -175,6 +194,10 @@ def analyze(
         members = by_shape[shape_key]
         curves = {r.key: store.curves(r.key) for r in members}
         summaries = summarize(members, curves)
+        train = members[0].config.train
+        calibration = summarize_calibration(
+            summaries, mc_samples=train.mc_samples if train.monte_carlo else None
+        )
         experiments.append(
             Analysis(
                 title=titles.get(shape_key) or experiment_title(members[0].config),
@@ -182,8 +205,9 @@ def analyze(
                 groups=tuple((label, tuple(rs)) for label, rs in group_runs(members)),
                 summaries=tuple(summaries),
                 findings=tuple(diagnose(summaries, thresholds)),
-                best=best_rate(summaries),
+                best=best_rate(summaries, choose_by),
                 curves=curves,
+                calibration=tuple(calibration),
             )
         )
     return experiments

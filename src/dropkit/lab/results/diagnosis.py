@@ -45,6 +45,15 @@ The rules (ids), in the order they run:
   ``1 - late_fraction`` of their epochs: train longer.
 - ``bn_order`` (:func:`check_bn_order`): dropout after batch norm against dropout before it,
   at the same rate, paired by seed on the choosing split.
+- ``mc_calibration`` / ``calibration_vs_baseline`` (:func:`check_calibration`), only when the
+  runs recorded calibration metrics (:mod:`dropkit.lab.results.calibration_stats`), on the
+  test rows, from the paired tests over seeds (Holm-adjusted over the groups): what Monte Carlo
+  dropout changes against the deterministic network in each group (accuracy, NLL, Brier, ECE;
+  regression RMSE, Gaussian NLL, 90% coverage), and how each group's NLL, Brier and ECE (RMSE,
+  NLL, coverage) compare with the baseline's, per mode. A difference is stated with its two
+  means and its test when significant; the others are named as "no measurable difference",
+  with their p-values. Nothing is said of a group whose two modes agree on every seed (no
+  dropout at test time).
 """
 
 from __future__ import annotations
@@ -54,7 +63,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from dropkit.lab.results.significance import ALPHA, MIN_SEEDS_FOR_CLAIM
+from dropkit.lab.results.calibration_metrics import COMPARED, MODE_NAMES, calibration_metric
+from dropkit.lab.results.calibration_stats import CalibrationSummary, summarize_calibration
+from dropkit.lab.results.significance import ALPHA, MIN_SEEDS_FOR_CLAIM, Comparison
 from dropkit.lab.results.summary import (
     CONVERGE_TOL,
     ArmSummary,
@@ -72,6 +83,7 @@ __all__ = [
     "Thresholds",
     "check_baseline_gap",
     "check_bn_order",
+    "check_calibration",
     "check_capacity",
     "check_diverged",
     "check_more_epochs",
@@ -603,6 +615,158 @@ def check_bn_order(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagn
     return findings
 
 
+def _p_text(c: Comparison) -> str:
+    """``"paired t-test p=0.003, Holm-adjusted p=0.009, 10 seeds"``."""
+    text = f"{c.test_name} p={c.p_value:.2g}"
+    if math.isfinite(c.p_adjusted) and c.p_adjusted != c.p_value:
+        text += f", Holm-adjusted p={c.p_adjusted:.2g}"
+    return f"{text}, {c.n} seeds"
+
+
+def _unmeasured(items: Sequence[str]) -> str:
+    return f"no measurable difference in {', '.join(items)}" if items else ""
+
+
+# What MC dropout changes: accuracy besides the calibration metrics of COMPARED.
+_MODE_METRICS = {
+    "classification": ("acc", *COMPARED["classification"]),
+    "regression": COMPARED["regression"],
+}
+
+
+def _spec(task: str) -> str:
+    """How a calibration number reads: 3 decimals, or 4 significant digits for regression's
+    (in the target's units)."""
+    return ".4g" if task == "regression" else ".3f"
+
+
+def _mode_statements(group: CalibrationSummary) -> tuple[list[str], dict[str, float]]:
+    """MC dropout against the deterministic network in one group: the significant changes,
+    then the rest as no measurable difference; nothing when every seed agrees exactly."""
+    spec = _spec(group.task)
+    tests = {m: group.mc_vs_det[m] for m in _MODE_METRICS[group.task] if m in group.mc_vs_det}
+    if not tests or all(c.test == "sign" and c.difference == 0 for c in tests.values()):
+        return [], {}
+    changed: list[str] = []
+    unmeasured: list[str] = []
+    numbers: dict[str, float] = {}
+    for name, c in tests.items():
+        label = calibration_metric(group.task, name).label
+        det, mc = group.stats("det", name), group.stats("mc", name)
+        assert det is not None  # a comparison needs both modes
+        assert mc is not None
+        numbers |= {
+            f"{group.name}: det_{name}": det.mean,
+            f"{group.name}: mc_{name}": mc.mean,
+            f"{group.name}: {name} p_adjusted": c.p_adjusted,
+        }
+        if c.significant:
+            verb = "lowers" if mc.mean < det.mean else "raises"
+            changed.append(
+                f"MC dropout {verb} {label} from {det.mean:{spec}} to {mc.mean:{spec}} "
+                f"({_p_text(c)})"
+            )
+        elif math.isfinite(c.p_value):
+            unmeasured.append(
+                f"{label} ({det.mean:{spec}} vs {mc.mean:{spec}}, p={c.p_adjusted:.2g})"
+            )
+        else:
+            unmeasured.append(
+                f"{label} ({det.mean:{spec}} vs {mc.mean:{spec}}, too few seeds to test)"
+            )
+    parts = [*changed, *([_unmeasured(unmeasured)] if unmeasured else [])]
+    return [f"{group.name}: {', '.join(parts)}"], numbers
+
+
+def _baseline_statements(
+    group: CalibrationSummary, base: CalibrationSummary
+) -> tuple[list[str], dict[str, float]]:
+    """One group's calibration against the baseline's, per mode: the significant differences,
+    then the rest as no measurable difference."""
+    spec = _spec(group.task)
+    statements: list[str] = []
+    numbers: dict[str, float] = {}
+    for mode in group.modes:
+        changed, unmeasured = [], []
+        for name in COMPARED[group.task]:
+            ours, theirs = group.stats(mode, name), base.stats(mode, name)
+            if ours is None or theirs is None or ours.vs_baseline is None:
+                continue
+            c = ours.vs_baseline
+            label = calibration_metric(group.task, name).label
+            numbers |= {
+                f"{group.name}: {mode}_{name}": ours.mean,
+                f"{base.name}: {mode}_{name}": theirs.mean,
+                f"{group.name}: {mode}_{name} p_adjusted": c.p_adjusted,
+            }
+            if c.significant:
+                relation = "lower" if c.difference < 0 else "higher"
+                changed.append(
+                    f"{label} is {relation} than {base.name}'s: {ours.mean:{spec}} vs "
+                    f"{theirs.mean:{spec}} ({_p_text(c)})"
+                )
+            elif math.isfinite(c.p_value):
+                unmeasured.append(
+                    f"{label} ({ours.mean:{spec}} vs {theirs.mean:{spec}}, p={c.p_adjusted:.2g})"
+                )
+            else:
+                unmeasured.append(
+                    f"{label} ({ours.mean:{spec}} vs {theirs.mean:{spec}}, too few seeds to test)"
+                )
+        parts = [*changed, *([_unmeasured(unmeasured)] if unmeasured else [])]
+        if parts:
+            statements.append(f"{group.name}, {MODE_NAMES[mode]}: {', '.join(parts)}")
+    return statements, numbers
+
+
+def check_calibration(summaries: Sequence[ArmSummary], t: Thresholds) -> list[Diagnosis]:
+    """``mc_calibration``: what Monte Carlo dropout changes against the deterministic network,
+    per group with both modes; ``calibration_vs_baseline``: each group's calibration against
+    the baseline's, per mode. On the test rows, paired over seeds, Holm-adjusted over the
+    groups (:func:`~dropkit.lab.results.calibration_stats.summarize_calibration`); nothing
+    without calibration metrics."""
+    groups = summarize_calibration(summaries)
+    if not groups:
+        return []
+    findings = []
+    mode_parts: list[str] = []
+    mode_numbers: dict[str, float] = {}
+    for group in groups:
+        statements, numbers = _mode_statements(group)
+        mode_parts += statements
+        mode_numbers |= numbers
+    if mode_parts:
+        findings.append(
+            Diagnosis(
+                "mc_calibration",
+                "info",
+                "Monte Carlo dropout against the deterministic network (dropout off) on the "
+                "test set, paired over seeds, Holm-adjusted over the groups: "
+                + "; ".join(mode_parts),
+                mode_numbers,
+            )
+        )
+    base = groups[0]
+    if base.is_baseline:
+        base_parts: list[str] = []
+        base_numbers: dict[str, float] = {}
+        for group in groups[1:]:
+            statements, numbers = _baseline_statements(group, base)
+            base_parts += statements
+            base_numbers |= numbers
+        if base_parts:
+            findings.append(
+                Diagnosis(
+                    "calibration_vs_baseline",
+                    "info",
+                    f"calibration against the baseline ({base.name}) on the test set, paired "
+                    "over seeds, Holm-adjusted over the groups: " + "; ".join(base_parts),
+                    base_numbers,
+                )
+            )
+    return findings
+
+
 RULES: tuple[Rule, ...] = (
     check_diverged,
     check_seeds,
@@ -613,6 +777,7 @@ RULES: tuple[Rule, ...] = (
     check_more_epochs,
     check_not_converged,
     check_bn_order,
+    check_calibration,
 )
 """The rules :func:`diagnose` runs, in the order their findings are reported."""
 
@@ -625,8 +790,9 @@ def diagnose(
     Rules (ids): ``diverged``, ``one_seed`` / ``few_seeds``, ``large_gap`` (the baseline
     overfits), ``capacity`` (small gap, low train score, nothing helps), ``rate_curve`` /
     ``single_rate`` (where the score peaks over the rates tried), ``no_convergence``,
-    ``more_epochs``, ``not_converged``, ``bn_order``. See the module docstring for each rule's
-    measure, threshold and order.
+    ``more_epochs``, ``not_converged``, ``bn_order``, ``mc_calibration`` /
+    ``calibration_vs_baseline``. See the module docstring for each rule's measure, threshold
+    and order.
     """
     t = thresholds or Thresholds()
     if not summaries:

@@ -159,6 +159,24 @@ class Experiment:
         return self._analysis.findings
 
     @property
+    def calibration(self) -> list[dict[str, Any]]:
+        """Each group's calibration on the test set (the baseline first), when the runs were
+        trained with ``evaluate`` set (empty otherwise): ``name``, ``modes`` (``"det"``,
+        ``"mc"``), ``test`` and ``validation`` (``{mode: {metric: {mean, ci95, n,
+        vs_baseline}}}``; metrics ``acc``, ``nll``, ``brier``, ``ece``, ``mi``, ``entropy``,
+        or for regression ``rmse``, ``nll``, ``cover90``, ``sd``), ``mc_vs_det`` (``{metric:
+        comparison}``: MC dropout − deterministic, paired by seed) and ``bins`` (the
+        reliability bins pooled over seeds). See docs/report.md for the definitions."""
+        return [c.to_dict() for c in self._analysis.calibration]
+
+    def calibration_tables(self) -> list[Table]:
+        """The calibration tables, one per evaluation mode (empty when the runs recorded no
+        calibration metrics): :func:`~dropkit.lab.results.tables.calibration_tables`."""
+        from dropkit.lab.results.tables import calibration_tables
+
+        return calibration_tables(self._analysis.calibration)
+
+    @property
     def runs(self) -> tuple[StoredRun, ...]:
         """The stored runs, each with its config, final metrics and key."""
         return self._analysis.runs
@@ -274,7 +292,8 @@ class Experiment:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the settings, data notes, the analysis (``experiment``, ``runs``,
-        ``summary``, ``findings``, ``best``), the comparisons and the store's path."""
+        ``summary``, ``findings``, ``best`` and, when the runs recorded calibration metrics,
+        ``calibration``), the comparisons and the store's path."""
         return {
             "command": self.command,
             **self.settings,
@@ -310,10 +329,11 @@ class Experiment:
             f"<li>{html.escape(f.severity)} [{html.escape(f.rule)}]: {html.escape(f.message)}</li>"
             for f in self.findings
         )
+        calibration = "".join(to_html(t) for t in self.calibration_tables())
         return (
             f"<div><p>{html.escape(self.title)} · {len(self.runs)} runs · store "
             f"<code>{html.escape(self.store.name)}</code></p>{to_html(choice)}{best}"
-            f"{''.join(to_html(t) for t in after)}"
+            f"{''.join(to_html(t) for t in after)}{calibration}"
             f"{f'<ul>{findings}</ul>' if findings else ''}</div>"
         )
 

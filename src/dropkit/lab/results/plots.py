@@ -22,6 +22,8 @@ from numpy.typing import NDArray
 
 from dropkit.lab.plan.records import CURVE_METRICS
 from dropkit.lab.results import ArmSummary
+from dropkit.lab.results.calibration_metrics import MODE_NAMES, N_BINS
+from dropkit.lab.results.calibration_stats import PooledBins
 from dropkit.lab.results.summary import chosen_on, loss_name, score_name
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "metric_title",
     "png_bytes",
     "rate_figure",
+    "reliability_figure",
     "save_png",
     "stack_curves",
     "uncertainty_figure",
@@ -353,6 +356,59 @@ def _regression_arm_figure(summaries: Sequence[ArmSummary], count: int, title: s
     for axis in (left, right):
         axis.grid(alpha=0.3, axis="x")
         axis.legend(fontsize=8, loc="best")
+    figure.suptitle(title)
+    return figure
+
+
+_MODE_COLORS = {"det": "tab:blue", "mc": "tab:orange"}
+
+
+def reliability_figure(
+    panels: Sequence[tuple[str, Mapping[str, PooledBins]]], *, title: str
+) -> Figure:
+    """Reliability diagrams (Guo et al. 2017), one column per group: above, each of the
+    :data:`~dropkit.lab.results.calibration_metrics.N_BINS` equal-width confidence bins' share
+    of correct rows (bars; deterministic and MC dropout side by side) against the diagonal of
+    perfect calibration; below, the share of the rows in each bin. Bins are pooled over the
+    group's seeds; a panel's title gives each mode's ECE of the pooled rows."""
+    columns = max(1, len(panels))
+    figure, axes = _figure(
+        2,
+        columns,
+        figsize=(4.6 * columns, 5.6),
+        squeeze=False,
+        constrained_layout=True,
+        gridspec_kw={"height_ratios": [3, 1]},
+        sharex=True,
+    )
+    width = 1.0 / N_BINS
+    centers = (np.arange(N_BINS) + 0.5) * width
+    for column, (label, bins) in enumerate(panels):
+        top, bottom = axes[0, column], axes[1, column]
+        modes = [m for m in ("det", "mc") if m in bins]
+        bar = width / max(1, len(modes))
+        eces = []
+        for index, mode in enumerate(modes):
+            pooled = bins[mode]
+            offset = (index - (len(modes) - 1) / 2) * bar
+            accuracy = np.nan_to_num(np.asarray(pooled.accuracy, dtype=np.float64), nan=0.0)
+            counts = np.asarray(pooled.counts, dtype=np.float64)
+            share = counts / counts.sum() if counts.sum() > 0 else counts
+            color = _MODE_COLORS[mode]
+            top.bar(centers + offset, accuracy, width=bar, color=color, alpha=0.8,
+                    edgecolor="white", lw=0.4, label=MODE_NAMES[mode])  # fmt: skip
+            bottom.bar(centers + offset, share, width=bar, color=color, alpha=0.8)
+            eces.append(f"{'MC' if mode == 'mc' else 'det'} {pooled.ece:.3f}")
+        top.plot([0, 1], [0, 1], "--", color="gray", lw=1, label="perfect calibration")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_title(f"{label}\nECE {', '.join(eces)}" if eces else label)
+        top.set_ylabel("accuracy in the bin")
+        top.grid(alpha=0.3)
+        top.legend(fontsize=8, loc="upper left")
+        bottom.set_xlabel("confidence (top-label probability)")
+        bottom.set_ylabel("share of rows")
+        bottom.grid(alpha=0.3)
     figure.suptitle(title)
     return figure
 

@@ -14,6 +14,12 @@ rebuilt with :func:`dropkit.lab.plan.models.build_model`.
 The page speaks each experiment's task: accuracy and cross-entropy for classification; R², MSE,
 and the test RMSE and MAE for regression. Each experiment's best group names the split that
 chose it (validation when every group has a validation score, else the test set).
+
+When the runs recorded calibration metrics (``TrainSpec.evaluate``), each experiment has a
+Calibration section: a table per evaluation mode (:func:`~dropkit.lab.results.tables.
+calibration_tables`) and, for classification, the reliability diagrams of the chosen group and
+the baseline, their bins pooled over seeds; the methods section then defines the metrics. A page
+of runs without them is byte for byte what it was before they existed.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dropkit.lab.results import (
     plots,
 )
 from dropkit.lab.results.analysis import Analysis, analyze
+from dropkit.lab.results.calibration_metrics import MODE_NAMES
 from dropkit.lab.results.significance import ALPHA, MIN_SEEDS_FOR_CLAIM
 from dropkit.lab.results.summary import (
     BestRate,
@@ -45,7 +52,13 @@ from dropkit.lab.results.summary import (
     seed_curves,
     selection_score,
 )
-from dropkit.lab.results.tables import after_choice_table, interval_text, number, to_html
+from dropkit.lab.results.tables import (
+    after_choice_table,
+    calibration_tables,
+    interval_text,
+    number,
+    to_html,
+)
 from dropkit.lab.store import ResultsStore, StoredRun
 
 __all__ = ["render", "write_report"]
@@ -281,6 +294,56 @@ def _curve_groups(
     return result, note
 
 
+# -- calibration -------------------------------------------------------------------------------
+
+
+def _calibration_section(experiment: Analysis) -> str:
+    """The calibration tables and, for classification, the reliability diagrams of the chosen
+    group and the baseline (empty when the runs recorded no calibration metrics)."""
+    calibration = experiment.calibration
+    if not calibration:
+        return ""
+    tables = calibration_tables(calibration)
+    modes = sorted({m for g in calibration for m in g.modes}, key=list(MODE_NAMES).index)
+    described = " and ".join(MODE_NAMES[m] for m in modes)
+    samples = next((g.mc_samples for g in calibration if g.mc_samples), None)
+    if samples and "mc" in modes:
+        described += f" (the mean of {samples} stochastic passes)"
+    regression = calibration[0].task == "regression"
+    what = (
+        "RMSE, Gaussian NLL and the share of targets inside the central 90% interval"
+        if regression
+        else "accuracy, NLL, Brier score and ECE (15 equal-width bins)"
+    )
+    parts = [
+        "<h3>Calibration</h3>",
+        f"<p class=note>{_e(what.capitalize())} on the test set, {_e(described)}: mean over "
+        "seeds with the 95% t-interval; each group against the baseline and, with both modes, "
+        "MC dropout against the deterministic network, paired over seeds (Holm-adjusted over "
+        "the groups). See the methods below for the definitions.</p>",
+    ]
+    parts += [f"<h3>{_e(t.title)}</h3><div class=scroll>{to_html(t)}</div>" for t in tables]
+    if regression:
+        return "".join(parts)
+    by_name = {g.name: g for g in calibration}
+    names = [calibration[0].name]
+    if experiment.best is not None and experiment.best.summary.name not in names:
+        names.insert(0, experiment.best.summary.name)
+    panels = [(name, by_name[name].bins) for name in names if by_name[name].bins]
+    if panels:
+        chosen = "the chosen group and the baseline" if len(panels) > 1 else "this group"
+        parts.append(
+            _image(
+                plots.reliability_figure(panels, title="reliability on the test set"),
+                "reliability diagram",
+                f"Reliability diagrams of {chosen}, the bins pooled over the seeds: each "
+                "confidence bin's share of correct rows (bars) against the diagonal of perfect "
+                "calibration, and the share of the rows in each bin below.",
+            )
+        )
+    return "".join(parts)
+
+
 # -- 2-D pictures: decision boundaries and MC-dropout uncertainty --------------------------------
 
 
@@ -502,6 +565,7 @@ def _experiment_section(store: ResultsStore, experiment: Analysis, index: int) -
         _after_choice(experiment),
         "<h3>Comparisons with the baseline</h3>",
         _comparison_table(summaries),
+        _calibration_section(experiment),
     ]
     split = "validation" if chosen_on(summaries) == "validation" else "test"
     if len(summaries) > 1:
@@ -564,11 +628,14 @@ def _seed_text(seeds: Sequence[int]) -> str:
 
 
 def _methods(
-    thresholds: Thresholds, tasks: Sequence[str] = ("classification",), folds: bool = False
+    thresholds: Thresholds,
+    tasks: Sequence[str] = ("classification",),
+    folds: bool = False,
+    calibration: bool = False,
 ) -> str:
     """The page's methods section; ``tasks`` are the experiments' tasks (the wording of a page
     of classification experiments alone speaks of accuracy only), ``folds`` whether one of
-    them cross-validates."""
+    them cross-validates, ``calibration`` whether one recorded calibration metrics."""
     t = thresholds
     kinds = set(tasks) or {"classification"}
     group = "A <b>group</b> is a set of runs identical except for their seed" + (
@@ -644,8 +711,30 @@ def _methods(
         f"no measurable difference); a group {t.underfit_drop:g} below a fitting baseline's "
         f"train {score} without a better score fails to train; dropout's convergence is "
         f"reported from {t.slower_ratio:g}× the baseline's epochs; converging in the last "
-        f"{1 - t.late_fraction:.0%} of the epochs means still improving.</li></ul></div>"
+        f"{1 - t.late_fraction:.0%} of the epochs means still improving.</li>"
+        + (_CALIBRATION_METHODS if calibration else "")
+        + "</ul></div>"
     )
+
+
+_CALIBRATION_METHODS = (
+    "<li><b>Calibration</b> (runs trained with <code>evaluate</code> set), on the test rows, "
+    "for the network with dropout off (<i>deterministic</i>) and for <i>MC dropout</i> (the "
+    "mean of T stochastic passes with dropout on; Gal &amp; Ghahramani 2016). NLL: the mean "
+    "of −log p(true class) (regression: the Gaussian NLL of N(μ, s²), s² the noise variance, "
+    "the deterministic network's mean squared residual on its fitting rows, plus the MC "
+    "variance for MC dropout; Lakshminarayanan et al. 2017). Brier: the mean over rows of "
+    "Σ<sub>k</sub>(p<sub>k</sub> − 1[y = k])² (Brier 1950), on binary data (p<sub>1</sub> − "
+    "y)² as scikit-learn. ECE: Σ<sub>b</sub> (n<sub>b</sub>/N)·|acc<sub>b</sub> − "
+    "conf<sub>b</sub>| over 15 equal-width bins of the top-label confidence (Naeini et al. "
+    "2015; Guo et al. 2017); the reliability diagrams pool the bins over the seeds. MI: the "
+    "mutual information H[mean p] − mean H[p] over the passes (BALD; Houlsby et al. 2011). "
+    "90% coverage: the share of targets inside μ ± 1.645 s. Each group is compared with the "
+    "baseline, and MC dropout with the deterministic network, by the paired t-test over seeds "
+    "(the sign test when every difference is the same), Holm-adjusted over the groups. The "
+    "best group can be chosen on one of them (<code>choose_by</code>), lower being better, "
+    "by the same tie rule.</li>"
+)
 
 
 def render(
@@ -692,7 +781,8 @@ def render(
         body += [_experiment_section(store, e, i) for i, e in enumerate(experiments)]
         tasks = sorted({e.runs[0].config.data.task for e in experiments})
         folds = any(e.runs[0].config.data.folds for e in experiments)
-        body.append(_methods(thresholds or Thresholds(), tasks, folds))
+        calibration = any(e.calibration for e in experiments)
+        body.append(_methods(thresholds or Thresholds(), tasks, folds, calibration))
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
@@ -721,7 +811,8 @@ def write_report(
     score when there is one, test RMSE and MAE for regression, loss, train–test gap, epochs to
     converge, stop epoch), comparisons with the baseline (raw and Holm-adjusted p), the arm
     comparison chart, rate vs score with error bars (when several rates), learning curves and,
-    for two-feature classification data, decision boundaries and an MC-dropout uncertainty map.
+    for two-feature classification data, decision boundaries and an MC-dropout uncertainty map;
+    when the runs recorded calibration metrics, the calibration tables and reliability diagrams.
 
     Returns:
         ``out_path`` (its folder is created).

@@ -59,6 +59,14 @@ from numpy.typing import NDArray
 
 from dropkit.lab.plan.arms import entry_regularizer
 from dropkit.lab.plan.config import RunConfig
+from dropkit.lab.results.calibration_metrics import (
+    BINARY_DATASETS,
+    MODE_NAMES,
+    calibration_metric,
+    info_key,
+    metric_bounds,
+    parse_choose_by,
+)
 from dropkit.lab.results.significance import (
     ALPHA,
     MIN_SEEDS_FOR_CLAIM,
@@ -390,6 +398,8 @@ class ArmSummary:
     keys: tuple[str, ...] = field(default=(), repr=False)
     test_scores: tuple[float, ...] = field(default=(), repr=False)
     val_scores: tuple[float, ...] = field(default=(), repr=False)
+    seed_infos: tuple[dict[str, float], ...] = field(default=(), repr=False, compare=False)
+    binary: bool = field(default=False, repr=False, compare=False)
 
     @property
     def n_valid(self) -> int:
@@ -417,13 +427,21 @@ class ArmSummary:
         """The mean train − ``on`` score gap (``on``: ``"validation"`` or ``"test"``)."""
         return self.val_gap_mean if on == "validation" else self.gap_mean
 
+    def info_values(self, key: str) -> tuple[float, ...]:
+        """The per-seed values of ``info[key]`` (a seed's folds averaged), aligned with
+        :attr:`seeds`; NaN for a diverged seed or one without ``key``."""
+        return tuple(
+            math.nan if math.isnan(score) else info.get(key, math.nan)
+            for score, info in zip(self.test_scores, self.seed_infos, strict=True)
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None; ``vs_baseline`` gains ``significant``; ``score_name``
         is added. For regression the score keys say what they hold: ``train_r2_mean``,
         ``test_r2_mean``, ``test_r2_ci95``, ``val_r2_mean`` ... instead of ``*_acc_*`` (beside
         ``test_rmse_*``, ``test_mae_*``, ``val_rmse_*``, ``val_mae_*``)."""
         data = asdict(self)
-        for name in ("keys", "test_scores", "val_scores"):
+        for name in ("keys", "test_scores", "val_scores", "seed_infos", "binary"):
             del data[name]
         data["score_name"] = self.score_name
         if self.task == "regression":
@@ -539,6 +557,8 @@ def _summary(
             for o, info in zip(observations, all_infos, strict=True)
         ),
         keys=tuple(r.key for r in members),
+        seed_infos=tuple(all_infos),
+        binary=first.data.name in BINARY_DATASETS,
     )
 
 
@@ -569,7 +589,7 @@ def compare(
     """
     group, baseline = seed_runs(group), seed_runs(baseline)
     shapes = {r.config.shape_key() for r in group}
-    result = _seed_test(
+    result = seed_test(
         [(r.config.seed, _score_on(r, on)) for r in group],
         [(r.config.seed, _score_on(r, on)) for r in baseline],
         baseline_name,
@@ -578,7 +598,7 @@ def compare(
     return replace(result, compared_on=on)
 
 
-def _seed_test(
+def seed_test(
     a: Sequence[tuple[int, float]],
     b: Sequence[tuple[int, float]],
     name: str,
@@ -596,20 +616,143 @@ def _seed_test(
     return welch([v for _, v in a], [v for _, v in b], name)
 
 
+@dataclass(frozen=True)
+class Criterion:
+    """What :func:`best_rate` ranks the groups by (:func:`criterion` resolves a name).
+
+    Attributes:
+        name: the ``choose_by`` name, resolved: ``"score"``, ``"mc_nll"``, ``"det_ece"`` ...,
+            or ``"rmse"`` (regression runs without calibration metrics: their plain RMSE).
+        key: the ``info`` key of its test value (``"mc_nll"``, ``"test_rmse"``); ``""``
+            for the task's score.
+        validation_key: the ``info`` key of its validation value (``"val_mc_nll"``).
+        label: its name in a sentence (``"NLL (MC dropout)"``); ``""`` for the score.
+        metric: the calibration metric's name (``"nll"``), for its range.
+        lower_is_better: True for the calibration metrics, False for the score.
+        spec: the format of its values in a sentence (``".3f"``; ``".4g"`` for regression's,
+            in the target's units).
+    """
+
+    name: str = "score"
+    key: str = ""
+    validation_key: str = ""
+    label: str = ""
+    metric: str = ""
+    lower_is_better: bool = False
+    spec: str = ".3f"
+
+    @property
+    def is_score(self) -> bool:
+        """Whether this is the task's score (accuracy or R², higher is better)."""
+        return not self.key
+
+    def words(self, summary: ArmSummary) -> str:
+        """Its name in a sentence: the label, or the task's score name."""
+        return summary.score_name if self.is_score else self.label
+
+    def bounds(self, summary: ArmSummary) -> tuple[float, float]:
+        """Its range for ``summary``'s data (:func:`score_range` for the score)."""
+        if self.is_score:
+            return score_range(summary.task)
+        metric = calibration_metric(summary.task, self.metric)
+        return metric_bounds(metric, summary.binary)
+
+    def values(self, summary: ArmSummary, on: str) -> tuple[float, ...]:
+        """The per-seed values on split ``on``, aligned with the group's seeds (NaN for a
+        diverged seed or one without it)."""
+        if self.is_score:
+            return summary.scores(on)
+        return summary.info_values(self.validation_key if on == "validation" else self.key)
+
+    def mean(self, summary: ArmSummary, on: str) -> float:
+        """The group's mean on split ``on`` (:func:`selection_score` for the score)."""
+        if self.is_score:
+            return selection_score(summary, on)
+        return mean_ci(self.values(summary, on))[0]
+
+    def interval(self, summary: ArmSummary, on: str) -> tuple[float, float]:
+        """The 95% interval of the group's mean on split ``on``, kept inside the range."""
+        if self.is_score:
+            return summary.val_acc_ci95 if on == "validation" else summary.test_acc_ci95
+        _, low, high = mean_ci(self.values(summary, on), bounds=self.bounds(summary))
+        return low, high
+
+    def rank(self, summary: ArmSummary, on: str) -> float:
+        """A sort key: the better the mean, the smaller (the mean, or minus it)."""
+        mean = self.mean(summary, on)
+        return mean if self.lower_is_better else -mean
+
+
+SCORE = Criterion()
+"""The default :class:`Criterion`: the task's score (accuracy or R²), higher is better."""
+
+
+def _records(summary: ArmSummary, key: str) -> bool:
+    """Whether every seed of the group recorded ``info[key]``."""
+    return bool(summary.seed_infos) and all(key in info for info in summary.seed_infos)
+
+
+def criterion(summaries: Sequence[ArmSummary], choose_by: str = "score") -> Criterion:
+    """The :class:`Criterion` a ``choose_by`` name stands for in these groups.
+
+    ``"score"``: the task's score. A calibration metric (``"nll"``, ``"brier"``, ``"ece"``;
+    for regression ``"nll"``, ``"rmse"``; lower is better) optionally prefixed with its mode
+    (``"det_"``: dropout off, ``"mc_"``: Monte Carlo dropout). Unprefixed, the mode is MC
+    dropout when every group (with a finite test score) recorded it, else the deterministic
+    one when every group did, else the mode some group recorded (the others are not ranked);
+    a group records a metric when every one of its seeds has it in ``info``. Regression runs
+    without calibration metrics are chosen by ``"rmse"`` on their plain RMSE.
+
+    Raises:
+        ValueError: an unknown name (the message lists the names the task takes), or a metric
+            no group recorded.
+    """
+    task = summaries[0].task if summaries else "classification"
+    mode, metric = parse_choose_by(choose_by, task)
+    if metric is None:
+        return SCORE
+    candidates = [s for s in summaries if math.isfinite(s.test_acc_mean)] or list(summaries)
+    modes = (mode,) if mode else ("mc", "det")
+    for every in (True, False):
+        for m in modes:
+            key = info_key(m, metric)
+            holders = [s for s in candidates if _records(s, key)]
+            if holders and (not every or len(holders) == len(candidates)):
+                return Criterion(
+                    f"{m}_{metric}",
+                    key,
+                    info_key(m, metric, "validation"),
+                    f"{calibration_metric(task, metric).label} ({MODE_NAMES[m]})",
+                    metric,
+                    lower_is_better=True,
+                    spec=".4g" if task == "regression" else ".3f",
+                )
+    if mode is None and metric == "rmse" and any(_records(s, "test_rmse") for s in candidates):
+        return Criterion("rmse", "test_rmse", "val_rmse", "RMSE", "rmse", True, ".4g")
+    wanted = f"{mode}_{metric}" if mode else f"det_{metric} or mc_{metric}"
+    raise ValueError(
+        f"`choose_by`={choose_by!r}: no group's runs recorded {wanted}; runs record calibration "
+        "metrics when trained with `evaluate` set ('deterministic', 'mc' or 'both')"
+    )
+
+
 def compare_scores(
     group: ArmSummary, other: ArmSummary, on: str, *, name: str | None = None
 ) -> Comparison:
     """``group``'s per-seed scores on split ``on`` against ``other``'s, from the summaries:
     paired by seed when both hold the same seeds (the groups of one experiment share data,
     model and training), else Welch's t-test; with its power figures (one comparison)."""
-    return with_power(_scores_test(group, other, on, other.name if name is None else name))
+    return with_power(_criterion_test(group, other, on, other.name if name is None else name))
 
 
-def _scores_test(group: ArmSummary, other: ArmSummary, on: str, name: str) -> Comparison:
-    """:func:`compare_scores` without the power figures (the tie rule reads p only)."""
-    result = _seed_test(
-        list(zip(group.seeds, group.scores(on), strict=True)),
-        list(zip(other.seeds, other.scores(on), strict=True)),
+def _criterion_test(
+    group: ArmSummary, other: ArmSummary, on: str, name: str, by: Criterion = SCORE
+) -> Comparison:
+    """``group``'s per-seed values of ``by`` on split ``on`` against ``other``'s, without the
+    power figures (the tie rule reads p only)."""
+    result = seed_test(
+        list(zip(group.seeds, by.values(group, on), strict=True)),
+        list(zip(other.seeds, by.values(other, on), strict=True)),
         name,
     )
     return replace(result, compared_on=on)
@@ -661,6 +804,19 @@ def selection_score(summary: ArmSummary, on: str) -> float:
     return summary.val_acc_mean if on == "validation" else summary.test_acc_mean
 
 
+def criterion_on(summaries: Sequence[ArmSummary], by: Criterion = SCORE) -> str:
+    """The split that chooses by ``by``: for the score :func:`chosen_on`; for a calibration
+    metric ``"validation"`` when every group with a finite test score and a test value of it
+    has a validation value too, else ``"test"``."""
+    if by.is_score:
+        return chosen_on(summaries)
+    candidates = [s for s in summaries if math.isfinite(s.test_acc_mean)]
+    ranked = [s for s in candidates if math.isfinite(by.mean(s, "test"))]
+    if ranked and all(math.isfinite(by.mean(s, "validation")) for s in ranked):
+        return "validation"
+    return "test"
+
+
 @dataclass(frozen=True)
 class BestRate:
     """The best group, how it was chosen, the groups tied with it, and its evidence.
@@ -684,6 +840,8 @@ class BestRate:
         provisional: fewer usable seeds than
             :data:`~dropkit.lab.results.significance.MIN_SEEDS_FOR_CLAIM` in the chosen group or the
             baseline: the answer is a pointer, not a claim.
+        choose_by: what the groups were ranked by (:func:`criterion`): ``"score"`` (the
+            task's accuracy or R²) or a calibration metric with its mode (``"mc_nll"``).
     """
 
     summary: ArmSummary
@@ -695,11 +853,13 @@ class BestRate:
     rule: str = ""
     held_out: Comparison | None = None
     provisional: bool = False
+    choose_by: str = "score"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: ``name`` (the group's label), ``arm``, ``p``, ``evidence``,
         ``chosen_on``, ``choice``, ``top``, ``tied``, ``rule``, ``held_out`` (a comparison or
-        None) and ``provisional``."""
+        None), ``provisional`` and, when the groups were not ranked by the score,
+        ``choose_by``."""
         held = None
         if self.held_out is not None:
             held = json_ready(asdict(self.held_out))
@@ -717,6 +877,8 @@ class BestRate:
             "held_out": held,
             "provisional": self.provisional,
         }
+        if self.choose_by != "score":
+            result["choose_by"] = self.choose_by
         return result
 
 
@@ -729,10 +891,26 @@ CHOICE_RULE = (
 """How :func:`best_rate` chooses, as the report and the CLI state it."""
 
 
-def _ci_text(interval: tuple[float, float], n_valid: int) -> str:
+def choice_rule(by: Criterion = SCORE) -> str:
+    """The choice rule in words for ``by``: :data:`CHOICE_RULE` for the score; for a metric
+    whose lower value is better, the same rule read from the lowest mean."""
+    if by.is_score:
+        return CHOICE_RULE
+    extreme, side, order = (
+        ("lowest", "above", "lower") if by.lower_is_better else ("highest", "below", "higher")
+    )
+    return (
+        f"the groups whose mean {by.label} is not significantly {side} the {extreme} (paired "
+        f"t-test on the per-seed values, two-sided, p >= {ALPHA:g}; with fewer than 2 seeds "
+        "only equal means) tie; of them the simplest wins: no regularization first, then the "
+        f"fewest regularizers, then the lowest total drop rate, then the {order} mean"
+    )
+
+
+def _ci_text(interval: tuple[float, float], n_valid: int, spec: str = ".3f") -> str:
     low, high = interval
     if math.isfinite(low):
-        return f"95% CI [{low:.3f}, {high:.3f}]"
+        return f"95% CI [{low:{spec}}, {high:{spec}}]"
     if n_valid == 1:
         return "(one seed: no interval)"
     if n_valid > 1:
@@ -740,15 +918,16 @@ def _ci_text(interval: tuple[float, float], n_valid: int) -> str:
     return "(no usable seed: no interval)"
 
 
-def _choice(best: ArmSummary, on: str) -> str:
-    score = best.score_name
+def _choice(best: ArmSummary, on: str, by: Criterion = SCORE) -> str:
+    score = by.words(best)
+    rule = choice_rule(by)
     if on == "validation":
         if best.folds:
             where = f"each seed's {best.folds} cross-validation folds averaged"
         else:
             where = f"{best.validation:.0%} of the training split held out"
         return (
-            f"chosen on validation {score} over seeds ({where}): {CHOICE_RULE}; the test set "
+            f"chosen on validation {score} over seeds ({where}): {rule}; the test set "
             "took no part in the choice and is read once, for the chosen group"
         )
     if best.folds or best.validation > 0:
@@ -757,7 +936,7 @@ def _choice(best: ArmSummary, on: str) -> str:
         reason = "there is no validation split"
     return (
         f"chosen on the test set: {reason}, so the test set doubles as validation (as in the "
-        f"published tutorial) and the chosen group's test {score} is optimistic; {CHOICE_RULE}"
+        f"published tutorial) and the chosen group's test {score} is optimistic; {rule}"
     )
 
 
@@ -775,54 +954,70 @@ def plain_name(summary: ArmSummary, summaries: Sequence[ArmSummary]) -> str:
     return summary.name or f"{summary.arm} p={summary.p:g}"
 
 
-def _simplicity(s: ArmSummary, on: str) -> tuple[int, int, float, float, str]:
+def _simplicity(
+    s: ArmSummary, on: str, by: Criterion = SCORE
+) -> tuple[int, int, float, float, str]:
     regularized = 0 if _is_plain_baseline(s) and s.max_norm is None else 1
     tokens = 0 if s.arm == "none" else len(s.arm.split("+"))
-    return (regularized, tokens, s.p + s.input_p, -selection_score(s, on), s.name)
+    return (regularized, tokens, s.p + s.input_p, by.rank(s, on), s.name)
 
 
-def tied_with(top: ArmSummary, summaries: Sequence[ArmSummary], on: str) -> list[ArmSummary]:
+def tied_with(
+    top: ArmSummary, summaries: Sequence[ArmSummary], on: str, *, by: Criterion = SCORE
+) -> list[ArmSummary]:
     """The groups whose score on ``on`` is not significantly below ``top``'s (``top`` included).
 
     A group ties when the two-sided test of its per-seed scores against ``top``'s
     (:func:`compare_scores`: paired by seed) gives ``p >= α`` (0.05), or, when no test can be
-    made (fewer than two seeds), when its mean equals ``top``'s.
+    made (fewer than two seeds), when its mean equals ``top``'s. ``by``: rank by another
+    :class:`Criterion` (a calibration metric: not significantly worse than ``top``'s).
     """
     tied = []
     for s in summaries:
         if s is top:
             tied.append(s)
             continue
-        test = _scores_test(s, top, on, top.name)
+        test = _criterion_test(s, top, on, top.name, by)
         if math.isfinite(test.p_value):
             if test.p_value >= ALPHA:
                 tied.append(s)
-        elif selection_score(s, on) == selection_score(top, on):
+        elif by.mean(s, on) == by.mean(top, on):
             tied.append(s)
     return tied
 
 
-def _versus_text(c: Comparison) -> str:
+def _versus_text(c: Comparison, by: Criterion = SCORE) -> str:
     """A comparison in words: the difference, the split, the test's numbers and, when it is
-    not significant, the power figures; the fallback's note."""
+    not significant, the power figures; the fallback's note. ``by``: the metric compared
+    (named, and read with its direction, when it is not the score)."""
+    spec = by.spec
     p_text = f"{c.test_name} p={c.p_value:.2g}"
     if math.isfinite(c.p_adjusted) and c.p_adjusted != c.p_value:
         p_text += f", Holm-adjusted p={c.p_adjusted:.2g}"
     where = "validation" if c.compared_on == "validation" else "test"
+    difference = f"{c.difference:+{spec}}"
     if c.significant:
-        text = (
-            f"{'better' if c.difference > 0 else 'worse'} than {c.baseline} on {where} by "
-            f"{c.difference:+.3f} ({p_text}, significant at {ALPHA:g})"
-        )
+        better = c.difference < 0 if by.lower_is_better else c.difference > 0
+        verdict = "better" if better else "worse"
+        if by.is_score:
+            text = (
+                f"{verdict} than {c.baseline} on {where} by {difference} ({p_text}, significant "
+                f"at {ALPHA:g})"
+            )
+        else:
+            direction = "lower" if by.lower_is_better else "higher"
+            text = (
+                f"{verdict} {by.label} than {c.baseline} on {where} by {difference} "
+                f"({direction} is better; {p_text}, significant at {ALPHA:g})"
+            )
     else:
-        text = f"{c.difference:+.3f} against {c.baseline} on {where} is NOT significant ({p_text})"
+        what = "" if by.is_score else f"{by.label} "
+        text = f"{what}{difference} against {c.baseline} on {where} is NOT significant ({p_text})"
         power_parts = []
         if math.isfinite(c.detectable):
-            power_parts.append(f"these seeds detect about ±{c.detectable:.3f} at 80% power")
+            power_parts.append(f"these seeds detect about ±{c.detectable:{spec}} at 80% power")
         if c.seeds_needed is not None:
-            power_parts.append(
-                f"about {c.seeds_needed} seeds per group would detect {c.difference:+.3f}"
-            )
+            power_parts.append(f"about {c.seeds_needed} seeds per group would detect {difference}")
         if power_parts:
             text += ": " + ", ".join(power_parts)
     if c.note:
@@ -837,10 +1032,13 @@ def _evidence(
     on: str,
     held_out: Comparison | None,
     name: str,
+    by: Criterion = SCORE,
+    versus: Mapping[str, Comparison] | None = None,
 ) -> str:
-    """The best group's sentence: its score on the choosing split, the groups tied with it,
+    """The best group's sentence: its value on the choosing split, the groups tied with it,
     its test score once, its test against the baseline and, when the rule chose a simpler
-    group than the top, the top's test too."""
+    group than the top, the top's test too. ``by`` and ``versus``: a calibration metric
+    ranked the groups, and each group's test of it against the baseline (by name)."""
     score = best.score_name
     test_text = (
         f"test {score} {best.test_acc_mean:.3f} {_ci_text(best.test_acc_ci95, best.n_valid)}"
@@ -849,43 +1047,73 @@ def _evidence(
         test_text += f", RMSE {best.test_rmse_mean:.4g}"
         if math.isfinite(best.test_mae_mean):
             test_text += f", MAE {best.test_mae_mean:.4g}"
+    if not by.is_score:
+        test_text = f"{_criterion_text(best, 'test', by)}, {test_text}"
     others = [s.name for s in tied if s is not best]
     tie_text = ""
     if others:
         where = "it" if best is top else f"the top, {top.name}"
+        relation = "below" if by.is_score else "worse than"
         tie_text = (
-            f"; tied with {', '.join(others)} (not significantly below {where}): "
+            f"; tied with {', '.join(others)} (not significantly {relation} {where}): "
             "the simplest of them is chosen"
         )
+    if by.is_score:
+        lead = f"{score} {best.val_acc_mean:.3f} {_ci_text(best.val_acc_ci95, best.n_valid)}"
+    else:
+        lead = _criterion_text(best, "validation", by)
     if on == "validation":
-        validation = _ci_text(best.val_acc_ci95, best.n_valid)
-        text = (
-            f"best: {name}, chosen on validation {score} {best.val_acc_mean:.3f} "
-            f"{validation}{tie_text}; held-out {test_text}"
-        )
+        text = f"best: {name}, chosen on validation {lead}{tie_text}; held-out {test_text}"
     else:
         text = f"best: {name}, {test_text}{tie_text}"
-    comparison = best.vs_baseline
+    if by.is_score:
+        comparison, top_versus = best.vs_baseline, top.vs_baseline
+        better = "scored significantly better"
+    else:
+        comparison = (versus or {}).get(best.name)
+        top_versus = (versus or {}).get(top.name)
+        better = f"had a significantly better {by.label}"
     if comparison is None:
-        text += "" if top is not best else "; no other setting scored significantly better"
+        text += "" if top is not best else f"; no other setting {better}"
     elif math.isfinite(comparison.p_value):
-        text += f"; {_versus_text(comparison)}"
+        text += f"; {_versus_text(comparison, by)}"
     else:
         text += f"; not enough seeds (or spread) to test it against {comparison.baseline}"
-    top_versus = top.vs_baseline
     if top is not best and top_versus is not None:
         if math.isfinite(top_versus.p_value):
-            text += f"; the top, {top.name}, {_versus_text(top_versus)}"
+            text += f"; the top, {top.name}, {_versus_text(top_versus, by)}"
         else:
             text += f"; not enough seeds (or spread) to test the top, {top.name}"
     if held_out is not None and math.isfinite(held_out.p_value):
-        text += f"; on the held-out test set {_versus_text(held_out)}"
+        text += f"; on the held-out test set {_versus_text(held_out, by)}"
     if on == "test":
         text += "; chosen on the test set, which doubles as validation"
     return text
 
 
-def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
+def _criterion_text(summary: ArmSummary, on: str, by: Criterion) -> str:
+    """``"NLL (MC dropout) 0.312 95% CI [...]"``: ``by``'s mean on ``on`` (prefixed with
+    ``test`` on the test set) and its interval."""
+    values = by.values(summary, on)
+    n_valid = sum(math.isfinite(v) for v in values)
+    where = "test " if on == "test" else ""
+    interval = _ci_text(by.interval(summary, on), n_valid, by.spec)
+    return f"{where}{by.label} {by.mean(summary, on):{by.spec}} {interval}"
+
+
+def _versus_baseline(
+    summaries: Sequence[ArmSummary], baseline: ArmSummary | None, on: str, by: Criterion
+) -> dict[str, Comparison]:
+    """Each group's values of ``by`` on ``on`` against the baseline's, by group name,
+    Holm-adjusted together (with the power figures)."""
+    if baseline is None:
+        return {}
+    others = [s for s in summaries if s is not baseline]
+    raw = [_criterion_test(s, baseline, on, baseline.name, by) for s in others]
+    return {s.name: c for s, c in zip(others, holm_adjusted(raw), strict=True)}
+
+
+def best_rate(summaries: Sequence[ArmSummary], choose_by: str = "score") -> BestRate | None:
     """The best group by :data:`CHOICE_RULE`, with the groups tied with it and its evidence.
 
     The split (:func:`chosen_on`): validation when every candidate group has a validation
@@ -894,20 +1122,35 @@ def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
     (no regularization, fewest regularizers, lowest total drop rate, higher mean): never the
     order of the list. When validation chose, the winner's test score is its held-out
     estimate and is compared with the baseline's on the test set (one paired test).
+
+    ``choose_by`` ranks by another metric (:func:`criterion`): ``"score"`` (the default: the
+    task's accuracy or R²), or ``"nll"``, ``"brier"``, ``"ece"`` (regression: ``"nll"``,
+    ``"rmse"``), optionally prefixed ``"det_"`` or ``"mc_"``, whose lower value is better. The
+    same rule then reads from the lowest mean, on the metric's validation values when every
+    ranked group has them (:func:`criterion_on`), and the evidence names the metric; each
+    group is compared with the baseline on it (Holm-adjusted together).
+
+    Raises:
+        ValueError: an unknown ``choose_by`` (the message lists the names), or a metric no
+            group recorded.
     """
+    parse_choose_by(choose_by, summaries[0].task if summaries else "classification")
     finite = [s for s in summaries if math.isfinite(s.test_acc_mean)]
     if not finite:
         return None
-    on = chosen_on(finite)
-    ranked = [s for s in finite if math.isfinite(selection_score(s, on))] or finite
-    top = min(ranked, key=lambda s: (-selection_score(s, on), _simplicity(s, on)))
-    tied = sorted(tied_with(top, ranked, on), key=lambda s: _simplicity(s, on))
+    by = criterion(finite, choose_by)
+    on = criterion_on(finite, by)
+    ranked = [s for s in finite if math.isfinite(by.mean(s, on))] or finite
+    top = min(ranked, key=lambda s: (by.rank(s, on), _simplicity(s, on, by)))
+    tied = sorted(tied_with(top, ranked, on, by=by), key=lambda s: _simplicity(s, on, by))
     best = tied[0]
     baseline = summaries[0] if summaries and summaries[0].is_baseline else None
     held_out = None
     if on == "validation" and baseline is not None and best is not baseline:
-        held_out = compare_scores(best, baseline, "test")
-    evidence = _evidence(best, top, tied, on, held_out, plain_name(best, summaries))
+        held_out = with_power(_criterion_test(best, baseline, "test", baseline.name, by))
+    versus = None if by.is_score else _versus_baseline(ranked, baseline, on, by)
+    name = plain_name(best, summaries)
+    evidence = _evidence(best, top, tied, on, held_out, name, by, versus)
     seeds = min([best.n_valid] + ([baseline.n_valid] if baseline is not None else []))
     provisional = seeds < MIN_SEEDS_FOR_CLAIM
     if provisional:
@@ -919,10 +1162,11 @@ def best_rate(summaries: Sequence[ArmSummary]) -> BestRate | None:
         best,
         evidence,
         on,
-        _choice(best, on),
+        _choice(best, on, by),
         top=top.name,
         tied=tuple(s.name for s in tied),
-        rule=CHOICE_RULE,
+        rule=choice_rule(by),
         held_out=held_out,
         provisional=provisional,
+        choose_by=by.name,
     )

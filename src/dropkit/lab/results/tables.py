@@ -11,6 +11,10 @@ HTML report, so they cannot disagree on what a reader sees first:
 - :func:`after_choice_table`: only when validation chose: every group's test figures, labelled
   as read after the choice. The chosen group's row is its held-out estimate (with its interval);
   the other rows carry means only, so nothing invites choosing on the test set after all.
+- :func:`calibration_tables`: when the runs recorded calibration metrics, one table per
+  evaluation mode (deterministic, MC dropout) of the test set's calibration: each metric's
+  mean with its 95% interval, the difference from the baseline with its Holm-adjusted p and,
+  in the MC dropout table, the MC − deterministic difference with its Holm-adjusted p.
 """
 
 from __future__ import annotations
@@ -20,11 +24,21 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dropkit.lab.results.calibration_metrics import (
+    COMPARED,
+    MODE_NAMES,
+    MODES,
+    calibration_metric,
+    calibration_metrics,
+)
+from dropkit.lab.results.calibration_stats import CalibrationSummary
+from dropkit.lab.results.significance import Comparison
 from dropkit.lab.results.summary import ArmSummary, BestRate, chosen_on, score_name, selection_score
 
 __all__ = [
     "Table",
     "after_choice_table",
+    "calibration_tables",
     "choice_table",
     "interval_text",
     "number",
@@ -133,6 +147,86 @@ def after_choice_table(summaries: Sequence[ArmSummary], best: BestRate | None) -
         tuple(headers),
         tuple(rows),
     )
+
+
+def _difference(c: Comparison | None, spec: str) -> str:
+    """``"-0.041 (adj. p=0.003*)"``; ``"–"`` without a comparison, ``"n/a"`` without a test."""
+    if c is None:
+        return "–"
+    text = number(c.difference, "+" + spec)
+    if math.isfinite(c.p_adjusted):
+        text += f" (adj. p={c.p_adjusted:.2g}{'*' if c.significant else ''})"
+    return text
+
+
+def calibration_tables(calibration: Sequence[CalibrationSummary]) -> list[Table]:
+    """The test set's calibration, one table per mode the groups recorded (deterministic
+    first, then MC dropout); empty without calibration metrics (the CLI prints each).
+
+    Columns: ``group``, ``seeds``, each metric as ``mean [95% CI]`` over seeds (accuracy,
+    NLL, Brier, ECE and, for MC dropout, the mutual information; regression: RMSE, Gaussian
+    NLL, 90% coverage and MC dropout's predictive sd), each compared metric's difference from
+    the baseline (``NLL vs none``: group − baseline, paired over seeds) and, in the MC dropout
+    table when both modes were recorded, ``MC−det`` of each metric both modes record (paired
+    by seed). p-values are Holm-adjusted over the groups; ``*`` marks significance at 0.05.
+    Build them from :attr:`~dropkit.lab.results.analysis.Analysis.calibration` (an
+    :class:`~dropkit.lab.Experiment` has :meth:`~dropkit.lab.Experiment.calibration_tables`).
+    """
+    if not calibration:
+        return []
+    task = calibration[0].task
+    spec = ".4g" if task == "regression" else ".3f"
+    baseline = calibration[0].name if calibration[0].is_baseline else None
+    tables = []
+    for mode in MODES:
+        groups = [g for g in calibration if mode in g.modes]
+        if not groups:
+            continue
+        shown = [m.name for m in calibration_metrics(task, mode) if m.name != "entropy"]
+        compared = list(COMPARED[task]) if baseline is not None else []
+        paired_modes = mode == "mc" and any(g.mc_vs_det for g in groups)
+        both = [m.name for m in calibration_metrics(task, "det")] if paired_modes else []
+        label = {name: calibration_metric(task, name).label for name in shown}
+        headers = ["group", "seeds", *(label[n] for n in shown)]
+        headers += [f"{label[n]} vs {baseline}" for n in compared]
+        headers += [f"MC−det {label[n]}" for n in both]
+        rows = []
+        for g in groups:
+            diverged = len(g.seeds) - g.n_valid
+            cells = [g.name, f"{len(g.seeds)}" + (f" ({diverged} NaN)" if diverged else "")]
+            for name in shown:
+                stats = g.stats(mode, name)
+                cells.append(
+                    "–"
+                    if stats is None
+                    else f"{number(stats.mean, spec)} {interval_text(stats.ci95, spec)}"
+                )
+            for name in compared:
+                stats = g.stats(mode, name)
+                versus = None if stats is None else stats.vs_baseline
+                cells.append("baseline" if g.is_baseline else _difference(versus, spec))
+            cells += [_difference(g.mc_vs_det.get(name), spec) for name in both]
+            rows.append(tuple(cells))
+        samples = next((g.mc_samples for g in groups if g.mc_samples), None)
+        passes = f" ({samples} passes)" if mode == "mc" and samples else ""
+        caption = "mean [95% CI] over seeds"
+        if compared:
+            caption += (
+                f"; vs {baseline}: group − {baseline}, paired over seeds, Holm-adjusted over the "
+                "groups"
+            )
+        if both:
+            caption += "; MC−det: MC dropout − deterministic, paired by seed, Holm-adjusted"
+        caption += "; * significant at 0.05"
+        tables.append(
+            Table(
+                f"Calibration on the test set: {MODE_NAMES[mode]}{passes}",
+                caption,
+                tuple(headers),
+                tuple(rows),
+            )
+        )
+    return tables
 
 
 def to_html(table: Table, *, css_class: str = "") -> str:
