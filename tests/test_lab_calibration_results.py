@@ -328,6 +328,19 @@ class TestStatistics:
         same = calibration[0].mc_vs_det["nll"]
         assert same.test == "sign" and same.difference == 0 and same.p_value == 1.0
 
+    def test_rounding_is_not_a_difference(self) -> None:
+        """MC dropout at rate 0 repeats the deterministic prediction: the mean of its T
+        passes may differ in the last bit, which must not read as a (sign-test) difference."""
+        runs = []
+        for seed in SEEDS:
+            config = RunConfig(CIRCLES, MODEL, TRAIN, seed=seed)
+            det = 0.4 + JITTER["det"][seed]
+            runs.append(_stored(config, {"det_nll": det, "mc_nll": det * (1 + 1e-15)}))
+        (group,) = summarize_calibration(summarize(runs))
+        c = group.mc_vs_det["nll"]
+        assert (c.test, c.difference, c.p_value, c.significant) == ("sign", 0.0, 1.0, False)
+        assert check_calibration(summarize(runs), Thresholds()) == []
+
     def test_pooled_bins(self) -> None:
         calibration = summarize_calibration(summarize(_runs()))
         bins = calibration[1].bins["det"]

@@ -20,7 +20,8 @@ Per group, mode and metric (:class:`MetricStats`):
 Per group with both modes, for each metric both record: Monte Carlo dropout against the
 deterministic network, the difference ``mc − det`` paired by seed (both come from the same
 runs), the p-values of all the groups for one metric Holm-adjusted together
-(:attr:`CalibrationSummary.mc_vs_det`).
+(:attr:`CalibrationSummary.mc_vs_det`). Values that agree up to float rounding (relative
+1e-9: MC dropout of a network without dropout repeats its one prediction) count as equal.
 
 Reliability bins (:class:`PooledBins`): each mode's bin sums added over the group's usable
 seeds; a bin's accuracy is its correct rows over its rows, its confidence the mean top-label
@@ -228,15 +229,11 @@ def _stats_dict(stats: dict[str, dict[str, MetricStats]]) -> dict[str, Any]:
     return {mode: {k: s.to_dict() for k, s in found.items()} for mode, found in stats.items()}
 
 
-def _recorded(summary: ArmSummary, key: str) -> bool:
-    return bool(summary.seed_infos) and all(key in info for info in summary.seed_infos)
-
-
 def _stats(
     summary: ArmSummary, mode: str, metric: CalibrationMetric, on: str
 ) -> MetricStats | None:
     key = info_key(mode, metric.name, on)
-    if not _recorded(summary, key):
+    if not summary.records(key):
         return None
     values = summary.info_values(key)
     mean, low, high = mean_ci(values, bounds=metric_bounds(metric, summary.binary))
@@ -338,6 +335,17 @@ def _with_baseline_tests(groups: list[CalibrationSummary]) -> list[CalibrationSu
     return result
 
 
+def _snapped(values: Sequence[float], reference: Sequence[float]) -> list[float]:
+    """``values`` with those equal to ``reference``'s up to float rounding (relative 1e-9)
+    replaced by them: MC dropout without dropout at test time (rate 0) repeats the
+    deterministic prediction ``T`` times, and the rounding of their mean must not read as a
+    difference (the sign test would call it one, every seed "lower")."""
+    return [
+        r if math.isclose(v, r, rel_tol=1e-9, abs_tol=1e-12) else v
+        for v, r in zip(values, reference, strict=True)
+    ]
+
+
 def _with_mode_tests(groups: list[CalibrationSummary]) -> list[CalibrationSummary]:
     """MC dropout − deterministic per group with both modes, one Holm family per metric."""
     task = groups[0].task
@@ -347,7 +355,9 @@ def _with_mode_tests(groups: list[CalibrationSummary]) -> list[CalibrationSummar
         for i, g in enumerate(groups):
             det, mc = g.stats("det", metric.name), g.stats("mc", metric.name)
             if det is not None and mc is not None:
-                family.append((i, paired(mc.values, det.values, DETERMINISTIC)))
+                family.append(
+                    (i, paired(_snapped(mc.values, det.values), det.values, DETERMINISTIC))
+                )
         adjusted = holm_adjusted([c for _, c in family])
         for (i, _), comparison in zip(family, adjusted, strict=True):
             tests[(i, metric.name)] = replace(comparison, compared_on="test")

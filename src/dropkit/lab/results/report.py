@@ -16,10 +16,11 @@ and the test RMSE and MAE for regression. Each experiment's best group names the
 chose it (validation when every group has a validation score, else the test set).
 
 When the runs recorded calibration metrics (``TrainSpec.evaluate``), each experiment has a
-Calibration section: a table per evaluation mode (:func:`~dropkit.lab.results.tables.
-calibration_tables`) and, for classification, the reliability diagrams of the chosen group and
-the baseline, their bins pooled over seeds; the methods section then defines the metrics. A page
-of runs without them is byte for byte what it was before they existed.
+Calibration section: a table per evaluation mode
+(:func:`~dropkit.lab.results.tables.calibration_tables`) and, for classification, the
+reliability diagrams of the chosen group and the baseline, their bins pooled over seeds; the
+methods section then defines the metrics. A page of runs without them is byte for byte what
+it was before they existed.
 """
 
 from __future__ import annotations
@@ -313,16 +314,16 @@ def _calibration_section(experiment: Analysis) -> str:
     what = (
         "RMSE, Gaussian NLL and the share of targets inside the central 90% interval"
         if regression
-        else "accuracy, NLL, Brier score and ECE (15 equal-width bins)"
+        else "Accuracy, NLL, Brier score and ECE (15 equal-width bins)"
     )
     parts = [
         "<h3>Calibration</h3>",
-        f"<p class=note>{_e(what.capitalize())} on the test set, {_e(described)}: mean over "
+        f"<p class=note>{_e(what)} on the test set, {_e(described)}: mean over "
         "seeds with the 95% t-interval; each group against the baseline and, with both modes, "
         "MC dropout against the deterministic network, paired over seeds (Holm-adjusted over "
         "the groups). See the methods below for the definitions.</p>",
     ]
-    parts += [f"<h3>{_e(t.title)}</h3><div class=scroll>{to_html(t)}</div>" for t in tables]
+    parts += [f"<div class=scroll>{to_html(t)}</div>" for t in tables]
     if regression:
         return "".join(parts)
     by_name = {g.name: g for g in calibration}

@@ -21,6 +21,16 @@ test score: the test set then doubles as validation, as in the published case st
 (:data:`CHOICE_RULE`): the groups not significantly below the highest mean tie, and the
 simplest of them wins; list order never decides.
 
+Choosing by a calibration metric. ``best_rate(summaries, choose_by="nll")`` ranks the groups by
+a metric whose lower value is better (:class:`Criterion`, :func:`criterion`): ``"nll"``,
+``"brier"`` or ``"ece"`` (regression: ``"nll"`` or ``"rmse"``) of the runs' ``info``
+(:mod:`dropkit.lab.results.calibration_metrics`), optionally prefixed ``"det_"`` (dropout off)
+or ``"mc_"`` (Monte Carlo dropout; unprefixed: MC dropout when every group recorded it). The
+same rule is read from the lowest mean (the groups not significantly above it tie), on the
+metric's validation values (``val_mc_nll`` ...) when every ranked group has them, else on the
+test set (:func:`criterion_on`), and the evidence names the metric and its tests against the
+baseline (Holm-adjusted together).
+
 Intervals. ``mean ± t_{n-1, 0.975} · s / sqrt(n)`` (Student's t, ``n - 1`` degrees of freedom;
 see :mod:`dropkit.lab.results.significance`), kept inside the metric's range (:data:`SCORE_RANGES`).
 
@@ -85,14 +95,19 @@ __all__ = [
     "CHOICE_RULE",
     "CONVERGE_TOL",
     "CONVERGE_WINDOW",
+    "SCORE",
     "SCORE_NAMES",
     "SCORE_RANGES",
     "ArmSummary",
     "BestRate",
+    "Criterion",
     "best_rate",
+    "choice_rule",
     "chosen_on",
     "compare",
     "compare_scores",
+    "criterion",
+    "criterion_on",
     "epochs_to_converge",
     "gap_range",
     "group_label",
@@ -104,6 +119,7 @@ __all__ = [
     "score_range",
     "seed_curves",
     "seed_runs",
+    "seed_test",
     "selection_score",
     "summarize",
     "tied_with",
@@ -349,6 +365,11 @@ class ArmSummary:
     (``n_nan``); ``n_seeds`` counts all seeds (with folds, a seed's fold runs are one
     observation, their mean). ``val_*`` come from the runs' validation split or folds (NaN
     without one); ``test_rmse_*`` and ``test_mae_*`` from regression runs (NaN otherwise).
+
+    Kept for the statistics that read them, never in :meth:`to_dict`: ``test_scores`` and
+    ``val_scores`` (per seed), ``seed_infos`` (each seed's ``info``, its folds averaged:
+    :meth:`info_values`, :meth:`records`) and ``binary`` (built-in two-class data: its Brier
+    score is at most 1).
     """
 
     arm: str
@@ -430,10 +451,16 @@ class ArmSummary:
     def info_values(self, key: str) -> tuple[float, ...]:
         """The per-seed values of ``info[key]`` (a seed's folds averaged), aligned with
         :attr:`seeds`; NaN for a diverged seed or one without ``key``."""
+        if not self.seed_infos:
+            return tuple(math.nan for _ in self.seeds)
         return tuple(
             math.nan if math.isnan(score) else info.get(key, math.nan)
             for score, info in zip(self.test_scores, self.seed_infos, strict=True)
         )
+
+    def records(self, key: str) -> bool:
+        """Whether every seed of the group recorded ``info[key]`` (a seed's folds all did)."""
+        return bool(self.seed_infos) and all(key in info for info in self.seed_infos)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None; ``vs_baseline`` gains ``significant``; ``score_name``
@@ -687,11 +714,6 @@ SCORE = Criterion()
 """The default :class:`Criterion`: the task's score (accuracy or R²), higher is better."""
 
 
-def _records(summary: ArmSummary, key: str) -> bool:
-    """Whether every seed of the group recorded ``info[key]``."""
-    return bool(summary.seed_infos) and all(key in info for info in summary.seed_infos)
-
-
 def criterion(summaries: Sequence[ArmSummary], choose_by: str = "score") -> Criterion:
     """The :class:`Criterion` a ``choose_by`` name stands for in these groups.
 
@@ -716,7 +738,7 @@ def criterion(summaries: Sequence[ArmSummary], choose_by: str = "score") -> Crit
     for every in (True, False):
         for m in modes:
             key = info_key(m, metric)
-            holders = [s for s in candidates if _records(s, key)]
+            holders = [s for s in candidates if s.records(key)]
             if holders and (not every or len(holders) == len(candidates)):
                 return Criterion(
                     f"{m}_{metric}",
@@ -727,7 +749,7 @@ def criterion(summaries: Sequence[ArmSummary], choose_by: str = "score") -> Crit
                     lower_is_better=True,
                     spec=".4g" if task == "regression" else ".3f",
                 )
-    if mode is None and metric == "rmse" and any(_records(s, "test_rmse") for s in candidates):
+    if mode is None and metric == "rmse" and any(s.records("test_rmse") for s in candidates):
         return Criterion("rmse", "test_rmse", "val_rmse", "RMSE", "rmse", True, ".4g")
     wanted = f"{mode}_{metric}" if mode else f"det_{metric} or mc_{metric}"
     raise ValueError(
