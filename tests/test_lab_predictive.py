@@ -68,7 +68,7 @@ def _probs(logits: Tensor) -> Tensor:
     return z.softmax(-1)
 
 
-@pytest.mark.parametrize("width,classes", [(1, 2), (3, 3), (2, 2)])
+@pytest.mark.parametrize(("width", "classes"), [(1, 2), (3, 3), (2, 2)])
 def test_metrics_equal_dropkit_calibration(width: int, classes: int) -> None:
     runs, samples, n = 3, 5, 2 * CHUNK_ROWS + 17  # three chunks, the last one short
     fixed = _fixed(runs, samples, n, width)
@@ -280,7 +280,7 @@ def test_train_spec_evaluation_fields_keep_old_keys() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs,error",
+    ("kwargs", "error"),
     [
         ({"evaluate": "sometimes"}, ValueError),
         ({"evaluate": "mc", "mc_samples": 1}, ValueError),
@@ -299,7 +299,7 @@ def test_train_spec_refuses_bad_evaluations(kwargs: dict[str, object], error: ty
 
 
 @pytest.mark.parametrize(
-    "name,kind,hidden,regularizers,task",
+    ("name", "kind", "hidden", "regularizers", "task"),
     [
         ("circles", "mlp", (16,), (), "classification"),  # the stacked trainer
         ("circles", "mlp", (16,), (("batchnorm", 1.0),), "classification"),  # the module loop

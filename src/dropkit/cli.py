@@ -99,6 +99,29 @@ FoldsOpt = Annotated[
     int, typer.Option(help="k >= 2: k-fold cross-validation instead of one validation split.")
 ]
 LrOpt = Annotated[float, typer.Option(help="Adam's learning rate.")]
+EvaluateOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Also measure calibration once trained: deterministic (dropout off), mc (Monte "
+        "Carlo dropout) or both: NLL, Brier, ECE and reliability diagrams (regression: "
+        "Gaussian NLL, 90% coverage), with intervals and paired tests (default: none)."
+    ),
+]
+McSamplesOpt = Annotated[int, typer.Option(help="Monte Carlo dropout passes per test row.")]
+McConsistentOpt = Annotated[
+    bool,
+    typer.Option(
+        "--mc-consistent/--no-mc-consistent",
+        help="The same Monte Carlo masks for every test row (baal's ConsistentDropout).",
+    ),
+]
+ChooseByOpt = Annotated[
+    str,
+    typer.Option(
+        help="The metric that chooses the best group: score (accuracy or R²), nll, brier, "
+        "ece (regression: nll, rmse), optionally det_ or mc_ before it."
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda or cuda:N.")]
 BatchedOpt = Annotated[
     bool | None,
@@ -360,6 +383,8 @@ def _print_experiment(experiment: Experiment) -> None:
         typer.echo(experiment.best.choice)
     for table in after:
         _print_table(table)
+    for table in experiment.calibration_tables():
+        _print_table(table)
     for finding in experiment.findings:
         typer.echo(f"{finding.severity} [{finding.rule}]: {finding.message}")
 
@@ -461,6 +486,10 @@ def sweep(
     address: AddressOpt = None,
     device: DeviceOpt = "auto",
     batched: BatchedOpt = None,
+    evaluate: EvaluateOpt = None,
+    mc_samples: McSamplesOpt = 30,
+    mc_consistent: McConsistentOpt = False,
+    choose_by: ChooseByOpt = "score",
     debug: DebugOpt = False,
 ) -> None:
     """Grid-search the dropout rate: rates x seeds, with 95% CIs and the best rate's evidence.
@@ -490,6 +519,10 @@ def sweep(
             task=task,
             validation=validation,
             folds=folds,
+            evaluate=evaluate,
+            mc_samples=mc_samples,
+            mc_consistent=mc_consistent,
+            choose_by=choose_by,
         )
     _print_notes(plan.notes)
     folder = out or Path("dropkit-sweep")
@@ -521,6 +554,7 @@ def report(
             "the data sets)."
         ),
     ] = None,
+    choose_by: ChooseByOpt = "score",
     as_json: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -535,8 +569,10 @@ def report(
     if not store.is_file():
         _fail(f"no results store at {store}")
     try:
-        experiments = load_all(store)
+        experiments = load_all(store, choose_by=choose_by)
         path = report(store, out, title=title, experiments=experiments)
+    except ValueError as error:  # a --choose-by the runs' task does not take
+        _fail(str(error))
     except StoreError as error:
         _fail(str(error))
     except OSError as error:
@@ -595,6 +631,10 @@ def _compare(
     lr: float = 1e-3,
     device: str = "auto",
     batched: bool | None = None,
+    evaluate: str | None = None,
+    mc_samples: int = 30,
+    mc_consistent: bool = False,
+    choose_by: str = "score",
     **strengths: Any,
 ) -> None:
     """Compare regularizers: every arm trained with the same seeds, tested against 'none'.
@@ -622,6 +662,10 @@ def _compare(
             task=task,
             validation=validation,
             folds=folds,
+            evaluate=evaluate,
+            mc_samples=mc_samples,
+            mc_consistent=mc_consistent,
+            choose_by=choose_by,
             **strengths,
         )
     _print_notes(plan.notes)
@@ -707,6 +751,10 @@ def _compare_command() -> Callable[..., None]:
         ("validation", ValidationOpt, None),
         ("folds", FoldsOpt, 0),
         ("lr", LrOpt, 1e-3),
+        ("evaluate", EvaluateOpt, None),
+        ("mc_samples", McSamplesOpt, 30),
+        ("mc_consistent", McConsistentOpt, False),
+        ("choose_by", ChooseByOpt, "score"),
         (
             "hidden",
             Annotated[

@@ -46,6 +46,8 @@ from dropkit.lab.plan.arms import CUSTOM_KIND, MODEL_KINDS, REGULARIZERS, STRENG
 from dropkit.lab.plan.comparison import Arm, ArmError, build_configs, default_epochs, parse_arms
 from dropkit.lab.plan.config import (
     DEMO_SEEDS,
+    EVALUATIONS,
+    MC_SAMPLES,
     TASKS,
     DataSpec,
     ModelSpec,
@@ -63,6 +65,7 @@ from dropkit.lab.plan.data import (
 from dropkit.lab.plan.user_data import from_user_data, is_user_data, train_and_test
 from dropkit.lab.plan.user_model import ModelSource, model_source
 from dropkit.lab.results.analysis import Analysis, analyze
+from dropkit.lab.results.calibration_metrics import check_choose_by
 from dropkit.lab.results.experiment import Experiment
 from dropkit.lab.store import ResultsStore, StoreError
 
@@ -108,6 +111,7 @@ class Plan:
             kind ``custom``; None for the built-in models.
         notes: what planning found that the user should know (how the data was read, the task
             inferred, dropout a factory leaves at its own rate), one sentence each.
+        choose_by: the metric that chooses the best group (see :func:`sweep`).
     """
 
     command: str
@@ -116,6 +120,7 @@ class Plan:
     settings: dict[str, Any] = field(default_factory=dict)
     model: ModelSource | None = None
     notes: tuple[str, ...] = ()
+    choose_by: str = "score"
 
     @property
     def keys(self) -> list[str]:
@@ -184,11 +189,33 @@ def _max_norm(value: object) -> float | None:
     return None if value is None else check_positive(value, "max_norm")
 
 
-def _training(epochs: object, batch_size: object, lr: object = 1e-3) -> TrainSpec:
+def _training(
+    epochs: object,
+    batch_size: object,
+    lr: object = 1e-3,
+    evaluate: object = None,
+    mc_samples: object = MC_SAMPLES,
+    mc_consistent: object = False,
+) -> TrainSpec:
+    if evaluate is not None:
+        evaluate = check_one_of(evaluate, "evaluate", EVALUATIONS)
+    samples = check_positive_int(mc_samples, "mc_samples")
+    if samples < 2:
+        raise ValueError(f"`mc_samples` must be an int >= 2, got {mc_samples!r}")
+    if not isinstance(mc_consistent, bool):
+        raise TypeError(f"`mc_consistent` must be True or False, got {mc_consistent!r}")
+    if evaluate not in ("mc", "both") and (samples != MC_SAMPLES or mc_consistent):
+        raise ValueError(
+            "`mc_samples` and `mc_consistent` set Monte Carlo dropout: pass evaluate='mc' or "
+            f"'both' with them (got evaluate={evaluate!r})"
+        )
     return TrainSpec(
         epochs=check_positive_int(epochs, "epochs"),
         batch_size=check_positive_int(batch_size, "batch_size"),
         lr=check_positive(lr, "lr"),
+        evaluate=evaluate,
+        mc_samples=samples,
+        mc_consistent=mc_consistent,
     )
 
 
@@ -362,6 +389,12 @@ def _own_settings(spec: DataSpec, model_name: str | None, train: TrainSpec) -> d
         settings["folds"] = spec.folds
     if train.lr != TrainSpec().lr:
         settings["lr"] = train.lr
+    if train.evaluate is not None:
+        settings["evaluate"] = train.evaluate
+    if train.monte_carlo:
+        settings["mc_samples"] = train.mc_samples
+        if train.mc_consistent:
+            settings["mc_consistent"] = True
     return settings
 
 
@@ -386,6 +419,10 @@ def plan_sweep(
     folds: int = 0,
     model_id: str | None = None,
     data_id: str | None = None,
+    evaluate: str | None = None,
+    mc_samples: int = MC_SAMPLES,
+    mc_consistent: bool = False,
+    choose_by: str = "score",
 ) -> Plan:
     """Validate a rate sweep and expand it into runs: every rate × every seed (see :func:`sweep`).
 
@@ -395,7 +432,7 @@ def plan_sweep(
     """
     grid = _rates(rates)
     seed_list = _seeds(seeds)
-    training = _training(epochs, batch_size, lr)
+    training = _training(epochs, batch_size, lr, evaluate, mc_samples, mc_consistent)
     own_model = model is not None
     widths = _hidden(hidden)
     if own_model and hidden != (500,):
@@ -447,7 +484,17 @@ def plan_sweep(
         **_own_settings(spec, None if source is None else source.name, training),
     }
     notes = (*dataset.notes, *(source.notes if source is not None else ()))
-    return Plan("sweep", tuple(configs), dataset, settings, model=source, notes=notes)
+    return _choosing(
+        Plan("sweep", tuple(configs), dataset, settings, model=source, notes=notes), choose_by
+    )
+
+
+def _choosing(plan: Plan, choose_by: object) -> Plan:
+    """``plan`` choosing its best group by ``choose_by`` (checked against its task)."""
+    name = check_choose_by(choose_by, plan.dataset.task)
+    if name == "score":
+        return plan
+    return dataclasses.replace(plan, choose_by=name, settings={**plan.settings, "choose_by": name})
 
 
 def plan_demo(
@@ -540,6 +587,10 @@ def plan_compare(
     folds: int = 0,
     model_id: str | None = None,
     data_id: str | None = None,
+    evaluate: str | None = None,
+    mc_samples: int = MC_SAMPLES,
+    mc_consistent: bool = False,
+    choose_by: str = "score",
     **strengths: Any,
 ) -> Plan:
     """Validate a comparison of arms and expand it into runs: every arm × every seed.
@@ -564,6 +615,7 @@ def plan_compare(
         check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
+    evaluation = _training(1, batch_size, lr, evaluate, mc_samples, mc_consistent)
     widths = () if own_model else DEFAULT_HIDDEN[kind] if hidden is None else _hidden(hidden)
     chosen = _arms(arms, kind)
     spec, dataset = _data(
@@ -583,10 +635,8 @@ def plan_compare(
                     f"`arms`: arm {arm.name!r} changes class targets and does not apply to a "
                     "regression task"
                 )
-    training = TrainSpec(
-        epochs=epochs if epochs is not None else default_epochs(dataset.name, kind),
-        batch_size=batch_size,
-        lr=lr,
+    training = dataclasses.replace(
+        evaluation, epochs=epochs if epochs is not None else default_epochs(dataset.name, kind)
     )
     rates = [resolved_strengths.value("p")] if any(a.options for a in chosen) else []
     source = _model(model, model_id, rates, dataset) if own_model else None
@@ -624,7 +674,9 @@ def plan_compare(
         **_own_settings(spec, None if source is None else source.name, training),
     }
     notes = (*dataset.notes, *(source.notes if source is not None else ()))
-    return Plan("compare", tuple(configs), dataset, settings, model=source, notes=notes)
+    return _choosing(
+        Plan("compare", tuple(configs), dataset, settings, model=source, notes=notes), choose_by
+    )
 
 
 # -- running -----------------------------------------------------------------------------------
@@ -830,7 +882,7 @@ def _run(plan: Plan, o: RunOptions) -> Experiment:
                 model=plan.model,
                 notes=lambda: (*planned, *messages),
             )
-            analyses = analyze(results, list(outcome.keys))
+            analyses = analyze(results, list(outcome.keys), choose_by=plan.choose_by)
             stored_notes = results.notes(list(outcome.keys))
     finally:
         close = getattr(chosen, "close", None)
@@ -891,6 +943,10 @@ def sweep(
     folds: int = 0,
     model_id: str | None = None,
     data_id: str | None = None,
+    evaluate: str | None = None,
+    mc_samples: int = MC_SAMPLES,
+    mc_consistent: bool = False,
+    choose_by: str = "score",
     store: str | Path = "runs.sqlite",
     engine: str | Engine | None = None,
     address: str | None = None,
@@ -942,6 +998,19 @@ def sweep(
             validation split (every run trained once per fold).
         model_id, data_id: your own identity for the model or the data in run keys instead
             of the computed fingerprint and content hash (change it when they change).
+        evaluate: what each run measures once trained besides accuracy (or R²) and loss:
+            None (nothing more), ``"deterministic"`` (the calibration of the network with
+            dropout off: NLL, Brier score, ECE with its reliability bins; regression: Gaussian
+            NLL and 90% interval coverage), ``"mc"`` (the same of Monte Carlo dropout, the
+            mean of ``mc_samples`` stochastic passes, batched over samples and runs) or
+            ``"both"`` (and their paired comparison). Stored per run; a run's key includes it
+            when set. See docs/report.md for the metrics.
+        mc_samples: Monte Carlo passes ``T`` (default 30).
+        mc_consistent: the same ``T`` masks for every test row (baal's ``ConsistentDropout``).
+        choose_by: the metric that chooses the best group: ``"score"`` (accuracy or R², the
+            default), ``"nll"``, ``"brier"``, ``"ece"`` (regression: ``"nll"``, ``"rmse"``;
+            lower is better), optionally ``"det_"``/``"mc_"`` before it to name the mode (by
+            default Monte Carlo's when measured); on the validation split when there is one.
         store, engine, address, progress, runs_per_batch, compile, device, batched,
             max_batch_memory, eval_every: see :func:`run`.
 
@@ -978,6 +1047,10 @@ def compare(
     folds: int = 0,
     model_id: str | None = None,
     data_id: str | None = None,
+    evaluate: str | None = None,
+    mc_samples: int = MC_SAMPLES,
+    mc_consistent: bool = False,
+    choose_by: str = "score",
     store: str | Path = "runs.sqlite",
     engine: str | Engine | None = None,
     address: str | None = None,
@@ -1007,8 +1080,8 @@ def compare(
             cnn 16,32, rnn 32).
         seeds: as in :func:`sweep`.
         epochs: training epochs (None: chosen per data set and model kind).
-        batch_size, lr, target, impute, task, validation, folds, model_id, data_id: as in
-            :func:`sweep`.
+        batch_size, lr, target, impute, task, validation, folds, model_id, data_id, evaluate,
+            mc_samples, mc_consistent, choose_by: as in :func:`sweep`.
         store, engine, address, progress, runs_per_batch, compile, device, batched,
             max_batch_memory, eval_every: see :func:`run`.
         **strengths: the arms' strengths by name, e.g. ``p=0.4``, ``l2=1e-3``,
@@ -1054,40 +1127,47 @@ def demo(
     return run(plan_demo(**planned), RunOptions(**options))
 
 
-def load_all(store: str | Path) -> list[Experiment]:
+def load_all(store: str | Path, *, choose_by: str = "score") -> list[Experiment]:
     """Every experiment of a results store (runs sharing data, model and training), no training.
 
     The experiments come in the order they were first stored (an experiment added later comes
     last), each titled apart from the others
     (:func:`dropkit.lab.results.analysis.experiment_titles`) and with the notes stored with its
     runs. A store this process cannot write (a read-only file or folder) is read without a change.
+    ``choose_by``: the metric that chooses each experiment's best group (see :func:`sweep`).
 
     Raises:
         FileNotFoundError: no store at ``store``.
+        ValueError: a ``choose_by`` an experiment's task does not take.
         dropkit.lab.store.StoreError: the file is not a readable results store
             (``permission denied``, not a dropkit store, a newer schema version).
     """
-    return [experiment for experiment, _ in _load_all(store)]
+    return [experiment for experiment, _ in _load_all(store, choose_by)]
 
 
-def _load_all(store: str | Path) -> list[tuple[Experiment, tuple[str, int]]]:
+def _load_all(
+    store: str | Path, choose_by: str = "score"
+) -> list[tuple[Experiment, tuple[str, int]]]:
     """:func:`load_all`'s experiments, each with when its last run was stored
     (:meth:`~dropkit.lab.store.ResultsStore.finished`)."""
     path = Path(store)
     if not path.is_file():
         raise FileNotFoundError(f"`store`: no results store at {path}")
     with ResultsStore(path) as results:
-        analyses: list[Analysis] = analyze(results)
+        analyses: list[Analysis] = analyze(results, choose_by=choose_by)
         loaded = []
         for analysis in analyses:
             keys = [r.key for r in analysis.runs]
             first, last = results.finished(keys)
-            loaded.append((first, last, _loaded(path, analysis, results.notes(keys))))
+            experiment = _loaded(path, analysis, results.notes(keys), choose_by)
+            loaded.append((first, last, experiment))
     loaded.sort(key=lambda entry: entry[0])
     return [(experiment, last) for _, last, experiment in loaded]
 
 
-def _loaded(path: Path, analysis: Analysis, notes: Sequence[str] = ()) -> Experiment:
+def _loaded(
+    path: Path, analysis: Analysis, notes: Sequence[str] = (), choose_by: str = "score"
+) -> Experiment:
     config = analysis.runs[0].config
     data, train = config.data, config.train
     settings: dict[str, Any] = {
@@ -1099,6 +1179,8 @@ def _loaded(path: Path, analysis: Analysis, notes: Sequence[str] = ()) -> Experi
         "seeds": len({r.config.seed for r in analysis.runs}),
     }
     settings.update(_own_settings(data, config.model.name, train))
+    if choose_by != "score":
+        settings["choose_by"] = choose_by
     return Experiment(path, analysis, command="load", settings=settings, notes=notes)
 
 
@@ -1108,12 +1190,14 @@ def report(
     *,
     title: str | None = None,
     experiments: Sequence[Experiment] | None = None,
+    choose_by: str = "score",
 ) -> Path:
     """Write ONE self-contained HTML report of every experiment of a results store.
 
     CLI: ``dropkit report --store STORE --out OUT``. ``experiments``: those of
     :func:`load_all` when the caller has them already (else they are loaded). A store this
-    process cannot write is read without a change. Returns the report's path.
+    process cannot write is read without a change. ``choose_by``: the metric that chooses each
+    experiment's best group (see :func:`sweep`). Returns the report's path.
 
     Raises:
         FileNotFoundError: no store at ``store``.
@@ -1122,12 +1206,14 @@ def report(
     """
     from dropkit.lab.results.report import write_report
 
-    loaded = list(experiments) if experiments is not None else load_all(store)
+    loaded = list(experiments) if experiments is not None else load_all(store, choose_by=choose_by)
     with ResultsStore(Path(store)) as results:
         return write_report(results, out, title=title, analyses=[e.analysis for e in loaded])
 
 
-def load(store: str | Path, *, experiment: int | None = None) -> Experiment:
+def load(
+    store: str | Path, *, experiment: int | None = None, choose_by: str = "score"
+) -> Experiment:
     """The runs of a results store as an :class:`~dropkit.lab.results.experiment.Experiment`, no
     training.
 
@@ -1141,6 +1227,7 @@ def load(store: str | Path, *, experiment: int | None = None) -> Experiment:
             models or training settings): an index into :func:`load_all`'s list, which is in
             the order the experiments were first stored. None: the latest (the one whose last
             run finished last); its ``notes`` then name the others and how to pick them.
+        choose_by: the metric that chooses the best group (see :func:`sweep`).
 
     Raises:
         FileNotFoundError: no store at ``store``.
@@ -1150,7 +1237,7 @@ def load(store: str | Path, *, experiment: int | None = None) -> Experiment:
     """
     if experiment is not None and (isinstance(experiment, bool) or not isinstance(experiment, int)):
         raise TypeError(f"`experiment` must be an int index or None, got {experiment!r}")
-    loaded = _load_all(store)
+    loaded = _load_all(store, choose_by)
     if not loaded:
         raise ValueError(f"`store`: no finished runs in {store}")
     if experiment is not None:

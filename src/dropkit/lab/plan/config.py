@@ -206,8 +206,7 @@ class TrainSpec:
             raise ValueError(f"`lr` must be > 0, got {self.lr!r}")
         if self.evaluate is not None and self.evaluate not in EVALUATIONS:
             raise ValueError(
-                f"`evaluate` must be None or one of {', '.join(EVALUATIONS)}, "
-                f"got {self.evaluate!r}"
+                f"`evaluate` must be None or one of {', '.join(EVALUATIONS)}, got {self.evaluate!r}"
             )
         samples = self.mc_samples
         if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:

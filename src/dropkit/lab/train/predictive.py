@@ -157,7 +157,8 @@ def _probabilities(outputs: Tensor, classes: int) -> Tensor:
 
 def _entropy(p: Tensor) -> Tensor:
     """``−Σ_c p_c log p_c`` over the last axis (``0 log 0 = 0``)."""
-    return -torch.special.xlogy(p, p).sum(-1)
+    terms: Tensor = torch.special.xlogy(p, p)
+    return -terms.sum(-1)
 
 
 def _add_classification(sums: _Sums, p: Tensor, y: Tensor, binary: bool, bins: bool) -> None:
