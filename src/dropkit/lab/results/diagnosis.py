@@ -666,16 +666,17 @@ def _mode_statements(group: CalibrationSummary) -> tuple[list[str], dict[str, fl
                 f"MC dropout {verb} {label} from {det.mean:{spec}} to {mc.mean:{spec}} "
                 f"({_p_text(c)})"
             )
-        elif math.isfinite(c.p_value):
-            unmeasured.append(
-                f"{label} ({det.mean:{spec}} vs {mc.mean:{spec}}, p={c.p_adjusted:.2g})"
-            )
         else:
-            unmeasured.append(
-                f"{label} ({det.mean:{spec}} vs {mc.mean:{spec}}, too few seeds to test)"
-            )
+            unmeasured.append(_no_difference(label, det.mean, mc.mean, c, spec))
     parts = [*changed, *([_unmeasured(unmeasured)] if unmeasured else [])]
     return [f"{group.name}: {', '.join(parts)}"], numbers
+
+
+def _no_difference(label: str, a: float, b: float, c: Comparison, spec: str) -> str:
+    """A metric whose two means ``a`` and ``b`` no test told apart, with its adjusted p (or
+    why there is none)."""
+    test = f"p={c.p_adjusted:.2g}" if math.isfinite(c.p_value) else "too few seeds to test"
+    return f"{label} ({a:{spec}} vs {b:{spec}}, {test})"
 
 
 def _baseline_statements(
@@ -705,14 +706,8 @@ def _baseline_statements(
                     f"{label} is {relation} than {base.name}'s: {ours.mean:{spec}} vs "
                     f"{theirs.mean:{spec}} ({_p_text(c)})"
                 )
-            elif math.isfinite(c.p_value):
-                unmeasured.append(
-                    f"{label} ({ours.mean:{spec}} vs {theirs.mean:{spec}}, p={c.p_adjusted:.2g})"
-                )
             else:
-                unmeasured.append(
-                    f"{label} ({ours.mean:{spec}} vs {theirs.mean:{spec}}, too few seeds to test)"
-                )
+                unmeasured.append(_no_difference(label, ours.mean, theirs.mean, c, spec))
         parts = [*changed, *([_unmeasured(unmeasured)] if unmeasured else [])]
         if parts:
             statements.append(f"{group.name}, {MODE_NAMES[mode]}: {', '.join(parts)}")
