@@ -365,3 +365,27 @@ def test_regression_of_the_built_in_mlp() -> None:
             assert info["mc_nll"] == pytest.approx(info["det_nll"], abs=1e-6)
         else:
             assert info["mc_sd"] > info["noise_sd"]
+
+
+def test_monte_carlo_draws_at_the_runs_rate_after_early_dropout() -> None:
+    """Early dropout ends with the rate at 0; Monte Carlo dropout still draws at the run's
+    ``p``, in the vmapped trainer as in the built-in ones."""
+    from dropkit.lab.api import plan_compare
+    from dropkit.lab.train.dispatch import train_configs
+
+    def factory(p: float) -> nn.Module:
+        return nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Dropout(p), nn.Linear(16, 1))
+
+    for model in (factory, "mlp"):
+        plan = plan_compare(
+            "circles",
+            arms="early_dropout",
+            model=model,
+            seeds=2,
+            epochs=4,
+            evaluate="mc",
+            mc_samples=6,
+        )
+        result = train_configs(plan.dataset, list(plan.configs), model=plan.model, trainer="auto")
+        assert result.info is not None
+        assert all(info["mc_mi"] > 0 for info in result.info), model

@@ -981,6 +981,13 @@ class _Masks:
         for module, attribute, rate in self.sites:  # R = 1 here
             setattr(module, attribute, rate if on[0] else 0.0)
 
+    def restore_rates(self) -> None:
+        """Every run's own rates again (after early or late dropout's last epoch)."""
+        for name in self.rate_names:
+            self.buffers[name].copy_(self.base_rates[name])
+        for module, attribute, rate in self.sites:
+            setattr(module, attribute, rate)
+
     def set_keys(self, step: int) -> None:
         """Set every dropout layer's stacked ``key`` buffer ``(R, 2)`` to the keys of
         optimizer step ``step``, computed for blocks of :data:`_KEY_BLOCK` steps at once."""
@@ -1679,6 +1686,7 @@ class _Group:
         outputs = self._results(history.table, self._final(metrics, history))
         evaluation = Evaluation.of(self.runs[0].config.train)
         if evaluation is not None:
+            self.masks.restore_rates()  # Monte Carlo draws at each run's own rate
             measured = _measure(self.net, self.state, self.runs, self.shared, self.rows, evaluation)
             for output, info in zip(outputs, measured, strict=True):
                 output.info.update(info)
