@@ -317,6 +317,7 @@ def _info(
     return infos
 
 
+@torch.no_grad()
 def measure(
     predictor: Predictor,
     evaluation: Evaluation,
@@ -348,26 +349,25 @@ def measure(
     for start in range(0, predictor.runs, step):
         stop = min(predictor.runs, start + step)
         part = predictor if (start, stop) == (0, predictor.runs) else predictor.part(start, stop)
-        own = [{} for _ in range(stop - start)]  # type: list[dict[str, float]]
+        own: list[dict[str, float]] = [{} for _ in range(stop - start)]
         noise = None
         if fit is not None:
             rows = fit if fit.shared else Split(fit.x[start:stop], fit.y[start:stop], False, "")
             noise = _noise_variance(part, rows)
             for r, value in enumerate(noise.sqrt().cpu().tolist()):
                 own[r]["noise_sd"] = float(value)
-        with torch.no_grad():
-            for index, split in enumerate(splits):
-                if split.x.shape[0 if split.shared else 1] == 0:
-                    continue
-                rows = (
-                    split
-                    if split.shared
-                    else Split(
-                        split.x[start:stop], split.y[start:stop], False, split.prefix, split.bins
-                    )
+        for index, split in enumerate(splits):
+            if split.x.shape[0 if split.shared else 1] == 0:
+                continue
+            rows = (
+                split
+                if split.shared
+                else Split(
+                    split.x[start:stop], split.y[start:stop], False, split.prefix, split.bins
                 )
-                modes = _measure_split(part, evaluation, rows, index, classes, noise)
-                for r, entries in enumerate(_info(modes, split.prefix, regression, split.bins)):
-                    own[r].update(entries)
+            )
+            modes = _measure_split(part, evaluation, rows, index, classes, noise)
+            for r, entries in enumerate(_info(modes, split.prefix, regression, split.bins)):
+                own[r].update(entries)
         infos.extend(own)
     return infos
