@@ -389,3 +389,34 @@ def test_monte_carlo_draws_at_the_runs_rate_after_early_dropout() -> None:
         result = train_configs(plan.dataset, list(plan.configs), model=plan.model, trainer="auto")
         assert result.info is not None
         assert all(info["mc_mi"] > 0 for info in result.info), model
+
+
+def test_runs_of_one_structure_are_measured_together() -> None:
+    configs = _configs([0.2, 0.5, 0.0], MC)
+    said: list[str] = []
+    measure_modules([_net(c.p, c.seed) for c in configs], _dataset(), configs, log=said.append)
+    assert not [line for line in said if "run by run" in line], said
+
+
+@pytest.mark.slow
+def test_compiled_monte_carlo_passes_equal_the_eager_ones() -> None:
+    from dropkit.lab.train.stacked import compiler_available
+
+    if not compiler_available():
+        pytest.skip("no C++ compiler for torch.compile")
+    configs = _configs([0.3, 0.5], MC)
+    eager = measure_modules(
+        [_net(c.p, c.seed) for c in configs], _dataset(), configs, compile=False
+    )
+    said: list[str] = []
+    compiled = measure_modules(
+        [_net(c.p, c.seed) for c in configs],
+        _dataset(),
+        configs,
+        compile=True,
+        log=said.append,
+    )
+    assert not [line for line in said if "failed" in line], said
+    for one, other in zip(eager, compiled, strict=True):
+        for key, value in one.items():
+            assert other[key] == pytest.approx(value, abs=1e-5), key  # float rounding only

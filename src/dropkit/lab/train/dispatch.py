@@ -361,7 +361,7 @@ def train_configs(
         _place(values, info, looped, part)
     ticker.finish()
     if measured:
-        _measure(data, configs, final, info, where, log)
+        _measure(data, configs, final, info, where, log, compile)
     kept = [s for s in states if s is not None]
     return BatchResult(
         curves={name: values[m] for m, name in enumerate(METRICS)},
@@ -378,6 +378,7 @@ def _measure(
     info: list[dict[str, float]],
     device: torch.device,
     log: Callable[[str], None] | None,
+    compile: bool | None,
 ) -> None:
     """Add the predictive metrics of the runs' final weights to their ``info``
     (:func:`dropkit.lab.train.vmapped.measure_modules`; ``TrainSpec.evaluate``)."""
@@ -395,7 +396,7 @@ def _measure(
     # input dropout: no second one around them.
     flat = replace(data, input_shape=None)
     plain = [replace(c, input_p=0.0) for c in configs]
-    measured = measure_modules(modules, flat, plain, device=device, log=log)
+    measured = measure_modules(modules, flat, plain, device=device, log=log, compile=compile)
     for entry, values in zip(info, measured, strict=True):
         entry.update(values)
 

@@ -1435,9 +1435,9 @@ def _saved_per_row(net: _Net, state: _State, x: Tensor, device: torch.device) ->
     return saved / max(1, x.shape[1])
 
 
-def _count_ops(net: _Net, state: _State, x: Tensor) -> int:
-    """Operations of one run's training step (forward and backward, eagerly, no vmap) on ``x``
-    ``(1, b, *sample)``: torch's dispatched ops, counted."""
+def _count_ops(net: _Net, state: _State, x: Tensor, backward: bool = True) -> int:
+    """Operations of one run's training step (forward and, with ``backward``, backward,
+    eagerly, no vmap) on ``x`` ``(1, b, *sample)``: torch's dispatched ops, counted."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Counter(TorchDispatchMode):  # type: ignore[no-untyped-call]
@@ -1454,7 +1454,8 @@ def _count_ops(net: _Net, state: _State, x: Tensor) -> int:
     )
     with Counter():  # type: ignore[no-untyped-call]
         out = _forward(net, one, x, vmapped=False)
-        torch.autograd.grad(out.sum(), list(one.params.values()), allow_unused=True)
+        if backward:
+            torch.autograd.grad(out.sum(), list(one.params.values()), allow_unused=True)
     return Counter.count
 
 
@@ -1482,8 +1483,10 @@ class _Group:
         log: Callable[[str], None] | None = None,
         threads: ThreadChooser | None = None,
         eval_every: int | None = 1,
+        mc_compile: bool | None = False,
     ) -> None:
         self.runs, self.shared = runs, shared
+        self.mc_compile = mc_compile  # `compile` for the Monte Carlo passes (see _measure)
         self.eval_every = eval_every
         self.threads = threads if threads is not None else ThreadChooser(None)
         self.size = len(runs)
@@ -1687,7 +1690,16 @@ class _Group:
         evaluation = Evaluation.of(self.runs[0].config.train)
         if evaluation is not None:
             self.masks.restore_rates()  # Monte Carlo draws at each run's own rate
-            measured = _measure(self.net, self.state, self.runs, self.shared, self.rows, evaluation)
+            measured = _measure(
+                self.net,
+                self.state,
+                self.runs,
+                self.shared,
+                self.rows,
+                evaluation,
+                self.mc_compile,
+                self.say,
+            )
             for output, info in zip(outputs, measured, strict=True):
                 output.info.update(info)
         return outputs
@@ -1921,6 +1933,76 @@ def _monte_carlo(template: nn.Module, consistent: bool) -> Iterator[None]:
                 counter.consistent = False
 
 
+def _sample_fn(net: _Net, shared: bool) -> Callable[..., Tensor]:
+    """The Monte Carlo passes of stacked runs as one function of ``(params, buffers, keys,
+    x)``: a ``vmap`` over the runs (``x`` shared by them or per run) of a ``vmap`` over the
+    samples that batches only the counter dropout's ``key`` buffers ``(R, T, 2)``."""
+    call = _call(net)
+
+    def samples(
+        params: dict[str, Tensor], fixed: dict[str, Tensor], keys: dict[str, Tensor], x: Tensor
+    ) -> Tensor:
+        def run(
+            p: dict[str, Tensor], b: dict[str, Tensor], k: dict[str, Tensor], xs: Tensor
+        ) -> Tensor:
+            def sample(one: dict[str, Tensor]) -> Tensor:
+                return call(p, {**b, **one}, xs)
+
+            return torch.vmap(sample, randomness="error")(k)
+
+        dims = (0, 0, 0, None if shared else 0)
+        out: Tensor = torch.vmap(run, in_dims=dims, randomness="error")(params, fixed, keys, x)
+        return out
+
+    return samples
+
+
+class _SampleSteps:
+    """A group's Monte Carlo passes (:func:`_sample_fn`), eagerly or through ``torch.compile``
+    (``compiled``), which fuses the mask hashing with the activations around it: each chunk's
+    rows are padded to :data:`~dropkit.lab.train.predictive.CHUNK_ROWS` (copies of its first
+    row, dropped after; the masks of the real rows do not change) so one graph serves every
+    chunk. A failure to compile is said once and the passes run eagerly."""
+
+    def __init__(self, net: _Net, compiled: bool, say: Callable[[str], None]) -> None:
+        self.net, self.compiled, self.say = net, compiled, say
+        self.functions: dict[bool, Callable[..., Tensor]] = {}
+
+    def __call__(
+        self,
+        params: dict[str, Tensor],
+        fixed: dict[str, Tensor],
+        keys: dict[str, Tensor],
+        x: Tensor,
+        shared: bool,
+    ) -> Tensor:
+        function = self.functions.get(shared)
+        if function is None:
+            function = _sample_fn(self.net, shared)
+            if self.compiled:
+                function = torch.compile(function, dynamic=False)
+            self.functions[shared] = function
+        if not self.compiled:
+            return function(params, fixed, keys, x)
+        axis = 0 if shared else 1
+        n = x.shape[axis]
+        if n < CHUNK_ROWS:
+            rows = torch.zeros(CHUNK_ROWS, dtype=torch.int64, device=x.device)
+            rows[:n] = torch.arange(n, device=x.device)
+            x = x.index_select(axis, rows)
+        try:
+            out = function(params, fixed, keys, x)
+        except Exception as error:  # the compiler's failures come in many types
+            self.say(
+                f"torch.compile failed on the Monte Carlo passes ({_error_line(error, 160)}); "
+                "measuring eagerly"
+            )
+            self.compiled = False
+            self.functions.clear()
+            return self(params, fixed, keys, x.narrow(axis, 0, n), shared)
+        return out.narrow(2, 0, n)  # (R, T, rows, ...)
+
+
 class _StackedPredictor:
     """The :class:`~dropkit.lab.train.predictive.Predictor` of a group's stacked runs: its
     Monte Carlo passes ``vmap`` over the samples inside the ``vmap`` over the runs, the
@@ -1928,8 +2010,9 @@ class _StackedPredictor:
     first dropout is computed once per run); a group that trains run by run (R = 1, no vmap)
     loops over the samples."""
 
-    def __init__(self, net: _Net, state: _State) -> None:
+    def __init__(self, net: _Net, state: _State, steps: _SampleSteps | None = None) -> None:
         self.net, self.state = net, state
+        self.steps = steps if steps is not None else _SampleSteps(net, False, lambda _line: None)
         tensors = [*state.params.values(), *state.buffers.values()]
         self.runs = int(tensors[0].shape[0]) if tensors else 1
         self.keys = [
@@ -1953,23 +2036,10 @@ class _StackedPredictor:
             for key, seed, layer in self.keys
         }
         fixed = {k: v for k, v in buffers.items() if k not in keys}
-        call = _call(self.net)
         count = len(steps)
         with _monte_carlo(self.net.template, consistent):
             if self.net.vmapped:
-
-                def run(
-                    p: dict[str, Tensor], b: dict[str, Tensor], k: dict[str, Tensor], xs: Tensor
-                ) -> Tensor:
-                    def sample(one: dict[str, Tensor]) -> Tensor:
-                        return call(p, {**b, **one}, xs)
-
-                    return torch.vmap(sample, randomness="error")(k)
-
-                dims = (0, 0, 0, None if shared else 0)
-                out = torch.vmap(run, in_dims=dims, randomness="error")(
-                    self.state.params, fixed, keys, x
-                )
+                out = self.steps(self.state.params, fixed, keys, x, shared)
             else:  # R = 1: a model vmap cannot run, or dropout drawn from torch's RNG
                 passes = []
                 for t in range(count):
@@ -1986,7 +2056,7 @@ class _StackedPredictor:
             {k: v[start:stop] for k, v in self.state.params.items()},
             {k: v[start:stop] for k, v in self.state.buffers.items()},
         )
-        return _StackedPredictor(self.net, state)
+        return _StackedPredictor(self.net, state, self.steps)
 
 
 MC_MEMORY = 2**28
@@ -2001,10 +2071,18 @@ def _measure(
     shared: _Shared,
     rows: _RunRows,
     evaluation: Evaluation,
+    compile: bool | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> list[dict[str, float]]:
     """The predictive metrics of a group's trained runs
     (:func:`dropkit.lab.train.predictive.measure`) on the test rows and each run's validation
-    rows (regression: with the noise variance of its fit rows), as ``info`` entries."""
+    rows (regression: with the noise variance of its fit rows), as ``info`` entries.
+
+    The Monte Carlo passes of a vmapped group go through ``torch.compile`` with ``compile=True``,
+    never with False, and with None when a compiler is found and their eager time (one chunk
+    timed, times the chunks) is :data:`COMPILE_PAYBACK` times the compile's estimate
+    (:data:`COMPILE_SECONDS_PER_OP` per operation of one forward pass)."""
+    say = say if say is not None else (lambda _line: None)
     data = shared.data
     shape = data.sample_shape
 
@@ -2026,14 +2104,65 @@ def _measure(
         scratch = {k: v[:1].clone() for k, v in state.buffers.items()}
         per_row = _saved_per_row(net, _State(state.params, scratch), x, shared.device)
         per_run = max(1, int(MC_MEMORY // max(1.0, per_row * CHUNK_ROWS * evaluation.samples)))
+    steps = _SampleSteps(net, False, say)
+    if (
+        evaluation.monte_carlo
+        and net.vmapped
+        and compile is not False
+        and compiler_available(shared.device)
+    ):
+        size = min(len(runs), per_run or len(runs))
+        chunks = sum(math.ceil(s.x.shape[0 if s.shared else 1] / CHUNK_ROWS) for s in splits)
+        calls = math.ceil(len(runs) / size) * chunks
+        steps.compiled = compile is True or _compile_pays(
+            net, state, shared, evaluation, size, calls, len(runs), say
+        )
     return measure(
-        _StackedPredictor(net, state),
+        _StackedPredictor(net, state, steps),
         evaluation,
         splits,
         classes=0 if regression else data.n_classes,
         fit=split(rows.fit, "") if regression else None,
         runs_per_pass=per_run,
     )
+
+
+def _compile_pays(
+    net: _Net,
+    state: _State,
+    shared: _Shared,
+    evaluation: Evaluation,
+    size: int,
+    calls: int,
+    total: int,
+    say: Callable[[str], None],
+) -> bool:
+    """Whether compiling the Monte Carlo passes (``calls`` calls of ``size`` runs) should repay
+    its cost: one eager call on the first test chunk, timed, against
+    :data:`COMPILE_SECONDS_PER_OP` per operation of one run's forward pass. Said in one line."""
+    part = _State(
+        {k: v[:size] for k, v in state.params.items()},
+        {k: v[:size] for k, v in state.buffers.items()},
+    )
+    x = shared.x_test[:CHUNK_ROWS].view(-1, *shared.data.sample_shape)
+    predictor = _StackedPredictor(net, part)
+    with torch.no_grad(), _rng_restored(shared.device):
+        start = time.perf_counter()
+        steps = torch.arange(evaluation.samples, dtype=torch.int64)
+        predictor.samples(x, True, steps, evaluation.consistent)
+        if shared.device.type == "cuda":
+            torch.cuda.synchronize(shared.device)
+        eager = (time.perf_counter() - start) * calls
+        with _monte_carlo(net.template, evaluation.consistent):
+            ops = _count_ops(net, part, x[None, :1], backward=False)
+    cost = COMPILE_SECONDS_PER_OP * ops
+    pays = eager >= COMPILE_PAYBACK * cost
+    verdict = "compiling" if pays else "not compiling"
+    say(
+        f"{total} runs: {verdict} the Monte Carlo passes (about {eager:.3g} s eager against "
+        f"about {cost:.3g} s to compile)"
+    )
+    return pays
 
 
 def measure_modules(
@@ -2043,6 +2172,7 @@ def measure_modules(
     *,
     device: str | torch.device = "cpu",
     log: Callable[[str], None] | None = None,
+    compile: bool | None = None,
 ) -> list[dict[str, float]]:
     """The predictive metrics (:mod:`dropkit.lab.train.predictive`) of trained modules, one per
     config (its ``train.evaluate`` says what to measure), as ``info`` entries.
@@ -2058,7 +2188,9 @@ def measure_modules(
         data: the data they trained on.
         configs: their runs (one shape key).
         device: where to measure.
-        log: receives one line per fallback.
+        log: receives one line per fallback and per decision to compile.
+        compile: whether the Monte Carlo passes of the runs measured together go through
+            ``torch.compile`` (None: when it pays, timed; see :func:`train_custom`).
     """
     say = log if log is not None else (lambda _line: None)
     where = torch.device(device)
@@ -2072,6 +2204,11 @@ def measure_modules(
     alone: list[_Run] = []
     for run in runs:
         (alone if run.reasons else together.setdefault(run.signature, [])).append(run)
+    reasons: dict[str, int] = {}
+    for run in alone:
+        reasons[run.reasons[0]] = reasons.get(run.reasons[0], 0) + 1
+    for reason, count in reasons.items():
+        say(f"measuring run by run: {reason} ({_cost_of_alone(count)})")
     infos: dict[int, dict[str, float]] = {}
     for members in together.values():
         params, buffers = stack_module_state([run.module for run in members])
@@ -2079,12 +2216,14 @@ def measure_modules(
         aliases = tuple((n, c) for n, c in members[0].canonical.items() if n != c)
         net = _Net(template, _Head.of(data), True, aliases)
         state = _State(params, buffers)
-        probe = _RunRows.of(members[:1])
-        x = _inputs(shared, probe.fit[:, : min(2, probe.n_fit)])
-        if _vmap_failure(net, _State(params, {k: v.clone() for k, v in buffers.items()}), x):
+        rows = _RunRows.of(members)
+        x = _inputs(shared, rows.fit[:, : min(2, rows.n_fit)])
+        failure = _vmap_failure(net, _State(params, {k: v.clone() for k, v in buffers.items()}), x)
+        if failure is not None:
+            say(f"measuring run by run: {failure} ({_cost_of_alone(len(members))})")
             alone.extend(members)
             continue
-        measured = _measure(net, state, members, shared, _RunRows.of(members), evaluation)
+        measured = _measure(net, state, members, shared, rows, evaluation, compile, say)
         for run, info in zip(members, measured, strict=True):
             infos[run.index] = info
     for run in alone:
@@ -2214,6 +2353,7 @@ def train_custom(
                 log=say,
                 threads=chooser,
                 eval_every=eval_every,
+                mc_compile=compile,
             )
             try:
                 with warnings.catch_warnings():  # said above, once
