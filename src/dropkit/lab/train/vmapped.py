@@ -2185,7 +2185,9 @@ def measure_modules(
     Args:
         modules: the trained networks (as :func:`dropkit.lab.plan.models.build_model` builds
             them), in the order of ``configs``; they are changed (their dropout swapped).
-        data: the data they trained on.
+        data: the data they trained on, as the modules take it: a row is reshaped to
+            ``data.sample_shape``, so for the built-in models, which take flat rows and reshape
+            them themselves, pass ``dataclasses.replace(data, input_shape=None)``.
         configs: their runs (one shape key).
         device: where to measure.
         log: receives one line per fallback and per decision to compile.
