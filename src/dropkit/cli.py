@@ -111,7 +111,7 @@ McSamplesOpt = Annotated[int, typer.Option(help="Monte Carlo dropout passes per 
 McConsistentOpt = Annotated[
     bool,
     typer.Option(
-        "--mc-consistent/--no-mc-consistent",
+        "--mc-consistent",
         help="The same Monte Carlo masks for every test row (baal's ConsistentDropout).",
     ),
 ]
