@@ -46,7 +46,6 @@ from dropkit.lab.plan.arms import CUSTOM_KIND, MODEL_KINDS, REGULARIZERS, STRENG
 from dropkit.lab.plan.comparison import Arm, ArmError, build_configs, default_epochs, parse_arms
 from dropkit.lab.plan.config import (
     DEMO_SEEDS,
-    EVALUATIONS,
     MC_SAMPLES,
     TASKS,
     DataSpec,
@@ -197,25 +196,15 @@ def _training(
     mc_samples: object = MC_SAMPLES,
     mc_consistent: object = False,
 ) -> TrainSpec:
-    if evaluate is not None:
-        evaluate = check_one_of(evaluate, "evaluate", EVALUATIONS)
-    samples = check_positive_int(mc_samples, "mc_samples")
-    if samples < 2:
-        raise ValueError(f"`mc_samples` must be an int >= 2, got {mc_samples!r}")
-    if not isinstance(mc_consistent, bool):
-        raise TypeError(f"`mc_consistent` must be True or False, got {mc_consistent!r}")
-    if evaluate not in ("mc", "both") and (samples != MC_SAMPLES or mc_consistent):
-        raise ValueError(
-            "`mc_samples` and `mc_consistent` set Monte Carlo dropout: pass evaluate='mc' or "
-            f"'both' with them (got evaluate={evaluate!r})"
-        )
+    """The training and evaluation settings, checked (``TrainSpec`` checks the evaluation's
+    values and how they go together)."""
     return TrainSpec(
         epochs=check_positive_int(epochs, "epochs"),
         batch_size=check_positive_int(batch_size, "batch_size"),
         lr=check_positive(lr, "lr"),
-        evaluate=evaluate,
-        mc_samples=samples,
-        mc_consistent=mc_consistent,
+        evaluate=evaluate,  # type: ignore[arg-type]  # TrainSpec checks it
+        mc_samples=check_positive_int(mc_samples, "mc_samples"),
+        mc_consistent=mc_consistent,  # type: ignore[arg-type]  # TrainSpec checks it
     )
 
 
@@ -615,7 +604,7 @@ def plan_compare(
         check_positive_int(epochs, "epochs")
     batch_size = check_positive_int(batch_size, "batch_size")
     lr = check_positive(lr, "lr")
-    evaluation = _training(1, batch_size, lr, evaluate, mc_samples, mc_consistent)
+    checked = _training(1, batch_size, lr, evaluate, mc_samples, mc_consistent)  # epochs: below
     widths = () if own_model else DEFAULT_HIDDEN[kind] if hidden is None else _hidden(hidden)
     chosen = _arms(arms, kind)
     spec, dataset = _data(
@@ -636,7 +625,7 @@ def plan_compare(
                     "regression task"
                 )
     training = dataclasses.replace(
-        evaluation, epochs=epochs if epochs is not None else default_epochs(dataset.name, kind)
+        checked, epochs=epochs if epochs is not None else default_epochs(dataset.name, kind)
     )
     rates = [resolved_strengths.value("p")] if any(a.options for a in chosen) else []
     source = _model(model, model_id, rates, dataset) if own_model else None
