@@ -420,3 +420,16 @@ def test_compiled_monte_carlo_passes_equal_the_eager_ones() -> None:
     for one, other in zip(eager, compiled, strict=True):
         for key, value in one.items():
             assert other[key] == pytest.approx(value, abs=1e-5), key  # float rounding only
+
+
+def test_validation_metrics_include_the_ece_without_storing_bins() -> None:
+    runs, samples, n = 2, 4, 90
+    fixed = _fixed(runs, samples, n, 3, seed=6)
+    y = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(7))
+    x = torch.arange(n, dtype=torch.float32).view(n, 1)
+    infos = measure(fixed, Evaluation(True, False, samples), [Split(x, y, True, "val_")], classes=3)
+    for r, info in enumerate(infos):
+        probs = _probs(fixed.det[r])
+        assert info["val_det_ece"] == pytest.approx(calibration.ece(probs, y), abs=1e-6)
+        assert info["val_det_ece"] > 0
+        assert not [key for key in info if "bin" in key]

@@ -134,15 +134,22 @@ class Split:
 
 
 class _Sums:
-    """Per-run sums over the chunks of a split for one mode, float64 ``(R,)`` (bins ``(R, B)``)."""
+    """Per-run sums over the rows of a split for one mode, float64 ``(R,)`` (the bins
+    ``(R, B)``): ``n`` rows; classification: correct rows, NLL, Brier, the bins (rows, summed
+    confidence, correct rows) and, Monte Carlo, entropy and mutual information; regression:
+    NLL, squared errors, rows inside the interval and predictive standard deviations."""
 
     def __init__(self, runs: int, device: torch.device) -> None:
-        zeros = torch.zeros(runs, dtype=torch.float64, device=device)
+        def zeros(*shape: int) -> Tensor:
+            return torch.zeros(runs, *shape, dtype=torch.float64, device=device)
+
         self.n = 0
-        self.first, self.second, self.third = zeros.clone(), zeros.clone(), zeros.clone()
-        self.mi, self.entropy = zeros.clone(), zeros.clone()
-        bins = torch.zeros(runs, RELIABILITY_BINS, dtype=torch.float64, device=device)
-        self.count, self.confidence, self.hits = bins.clone(), bins.clone(), bins.clone()
+        self.correct, self.nll, self.brier = zeros(), zeros(), zeros()
+        self.entropy, self.mi = zeros(), zeros()
+        self.squared_error, self.covered, self.sd = zeros(), zeros(), zeros()
+        self.count = zeros(RELIABILITY_BINS)
+        self.confidence = zeros(RELIABILITY_BINS)
+        self.hits = zeros(RELIABILITY_BINS)
 
 
 def _probabilities(outputs: Tensor, classes: int) -> Tensor:
@@ -161,29 +168,27 @@ def _entropy(p: Tensor) -> Tensor:
     return -terms.sum(-1)
 
 
-def _add_classification(sums: _Sums, p: Tensor, y: Tensor, binary: bool, bins: bool) -> None:
-    """Add the rows of probabilities ``p`` ``(R, n, C)`` with labels ``y`` ``(R, n)``."""
+def _add_classification(sums: _Sums, p: Tensor, y: Tensor, binary: bool) -> None:
+    """Add the rows of probabilities ``p`` ``(R, n, C)`` with labels ``y`` ``(R, n)``, their
+    reliability bins included (the ECE reads them)."""
     eps = torch.finfo(torch.float64).eps
     confidence, predicted = p.max(-1)  # the first class among equal maxima
     correct = (predicted == y).double()
     truth = p.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     sums.n += p.shape[1]
-    sums.first += correct.sum(-1)
-    sums.second -= truth.clamp_min(eps).log().sum(-1)
+    sums.correct += correct.sum(-1)
+    sums.nll -= truth.clamp_min(eps).log().sum(-1)
     if binary:
         brier = (p[..., 1] - y.double()).pow(2)
     else:
         brier = (p - torch.nn.functional.one_hot(y, p.shape[-1]).double()).pow(2).sum(-1)
-    sums.third += brier.sum(-1)
-    if bins:
-        edges = torch.arange(RELIABILITY_BINS + 1, dtype=torch.float64, device=p.device)
-        edges = edges / RELIABILITY_BINS
-        index = (torch.searchsorted(edges, confidence.contiguous()) - 1).clamp(
-            0, RELIABILITY_BINS - 1
-        )
-        sums.count.scatter_add_(1, index, torch.ones_like(confidence))
-        sums.confidence.scatter_add_(1, index, confidence)
-        sums.hits.scatter_add_(1, index, correct)
+    sums.brier += brier.sum(-1)
+    edges = torch.arange(RELIABILITY_BINS + 1, dtype=torch.float64, device=p.device)
+    edges = edges / RELIABILITY_BINS
+    index = (torch.searchsorted(edges, confidence.contiguous()) - 1).clamp(0, RELIABILITY_BINS - 1)
+    sums.count.scatter_add_(1, index, torch.ones_like(confidence))
+    sums.confidence.scatter_add_(1, index, confidence)
+    sums.hits.scatter_add_(1, index, correct)
 
 
 def _add_regression(sums: _Sums, mean: Tensor, variance: Tensor, y: Tensor) -> None:
@@ -191,10 +196,10 @@ def _add_regression(sums: _Sums, mean: Tensor, variance: Tensor, y: Tensor) -> N
     variance = variance.clamp_min(_VARIANCE_FLOOR)
     error = y.double() - mean
     sums.n += mean.shape[1]
-    sums.first += error.pow(2).sum(-1)
-    sums.second += 0.5 * (torch.log(2 * math.pi * variance) + error.pow(2) / variance).sum(-1)
-    sums.third += (error.abs() <= _Z * variance.sqrt()).double().sum(-1)
-    sums.entropy += variance.sqrt().sum(-1)
+    sums.squared_error += error.pow(2).sum(-1)
+    sums.nll += 0.5 * (torch.log(2 * math.pi * variance) + error.pow(2) / variance).sum(-1)
+    sums.covered += (error.abs() <= _Z * variance.sqrt()).double().sum(-1)
+    sums.sd += variance.sqrt().sum(-1)
 
 
 def _chunks(split: Split) -> list[tuple[Tensor, Tensor]]:
@@ -215,13 +220,11 @@ def _targets(y: Tensor, shared: bool, runs: int) -> Tensor:
 
 def _noise_variance(predictor: Predictor, rows: Split) -> Tensor:
     """The deterministic network's mean squared residual ``(R,)`` on its fit rows."""
-    total = torch.zeros(predictor.runs, dtype=torch.float64)
+    total = torch.zeros(predictor.runs, dtype=torch.float64, device=rows.x.device)
     count = 0
     for x, y in _chunks(rows):
         out = predictor.outputs(x, rows.shared)[..., 0].double()
-        total = total.to(out.device) + (out - _targets(y, rows.shared, predictor.runs)).pow(2).sum(
-            -1
-        )
+        total += (out - _targets(y, rows.shared, predictor.runs)).pow(2).sum(-1)
         count += x.shape[0 if rows.shared else 1]
     return total / max(1, count)
 
@@ -247,9 +250,7 @@ def _measure_split(
         if "det" in modes:
             out = predictor.outputs(x, split.shared)
             if noise is None:
-                _add_classification(
-                    modes["det"], _probabilities(out, classes), y, binary, split.bins
-                )
+                _add_classification(modes["det"], _probabilities(out, classes), y, binary)
             else:
                 mean = out[..., 0].double()
                 _add_regression(modes["det"], mean, noise.view(-1, 1).expand_as(mean), y)
@@ -262,7 +263,7 @@ def _measure_split(
             if noise is None:
                 p = _probabilities(out, classes)  # (R, T, n, C)
                 mean_p = p.mean(1)
-                _add_classification(sums, mean_p, y, binary, split.bins)
+                _add_classification(sums, mean_p, y, binary)
                 entropy = _entropy(mean_p)
                 sums.entropy += entropy.sum(-1)
                 sums.mi += (entropy - _entropy(p).mean(1)).clamp_min(0.0).sum(-1)
@@ -283,18 +284,18 @@ def _info(
         n = max(1, sums.n)
         if regression:
             values = {
-                "rmse": (sums.first / n).sqrt(),
-                "nll": sums.second / n,
-                "cover90": sums.third / n,
+                "rmse": (sums.squared_error / n).sqrt(),
+                "nll": sums.nll / n,
+                "cover90": sums.covered / n,
             }
             if mode == "mc":
-                values["sd"] = sums.entropy / n
+                values["sd"] = sums.sd / n
         else:
             gaps = (sums.hits - sums.confidence).abs().sum(-1) / n
             values = {
-                "acc": sums.first / n,
-                "nll": sums.second / n,
-                "brier": sums.third / n,
+                "acc": sums.correct / n,
+                "nll": sums.nll / n,
+                "brier": sums.brier / n,
                 "ece": gaps,
             }
             if mode == "mc":
