@@ -591,6 +591,22 @@ class _State:
     params: dict[str, Tensor]
     buffers: dict[str, Tensor]
 
+    @classmethod
+    def stacked(cls, runs: Sequence[_Run], data: Dataset, vmapped: bool) -> tuple[_Net, _State]:
+        """The runs' modules stacked (``torch.func.stack_module_state``) and the template
+        that calls them: run 0's module on the meta device, with its tied-weight aliases."""
+        params, buffers = stack_module_state([run.module for run in runs])
+        template: nn.Module = copy.deepcopy(runs[0].module).to("meta")
+        aliases = tuple((n, c) for n, c in runs[0].canonical.items() if n != c)
+        return _Net(template, _Head.of(data), vmapped, aliases), cls(params, buffers)
+
+    def part(self, start: int, stop: int) -> _State:
+        """The tensors of runs ``start .. stop - 1`` (views)."""
+        return _State(
+            {k: v[start:stop] for k, v in self.params.items()},
+            {k: v[start:stop] for k, v in self.buffers.items()},
+        )
+
 
 @dataclass(frozen=True)
 class _Rows:
@@ -1449,9 +1465,7 @@ def _count_ops(net: _Net, state: _State, x: Tensor, backward: bool = True) -> in
             Counter.count += 1
             return func(*args, **(kwargs or {}))
 
-    one = _State(
-        {k: v[:1] for k, v in state.params.items()}, {k: v[:1] for k, v in state.buffers.items()}
-    )
+    one = state.part(0, 1)
     with Counter():  # type: ignore[no-untyped-call]
         out = _forward(net, one, x, vmapped=False)
         if backward:
@@ -1494,11 +1508,8 @@ class _Group:
         device = shared.device
         data = shared.data
         self.out_width = runs[0].width or data.n_outputs
-        params, buffers = stack_module_state([run.module for run in runs])
-        template: nn.Module = copy.deepcopy(runs[0].module).to("meta")
-        aliases = tuple((n, c) for n, c in runs[0].canonical.items() if n != c)
-        self.net = _Net(template, _Head.of(data), vmapped, aliases)
-        self.state = _State(params, buffers)
+        self.net, self.state = _State.stacked(runs, data, vmapped)
+        template, params, buffers = self.net.template, self.state.params, self.state.buffers
         if release:  # the stacked tensors are the runs' weights from now on
             for run in runs:
                 run.module.to("meta")
@@ -2052,11 +2063,7 @@ class _StackedPredictor:
         return flat.view(self.runs, count, *flat.shape[1:])
 
     def part(self, start: int, stop: int) -> Predictor:
-        state = _State(
-            {k: v[start:stop] for k, v in self.state.params.items()},
-            {k: v[start:stop] for k, v in self.state.buffers.items()},
-        )
-        return _StackedPredictor(self.net, state, self.steps)
+        return _StackedPredictor(self.net, self.state.part(start, stop), self.steps)
 
 
 MC_MEMORY = 2**28
@@ -2140,10 +2147,7 @@ def _compile_pays(
     """Whether compiling the Monte Carlo passes (``calls`` calls of ``size`` runs) should repay
     its cost: one eager call on the first test chunk, timed, against
     :data:`COMPILE_SECONDS_PER_OP` per operation of one run's forward pass. Said in one line."""
-    part = _State(
-        {k: v[:size] for k, v in state.params.items()},
-        {k: v[:size] for k, v in state.buffers.items()},
-    )
+    part = state.part(0, size)
     x = shared.x_test[:CHUNK_ROWS].view(-1, *shared.data.sample_shape)
     predictor = _StackedPredictor(net, part)
     with torch.no_grad(), _rng_restored(shared.device):
@@ -2213,14 +2217,11 @@ def measure_modules(
         say(f"measuring run by run: {reason} ({_cost_of_alone(count)})")
     infos: dict[int, dict[str, float]] = {}
     for members in together.values():
-        params, buffers = stack_module_state([run.module for run in members])
-        template = copy.deepcopy(members[0].module).to("meta")
-        aliases = tuple((n, c) for n, c in members[0].canonical.items() if n != c)
-        net = _Net(template, _Head.of(data), True, aliases)
-        state = _State(params, buffers)
+        net, state = _State.stacked(members, data, vmapped=True)
         rows = _RunRows.of(members)
         x = _inputs(shared, rows.fit[:, : min(2, rows.n_fit)])
-        failure = _vmap_failure(net, _State(params, {k: v.clone() for k, v in buffers.items()}), x)
+        scratch = {k: v.clone() for k, v in state.buffers.items()}
+        failure = _vmap_failure(net, _State(state.params, scratch), x)
         if failure is not None:
             say(f"measuring run by run: {failure} ({_cost_of_alone(len(members))})")
             alone.extend(members)
@@ -2229,14 +2230,11 @@ def measure_modules(
         for run, info in zip(members, measured, strict=True):
             infos[run.index] = info
     for run in alone:
-        params, buffers = stack_module_state([run.module])
-        template = copy.deepcopy(run.module).to("meta")
-        aliases = tuple((n, c) for n, c in run.canonical.items() if n != c)
-        net = _Net(template, _Head.of(data), False, aliases)
+        net, state = _State.stacked([run], data, vmapped=False)
         with _seeded(run.config.seed, where):
-            infos[run.index] = _measure(
-                net, _State(params, buffers), [run], shared, _RunRows.of([run]), evaluation
-            )[0]
+            infos[run.index] = _measure(net, state, [run], shared, _RunRows.of([run]), evaluation)[
+                0
+            ]
     return [infos[i] for i in range(len(runs))]
 
 
