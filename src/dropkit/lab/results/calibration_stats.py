@@ -304,9 +304,9 @@ def _with_baseline_tests(groups: list[CalibrationSummary]) -> list[CalibrationSu
             if reference is None:
                 continue
             family = [
-                (i, g.stats(mode, metric.name))
-                for i, g in enumerate(groups)
-                if i > 0 and g.stats(mode, metric.name) is not None
+                (i, s)
+                for i, g in enumerate(groups[1:], start=1)
+                if (s := g.stats(mode, metric.name)) is not None
             ]
             raw = [
                 replace(
@@ -318,7 +318,6 @@ def _with_baseline_tests(groups: list[CalibrationSummary]) -> list[CalibrationSu
                     compared_on="test",
                 )
                 for i, s in family
-                if s is not None
             ]
             for (i, _), comparison in zip(family, holm_adjusted(raw), strict=True):
                 tests[(i, mode, metric.name)] = comparison
