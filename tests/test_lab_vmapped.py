@@ -194,6 +194,24 @@ def test_int32_words_equal_the_int64_reference(
         assert torch.equal(fields, reference_fields(seed, step, layer, numel))
 
 
+@pytest.mark.parametrize("little_endian", [True, False])  # False: the halves interleaved
+def test_keep_decisions_equal_the_reference_fields_at_every_edge(
+    little_endian: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(counter_masks, "_LITTLE_ENDIAN", little_endian)
+    # thresholds 0, 1, 2**15 - 1, 2**15, 2**15 + 1, 2**16 - 1 and 2**16 (p = 1: none kept)
+    thresholds = [0, 1, 2**15 - 1, 2**15, 2**15 + 1, 2**16 - 1, 2**16]
+    rates = torch.tensor(thresholds, dtype=torch.float64) / 2**16
+    for numel in (1, 7, 4096):
+        fields = reference_fields(6, 4, 2, numel)
+        key = mask_key(torch.tensor(6), 4, 2)
+        for p, threshold in zip(rates, thresholds, strict=True):
+            assert torch.equal(key_keep_mask(key, p, (numel,)), fields >= threshold)
+        batched = torch.vmap(lambda q, key=key, numel=numel: key_keep_mask(key, q, (numel,)))
+        expected = torch.stack([fields >= t for t in thresholds])
+        assert torch.equal(batched(rates), expected)
+
+
 def test_mask_keys_of_many_steps_and_runs_at_once() -> None:
     seeds = torch.tensor([0, 9, -3, 2**40 + 1])
     steps = [0, 1, 2**33 + 5]

@@ -27,9 +27,9 @@ words are int32 arithmetic with wrapping multiplies and masked (logical) shifts:
 bits at half the memory traffic of int64, and the multiply vectorizes where int64's does not
 (AVX2). A mask of more than ``2³²`` units hashes its words in int64 (:func:`counter_bits`, the
 reference every path agrees with). Two layouts give the same masks: eagerly, each word is
-hashed once and its two halves interleaved (:func:`keep_mask`); inside ``torch.compile``, each
-unit hashes its own word (twice the integer work, but one fused pass and no interleaving,
-which the compiler turns into slow gathers).
+hashed once and its two halves compared where they lie (:func:`keep_mask`); inside
+``torch.compile``, each unit hashes its own word (twice the integer work, but one fused pass
+and no interleaving, which the compiler turns into slow gathers).
 
 :class:`CounterDropout` is the module that replaces a dropout module (:func:`counter_module`):
 its ``seed``, ``p`` and current ``key`` are (non-persistent) buffers, so
@@ -40,6 +40,7 @@ specialize on the step); ``layer`` is a plain integer.
 
 from __future__ import annotations
 
+import sys
 from typing import ClassVar
 
 import torch
@@ -84,6 +85,9 @@ _MUL2 = 0x735A2D97
 _SALT_STEP = 0x2545F491
 _SALT_OFFSET = 0x5BD1E995
 _INT32_WORDS = 1 << 31  # word indices below this fit int32
+_HALF_SIGNS = -0x7FFF8000  # 0x80008000 as int32: the top bit of each 16-bit half
+_HALF_EVEN = -0x10002  # 0xFFFEFFFE as int32: each half without its lowest bit
+_LITTLE_ENDIAN = sys.byteorder == "little"  # int32 word j viewed as int16: low half first
 
 
 def _mix(h: Tensor) -> Tensor:
@@ -220,6 +224,27 @@ def _interleave(low: Tensor, high: Tensor, numel: int, shape: tuple[int, ...]) -
     return torch.stack((low, high), -1).flatten(-2)[..., :numel].reshape(shape)
 
 
+def _packed_keep(
+    key: Tensor, threshold: Tensor, numel: int, shape: tuple[int, ...], device: torch.device | None
+) -> Tensor:
+    """:func:`key_keep_mask`'s decisions with the words read in place as int16 fields (on a
+    little-endian machine, int16 ``2j`` of the int32 words is word ``j``'s low half, unit
+    ``2j``, as in :func:`_halves`): no halves taken apart and interleaved.
+
+    Flipping each half's top bit turns the unsigned field ``u`` into the signed ``u − 2¹⁵``, so
+    one int16 comparison with ``⌈p·2¹⁶⌉ − 2¹⁵`` decides. ``p = 1`` (threshold ``2¹⁶``, past
+    int16) clears each half's lowest bit instead of nothing: no field then reaches the
+    clamped threshold ``2¹⁵ − 1``, and none is kept. The same decisions, in about 0.7 of
+    the time."""
+    words = (numel + 1) // 2
+    index = torch.arange(words, dtype=torch.int32, device=device)
+    bits = _mix32_((index * key[0]).add_(key[1]))
+    bits ^= _HALF_SIGNS
+    bits = bits & torch.where(threshold < 1 << MASK_BITS, -1, _HALF_EVEN).to(torch.int32)
+    signed = (threshold - (1 << (MASK_BITS - 1))).clamp(max=(1 << (MASK_BITS - 1)) - 1)
+    return (bits.view(torch.int16)[..., :numel] >= signed.to(torch.int16)).reshape(shape)
+
+
 def _unit_fields(key: Tensor, numel: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
     """The 16-bit fields of :func:`_halves`, computed per unit (int32 ``shape``): unit ``i``
     hashes word ``i >> 1`` and shifts by ``16·(i & 1)``. One pass, for the compiler."""
@@ -257,13 +282,15 @@ def key_keep_mask(
 ) -> Tensor:
     """The keep mask ``field >= ⌈p·2**16⌉`` (bool, ``shape``) of the unit fields under ``key``
     (:func:`mask_key`, ``(2,)``; vmap batches it). Inside ``torch.compile`` each unit hashes its
-    own word; eagerly each word is hashed once and compared on both halves before
-    interleaving. The same decisions either way."""
+    own word; eagerly each word is hashed once and its halves compared in place
+    (:func:`_packed_keep`). The same decisions either way."""
     numel = _numel(shape)
     threshold = _threshold(p)
     if torch.compiler.is_compiling() and numel <= _INT32_WORDS:
         where = device if device is not None else key.device
         return _unit_fields(key, numel, shape, where) >= threshold
+    if _LITTLE_ENDIAN and (numel + 1) // 2 <= _INT32_WORDS:
+        return _packed_keep(key, threshold, numel, shape, device)
     low, high = _halves(key, numel, device)
     return _interleave(low >= threshold, high >= threshold, numel, shape)
 
