@@ -41,6 +41,13 @@ Columns, each the whole of its ``R`` runs:
   on the chunk's ``T`` copies in one forward with dropout on (:func:`dropkit.mc_dropout`,
   torch's RNG), then the mean of the ``T`` softmax (one logit: sigmoid) outputs. What it costs
   over the peer is the work after the first dropout, done ``T`` times, and the masks.
+- **masks alone**: only the masks the Monte Carlo passes need, with nothing to mask: dropkit's
+  fastest mask source (:func:`dropkit.functional.dropout` in place on a float32 tensor of
+  ones, its random bit fields from torch's generator; torch's own ``bernoulli_`` takes about
+  six times as long here), one run after another, per chunk of 128 rows and dropout layer:
+  ``T × rows × units`` decisions per run, ``units`` the dropout layers' inputs per test row
+  (every row's dropout is element-wise). No layer is computed: a floor under any Monte Carlo
+  evaluation with independent masks drawn by PyTorch's operators.
 
 Every time is the best of ``--repeats`` calls (3) after one warm-up call, with
 ``time.perf_counter``; a call well under a second is repeated until the timed calls add up to
@@ -68,6 +75,7 @@ import torch
 from torch import nn
 
 from dropkit import mc_dropout, mc_predict
+from dropkit.functional import dropout
 from dropkit.lab.plan.config import DataSpec, ModelSpec, RunConfig, TrainSpec
 from dropkit.lab.plan.data import Dataset, load_dataset
 from dropkit.lab.plan.models import build_model
@@ -175,6 +183,42 @@ def prefix_once_mc(x: torch.Tensor, samples: int) -> Callable[[list[nn.Module]],
     return call
 
 
+def mask_units(module: nn.Module, x: torch.Tensor) -> list[int]:
+    """The units each dropout layer of ``module`` draws per row of ``x`` (element-wise
+    dropout: the size of its input per row), in the order they are called."""
+    units: list[int] = []
+
+    def record(_module: nn.Module, inputs: tuple[torch.Tensor, ...], _output: object) -> None:
+        units.append(inputs[0][0].numel())
+
+    hooks = [m.register_forward_hook(record) for m in module.modules() if is_dropout(m)]
+    try:
+        with torch.no_grad():
+            module.eval()
+            module(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return units
+
+
+def masks_alone(
+    x: torch.Tensor, samples: int, units: Sequence[int]
+) -> Callable[[list[nn.Module]], object]:
+    def call(modules: list[nn.Module]) -> object:
+        n = x.shape[0]
+        for seed in range(len(modules)):
+            generator = torch.Generator().manual_seed(seed)
+            for start in range(0, n, CHUNK_ROWS):
+                rows = min(CHUNK_ROWS, n - start)
+                for width in units:
+                    ones = torch.ones(samples * rows, width)
+                    dropout(ones, 0.5, generator=generator, inplace=True, save_mask=False)
+        return None
+
+    return call
+
+
 class Ours:
     """``measure_modules`` on the modules of ``configs`` as one call; ``logs`` holds each
     call's log lines (whether it compiled the Monte Carlo passes, fallbacks)."""
@@ -229,6 +273,8 @@ def measure(
     det_s, det_best = best_of(ours_det, build, repeats)
     naive_s, _ = best_of(naive_mc(x, samples), build, repeats)
     prefix_s, _ = best_of(prefix_once_mc(x, samples), build, repeats)
+    units = mask_units(build_model(mc[0], data), x)
+    masks_s, _ = best_of(masks_alone(x, samples, units), build, repeats)
     return {
         "row": row.name,
         "title": row.title,
@@ -242,6 +288,9 @@ def measure(
         "prefix_s": prefix_s,
         "ratio": mc_s / peer_s,
         "prefix_ratio": prefix_s / peer_s,
+        "mask_decisions": runs * samples * int(x.shape[0]) * sum(units),
+        "masks_s": masks_s,
+        "masks_ratio": masks_s / peer_s,
         "det_ratio": det_s / peer_s,
         "speedup": naive_s / mc_s,
         # measure_modules' log of the calls whose times are reported (index 0: the warm-up)
@@ -254,7 +303,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
     print(
         f"\n{'row':28s} {'R':>3s} {'T':>3s} {'peer det (s)':>12s} {'MC ours (s)':>11s} "
         f"{'ours/peer':>9s} {'naive (s)':>9s} {'naive/ours':>10s} {'prefix once (s)':>15s} "
-        f"{'/peer':>6s} {'det ours (s)':>12s} {'/peer':>6s}"
+        f"{'/peer':>6s} {'det ours (s)':>12s} {'/peer':>6s} {'decisions':>11s} "
+        f"{'masks alone (s)':>15s} {'/peer':>6s}"
     )
     for r in results:
         mark = "" if r["ratio"] <= GOAL else " !"
@@ -262,7 +312,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{r['title']:28s} {r['runs']:3d} {r['samples']:3d} {r['peer_s']:12.4f} "
             f"{r['mc_s']:11.3f} {r['ratio']:8.1f}x {r['naive_s']:9.3f} {r['speedup']:9.1f}x "
             f"{r['prefix_s']:15.3f} {r['prefix_ratio']:5.1f}x {r['det_s']:12.4f} "
-            f"{r['det_ratio']:5.1f}x{mark}"
+            f"{r['det_ratio']:5.1f}x {r['mask_decisions']:11,d} {r['masks_s']:15.3f} "
+            f"{r['masks_ratio']:5.1f}x{mark}"
         )
     print("measure_modules' log (the reported calls):")
     for r in results:
