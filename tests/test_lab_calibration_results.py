@@ -270,6 +270,21 @@ class TestStatistics:
         assert brier_multi is not None
         assert brier_multi.ci95 == pytest.approx(_expected(values, 0.0, 2.0)[1:])
         assert brier_multi.ci95[1] > 1.0
+        # data that is not a built-in binary set (a CSV, the user's tensors) is binary when its
+        # measured runs recorded two classes, and multi-class when they recorded more
+        csv = DataSpec("labels.csv", target="y")
+        for classes, high in ((2.0, 1.0), (3.0, 2.0)):
+            recorded = [
+                _stored(
+                    RunConfig(csv, MODEL, TRAIN, seed=r.config.seed),
+                    {**r.info, "classes": classes},
+                )
+                for r in runs
+            ]
+            (group,) = summarize_calibration(summarize(recorded))
+            brier = group.stats("det", "brier")
+            assert brier is not None
+            assert brier.ci95 == pytest.approx(_expected(values, 0.0, high)[1:])
 
     def test_mc_against_deterministic_is_ttest_rel(self) -> None:
         calibration = summarize_calibration(summarize(_runs()))

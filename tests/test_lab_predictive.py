@@ -326,7 +326,9 @@ def test_trainers_add_the_metrics_of_their_final_weights(
         if task == "regression":
             assert info["det_rmse"] == pytest.approx(info["test_rmse"], rel=1e-4)
             assert {"mc_nll", "mc_cover90", "noise_sd"} <= set(info)
+            assert "classes" not in info
         else:
+            assert info["classes"] == data.n_classes  # the Brier score's form, for the results
             assert info["det_acc"] == pytest.approx(result.curves["test_acc"][r, -1], abs=1e-6)
             # the curves' cross-entropy from the logits; here from clamped probabilities
             assert info["det_nll"] == pytest.approx(result.curves["test_loss"][r, -1], rel=1e-4)

@@ -63,6 +63,7 @@ __all__ = [
     "choose_by_names",
     "has_calibration",
     "info_key",
+    "is_binary",
     "metric_bounds",
     "parse_choose_by",
     "recorded_modes",
@@ -82,7 +83,8 @@ COVERAGE = 0.90
 
 BINARY_DATASETS = frozenset({"circles", "moons", "breast_cancer", "sequence"})
 """The built-in data sets with two classes: their Brier score (scikit-learn's binary form) is
-at most 1; any other classification data keeps the multi-class range [0, 2]."""
+at most 1. Other data is binary when its runs recorded ``classes == 2`` (:func:`is_binary`);
+any other classification data keeps the multi-class range [0, 2]."""
 
 _NON_NEGATIVE = (0.0, math.inf)
 _UNBOUNDED = (-math.inf, math.inf)
@@ -146,6 +148,14 @@ def calibration_metric(task: str, name: str) -> CalibrationMetric:
         if metric.name == name:
             return metric
     raise KeyError(name)
+
+
+def is_binary(data_name: str, infos: Sequence[Mapping[str, float]]) -> bool:
+    """Whether a group's Brier score is the binary form (in [0, 1]): a built-in two-class data
+    set, or every run recorded ``classes == 2`` (the measured runs of any data record it)."""
+    if data_name in BINARY_DATASETS:
+        return True
+    return bool(infos) and all(info.get("classes") == 2.0 for info in infos)
 
 
 def metric_bounds(metric: CalibrationMetric, binary: bool) -> tuple[float, float]:

@@ -70,10 +70,10 @@ from numpy.typing import NDArray
 from dropkit.lab.plan.arms import entry_regularizer
 from dropkit.lab.plan.config import RunConfig
 from dropkit.lab.results.calibration_metrics import (
-    BINARY_DATASETS,
     MODE_NAMES,
     calibration_metric,
     info_key,
+    is_binary,
     metric_bounds,
     parse_choose_by,
 )
@@ -585,7 +585,7 @@ def _summary(
         ),
         keys=tuple(r.key for r in members),
         seed_infos=tuple(all_infos),
-        binary=first.data.name in BINARY_DATASETS,
+        binary=is_binary(first.data.name, all_infos),
     )
 
 

@@ -31,6 +31,9 @@ step, so the masks are a function of the run's seed and the rows' positions, the
 batched; the rows are cut into chunks of the fixed size :data:`CHUNK_ROWS` (the masks do not
 depend on the memory at hand). ``consistent`` masks (baal's ``ConsistentDropout``) are the
 same for every row of a pass.
+
+A classification run also records ``classes`` (its number of classes), so the results know
+which form, and range, its Brier score has.
 """
 
 from __future__ import annotations
@@ -350,7 +353,9 @@ def measure(
     for start in range(0, predictor.runs, step):
         stop = min(predictor.runs, start + step)
         part = predictor if (start, stop) == (0, predictor.runs) else predictor.part(start, stop)
-        own: list[dict[str, float]] = [{} for _ in range(stop - start)]
+        own: list[dict[str, float]] = [
+            {} if regression else {"classes": float(classes)} for _ in range(stop - start)
+        ]
         noise = None
         if fit is not None:
             rows = fit if fit.shared else Split(fit.x[start:stop], fit.y[start:stop], False, "")
