@@ -215,9 +215,15 @@ def _halves(key: Tensor, numel: int, device: torch.device | None) -> tuple[Tenso
         index = torch.arange(words, dtype=torch.int64, device=device)
         bits = _word_bits(multiplier, offset ^ _mix(index >> 32 & _M32), index & _M32)
         return bits & _M16, bits >> 16
-    index = torch.arange(words, dtype=torch.int32, device=device)
-    bits = _mix32_((index * key[0]).add_(key[1]))
+    bits = _int32_words(key, words, device)
     return bits & _M16, (bits >> 16).bitwise_and_(_M16)
+
+
+def _int32_words(key: Tensor, words: int, device: torch.device | None) -> Tensor:
+    """The hashed words ``mix(a·j + b)`` (int32 ``(words,)``, the same 32 bits as
+    :func:`counter_bits`) for ``words <= 2³¹`` under ``key`` ``(2,)``."""
+    index = torch.arange(words, dtype=torch.int32, device=device)
+    return _mix32_((index * key[0]).add_(key[1]))
 
 
 def _interleave(low: Tensor, high: Tensor, numel: int, shape: tuple[int, ...]) -> Tensor:
@@ -236,9 +242,7 @@ def _packed_keep(
     int16) clears each half's lowest bit instead of nothing: no field then reaches the
     clamped threshold ``2¹⁵ − 1``, and none is kept. The same decisions, in about 0.7 of
     the time."""
-    words = (numel + 1) // 2
-    index = torch.arange(words, dtype=torch.int32, device=device)
-    bits = _mix32_((index * key[0]).add_(key[1]))
+    bits = _int32_words(key, (numel + 1) // 2, device)
     bits ^= _HALF_SIGNS
     bits = bits & torch.where(threshold < 1 << MASK_BITS, -1, _HALF_EVEN).to(torch.int32)
     signed = (threshold - (1 << (MASK_BITS - 1))).clamp(max=(1 << (MASK_BITS - 1)) - 1)
